@@ -1,0 +1,132 @@
+"""A saved diffusion model: network + preconditioning + default sampling, as files.
+
+Layout of a model folder (weights as safetensors, never pickles):
+
+    model.json                      what to rebuild: {"format", "net", "precond", "sampling", "data", ...}
+    unet/config.json                for a UNet: diffusers' own layout, so UNet2DModel.from_pretrained
+    unet/diffusion_pytorch_model.safetensors    reads it as well
+    net.safetensors                 for any other network
+
+`build_denoiser(spec)` turns the plain-dict spec into a Denoiser; `save_model` and
+`load_model` write and read the folder atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .nets import UNet, build_net
+from .objectives import Denoiser, EDMPreconditioning, Preconditioning, VPPrediction
+from .schedules import VP_SCHEDULES
+
+FORMAT = "dmops-model/1"
+
+
+class ModelError(ValueError):
+    """A model folder or spec that cannot be used; the message says why."""
+
+
+def build_precond(spec: dict) -> Preconditioning:
+    kind = spec.get("kind")
+    if kind == "edm":
+        return EDMPreconditioning(sigma_data=float(spec.get("sigma_data", 0.5)))
+    if kind == "vp":
+        schedule = spec.get("schedule", "vp_cosine")
+        if schedule not in VP_SCHEDULES:
+            raise ModelError(f"unknown VP schedule {schedule!r}; allowed: {sorted(VP_SCHEDULES)}")
+        return VPPrediction(VP_SCHEDULES[schedule](), spec.get("prediction", "eps"))
+    raise ModelError(f"unknown preconditioning kind {kind!r}; allowed: ['edm', 'vp']")
+
+
+def build_denoiser(spec: dict) -> Denoiser:
+    try:
+        return Denoiser(build_net(spec["net"]), build_precond(spec["precond"]))
+    except KeyError as e:
+        raise ModelError(f"model spec lacks {e.args[0]!r}") from None
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+
+
+def _atomic_dir(target: Path):
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, target: Path):
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+def write_weights(net: torch.nn.Module, folder: Path):
+    """The network's weights in its native layout inside `folder`."""
+    if isinstance(net, UNet):
+        net.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(folder / "net.safetensors"))
+
+
+def read_weights(net: torch.nn.Module, folder: Path):
+    if isinstance(net, UNet):
+        path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        target = net.unet
+    else:
+        path, target = folder / "net.safetensors", net
+    if not path.exists():
+        raise ModelError(f"{folder} has no weights file {path.relative_to(folder)}")
+    state = load_file(str(path))
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"weights in {path} do not fit the network in model.json: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def save_model(net: torch.nn.Module, spec: dict, folder, **extra) -> Path:
+    """Write `spec` (+ `extra` metadata) and `net`'s weights to `folder`, atomically."""
+    folder = Path(folder)
+    tmp = _atomic_dir(folder)
+    try:
+        write_weights(net, tmp)
+        meta = {"format": FORMAT, **spec, **extra}
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _publish(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_spec(folder) -> dict:
+    folder = Path(folder)
+    path = folder / "model.json"
+    if not path.exists():
+        raise ModelError(f"{folder} is not a model folder: it has no model.json")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from None
+    if spec.get("format") != FORMAT:
+        raise ModelError(f"{path} has format {spec.get('format')!r}; this version reads {FORMAT!r}")
+    return spec
+
+
+def load_model(folder, device="cpu") -> tuple[Denoiser, dict]:
+    """(denoiser in eval mode, spec) from a model folder."""
+    folder = Path(folder)
+    spec = read_spec(folder)
+    denoiser = build_denoiser(spec)
+    read_weights(denoiser.net, folder)
+    return denoiser.to(device).eval(), spec

@@ -1,0 +1,182 @@
+"""Samplers in sigma space, one function each, one shared signature (after k-diffusion).
+
+    sampler(denoiser, x, sigmas, *, generator=None, callback=None, **options) -> SamplerOutput
+
+`denoiser(x, sigma)` returns E[x0 | x] for x = x0 + sigma * eps (see objectives.Denoiser);
+`x` is the starting noise already scaled by sigmas[0]; `sigmas` is the decreasing noise
+grid, normally ending with 0 (schedules.karras_sigmas and friends).  Each sampler counts
+its network evaluations (NFE) and returns them with the sample.  `callback(i, sigma, x,
+denoised)` sees every step (used for filmstrips and progress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .schedules import sampling_sigmas
+
+@dataclass
+class SamplerOutput:
+    x: torch.Tensor
+    nfe: int
+
+
+class _Counted:
+    """Wraps a denoiser, broadcasting scalar sigma over the batch and counting calls."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.nfe = denoiser, 0
+
+    def __call__(self, x, sigma):
+        self.nfe += 1
+        return self.denoiser(x, sigma.to(x.dtype).expand(x.shape[0]) if sigma.ndim == 0 else sigma)
+
+
+def _check_grid(x, sigmas):
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D grid with at least 2 levels, got shape "
+                         f"{tuple(sigmas.shape)}")
+    if not bool((sigmas[:-1] > sigmas[1:]).all()):
+        raise ValueError("sigmas must be strictly decreasing")
+    if not torch.isfinite(x).all():
+        raise ValueError("the starting noise x contains NaN or inf")
+    return sigmas.to(x.device, torch.float64)
+
+
+def ancestral_step(sigma_from, sigma_to, eta=1.0):
+    """Split a step into a deterministic move to sigma_down and fresh noise sigma_up.
+
+    sigma_up^2 = eta^2 sigma_to^2 (sigma_from^2 - sigma_to^2) / sigma_from^2 is the VE form of
+    DDIM's sigma_t(eta) (Song et al. 2021, eq. 16): eta = 1 gives DDPM's posterior q(x_s|x_t, x0).
+    """
+    if eta == 0:
+        return sigma_to, torch.zeros_like(sigma_to)
+    sigma_up = torch.minimum(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2)
+                                             / sigma_from**2).sqrt())
+    sigma_down = (sigma_to**2 - sigma_up**2).sqrt()
+    return sigma_down, sigma_up
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x, sigmas, *, eta: float = 0.0, generator=None,
+                callback: Callable | None = None) -> SamplerOutput:
+    """DDIM (Song et al. 2021).  With eta = 0 it is Euler's method on the probability-flow ODE
+    dx/dsigma = (x - D(x, sigma)) / sigma, exact for sigma -> 0 in one step (x = D)."""
+    sigmas = _check_grid(x, sigmas)
+    d = _Counted(denoiser)
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = d(x, s)
+        if callback:
+            callback(i, s, x, denoised)
+        s_down, s_up = ancestral_step(s, s_next, eta)
+        x = denoised + (s_down / s).to(x.dtype) * (x - denoised)
+        if s_up > 0:
+            x = x + s_up.to(x.dtype) * _noise_like(x, generator)
+    return SamplerOutput(x, d.nfe)
+
+
+def sample_ddpm(denoiser, x, sigmas, *, generator=None, callback=None) -> SamplerOutput:
+    """DDPM ancestral sampling (Ho et al. 2020): each step draws from the posterior
+    q(x_s | x_t, x0 = D(x_t)), which is DDIM with eta = 1."""
+    return sample_ddim(denoiser, x, sigmas, eta=1.0, generator=generator, callback=callback)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None) -> SamplerOutput:
+    """DPM-Solver++(2M) (Lu et al. 2022), multistep, in lambda = -log sigma.
+
+    First step (and any step to sigma = 0): x <- (s_next/s) x - expm1(-h) D.
+    Later steps: D' = (1 + 1/(2r)) D - 1/(2r) D_prev with r = h_prev / h."""
+    sigmas = _check_grid(x, sigmas)
+    d = _Counted(denoiser)
+    old_denoised, h_prev = None, None
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = d(x, s)
+        if callback:
+            callback(i, s, x, denoised)
+        if s_next == 0:
+            x = denoised
+            break
+        h = torch.log(s) - torch.log(s_next)
+        if old_denoised is None:
+            d_prime = denoised
+        else:
+            r = h_prev / h
+            d_prime = ((1 + 1 / (2 * r)).to(x.dtype) * denoised
+                       - (1 / (2 * r)).to(x.dtype) * old_denoised)
+        x = (s_next / s).to(x.dtype) * x - torch.expm1(-h).to(x.dtype) * d_prime
+        old_denoised, h_prev = denoised, h
+    return SamplerOutput(x, d.nfe)
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, *, s_churn: float = 0.0, s_tmin: float = 0.0,
+                s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None,
+                callback=None) -> SamplerOutput:
+    """EDM's Heun sampler (Karras et al. 2022, Algorithm 2; Algorithm 1 when s_churn = 0).
+
+    Second-order Heun on dx/dsigma = (x - D)/sigma, with an Euler step to sigma = 0 at the
+    end, so N steps to 0 cost 2N - 1 evaluations."""
+    sigmas = _check_grid(x, sigmas)
+    d = _Counted(denoiser)
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= s <= s_tmax else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            x = x + ((s_hat**2 - s**2).sqrt() * s_noise).to(x.dtype) * _noise_like(x, generator)
+        denoised = d(x, s_hat)
+        if callback:
+            callback(i, s_hat, x, denoised)
+        slope = (x - denoised) / s_hat.to(x.dtype)
+        x_next = x + (s_next - s_hat).to(x.dtype) * slope
+        if s_next > 0:
+            slope_next = (x_next - d(x_next, s_next)) / s_next.to(x.dtype)
+            x_next = x + (s_next - s_hat).to(x.dtype) * (slope + slope_next) / 2
+        x = x_next
+    return SamplerOutput(x, d.nfe)
+
+
+def _noise_like(x, generator):
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                       device="cpu" if generator is None else generator.device).to(x.device)
+
+
+SAMPLERS = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "heun": sample_heun,
+}
+
+
+def nfe_for(sampler: str, steps: int) -> int:
+    """Network evaluations of `steps` steps to sigma = 0 (Heun: 2N - 1, others: N)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The most steps whose NFE does not exceed `nfe` (at least 1)."""
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
+
+
+@torch.no_grad()
+def generate(denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "heun", steps: int = 18,
+             grid: str = "karras", sigma_min: float = 0.002, sigma_max: float = 80.0,
+             rho: float = 7.0, eta: float = 0.0, seed: int = 0, device="cpu",
+             callback=None) -> SamplerOutput:
+    """n samples of `shape` from noise drawn with `seed`: the one call the CLI, evaluation and
+    the served model use, so the same seed gives the same images everywhere."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; allowed: {sorted(SAMPLERS)}")
+    sigmas = sampling_sigmas(grid, steps, sigma_min, sigma_max, rho)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn((n, *shape), generator=g) * sigma_max).to(device)
+    options = {"eta": eta} if sampler == "ddim" else {}
+    return SAMPLERS[sampler](denoiser, x, sigmas, generator=g, callback=callback, **options)

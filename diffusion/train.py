@@ -1,0 +1,368 @@
+"""The training loop: AdamW, EMA with warm-up, gradient clipping, bf16 autocast on CUDA,
+atomic checkpoints with exact resume, and data parallelism under `torchrun`.
+
+Exact resume rests on one rule: everything random in step k (batch indices, noise levels,
+noise) is drawn from a generator seeded by (seed, rank, k), so a run resumed at step k
+draws exactly what an uninterrupted run draws.  The global RNG states are saved too, for
+anything outside the loop that uses them.
+
+A checkpoint is a folder `checkpoints/step_XXXXXXXX/` holding model.safetensors,
+ema.safetensors, state.pt (optimizer, RNG, step; tensors and plain containers only, read
+with weights_only=True) and meta.json.  It is written under a temporary name and renamed,
+and `checkpoints/latest` is replaced atomically after it, so a crash never leaves a
+checkpoint that looks complete but is not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as validated_dataclass
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .model import save_model
+from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
+                         sample_sigma_lognormal, sample_sigma_vp)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
+
+
+# Plain dataclasses, validated by pydantic on construction: an unknown key, a wrong type or an
+# impossible value fails at once with the field's name (config.py formats the message).
+_STRICT = ConfigDict(extra="forbid")
+Positive = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+@validated_dataclass(config=_STRICT)
+class ObjectiveConfig:
+    weighting: Literal["eps_mse", "v_mse", "x0_mse", "min_snr", "truncated_snr", "edm"] = "edm"
+    gamma: Annotated[float, Field(gt=0)] = 5.0      # for min_snr
+    # 'lognormal': EDM's ln sigma ~ N(p_mean, p_std^2); 'vp': t ~ U(0, 1); 'auto': by preconditioning
+    sigma_sampling: Literal["auto", "lognormal", "vp"] = "auto"
+    p_mean: float = -1.2
+    p_std: Annotated[float, Field(gt=0)] = 1.2
+
+
+@validated_dataclass(config=_STRICT)
+class TrainConfig:
+    steps: Positive = 1000
+    batch_size: Positive = 128       # global: split evenly over data-parallel ranks
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0   # 0 disables clipping
+    ema_decay: Fraction = 0.999
+    ema_warmup: bool = True          # decay_k = min(decay, (1 + k)/(10 + k))
+    checkpoint_every: Positive = 500
+    keep_checkpoints: Positive = 2
+    log_every: Positive = 50
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"   # auto: bf16 autocast on CUDA only
+    progress: bool = True
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float
+    seconds: float
+    samples_per_second: float
+    model_dir: Path | None
+
+
+# --- distributed set-up ------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return torch.device(name)
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1))
+    return g
+
+
+# --- EMA ---------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the parameters, with the usual warm-up so that early
+    averages are not dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool):
+        self.decay, self.warmup = decay, warmup
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int):
+        d = self.decay_at(step)
+        keys, ema, cur = [], [], []
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                keys.append(k)
+                ema.append(self.shadow[k])
+                cur.append(v.detach().float())
+            else:
+                self.shadow[k].copy_(v)
+        torch._foreach_lerp_(ema, cur, 1.0 - d)
+
+    def copy_to(self, model: nn.Module):
+        current = model.state_dict()
+        model.load_state_dict({k: v.to(current[k].device, current[k].dtype)
+                               for k, v in self.shadow.items()})
+
+
+# --- checkpoints -------------------------------------------------------------
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": np_state[2], "has_gauss": np_state[3], "cached": np_state[4]}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(eval(state["python"], {"__builtins__": {}}))  # tuple of ints: safe literal
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tensor_state(module_or_dict) -> dict:
+    sd = module_or_dict.state_dict() if isinstance(module_or_dict, nn.Module) else module_or_dict
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, net: nn.Module, ema: EMA, opt, spec: dict,
+                    cfg: TrainConfig) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    target = ckpt_dir / f"step_{step:08d}"
+    tmp = ckpt_dir / f".step_{step:08d}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file(_tensor_state(net), str(tmp / "model.safetensors"))
+        save_file(_tensor_state(ema.shadow), str(tmp / "ema.safetensors"))
+        torch.save({"step": step, "optimizer": opt.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "model": spec, "train": asdict(cfg)},
+                                                  indent=2, default=str))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    latest_tmp = ckpt_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+    latest_tmp.write_text(target.name)
+    os.replace(latest_tmp, ckpt_dir / "latest")
+    return target
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    pointer = ckpt_dir / "latest"
+    if not pointer.exists():
+        return None
+    path = ckpt_dir / pointer.read_text().strip()
+    if not path.is_dir():
+        raise TrainingError(f"{pointer} names {path.name}, which does not exist; remove {pointer} "
+                            "to start from scratch")
+    return path
+
+
+def _prune(ckpt_dir: Path, keep: int):
+    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+    for p in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, net: nn.Module, ema: EMA, opt) -> int:
+    try:
+        net.load_state_dict(load_file(str(path / "model.safetensors")))
+        ema.shadow = {k: v.to(next(net.parameters()).device).float()
+                      for k, v in load_file(str(path / "ema.safetensors")).items()}
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, KeyError) as e:
+        raise TrainingError(f"cannot resume from {path}: {e}") from None
+    opt.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# --- the loop ----------------------------------------------------------------
+
+class _LossModule(nn.Module):
+    """Wraps the denoiser so that DistributedDataParallel sees the whole loss in forward()."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x0, sigma, eps, weight):
+        return denoising_loss(self.denoiser, x0, sigma, eps, weight)
+
+
+def _sample_sigma(denoiser: Denoiser, obj: ObjectiveConfig, n, g, device):
+    kind = obj.sigma_sampling
+    if kind == "auto":
+        kind = "vp" if isinstance(denoiser.precond, VPPrediction) else "lognormal"
+    if kind == "vp":
+        if not isinstance(denoiser.precond, VPPrediction):
+            raise TrainingError("sigma_sampling 'vp' needs a VP preconditioning")
+        return sample_sigma_vp(denoiser.precond.schedule, n, g, device)
+    return sample_sigma_lognormal(n, obj.p_mean, obj.p_std, g, device)
+
+
+def _weight(denoiser: Denoiser, obj: ObjectiveConfig, sigma):
+    sd = denoiser.precond.sigma_data if isinstance(denoiser.precond, EDMPreconditioning) else 0.5
+    return WEIGHTINGS[obj.weighting](sigma, gamma=obj.gamma, sigma_data=sd)
+
+
+def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spec: dict | None = None,
+          resume: bool = True, on_log: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train `denoiser` on `data` (N, ...) for cfg.steps steps, writing checkpoints under
+    out_dir/checkpoints and, at the end, the EMA model to out_dir/model (when `spec` is given).
+
+    Resumes from out_dir/checkpoints/latest when `resume` and one exists.  `on_log(step,
+    metrics)` is called every cfg.log_every steps on rank 0 (the hook for trackers)."""
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    ddp = init_distributed(device)
+    if data.ndim < 2 or len(data) == 0:
+        raise TrainingError(f"training data must be a non-empty (N, ...) tensor, got shape "
+                            f"{tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        raise TrainingError("training data contains NaN or inf; refusing to train on it")
+    if cfg.batch_size % ddp.world:
+        raise TrainingError(f"batch_size {cfg.batch_size} must be divisible by the "
+                            f"{ddp.world} data-parallel ranks")
+    local_batch = cfg.batch_size // ddp.world
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+    denoiser = denoiser.to(device).train()
+    net = denoiser.net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+    ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    latest = latest_checkpoint(ckpt_dir) if resume else None
+    if latest is not None:
+        step = load_checkpoint(latest, net, ema, opt)
+        if ddp.main:
+            print(f"resuming from {latest} (step {step})", flush=True)
+    loss_module = _LossModule(denoiser)
+    if ddp.world > 1:
+        # DDP broadcasts rank 0's parameters, so every rank starts identical
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    data = data.to(device)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and ddp.main),
+               desc="train", unit="step", dynamic_ncols=True)
+    t0, start_step, loss_value, window = time.perf_counter(), step, float("nan"), []
+    while step < cfg.steps:
+        g = step_generator(cfg.seed, ddp.rank, step, device)
+        idx = torch.randint(len(data), (local_batch,), generator=g, device=device)
+        x0 = data[idx]
+        sigma = _sample_sigma(denoiser, cfg.objective, local_batch, g, device)
+        eps = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_module(x0, sigma, eps, _weight(denoiser, cfg.objective, sigma))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                             else float("inf"))
+        opt.step()
+        ema.update(net, step)
+        step += 1
+        window.append(loss.detach())
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            loss_value = float(torch.stack(window).mean())
+            window = []
+            if not math.isfinite(loss_value):
+                raise TrainingError(f"loss became {loss_value} by step {step}; lower the learning "
+                                    "rate or check the data. The last good checkpoint is kept.")
+            rate = (step - start_step) * cfg.batch_size / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            if on_log and ddp.main:
+                on_log(step, {"loss": loss_value, "grad_norm": float(grad_norm),
+                              "lr": opt.param_groups[0]["lr"], "samples_per_second": rate})
+        bar.update(1)
+        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and ddp.main:
+            save_checkpoint(ckpt_dir, step, net, ema, opt, spec or {}, cfg)
+            _prune(ckpt_dir, cfg.keep_checkpoints)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model_dir = None
+    if spec is not None and ddp.main:
+        model_dir = save_model(_ema_copy(net, ema), spec, out_dir / "model", trained_steps=step)
+    if ddp.world > 1:
+        dist.barrier()
+    rate = (step - start_step) * cfg.batch_size / seconds if seconds > 0 else 0.0
+    return TrainResult(step, loss_value, seconds, rate, model_dir)
+
+
+def _ema_copy(net: nn.Module, ema: EMA) -> nn.Module:
+    """A CPU copy of the network holding the EMA weights (what gets exported and sampled)."""
+    averaged = copy.deepcopy(net).cpu()
+    ema.copy_to(averaged)
+    return averaged.eval()
