@@ -149,9 +149,12 @@ class Config(_Strict):
 # --- loading -----------------------------------------------------------------
 
 def deep_merge(base: dict, override: dict) -> dict:
+    """Merge key by key; a section whose `kind` changes (e.g. model.net unet -> mlp) is
+    replaced whole, since the old kind's settings mean nothing to the new one."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if (isinstance(value, dict) and isinstance(out.get(key), dict)
+                and value.get("kind", out[key].get("kind")) == out[key].get("kind")):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

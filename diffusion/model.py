@@ -130,3 +130,42 @@ def load_model(folder, device="cpu") -> tuple[Denoiser, dict]:
     denoiser = build_denoiser(spec)
     read_weights(denoiser.net, folder)
     return denoiser.to(device).eval(), spec
+
+
+def resolve_model_path(path) -> Path:
+    """Accept a model folder, a training run folder (holding model/ or checkpoints/) or one
+    checkpoint folder, and return the folder to load from."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path} does not exist")
+    if (path / "model.json").exists() or (path / "ema.safetensors").exists():
+        return path
+    if (path / "model" / "model.json").exists():
+        return path / "model"
+    pointer = path / "checkpoints" / "latest"
+    if pointer.exists():
+        return path / "checkpoints" / pointer.read_text().strip()
+    raise ModelError(f"{path} holds no model: expected model.json (a model folder), model/ or "
+                     "checkpoints/latest (a training run), or ema.safetensors (a checkpoint)")
+
+
+def load_for_sampling(path, device="cpu") -> tuple[Denoiser, dict]:
+    """(denoiser, spec) from any folder resolve_model_path accepts; a checkpoint gives its
+    EMA weights, the ones that sample best."""
+    folder = resolve_model_path(path)
+    if (folder / "model.json").exists():
+        return load_model(folder, device)
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise ModelError(f"checkpoint {folder} has no meta.json; cannot tell which network it holds")
+    spec = json.loads(meta_path.read_text()).get("model") or {}
+    if not spec:
+        raise ModelError(f"checkpoint {folder} was written without a model spec; sample from the "
+                         "run's model/ folder instead")
+    denoiser = build_denoiser(spec)
+    state = load_file(str(folder / "ema.safetensors"))
+    try:
+        denoiser.net.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"EMA weights in {folder} do not fit its model spec: {e}") from None
+    return denoiser.to(device).eval(), spec

@@ -1,0 +1,81 @@
+"""Pictures of samples: a PNG grid for images, a scatter plot for 2-D vectors."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8; values outside are clipped."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None, upscale: int = 4, pad: int = 1) -> Image.Image:
+    """Tile N images into one picture, each scaled up `upscale` times (nearest: 8x8 digits
+    stay readable), separated by `pad` pixels."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"image_grid needs (N, 1|3, H, W) images, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("samples contain NaN or inf; refusing to draw them as if they were images")
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    tiles = to_uint8(x)
+    canvas = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, q = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[top:top + h, left:left + w] = tile
+    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas, "L" if c == 1 else "RGB")
+    return img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+
+
+def scatter_plot(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        r = reference.detach().cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="data")
+    p = x.detach().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.6, c="tab:blue", label="samples")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=4)
+    fig.tight_layout()
+    _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path)
+    plt.close(fig)
+
+
+def save_samples(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None) -> Path:
+    """PNG of samples: an image grid for (N, C, H, W), a scatter plot for (N, 2)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if x.ndim == 4:
+        grid = image_grid(x)
+        _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path)
+    elif x.ndim == 2 and x.shape[1] == 2:
+        scatter_plot(x, path, title, reference)
+    else:
+        raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}: expected images "
+                         "(N, C, H, W) or 2-D points (N, 2)")
+    return path
+
+
+def _save_atomic(write, path: Path):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,113 @@
+"""`dmops`: the command line.  Each command reads the config, calls one pipeline step from
+tasks/, and turns the library's errors into one readable line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, sample and (soon) ship diffusion models. Every command has --help.")
+
+ConfigOpt = typer.Option("params.yaml", "--config", "-c", help="Config file (params.yaml).")
+ProfileOpt = typer.Option(None, "--profile", "-p",
+                          help="Named profile from the config, e.g. quick (2 CPU cores) or full (GPU). "
+                               "Default: the file's `profile` key.")
+SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                      help="Override one setting, e.g. --set train.steps=200 (repeatable).")
+
+
+@contextmanager
+def _friendly_errors():
+    """Known, user-fixable errors become `error: ...` and exit code 2 (no traceback)."""
+    from diffusion.config import ConfigError
+    from diffusion.data import DataError
+    from diffusion.model import ModelError
+    from diffusion.train import TrainingError
+
+    try:
+        yield
+    except (ConfigError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _load(config: Path, profile: Optional[str], overrides: Optional[list[str]], out: Optional[Path]):
+    from diffusion.config import load_config
+
+    extra = list(overrides or []) + ([f"out_dir={out}"] if out else [])
+    return load_config(config, profile, extra)
+
+
+@app.command()
+def config(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+           set_: Optional[list[str]] = SetOpt):
+    """Print the effective, validated configuration (after profile and overrides) as YAML."""
+    with _friendly_errors():
+        cfg = _load(config, profile, set_, None)
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+            set_: Optional[list[str]] = SetOpt,
+            root: Path = typer.Option(Path("data/processed"), help="Folder that receives <name>/.")):
+    """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC stage)."""
+    from tasks.prepare_dataset import prepare_dataset
+
+    with _friendly_errors():
+        prepare_dataset(_load(config, profile, set_, None).data, root)
+
+
+@app.command()
+def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+          set_: Optional[list[str]] = SetOpt,
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: out_dir from the config)."),
+          resume: bool = typer.Option(True, "--resume/--no-resume",
+                                      help="Continue from the run folder's latest checkpoint if there is one.")):
+    """Train a diffusion model (the teacher) and write its EMA weights and a sample grid.
+
+    Launch with `torchrun --nproc_per_node N -m flows.cli train ...` for data-parallel training."""
+    from tasks.train_teacher import train_teacher
+
+    with _friendly_errors():
+        cfg = _load(config, profile, set_, out)
+        if not resume and (Path(cfg.out_dir) / "checkpoints" / "latest").exists():
+            raise ValueError(f"{cfg.out_dir} already holds a training run; pass --resume to continue "
+                             "it or --out to start a new one elsewhere")
+        run = train_teacher(cfg, resume=resume)
+    if run.model_dir is not None:
+        r = run.result
+        typer.echo(f"trained {r.step} steps in {r.seconds:.0f} s ({r.samples_per_second:.0f} images/s), "
+                   f"final loss {r.loss:.4f}")
+        typer.echo(f"model:   {run.model_dir}")
+        typer.echo(f"samples: {run.samples_png}")
+
+
+@app.command()
+def sample(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
+                                           help="A model folder, a training run folder or a checkpoint folder."),
+           out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
+           n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
+           seed: int = typer.Option(0, "--seed", min=0, help="Seed of the starting noise."),
+           sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | heun (default: the model's)."),
+           steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),
+           device: str = typer.Option("cpu", help="cpu or cuda.")):
+    """Draw samples from a trained model and write them as a PNG grid (or scatter plot)."""
+    from tasks.sample import sample_to_png
+
+    with _friendly_errors():
+        sample_to_png(checkpoint, out, n=n, seed=seed, sampler=sampler, steps=steps, device=device)
+
+
+def main():  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

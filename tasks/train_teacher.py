@@ -1,0 +1,50 @@
+"""Pipeline step: train the diffusion teacher described by the config on its dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffusion.config import Config
+from diffusion.data import load_dataset
+from diffusion.model import build_denoiser
+from diffusion.nets import count_parameters
+from diffusion.train import TrainResult, train
+
+from .sample import sample_to_png
+
+
+@dataclass
+class TeacherRun:
+    out_dir: Path
+    model_dir: Path | None
+    samples_png: Path | None
+    result: TrainResult
+    parameters: int
+
+
+def train_teacher(cfg: Config, resume: bool = True, on_log=None) -> TeacherRun:
+    """Load the data, build the network, train it, and draw a sample grid from the EMA model.
+
+    Under torchrun every rank calls this; only rank 0 writes the model and the grid."""
+    out_dir = Path(cfg.out_dir)
+    ds = load_dataset(cfg.data.name, **cfg.data.loader_options())
+    train_split = ds.subset("train")
+    spec = cfg.model_spec(ds.sample_shape, dataset=cfg.data.name, kind=ds.kind,
+                          train_samples=len(train_split.ids))
+    torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
+    denoiser = build_denoiser(spec)
+    parameters = count_parameters(denoiser.net)
+    print(f"dataset {cfg.data.name}: {len(train_split.ids)} training samples of shape "
+          f"{tuple(ds.sample_shape)}; network {spec['net']['kind']} with {parameters:,} parameters",
+          flush=True)
+    result = train(denoiser, train_split.x, cfg.train, out_dir, spec=spec, resume=resume,
+                   on_log=on_log)
+    png = None
+    if result.model_dir is not None:
+        reference = train_split.x if ds.kind == "vector" else None
+        png = sample_to_png(result.model_dir, out_dir / "samples.png", n=cfg.sample.n,
+                            seed=cfg.sample.seed, reference=reference)
+    return TeacherRun(out_dir, result.model_dir, png, result, parameters)
