@@ -88,7 +88,10 @@ def read_weights(net: torch.nn.Module, folder: Path):
     if not path.exists():
         raise ModelError(f"{folder} has no weights file {path.relative_to(folder)}")
     state = load_file(str(path))
-    missing, unexpected = target.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise ModelError(f"weights in {path} do not fit the network in model.json: {e}") from None
     if missing or unexpected:
         raise ModelError(f"weights in {path} do not fit the network in model.json: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")

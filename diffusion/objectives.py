@@ -129,7 +129,8 @@ class Denoiser(nn.Module):
         # coefficients are computed in float64 and cast, so tiny sigmas stay exact
         cast = lambda t: t.to(x.dtype).reshape(shape)  # noqa: E731
         return Coefficients(cast(c.c_skip), cast(c.c_out), cast(c.c_in),
-                            c.c_noise.to(torch.float32), cast(c.one_minus_c_skip))
+                            c.c_noise.to(torch.promote_types(x.dtype, torch.float32)),
+                            cast(c.one_minus_c_skip))
 
     def raw(self, x, sigma):
         """(F(c_in x; c_noise), coefficients): what the training loss needs."""
@@ -201,12 +202,13 @@ def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, sigma: torch.Tensor, ep
     """Mean over the batch of lambda(sigma) c_out^2 |F - F*|^2 / dim, F* = (x0 - c_skip x)/c_out.
 
     F* is formed as ((1 - c_skip) x0 - c_skip sigma eps) / c_out so that no two nearly equal
-    numbers are subtracted (for eps-prediction it is exactly eps)."""
+    numbers are subtracted (for eps-prediction it is eps up to rounding of sigma eps / sigma)."""
     shape = (-1,) + (1,) * (x0.ndim - 1)
     s = sigma.to(x0.dtype).reshape(shape)
     x = x0 + s * eps
     out, c = denoiser.raw(x, sigma)
     target = (c.one_minus_c_skip * x0 - c.c_skip * s * eps) / c.c_out
     w = (weight * c.c_out.reshape(-1).to(torch.float64) ** 2).to(x0.dtype).reshape(shape)
-    per_sample = (w * (out.float() - target) ** 2).flatten(1).mean(1)
+    # the network may run in bf16 under autocast; the loss is formed in the data's precision
+    per_sample = (w * (out.to(target.dtype) - target) ** 2).flatten(1).mean(1)
     return per_sample.mean()

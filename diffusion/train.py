@@ -299,7 +299,12 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
     net = denoiser.net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay)
-    ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)
+    loss_module = _LossModule(denoiser)
+    if ddp.world > 1:
+        # DDP broadcasts rank 0's parameters, so every rank starts identical
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)  # after the broadcast: same start everywhere
     ckpt_dir = out_dir / "checkpoints"
     step = 0
     latest = latest_checkpoint(ckpt_dir) if resume else None
@@ -307,11 +312,6 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
         step = load_checkpoint(latest, net, ema, opt)
         if ddp.main:
             print(f"resuming from {latest} (step {step})", flush=True)
-    loss_module = _LossModule(denoiser)
-    if ddp.world > 1:
-        # DDP broadcasts rank 0's parameters, so every rank starts identical
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
 
     data = data.to(device)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and ddp.main),
@@ -335,19 +335,21 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
         ema.update(net, step)
         step += 1
         window.append(loss.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if step % cfg.log_every == 0 or checkpoint_due:
+            # one host sync per log or checkpoint, not per step; a checkpoint is only written
+            # after its losses and weights are known to be finite
             loss_value = float(torch.stack(window).mean())
             window = []
-            if not math.isfinite(loss_value):
-                raise TrainingError(f"loss became {loss_value} by step {step}; lower the learning "
-                                    "rate or check the data. The last good checkpoint is kept.")
+            _check_finite(loss_value, net, step)
+        if step % cfg.log_every == 0 or step == cfg.steps:
             rate = (step - start_step) * cfg.batch_size / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
             if on_log and ddp.main:
                 on_log(step, {"loss": loss_value, "grad_norm": float(grad_norm),
                               "lr": opt.param_groups[0]["lr"], "samples_per_second": rate})
         bar.update(1)
-        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and ddp.main:
+        if checkpoint_due and ddp.main:
             save_checkpoint(ckpt_dir, step, net, ema, opt, spec or {}, cfg)
             _prune(ckpt_dir, cfg.keep_checkpoints)
     bar.close()
@@ -359,6 +361,14 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
         dist.barrier()
     rate = (step - start_step) * cfg.batch_size / seconds if seconds > 0 else 0.0
     return TrainResult(step, loss_value, seconds, rate, model_dir)
+
+
+def _check_finite(loss_value: float, net: nn.Module, step: int):
+    finite = math.isfinite(loss_value) and all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    if not finite:
+        raise TrainingError(f"training diverged by step {step} (loss {loss_value}, non-finite weights "
+                            "possible); lower the learning rate or check the data. The last "
+                            "checkpoint written is finite and kept.")
 
 
 def _ema_copy(net: nn.Module, ema: EMA) -> nn.Module:
