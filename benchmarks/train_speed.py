@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout, installed or not
@@ -45,9 +46,8 @@ from diffusion.config import Config, ConfigError, load_config  # noqa: E402
 from diffusion.data import load_dataset  # noqa: E402
 from diffusion.model import ModelError, build_denoiser  # noqa: E402
 from diffusion.nets import count_parameters  # noqa: E402
-from diffusion.objectives import (EDMPreconditioning, denoising_loss,  # noqa: E402
-                                  sample_sigma_lognormal, weight_edm)
-from diffusion.train import TrainConfig, train  # noqa: E402
+from diffusion.objectives import EDMPreconditioning, denoising_loss, weight_edm  # noqa: E402
+from diffusion.train import EMA, TrainConfig, step_generator, train  # noqa: E402
 
 RUNS = ("bare", "ours", "ours_progress")
 
@@ -116,7 +116,10 @@ def time_bare(spec, data, tcfg: TrainConfig, warmup: int, steps: int, amp: bool,
     def step():
         idx = torch.randint(n, (b,), device=device)
         x0 = data[idx]
-        sigma = sample_sigma_lognormal(b, obj.p_mean, obj.p_std, None, device)
+        # ln sigma ~ N(p_mean, p_std^2), as objectives.sample_sigma_lognormal draws it, but
+        # drawn on the device: that function draws on the CPU and copies, a host-to-device
+        # copy per step that a bare loop has no reason to pay
+        sigma = torch.exp(obj.p_mean + obj.p_std * torch.randn(b, device=device, dtype=torch.float64))
         eps = torch.randn_like(x0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = denoising_loss(denoiser, x0, sigma, eps, weight_edm(sigma, sigma_data=sigma_data))
@@ -166,6 +169,56 @@ def time_ours(spec, data, tcfg: TrainConfig, warmup: int, steps: int, progress: 
     return (stamps[total] - stamps[warmup]) * 1000 / steps, wall
 
 
+def breakdown(spec, data, tcfg: TrainConfig, amp: bool, seed: int, device: torch.device,
+              calls: int = 50) -> dict[str, float]:
+    """ms per call of what the trainer does per step beyond the bare loop (and, for scale, of
+    the work both loops share), each timed alone on a network that has gradients.  Each is
+    the median over 5 batches of calls/5 back-to-back calls (synchronised on CUDA)."""
+    denoiser = build(spec, seed, device)
+    net, b = denoiser.net, tcfg.batch_size
+    opt = torch.optim.AdamW(net.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas),
+                            weight_decay=tcfg.weight_decay)
+    ema = EMA(net, tcfg.ema_decay, tcfg.ema_warmup)
+
+    def fwd_bwd():
+        idx = torch.randint(len(data), (b,), device=device)
+        x0 = data[idx]
+        z = torch.randn(b, device=device, dtype=torch.float64)
+        sigma = torch.exp(tcfg.objective.p_mean + tcfg.objective.p_std * z)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = denoising_loss(denoiser, x0, sigma, torch.randn_like(x0),
+                                  weight_edm(sigma, sigma_data=denoiser.precond.sigma_data))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    fwd_bwd()
+    clip = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")  # as train() calls it
+    parts = {
+        "draws + forward + backward (both)": fwd_bwd,
+        "AdamW step (both)": opt.step,
+        "EMA update (ours)": lambda: ema.update(net, 1000),
+        "EMA update: its net.state_dict() call (ours)": net.state_dict,
+        "clip_grad_norm_ (ours)": lambda: nn.utils.clip_grad_norm_(net.parameters(), clip),
+        "step_generator (ours)": lambda: step_generator(tcfg.seed, 0, 1, device),
+    }
+    out = {}
+    for name, f in parts.items():
+        n = 2 if "forward" in name else max(5, calls // 5)
+        for _ in range(3):
+            f()
+        batches = []
+        for _ in range(5):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            sync(device)
+            batches.append((time.perf_counter() - t0) * 1000 / n)
+        out[name] = statistics.median(batches)
+        log(f"  breakdown: {name}: {out[name]:.3f} ms")
+    return out
+
+
 def _train_kwargs(tcfg: TrainConfig) -> dict:
     from dataclasses import asdict
     kw = asdict(tcfg)
@@ -178,7 +231,8 @@ def _train_kwargs(tcfg: TrainConfig) -> dict:
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -201,7 +255,16 @@ def markdown(r: dict) -> str:
              f"{fmt(r['overhead_progress_pct'])} %."]
     per = r["per_repeat_ms"]
     lines.append("per repeat ms/step: " + "; ".join(
-        f"{k} " + ", ".join(fmt(v, 1) for v in per[k]) for k in RUNS))
+        f"{k} " + ", ".join(fmt(v, 1) for v in per[k]) for k in RUNS)
+        + f". Fastest run of each: overhead {fmt(r['overhead_pct_min'])} %; "
+        f"median of per-repeat ratios: {fmt(r['overhead_pct_paired_median'])} %.")
+    if r.get("noisy"):
+        lines.append(f"NOISY: {r['noisy']}")
+    if r.get("breakdown_ms"):
+        step = r["median_ms"]["bare"]
+        lines += ["", "| per step | ms | % of a bare step |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.3f} | {fmt(v / step * 100)} |" for k, v in r["breakdown_ms"].items()]
+        lines.append("")
     if r.get("errors"):
         lines.append("errors: " + "; ".join(r["errors"]))
     return "\n".join(lines) + "\n"
@@ -230,6 +293,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu)")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed before building each net")
     p.add_argument("--target", type=float, default=10.0, help="overhead target in %%")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the trainer's per-step extras (EMA, clipping, generator) alone")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="markdown file to write; default benchmarks/results/train_speed_<device>.md")
@@ -312,9 +377,29 @@ def main(argv=None) -> int:
         "overhead_progress_pct": (med["ours_progress"] / med["bare"] - 1) * 100,
         # paired ratio per repeat: less sensitive to a load that changes between repeats
         "overhead_pct_paired_median": (median([o / b for o, b in zip(per["ours"], per["bare"])]) - 1) * 100,
+        # the fastest run of each: under load that comes and goes (noise only ever adds time),
+        # the least disturbed estimate
+        "min_ms": {k: min((x for x in v if math.isfinite(x)), default=float("nan"))
+                   for k, v in per.items()},
         "images_per_s": tcfg.batch_size * 1000 / med["ours"],
         "train_wall_s": walls, "target_pct": args.target, "errors": errors,
     }
+    if args.breakdown:
+        log("breakdown ...")
+        result["breakdown_ms"] = breakdown(spec, data, tcfg, amp, args.seed, device)
+    mins = result["min_ms"]
+    result["overhead_pct_min"] = (mins["ours"] / mins["bare"] - 1) * 100
+    spread = {k: max(v) / min(v) for k, v in per.items()
+              if len(v) > 1 and all(math.isfinite(x) for x in v)}
+    wild = {k: x for k, x in spread.items() if x > 1.25}
+    result["noisy"] = ("runs of the same loop differ by up to "
+                       + ", ".join(f"{k} {x:.2f}x" for k, x in wild.items())
+                       + f" (load average {result['load_avg'][0]:.1f} on {os.cpu_count()} CPUs, "
+                       "this process included): the timings are noisy; the overhead is only "
+                       "trustworthy to about that spread. Rerun on an idle machine or raise --repeats"
+                       ) if wild else ""
+    if wild:
+        log("NOISY: " + result["noisy"])
     table = markdown(result)
     print(table, end="")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"train_speed_{device.type}.md"

@@ -184,16 +184,21 @@ WEIGHTINGS = {
 
 # --- training noise levels ---------------------------------------------------
 
+def _device_of(generator):
+    """Draw where the generator lives (a CUDA generator cannot fill a CPU tensor)."""
+    return generator.device if generator is not None else "cpu"
+
+
 def sample_sigma_vp(schedule: VPSchedule, n: int, generator=None, device="cpu"):
     """t ~ U(0, 1), sigma = sigma(t)."""
-    t = torch.rand(n, generator=generator, dtype=torch.float64).to(device)
-    return schedule.sigma(t)
+    t = torch.rand(n, generator=generator, dtype=torch.float64, device=_device_of(generator))
+    return schedule.sigma(t.to(device))
 
 
 def sample_sigma_lognormal(n: int, p_mean: float = -1.2, p_std: float = 1.2,
                            generator=None, device="cpu"):
     """EDM: ln sigma ~ N(P_mean, P_std^2)."""
-    z = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+    z = torch.randn(n, generator=generator, dtype=torch.float64, device=_device_of(generator)).to(device)
     return torch.exp(p_mean + p_std * z)
 
 

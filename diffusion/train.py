@@ -140,23 +140,31 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool):
         self.decay, self.warmup = decay, warmup
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        live = model.state_dict()  # tensors sharing storage with the model: cached once, since
+        self.shadow = {k: v.detach().clone().float() for k, v in live.items()}  # building the
+        # state dict each step costs ~2 % of a small network's step
+        floats = [k for k, v in live.items() if v.dtype.is_floating_point]
+        self._live_float = [live[k] for k in floats]
+        self._shadow_float = [self.shadow[k] for k in floats]
+        self._others = [(live[k], self.shadow[k]) for k in live if k not in set(floats)]
+        if any(v.dtype != torch.float32 for v in self._live_float):
+            raise TrainingError("EMA expects float32 parameters (bf16 is used through autocast)")
 
     def decay_at(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int):
-        d = self.decay_at(step)
-        keys, ema, cur = [], [], []
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                keys.append(k)
-                ema.append(self.shadow[k])
-                cur.append(v.detach().float())
-            else:
-                self.shadow[k].copy_(v)
-        torch._foreach_lerp_(ema, cur, 1.0 - d)
+        torch._foreach_lerp_(self._shadow_float, self._live_float, 1.0 - self.decay_at(step))
+        for live, shadow in self._others:
+            shadow.copy_(live)
+
+    def load(self, state: dict):
+        """Copy saved averages into the shadow tensors in place (the cached lists stay valid)."""
+        if state.keys() != self.shadow.keys():
+            raise TrainingError("EMA state does not match the network")
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
 
     def copy_to(self, model: nn.Module):
         current = model.state_dict()
@@ -235,8 +243,7 @@ def _prune(ckpt_dir: Path, keep: int):
 def load_checkpoint(path: Path, net: nn.Module, ema: EMA, opt) -> int:
     try:
         net.load_state_dict(load_file(str(path / "model.safetensors")))
-        ema.shadow = {k: v.to(next(net.parameters()).device).float()
-                      for k, v in load_file(str(path / "ema.safetensors")).items()}
+        ema.load(load_file(str(path / "ema.safetensors")))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, KeyError) as e:
         raise TrainingError(f"cannot resume from {path}: {e}") from None
