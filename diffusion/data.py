@@ -25,8 +25,6 @@ import inspect
 import io
 import json
 import os
-import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass, replace
 from functools import partial
@@ -38,6 +36,7 @@ import sklearn.datasets
 import torch
 from PIL import Image, ImageFile
 
+from .atomic import atomic_folder
 from .gmm import GaussianMixture
 
 SPLITS = ("train", "val", "test")
@@ -452,10 +451,7 @@ def save_processed(ds: Dataset, out_dir) -> Path:
         raise DataError(f"{target}: exists and is not a processed-dataset folder; refusing to "
                         f"replace it (accepted: a new path or a folder holding only "
                         f"{', '.join(PROCESSED_FILES)})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_folder(target) as tmp:
         arrays = {"x": ds.x.detach().cpu().numpy(), "split": ds.split.astype(str),
                   "ids": np.array(ds.ids, dtype=str)}
         if ds.y is not None:
@@ -466,22 +462,6 @@ def save_processed(ds: Dataset, out_dir) -> Path:
         _write_synced(tmp / "manifest.csv", ds.manifest().to_csv(index=False).encode())
         meta = {"name": ds.name, "kind": ds.kind, "class_names": ds.class_names}
         _write_synced(tmp / "meta.json", json.dumps(meta, indent=2).encode())
-        old = None
-        if target.exists():
-            # a directory cannot be renamed over a non-empty one: move the old aside first
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -14,14 +14,12 @@ Layout of a model folder (weights as safetensors, never pickles):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_folder
 from .nets import UNet, build_net
 from .objectives import Denoiser, EDMPreconditioning, Preconditioning, VPPrediction
 from .schedules import VP_SCHEDULES
@@ -54,22 +52,6 @@ def build_denoiser(spec: dict) -> Denoiser:
         raise ModelError(str(e)) from None
 
 
-def _atomic_dir(target: Path):
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, target: Path):
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-
-
 def write_weights(net: torch.nn.Module, folder: Path):
     """The network's weights in its native layout inside `folder`."""
     if isinstance(net, UNet):
@@ -100,15 +82,10 @@ def read_weights(net: torch.nn.Module, folder: Path):
 def save_model(net: torch.nn.Module, spec: dict, folder, **extra) -> Path:
     """Write `spec` (+ `extra` metadata) and `net`'s weights to `folder`, atomically."""
     folder = Path(folder)
-    tmp = _atomic_dir(folder)
-    try:
+    with atomic_folder(folder) as tmp:
         write_weights(net, tmp)
         meta = {"format": FORMAT, **spec, **extra}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _publish(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

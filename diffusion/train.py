@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_folder, atomic_write_text
 from .model import save_model
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
@@ -201,25 +201,14 @@ def _tensor_state(module_or_dict) -> dict:
 
 def save_checkpoint(ckpt_dir: Path, step: int, net: nn.Module, ema: EMA, opt, spec: dict,
                     cfg: TrainConfig) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     target = ckpt_dir / f"step_{step:08d}"
-    tmp = ckpt_dir / f".step_{step:08d}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(target) as tmp:
         save_file(_tensor_state(net), str(tmp / "model.safetensors"))
         save_file(_tensor_state(ema.shadow), str(tmp / "ema.safetensors"))
         torch.save({"step": step, "optimizer": opt.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "model": spec, "train": asdict(cfg)},
                                                   indent=2, default=str))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    latest_tmp = ckpt_dir / f".latest.tmp-{uuid.uuid4().hex[:8]}"
-    latest_tmp.write_text(target.name)
-    os.replace(latest_tmp, ckpt_dir / "latest")
+    atomic_write_text(ckpt_dir / "latest", target.name)  # only after the folder is complete
     return target
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def train_teacher(cfg: Config, resume: bool = True, on_log=None) -> TeacherRun:
     torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
     denoiser = build_denoiser(spec)
     parameters = count_parameters(denoiser.net)
-    print(f"dataset {cfg.data.name}: {len(train_split.ids)} training samples of shape "
-          f"{tuple(ds.sample_shape)}; network {spec['net']['kind']} with {parameters:,} parameters",
-          flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        print(f"dataset {cfg.data.name}: {len(train_split.ids)} training samples of shape "
+              f"{tuple(ds.sample_shape)}; network {spec['net']['kind']} with {parameters:,} "
+              "parameters", flush=True)
     result = train(denoiser, train_split.x, cfg.train, out_dir, spec=spec, resume=resume,
                    on_log=on_log)
     png = None
