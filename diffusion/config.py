@@ -119,6 +119,16 @@ class SampleConfig(_Strict):
         return self
 
 
+class EvaluateConfig(_Strict):
+    samplers: list[Literal["ddpm", "ddim", "dpmpp_2m", "heun"]] = ["ddim", "dpmpp_2m", "heun", "ddpm"]
+    nfes: list[Annotated[int, Field(gt=0)]] = [1, 2, 4, 8, 16, 32, 64]
+    n_samples: Annotated[int, Field(ge=10)] = 1000   # generated per setting; the floor uses the same n
+    kid_subsets: Annotated[int, Field(gt=0)] = 50
+    seed: Annotated[int, Field(ge=0)] = 0
+    feature_cache: str = "data/features"            # extractors, keyed by the training data's hash
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+
+
 class Config(_Strict):
     profile: str | None = None
     out_dir: str = "runs/default"
@@ -126,6 +136,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def model_spec(self, sample_shape: tuple[int, ...], **data_facts) -> dict:
         """The plain-dict spec that model.build_denoiser takes and model.json stores; the
@@ -242,5 +253,5 @@ def load_config(path="params.yaml", profile: str | None = None,
     return validate(raw)
 
 
-__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "SampleConfig", "TrainConfig",
+__all__ = ["Config", "ConfigError", "DataConfig", "EvaluateConfig", "ModelConfig", "SampleConfig", "TrainConfig",
            "ObjectiveConfig", "load_config", "validate", "parse_override"]

@@ -79,3 +79,44 @@ def _save_atomic(write, path: Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_filmstrip(strip: torch.Tensor, path) -> Path:
+    """(n, frames, C, H, W) -> one row per sample, one column per frame, left (noise) to right."""
+    if strip.ndim != 5:
+        raise ValueError(f"a filmstrip is (n, frames, C, H, W), got shape {tuple(strip.shape)}")
+    n, frames = strip.shape[:2]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = image_grid(strip.reshape(n * frames, *strip.shape[2:]), nrow=frames)
+    _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path)
+    return path
+
+
+def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = None) -> Path:
+    """`metric` against NFE (log x), one line per model/sampler, the real-data floor dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for (model, sampler), rows in table.groupby(["model", "sampler"], sort=False):
+        rows = rows.sort_values("nfe")
+        label = sampler if model == "teacher" else f"{model} ({sampler})"
+        style = "-o" if model == "teacher" else "--s"
+        ax.plot(rows["nfe"], rows[metric], style, label=label, markersize=4)
+    if floor is not None:
+        ax.axhline(floor, color="black", linestyle=":", label=f"real-data floor ({floor:.3g})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per sample (NFE)")
+    ax.set_ylabel(metric.upper() + " (learned feature space)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path)
+    plt.close(fig)
+    return path

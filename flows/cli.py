@@ -105,6 +105,55 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
         sample_to_png(checkpoint, out, n=n, seed=seed, sampler=sampler, steps=steps, device=device)
 
 
+def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} takes comma-separated integers, e.g. 1,2,4,8; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--{name} needs positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
+                                             help="A model folder, a training run folder or a checkpoint folder."),
+             config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+             set_: Optional[list[str]] = SetOpt,
+             out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                                help="Report folder (default: <run>/evaluation)."),
+             samplers: Optional[str] = typer.Option(None, help="Comma-separated, e.g. heun,dpmpp_2m "
+                                                    "(default: evaluate.samplers)."),
+             nfe: Optional[str] = typer.Option(None, help="Comma-separated NFE budgets, e.g. 1,2,4,8 "
+                                               "(default: evaluate.nfes)."),
+             n: Optional[int] = typer.Option(None, min=10, help="Samples per setting (default: evaluate.n_samples).")):
+    """Quality versus NFE on held-out data: FID (with its real-data floor), KID, precision /
+    recall / density / coverage, memorisation; writes CSV, JSON, a plot, grids and a filmstrip."""
+    from tasks.evaluate import evaluate_model
+
+    with _friendly_errors():
+        cfg = _load(config, profile, set_, None)
+        sampler_list = [v.strip() for v in samplers.split(",")] if samplers else None
+        if sampler_list:
+            from diffusion.samplers import SAMPLERS
+
+            unknown = [v for v in sampler_list if v not in SAMPLERS]
+            if unknown:
+                raise ValueError(f"unknown sampler(s) {unknown}; allowed: {sorted(SAMPLERS)}")
+        if out is None:
+            base = checkpoint.parent if (checkpoint / "model.json").exists() else checkpoint
+            out = base / "evaluation"
+        report = evaluate_model(checkpoint, cfg, out, samplers=sampler_list,
+                                nfes=_int_list(nfe, "nfe"), n=n)
+    b = report.best
+    typer.echo(f"best: {b['sampler']} at {int(b['nfe'])} NFE, FID {b['fid']:.3f} = "
+               f"{b['fid'] / report.floor:.2f}x the real-data floor {report.floor:.3f}")
+    for name, path in report.files.items():
+        typer.echo(f"{name + ':':18s}{path}")
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,89 @@
+"""Quality versus NFE of a trained model, as a markdown table.
+
+    .venv/bin/python benchmarks/quality_vs_nfe.py                    # trains the quick profile if needed
+    .venv/bin/python benchmarks/quality_vs_nfe.py --checkpoint runs/digits --nfe 1,2,4,8,16,32,64
+
+Without --checkpoint it trains the `--profile` teacher into runs/bench_<profile> (resuming
+if a run is there), then evaluates every sampler at every NFE on the held-out test split.
+Target for the quick profile (2 CPU cores, <= 10 minutes of training): best FID at most
+2x the real-data floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion.config import load_config  # noqa: E402
+from tasks.evaluate import evaluate_model  # noqa: E402
+from tasks.train_teacher import train_teacher  # noqa: E402
+
+
+def markdown(table) -> str:
+    cols = [("model", "model", "{}"), ("sampler", "sampler", "{}"), ("nfe", "NFE", "{:d}"),
+            ("fid", "FID", "{:.3f}"), ("fid_ratio", "x floor", "{:.2f}"),
+            ("kid_mean", "KID", "{:.4f}"), ("kid_std", "KID std", "{:.4f}"),
+            ("precision", "prec", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+            ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
+            ("memorisation_ratio", "mem ratio", "{:.2f}"), ("images_per_s", "img/s", "{:.0f}")]
+    cols = [c for c in cols if c[0] in table.columns]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in table.iterrows():
+        cells = []
+        for key, _, fmt in cols:
+            value = row[key]
+            cells.append(fmt.format(int(value) if fmt == "{:d}" else value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="model/run folder; default: train --profile first")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--config", type=Path, default=ROOT / "params.yaml")
+    p.add_argument("--samplers", default=None, help="comma-separated (default: evaluate.samplers)")
+    p.add_argument("--nfe", default=None, help="comma-separated NFE budgets (default: evaluate.nfes)")
+    p.add_argument("--n", type=int, default=None, help="samples per setting (default: evaluate.n_samples)")
+    p.add_argument("--out", type=Path, default=None, help="report folder")
+    args = p.parse_args(argv)
+
+    cfg = load_config(args.config, args.profile)
+    checkpoint = args.checkpoint
+    train_seconds = None
+    if checkpoint is None:
+        cfg = load_config(args.config, args.profile, [f"out_dir=runs/bench_{args.profile}"])
+        t0 = time.perf_counter()
+        run = train_teacher(cfg)
+        train_seconds = time.perf_counter() - t0
+        checkpoint = run.model_dir
+    out = args.out or ROOT / "benchmarks" / "results" / f"quality_vs_nfe_{args.profile}"
+    report = evaluate_model(
+        checkpoint, cfg, out,
+        samplers=args.samplers.split(",") if args.samplers else None,
+        nfes=[int(v) for v in args.nfe.split(",")] if args.nfe else None, n=args.n,
+        log=lambda line: print(line, file=sys.stderr, flush=True))
+    table = report.table.sort_values(["model", "sampler", "nfe"])
+    best = report.best
+    text = [f"# Quality versus NFE ({args.profile} profile, {cfg.data.name})", "",
+            markdown(table), "",
+            f"real-data floor FID(train, test) at n = {int(table['n_samples'].iloc[0])}: "
+            f"{report.floor:.3f}",
+            f"best: {best['sampler']} at {int(best['nfe'])} NFE, FID {best['fid']:.3f} = "
+            f"{best['fid'] / report.floor:.2f}x the floor (target for the quick profile: <= 2x)"]
+    if train_seconds is not None:
+        text.append(f"teacher training (incl. resume check) took {train_seconds:.0f} s")
+    text.append(f"report files: {', '.join(str(v) for v in report.files.values())}")
+    body = "\n".join(text)
+    print(body)
+    (out / "README.md").write_text(body + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
