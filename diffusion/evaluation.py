@@ -93,16 +93,21 @@ def best_rows(table: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
 def denoising_filmstrip(denoiser, shape, *, n: int = 8, frames: int = 8, sampler: str = "heun",
                         steps: int = 18, seed: int = 0, sampling: dict | None = None,
                         device="cpu") -> torch.Tensor:
-    """(n, frames, *shape): the denoiser's x0 prediction at `frames` evenly spaced steps of one
-    trajectory per sample, the final sample last."""
+    """(n, frames, *shape): the denoiser's x0 prediction along one trajectory per sample at
+    `frames - 1` noise levels evenly spaced in log sigma (evenly spaced steps would show the
+    mean image several times, since Karras grids spend many steps at high noise), then the
+    final sample."""
     sampling = {k: v for k, v in (sampling or {}).items() if k not in ("sampler", "steps")}
-    predictions = []
+    predictions, log_sigmas = [], []
 
     def keep(i, sigma, x, denoised):
         predictions.append(denoised.detach().cpu())
+        log_sigmas.append(float(torch.log(sigma)))
 
     out = generate(denoiser, shape, n, sampler=sampler, steps=steps, seed=seed, device=device,
                    callback=keep, **sampling)
-    picks = torch.linspace(0, len(predictions) - 1, max(1, frames - 1)).round().long().unique()
-    strip = [predictions[i] for i in picks.tolist()] + [out.x.cpu()]
+    wanted = torch.linspace(log_sigmas[0], log_sigmas[-1], max(1, frames - 1))
+    have = torch.tensor(log_sigmas)
+    picks = [int((have - w).abs().argmin()) for w in wanted]
+    strip = [predictions[i] for i in picks] + [out.x.cpu()]
     return torch.stack(strip, 1)
