@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_folder
 from .nets import UNet, build_net
-from .objectives import Denoiser, EDMPreconditioning, Preconditioning, VPPrediction
+from .objectives import (ConsistencyPreconditioning, Denoiser, EDMPreconditioning, Preconditioning,
+                         VPPrediction)
 from .schedules import VP_SCHEDULES
 
 FORMAT = "dmops-model/1"
@@ -40,7 +41,10 @@ def build_precond(spec: dict) -> Preconditioning:
         if schedule not in VP_SCHEDULES:
             raise ModelError(f"unknown VP schedule {schedule!r}; allowed: {sorted(VP_SCHEDULES)}")
         return VPPrediction(VP_SCHEDULES[schedule](), spec.get("prediction", "eps"))
-    raise ModelError(f"unknown preconditioning kind {kind!r}; allowed: ['edm', 'vp']")
+    if kind == "consistency":
+        return ConsistencyPreconditioning(sigma_data=float(spec.get("sigma_data", 0.5)),
+                                          sigma_min=float(spec.get("sigma_min", 0.002)))
+    raise ModelError(f"unknown preconditioning kind {kind!r}; allowed: ['consistency', 'edm', 'vp']")
 
 
 def build_denoiser(spec: dict) -> Denoiser:

@@ -88,6 +88,29 @@ class EDMPreconditioning(Preconditioning):
         return Coefficients(c_skip, c_out, c_in, c_noise, sigma**2 / denom)
 
 
+class ConsistencyPreconditioning(Preconditioning):
+    """A consistency model's boundary-condition parametrisation (Song et al. 2023, appendix C):
+    c_skip = sd^2/((s - smin)^2 + sd^2), c_out = (s - smin) sd/sqrt(s^2 + sd^2),
+    c_in = 1/sqrt(s^2 + sd^2), c_noise as EDM.  At s = smin, c_skip = 1 and c_out = 0 exactly,
+    so f(x, smin) = x bit for bit -- provided sigma reaches here as float64 smin (the grids are
+    float64; float32(0.002) is not 0.002)."""
+
+    name = "consistency"
+
+    def __init__(self, sigma_data: float = 0.5, sigma_min: float = 0.002):
+        self.sigma_data, self.sigma_min = sigma_data, sigma_min
+
+    def coefficients(self, sigma):
+        sd2 = self.sigma_data**2
+        d = sigma - self.sigma_min
+        denom_skip = d**2 + sd2
+        c_skip = sd2 / denom_skip
+        c_out = d * self.sigma_data * torch.rsqrt(sigma**2 + sd2)
+        c_in = torch.rsqrt(sigma**2 + sd2)
+        c_noise = TIMESTEP_SCALE * torch.log(sigma) / 4
+        return Coefficients(c_skip, c_out, c_in, c_noise, d**2 / denom_skip)
+
+
 class DiscreteEpsPrediction(Preconditioning):
     """An eps network trained on N discrete DDPM steps (e.g. a diffusers UNet with its
     scheduler's alphas_cumprod).  sigma is mapped to a fractional timestep by linear

@@ -144,6 +144,20 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
     return append_zero((hi + ramp * (lo - hi)) ** rho)
 
 
+def nested_karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
+                         dtype=torch.float64) -> torch.Tensor:
+    """The Karras ramp sampled at u_i = i/n for i < n, then sigma_n = 0 (progressive distillation).
+
+    Unlike karras_sigmas (which ends its ramp at sigma_min), the grids nest: the n/2-step grid
+    is every other point of the n-step grid, so one student step spans exactly two teacher
+    steps.  sigma_min itself is never visited; the last step jumps from sigma_{n-1} to 0."""
+    if n < 1:
+        raise ValueError(f"need at least 1 step, got {n}")
+    u = torch.arange(n, dtype=dtype) / n
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((hi + u * (lo - hi)) ** rho)
+
+
 def vp_time_sigmas(schedule: VPSchedule, n: int, t_min: float = 1e-3,
                    dtype=torch.float64) -> torch.Tensor:
     """Uniform steps in VP time from t = 1 down to t_min (the DDPM/DDIM convention), then 0."""
@@ -163,9 +177,12 @@ def logsnr_sigmas(n: int, sigma_min: float, sigma_max: float, dtype=torch.float6
 
 def sampling_sigmas(grid: str, steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
                     dtype=torch.float64) -> torch.Tensor:
-    """The noise grid a sampler walks, by name: 'karras' (EDM, rho) or 'logsnr' (uniform in log-SNR)."""
+    """The noise grid a sampler walks, by name: 'karras' (EDM, rho), 'karras_nested' (the
+    nested Karras grid of progressive distillation) or 'logsnr' (uniform in log-SNR)."""
     if grid == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho, dtype)
+    if grid == "karras_nested":
+        return nested_karras_sigmas(steps, sigma_min, sigma_max, rho, dtype)
     if grid == "logsnr":
         return logsnr_sigmas(steps, sigma_min, sigma_max, dtype)
-    raise ValueError(f"unknown grid {grid!r}; allowed: 'karras', 'logsnr'")
+    raise ValueError(f"unknown grid {grid!r}; allowed: 'karras', 'karras_nested', 'logsnr'")

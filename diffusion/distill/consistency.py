@@ -1,0 +1,224 @@
+"""Consistency distillation (Song et al. 2023), in sigma space.
+
+The student f(x, sigma) = c_skip x + c_out F(c_in x, c_noise) with the boundary-condition
+coefficients of objectives.ConsistencyPreconditioning, so f(x, sigma_min) = x exactly.  On a
+Karras grid sigma_min = sigma_0 < ... < sigma_{N-1} = sigma_max:
+
+    n ~ U{0, ..., N-2},  x_{n+1} = x0 + sigma_{n+1} z,
+    x_hat_n = one Heun step of the frozen teacher's probability-flow ODE, sigma_{n+1} -> sigma_n,
+    loss = d(f_theta(x_{n+1}, sigma_{n+1}), f_target(x_hat_n, sigma_n)),
+
+with f_target an EMA of the student (decay mu, no gradient) and d the pseudo-Huber distance
+sqrt(|a - b|^2 + c^2) - c, c = 0.00054 sqrt(dim).  Sampling: samplers.sample_consistency.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as validated_dataclass
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..model import save_model
+from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
+from ..schedules import karras_sigmas
+from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
+from . import check_data, check_teacher, freeze, load_into, load_state, save_state
+
+SUPPORTED_STEPS = (1, 2, 4)
+
+
+@validated_dataclass(config=_STRICT)
+class ConsistencyConfig:
+    steps: Positive = 4000
+    levels: Annotated[int, Field(ge=2)] = 18     # N: Karras noise levels from sigma_min to sigma_max
+    batch_size: Positive = 128
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    target_decay: Fraction = 0.95              # mu: the EMA target network f_theta^-
+    ema_decay: Fraction = 0.999                # slow EMA (with warm-up) that is exported and sampled
+    huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
+    sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
+    sigma_min: Annotated[float, Field(gt=0)] = 0.002
+    sigma_max: Annotated[float, Field(gt=0)] = 80.0
+    rho: Annotated[float, Field(gt=0)] = 7.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    checkpoint_every: Positive = 500
+    log_every: Positive = 100
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """Per-sample sqrt(|a - b|^2 + c^2) - c (|.| the Euclidean norm over all but the batch
+    dimension): |a-b|^2/(2c) for |a-b| << c, |a-b| - c for |a-b| >> c.  Formed as
+    |a-b|^2 / (sqrt(|a-b|^2 + c^2) + c), which does not cancel when |a-b| << c."""
+    sq = (a - b).flatten(1).pow(2).sum(1)
+    return sq / (torch.sqrt(sq + c * c) + c)
+
+
+def training_grid(cfg: ConsistencyConfig) -> torch.Tensor:
+    """The N Karras levels, increasing, with the ends set to sigma_min and sigma_max exactly
+    (the ramp's rounding would otherwise miss sigma_min, where the boundary condition holds)."""
+    grid = karras_sigmas(cfg.levels, cfg.sigma_min, cfg.sigma_max, cfg.rho)[:-1].flip(0).clone()
+    grid[0], grid[-1] = cfg.sigma_min, cfg.sigma_max
+    return grid
+
+
+def _col(v, like):
+    return v.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+@torch.no_grad()
+def heun_step(teacher, x, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
+    """One Heun step of dx/dsigma = (x - D(x, sigma))/sigma from sigma_from to sigma_to > 0
+    (per-sample float64 sigmas)."""
+    h = _col(sigma_to - sigma_from, x)
+    d1 = (x - teacher(x, sigma_from)) / _col(sigma_from, x)
+    x_euler = x + h * d1
+    d2 = (x_euler - teacher(x_euler, sigma_to)) / _col(sigma_to, x)
+    return x + h * (d1 + d2) / 2
+
+
+def consistency_student(teacher: Denoiser, sigma_data: float, sigma_min: float) -> Denoiser:
+    """f = c_skip x + c_out F(...) with F a copy of the teacher's network.  From an EDM teacher
+    this is a near-perfect start at large sigma (the coefficients and c_noise coincide there);
+    a VP teacher's network expects VP inputs and timesteps, so it is only a weaker start."""
+    return Denoiser(copy.deepcopy(teacher.net), ConsistencyPreconditioning(sigma_data, sigma_min))
+
+
+def consistency_loss(student, target, teacher, x0, z, grid, n, c):
+    s_hi, s_lo = grid[n + 1], grid[n]
+    x_hi = x0 + _col(s_hi, x0) * z
+    with torch.no_grad():
+        x_lo = heun_step(teacher, x_hi, s_hi, s_lo)
+        y = target(x_lo, s_lo)
+    # Weight 1 (the CD paper's choice).  iCT's 1/(sigma_{n+1} - sigma_n) weighting balances the
+    # small per-level differences of consistency TRAINING; here the teacher's Heun step already
+    # gives a clean target at every level, and on an 18-level rho-7 grid that weight would span
+    # four orders of magnitude and hand the loss to the smallest levels, which matter least for
+    # 1-4 step sampling.
+    return pseudo_huber(student(x_hi, s_hi), y, c).mean()
+
+
+def student_spec(teacher_spec: dict, cfg: ConsistencyConfig, sigma_data: float, c: float,
+                 trained_steps: int) -> dict:
+    spec = copy.deepcopy(teacher_spec)
+    spec.pop("format", None)
+    spec["precond"] = {"kind": "consistency", "sigma_data": sigma_data, "sigma_min": cfg.sigma_min}
+    spec["sampling"] = {"sampler": "consistency", "steps": 1, "grid": "karras_nested",
+                        "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho,
+                        "eta": 0.0}
+    spec["distillation"] = {"method": "consistency", "supported_steps": list(SUPPORTED_STEPS),
+                            "levels": cfg.levels, "steps": trained_steps,
+                            "target_decay": cfg.target_decay, "ema_decay": cfg.ema_decay,
+                            "huber_c": c, "weights": "ema",
+                            "teacher_precond": teacher_spec.get("precond"),
+                            "base_trained_steps": teacher_spec.get("trained_steps")}
+    spec.pop("trained_steps", None)
+    return spec
+
+
+def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.Tensor,
+                             cfg: ConsistencyConfig, out_dir, resume: bool = True,
+                             on_log: Callable[[int, dict], None] | None = None) -> Path:
+    """Distil `teacher` into a consistency model; writes out_dir/model (slow-EMA weights,
+    sampling defaults: 1 step; 1, 2 and 4 steps are supported on the nested Karras grid) and
+    returns it.  Resumes from out_dir/checkpoints/latest; an existing model folder is returned
+    as is when `resume`."""
+    check_data(data)
+    check_teacher(teacher_spec, data.shape[1:])
+    out_dir = Path(out_dir)
+    folder = out_dir / "model"
+    if resume and (folder / "model.json").exists():
+        return folder
+    device = resolve_device(cfg.device)
+    data = data.to(device)
+    teacher = freeze(copy.deepcopy(teacher).to(device))
+    if cfg.sigma_data is not None:
+        sigma_data = cfg.sigma_data
+    elif isinstance(teacher.precond, EDMPreconditioning):
+        sigma_data = teacher.precond.sigma_data
+    else:
+        sigma_data = float(data.std())
+    dim = math.prod(data.shape[1:])
+    c = cfg.huber_c if cfg.huber_c is not None else 0.00054 * math.sqrt(dim)
+
+    student = consistency_student(teacher, sigma_data, cfg.sigma_min).to(device).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    net = student.net
+    target = freeze(copy.deepcopy(student))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # The target EMA (mu = 0.95) is what the loss chases; a separate slow EMA with warm-up is
+    # what gets exported: on the 2-D ring it sampled with less between-mode mass than the raw
+    # weights (see tests/test_distill.py), as in the CM paper (0.9999 for sampling).
+    ema = EMA(net, cfg.ema_decay, warmup=True)
+    target_params = list(target.net.parameters())
+    live_params = list(net.parameters())
+    grid = training_grid(cfg).to(device)
+
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    state = load_state(ckpt_dir, opt) if resume else None
+    if state is not None:
+        step, weights = state
+        load_into(net, weights["model"], str(ckpt_dir))
+        load_into(target.net, weights["target"], str(ckpt_dir))
+        ema.load(weights["ema"])
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="consistency",
+               unit="step", dynamic_ncols=True)
+    t0, window = time.perf_counter(), []
+    while step < cfg.steps:
+        g = step_generator(cfg.seed, 0, step, device)
+        x0 = data[torch.randint(len(data), (cfg.batch_size,), generator=g, device=device)]
+        n = torch.randint(cfg.levels - 1, (cfg.batch_size,), generator=g, device=device)
+        z = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
+        loss = consistency_loss(student, target, teacher, x0, z, grid, n, c)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(target_params, live_params, 1.0 - cfg.target_decay)
+        ema.update(net, step)
+        step += 1
+        window.append(loss.detach())
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            value = float(torch.stack(window).mean())
+            window = []
+            if not math.isfinite(value):
+                raise TrainingError(f"consistency distillation diverged by step {step} "
+                                    f"(loss {value}); lower the learning rate")
+            bar.set_postfix(loss=f"{value:.4f}")
+            if on_log:
+                on_log(step, {"loss": value, "lr": opt.param_groups[0]["lr"],
+                              "seconds": time.perf_counter() - t0})
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_state(ckpt_dir, step, {"model": net.state_dict(), "target": target.net.state_dict(),
+                                        "ema": ema.shadow}, opt,
+                       {"method": "consistency", "config": asdict(cfg)})
+    bar.close()
+    exported = copy.deepcopy(net).cpu()
+    ema.copy_to(exported)
+    return save_model(exported.eval(), student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps),
+                      folder)

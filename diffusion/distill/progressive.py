@@ -1,0 +1,233 @@
+"""Progressive distillation (Salimans & Ho 2022), in sigma space.
+
+A student taking ONE DDIM step t -> s must land where the teacher lands after TWO DDIM steps
+t -> mid -> s.  The student's DDIM step is z_s = x_hat + (sigma_s/sigma_t)(z_t - x_hat), so
+requiring z_s = z'' (the teacher's result) gives its x0 target in closed form:
+
+    x_hat = (z'' - (sigma_s/sigma_t) z_t) / (1 - sigma_s/sigma_t)            (VE form)
+          = (z''_vp - (s_s/s_t) z_vp_t) / (a_s - (s_s/s_t) a_t)             (VP form, DESIGN.md)
+
+and x_hat = z'' when sigma_s = 0.  The loss is the x0 MSE with truncated-SNR weighting
+max(SNR, 1).  Grids nest (schedules.nested_karras_sigmas): the student's N/2-step grid is
+every other point of the teacher's N-step grid.  Rounds halve N; each student starts as a
+copy of its teacher, and its EMA weights (with warm-up) become the next round's teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Callable
+
+import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as validated_dataclass
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..model import load_model, save_model
+from ..objectives import Denoiser, weight_truncated_snr
+from ..schedules import nested_karras_sigmas
+from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
+from . import check_data, check_teacher, freeze, load_into, load_state, save_state
+
+
+@validated_dataclass(config=_STRICT)
+class ProgressiveConfig:
+    start_steps: Positive = 64        # the teacher's DDIM steps in round 1 (a power of 2)
+    end_steps: Positive = 1           # the last student's steps (a power of 2, < start_steps)
+    steps_per_round: Positive = 2000  # optimiser steps per round
+    batch_size: Positive = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    ema_decay: Fraction = 0.999       # with warm-up min(decay, (1+k)/(10+k)), restarted per round
+    sigma_min: Annotated[float, Field(gt=0)] = 0.002
+    sigma_max: Annotated[float, Field(gt=0)] = 80.0
+    rho: Annotated[float, Field(gt=0)] = 7.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    checkpoint_every: Positive = 500
+    log_every: Positive = 100
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("start_steps", "end_steps"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"{name} must be a power of 2, got {v}")
+        if self.end_steps >= self.start_steps:
+            raise ValueError(f"end_steps ({self.end_steps}) must be below start_steps "
+                             f"({self.start_steps})")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample (or scalar) sigma as a column broadcasting over `like`, in its dtype."""
+    v = torch.as_tensor(v, dtype=torch.float64, device=like.device)
+    if v.ndim == 0:
+        v = v.expand(like.shape[0])
+    return v.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _sigma(v, like):
+    v = torch.as_tensor(v, dtype=torch.float64, device=like.device)
+    return v.expand(like.shape[0]) if v.ndim == 0 else v
+
+
+def ddim_step(denoiser, z: torch.Tensor, sigma_from, sigma_to) -> torch.Tensor:
+    """One deterministic DDIM step z_to = D + (sigma_to/sigma_from)(z - D)."""
+    d = denoiser(z, _sigma(sigma_from, z))
+    return d + (_col(sigma_to, z) / _col(sigma_from, z)) * (z - d)
+
+
+@torch.no_grad()
+def progressive_target(teacher, z_t: torch.Tensor, sigma_t, sigma_mid, sigma_s) -> torch.Tensor:
+    """x_hat such that one student DDIM step t -> s from z_t lands on the teacher's two DDIM
+    steps t -> mid -> s.  Sigmas are scalars or per-sample tensors; sigma_s may be 0."""
+    z_mid = ddim_step(teacher, z_t, sigma_t, sigma_mid)
+    z2 = ddim_step(teacher, z_mid, sigma_mid, sigma_s)
+    ratio = _col(sigma_s, z_t) / _col(sigma_t, z_t)
+    return (z2 - ratio * z_t) / (1 - ratio)
+
+
+def progressive_target_vp(z2_vp, z_vp_t, alpha_t, s_t, alpha_s, s_s):
+    """The same target in VP variables (DESIGN.md): (z'' - (s_s/s_t) z_t)/(a_s - (s_s/s_t) a_t)."""
+    ratio = s_s / s_t
+    return (z2_vp - ratio * z_vp_t) / (alpha_s - ratio * alpha_t)
+
+
+def progressive_loss(student: Denoiser, teacher, x0, eps, grid: torch.Tensor, j: torch.Tensor):
+    """Mean over the batch of max(SNR_t, 1) |D_student(z_t, sigma_t) - x_hat|^2 / dim, for
+    student step j: sigma_t = grid[2j], mid = grid[2j+1], s = grid[2j+2] of the teacher's grid."""
+    sigma_t, sigma_mid, sigma_s = grid[2 * j], grid[2 * j + 1], grid[2 * j + 2]
+    z_t = x0 + _col(sigma_t, x0) * eps
+    x_hat = progressive_target(teacher, z_t, sigma_t, sigma_mid, sigma_s)
+    err = (student(z_t, sigma_t) - x_hat) ** 2
+    w = weight_truncated_snr(sigma_t).to(x0.dtype)
+    return (w * err.flatten(1).mean(1)).mean()
+
+
+def student_spec(teacher_spec: dict, cfg: ProgressiveConfig, round_: int, teacher_steps: int,
+                 trained_steps: int) -> dict:
+    spec = copy.deepcopy(teacher_spec)
+    spec.pop("format", None)
+    spec["sampling"] = {"sampler": "ddim", "steps": teacher_steps // 2, "grid": "karras_nested",
+                        "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho,
+                        "eta": 0.0}
+    prior = teacher_spec.get("distillation") or {}
+    spec["distillation"] = {"method": "progressive", "round": round_, "teacher_steps": teacher_steps,
+                            "student_steps": teacher_steps // 2, "steps_per_round": trained_steps,
+                            "weights": "ema", "weighting": "truncated_snr",
+                            "first_teacher_steps": cfg.start_steps,
+                            "base_trained_steps": prior.get("base_trained_steps",
+                                                            teacher_spec.get("trained_steps"))}
+    spec.pop("trained_steps", None)
+    return spec
+
+
+def round_dir(out_dir: Path, round_: int, teacher_steps: int) -> Path:
+    return Path(out_dir) / f"round_{round_:02d}_{teacher_steps}_to_{teacher_steps // 2}"
+
+
+def progressive_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.Tensor,
+                             cfg: ProgressiveConfig, out_dir, resume: bool = True,
+                             on_log: Callable[[int, dict], None] | None = None) -> list[Path]:
+    """Distil `teacher` from cfg.start_steps DDIM steps down to cfg.end_steps, halving per round.
+
+    Round r (teacher N = start_steps / 2^(r-1) steps) writes out_dir/round_RR_N_to_N/2/model
+    (the student's EMA weights, sampling defaults for N/2 DDIM steps on the nested grid) and
+    returns those folders in order.  With `resume`, a round whose model folder exists is
+    loaded instead of trained, and an interrupted round continues from its latest checkpoint.
+    `on_log(step, metrics)` gets {"round", "loss", "lr", ...} every cfg.log_every steps."""
+    check_data(data)
+    check_teacher(teacher_spec, data.shape[1:])
+    device = resolve_device(cfg.device)
+    data = data.to(device)
+    out_dir = Path(out_dir)
+    teacher = freeze(copy.deepcopy(teacher).to(device))
+    folders, n_teacher, round_ = [], cfg.start_steps, 1
+    spec = teacher_spec
+    while n_teacher > cfg.end_steps:
+        folder = round_dir(out_dir, round_, n_teacher) / "model"
+        if resume and (folder / "model.json").exists():
+            student, spec = load_model(folder, device)
+        else:
+            student = _train_round(teacher, data, cfg, round_, n_teacher, folder.parent, resume,
+                                   on_log, device)
+            spec = student_spec(spec, cfg, round_, n_teacher, cfg.steps_per_round)
+            save_model(student.net, spec, folder)
+            shutil.rmtree(folder.parent / "checkpoints", ignore_errors=True)  # done with them
+        folders.append(folder)
+        teacher = freeze(student)
+        n_teacher //= 2
+        round_ += 1
+    return folders
+
+
+def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n_teacher: int,
+                 work: Path, resume: bool, on_log, device) -> Denoiser:
+    """One round: a copy of the teacher learns to take one step for every two of the teacher's.
+    Returns the student holding its EMA weights."""
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    net = student.net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # EMA weights become the next teacher: a round's last raw iterate carries the noise of its
+    # last few minibatches, which the next round would then distil as if it were signal; the
+    # warm-up keeps the short round's average from being dominated by the teacher's weights.
+    ema = EMA(net, cfg.ema_decay, warmup=True)
+    grid = nested_karras_sigmas(n_teacher, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(device)
+    ckpt_dir = work / "checkpoints"
+    step = 0
+    state = load_state(ckpt_dir, opt) if resume else None
+    if state is not None:
+        step, weights = state
+        load_into(net, weights["model"], str(ckpt_dir))
+        ema.load(weights["ema"])
+    bar = tqdm(total=cfg.steps_per_round, initial=step, disable=not cfg.progress,
+               desc=f"progressive {n_teacher}->{n_teacher // 2}", unit="step", dynamic_ncols=True)
+    t0, window = time.perf_counter(), []
+    while step < cfg.steps_per_round:
+        # stream = round: every round draws its own batches, reproducibly per step
+        g = step_generator(cfg.seed, round_, step, device)
+        x0 = data[torch.randint(len(data), (cfg.batch_size,), generator=g, device=device)]
+        j = torch.randint(n_teacher // 2, (cfg.batch_size,), generator=g, device=device)
+        eps = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
+        loss = progressive_loss(student, teacher, x0, eps, grid, j)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        opt.step()
+        ema.update(net, step)
+        step += 1
+        window.append(loss.detach())
+        if step % cfg.log_every == 0 or step == cfg.steps_per_round:
+            value = float(torch.stack(window).mean())
+            window = []
+            if not math.isfinite(value):
+                raise TrainingError(f"progressive round {round_} diverged by step {step} "
+                                    f"(loss {value}); lower the learning rate")
+            bar.set_postfix(loss=f"{value:.4f}")
+            if on_log:
+                on_log(step, {"round": round_, "teacher_steps": n_teacher, "loss": value,
+                              "lr": opt.param_groups[0]["lr"],
+                              "seconds": time.perf_counter() - t0})
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps_per_round:
+            save_state(ckpt_dir, step, {"model": net.state_dict(), "ema": ema.shadow}, opt,
+                       {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
+                        "config": asdict(cfg)})
+    bar.close()
+    ema.copy_to(net)
+    return student.eval()
