@@ -14,17 +14,43 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as validated_dataclass
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_folder, atomic_write_text
 from ..model import ModelError, load_for_sampling
 from ..objectives import Denoiser
-from ..train import TrainingError, _rng_state, _set_rng_state, _tensor_state, latest_checkpoint
+from ..train import (_STRICT, Positive, TrainingError, _rng_state, _set_rng_state, _tensor_state,
+                     latest_checkpoint)
 
 __all__ = ["DistillationError", "load_teacher", "check_teacher", "model_data_shape"]
+
+
+@validated_dataclass(config=_STRICT)
+class DistillRunConfig:
+    """Settings every distillation run shares; the methods' configs add their own."""
+
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    sigma_min: Annotated[float, Field(gt=0)] = 0.002
+    sigma_max: Annotated[float, Field(gt=0)] = 80.0
+    rho: Annotated[float, Field(gt=0)] = 7.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    checkpoint_every: Positive = 500
+    log_every: Positive = 100
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _sigma_range(self):
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
 
 
 class DistillationError(ModelError):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic.dataclasses import dataclass as validated_dataclass
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,37 +31,21 @@ from ..model import save_model
 from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
 from ..schedules import karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
-from . import check_data, check_teacher, freeze, load_into, load_state, save_state
+from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
 
 SUPPORTED_STEPS = (1, 2, 4)
 
 
 @validated_dataclass(config=_STRICT)
-class ConsistencyConfig:
+class ConsistencyConfig(DistillRunConfig):
     steps: Positive = 4000
     levels: Annotated[int, Field(ge=2)] = 18     # N: Karras noise levels from sigma_min to sigma_max
     batch_size: Positive = 128
     lr: Annotated[float, Field(gt=0)] = 1e-4
-    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
     target_decay: Fraction = 0.95              # mu: the EMA target network f_theta^-
     ema_decay: Fraction = 0.999                # slow EMA (with warm-up) that is exported and sampled
     huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
     sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
-    sigma_min: Annotated[float, Field(gt=0)] = 0.002
-    sigma_max: Annotated[float, Field(gt=0)] = 80.0
-    rho: Annotated[float, Field(gt=0)] = 7.0
-    seed: Annotated[int, Field(ge=0)] = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
-    checkpoint_every: Positive = 500
-    log_every: Positive = 100
-    progress: bool = True
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError("sigma_min must be below sigma_max")
-        return self
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:

@@ -33,27 +33,17 @@ from ..model import load_model, save_model
 from ..objectives import Denoiser, weight_truncated_snr
 from ..schedules import nested_karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
-from . import check_data, check_teacher, freeze, load_into, load_state, save_state
+from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
 
 
 @validated_dataclass(config=_STRICT)
-class ProgressiveConfig:
+class ProgressiveConfig(DistillRunConfig):
     start_steps: Positive = 64        # the teacher's DDIM steps in round 1 (a power of 2)
     end_steps: Positive = 1           # the last student's steps (a power of 2, < start_steps)
     steps_per_round: Positive = 2000  # optimiser steps per round
     batch_size: Positive = 128
     lr: Annotated[float, Field(gt=0)] = 2e-4
-    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
     ema_decay: Fraction = 0.999       # with warm-up min(decay, (1+k)/(10+k)), restarted per round
-    sigma_min: Annotated[float, Field(gt=0)] = 0.002
-    sigma_max: Annotated[float, Field(gt=0)] = 80.0
-    rho: Annotated[float, Field(gt=0)] = 7.0
-    seed: Annotated[int, Field(ge=0)] = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
-    checkpoint_every: Positive = 500
-    log_every: Positive = 100
-    progress: bool = True
 
     @model_validator(mode="after")
     def _check(self):
@@ -64,8 +54,6 @@ class ProgressiveConfig:
         if self.end_steps >= self.start_steps:
             raise ValueError(f"end_steps ({self.end_steps}) must be below start_steps "
                              f"({self.start_steps})")
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError("sigma_min must be below sigma_max")
         return self
 
 
