@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import random
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -33,16 +31,12 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as validated_dataclass
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from .atomic import atomic_folder, atomic_write_text
+from .loop import TrainingError, optimise
 from .model import save_model
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
 
 
 # Plain dataclasses, validated by pydantic on construction: an unknown key, a wrong type or an
@@ -310,61 +304,30 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
             print(f"resuming from {latest} (step {step})", flush=True)
 
     data = data.to(device)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and ddp.main),
-               desc="train", unit="step", dynamic_ncols=True)
-    t0, start_step, loss_value, window = time.perf_counter(), step, float("nan"), []
-    while step < cfg.steps:
+
+    def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, ddp.rank, step, device)
-        idx = torch.randint(len(data), (local_batch,), generator=g, device=device)
-        x0 = data[idx]
+        x0 = data[torch.randint(len(data), (local_batch,), generator=g, device=device)]
         sigma = _sample_sigma(denoiser, cfg.objective, local_batch, g, device)
         eps = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_module(x0, sigma, eps, _weight(denoiser, cfg.objective, sigma))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                             else float("inf"))
-        opt.step()
-        ema.update(net, step)
-        step += 1
-        window.append(loss.detach())
-        checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if step % cfg.log_every == 0 or checkpoint_due:
-            # one host sync per log or checkpoint, not per step; a checkpoint is only written
-            # after its losses and weights are known to be finite
-            loss_value = float(torch.stack(window).mean())
-            window = []
-            _check_finite(loss_value, net, step)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = (step - start_step) * cfg.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-            if on_log and ddp.main:
-                on_log(step, {"loss": loss_value, "grad_norm": float(grad_norm),
-                              "lr": opt.param_groups[0]["lr"], "samples_per_second": rate})
-        bar.update(1)
-        if checkpoint_due and ddp.main:
-            save_checkpoint(ckpt_dir, step, net, ema, opt, spec or {}, cfg)
-            _prune(ckpt_dir, cfg.keep_checkpoints)
-    bar.close()
-    seconds = time.perf_counter() - t0
+            return loss_module(x0, sigma, eps, _weight(denoiser, cfg.objective, sigma))
+
+    def save(step: int):
+        save_checkpoint(ckpt_dir, step, net, ema, opt, spec or {}, cfg)
+        _prune(ckpt_dir, cfg.keep_checkpoints)
+
+    result = optimise(net, opt, ema, step=step, total=cfg.steps, loss_at=loss_at, lr=cfg.lr,
+                      lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip,
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                      samples_per_step=cfg.batch_size, save=save if ddp.main else None,
+                      on_log=on_log if ddp.main else None, progress=cfg.progress and ddp.main)
     model_dir = None
     if spec is not None and ddp.main:
-        model_dir = save_model(_ema_copy(net, ema), spec, out_dir / "model", trained_steps=step)
+        model_dir = save_model(_ema_copy(net, ema), spec, out_dir / "model", trained_steps=result.step)
     if ddp.world > 1:
         dist.barrier()
-    rate = (step - start_step) * cfg.batch_size / seconds if seconds > 0 else 0.0
-    return TrainResult(step, loss_value, seconds, rate, model_dir)
-
-
-def _check_finite(loss_value: float, net: nn.Module, step: int):
-    finite = math.isfinite(loss_value) and all(bool(torch.isfinite(p).all()) for p in net.parameters())
-    if not finite:
-        raise TrainingError(f"training diverged by step {step} (loss {loss_value}, non-finite weights "
-                            "possible); lower the learning rate or check the data. The last "
-                            "checkpoint written is finite and kept.")
+    return TrainResult(result.step, result.loss, result.seconds, result.samples_per_second, model_dir)
 
 
 def _ema_copy(net: nn.Module, ema: EMA) -> nn.Module:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -24,13 +23,12 @@ from typing import Annotated, Callable, Optional
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass as validated_dataclass
-from torch import nn
-from tqdm.auto import tqdm
 
 from ..model import save_model
 from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
 from ..schedules import karras_sigmas
-from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
+from ..loop import optimise
+from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
 from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
 
 SUPPORTED_STEPS = (1, 2, 4)
@@ -166,42 +164,27 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
         load_into(target.net, weights["target"], str(ckpt_dir))
         ema.load(weights["ema"])
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="consistency",
-               unit="step", dynamic_ncols=True)
-    t0, window = time.perf_counter(), []
-    while step < cfg.steps:
+    def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 0, step, device)
         x0 = data[torch.randint(len(data), (cfg.batch_size,), generator=g, device=device)]
         n = torch.randint(cfg.levels - 1, (cfg.batch_size,), generator=g, device=device)
         z = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
-        loss = consistency_loss(student, target, teacher, x0, z, grid, n, c)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(target_params, live_params, 1.0 - cfg.target_decay)
-        ema.update(net, step)
-        step += 1
-        window.append(loss.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            value = float(torch.stack(window).mean())
-            window = []
-            if not math.isfinite(value):
-                raise TrainingError(f"consistency distillation diverged by step {step} "
-                                    f"(loss {value}); lower the learning rate")
-            bar.set_postfix(loss=f"{value:.4f}")
-            if on_log:
-                on_log(step, {"loss": value, "lr": opt.param_groups[0]["lr"],
-                              "seconds": time.perf_counter() - t0})
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_state(ckpt_dir, step, {"model": net.state_dict(), "target": target.net.state_dict(),
-                                        "ema": ema.shadow}, opt,
-                       {"method": "consistency", "config": asdict(cfg)})
-    bar.close()
+        return consistency_loss(student, target, teacher, x0, z, grid, n, c)
+
+    @torch.no_grad()
+    def update_target(step: int):
+        torch._foreach_lerp_(target_params, live_params, 1.0 - cfg.target_decay)
+
+    def save(step: int):
+        save_state(ckpt_dir, step, {"model": net.state_dict(), "target": target.net.state_dict(),
+                                    "ema": ema.shadow}, opt,
+                   {"method": "consistency", "config": asdict(cfg)})
+
+    optimise(net, opt, ema, step=step, total=cfg.steps, loss_at=loss_at, lr=cfg.lr,
+             lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
+             checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
+             after_step=update_target, on_log=on_log, progress=cfg.progress, desc="consistency",
+             what="consistency distillation")
     exported = copy.deepcopy(net).cpu()
     ema.copy_to(exported)
     return save_model(exported.eval(), student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps),

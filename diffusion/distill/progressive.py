@@ -16,9 +16,7 @@ copy of its teacher, and its EMA weights (with warm-up) become the next round's 
 from __future__ import annotations
 
 import copy
-import math
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable
@@ -26,13 +24,12 @@ from typing import Annotated, Callable
 import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass as validated_dataclass
-from torch import nn
-from tqdm.auto import tqdm
 
 from ..model import load_model, save_model
 from ..objectives import Denoiser, weight_truncated_snr
 from ..schedules import nested_karras_sigmas
-from ..train import _STRICT, EMA, Fraction, Positive, TrainingError, resolve_device, step_generator
+from ..loop import optimise
+from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
 from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
 
 
@@ -181,41 +178,24 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
         step, weights = state
         load_into(net, weights["model"], str(ckpt_dir))
         ema.load(weights["ema"])
-    bar = tqdm(total=cfg.steps_per_round, initial=step, disable=not cfg.progress,
-               desc=f"progressive {n_teacher}->{n_teacher // 2}", unit="step", dynamic_ncols=True)
-    t0, window = time.perf_counter(), []
-    while step < cfg.steps_per_round:
+    def loss_at(step: int) -> torch.Tensor:
         # stream = round: every round draws its own batches, reproducibly per step
         g = step_generator(cfg.seed, round_, step, device)
         x0 = data[torch.randint(len(data), (cfg.batch_size,), generator=g, device=device)]
         j = torch.randint(n_teacher // 2, (cfg.batch_size,), generator=g, device=device)
         eps = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup_steps))
-        loss = progressive_loss(student, teacher, x0, eps, grid, j)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        opt.step()
-        ema.update(net, step)
-        step += 1
-        window.append(loss.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps_per_round:
-            value = float(torch.stack(window).mean())
-            window = []
-            if not math.isfinite(value):
-                raise TrainingError(f"progressive round {round_} diverged by step {step} "
-                                    f"(loss {value}); lower the learning rate")
-            bar.set_postfix(loss=f"{value:.4f}")
-            if on_log:
-                on_log(step, {"round": round_, "teacher_steps": n_teacher, "loss": value,
-                              "lr": opt.param_groups[0]["lr"],
-                              "seconds": time.perf_counter() - t0})
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps_per_round:
-            save_state(ckpt_dir, step, {"model": net.state_dict(), "ema": ema.shadow}, opt,
-                       {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
-                        "config": asdict(cfg)})
-    bar.close()
+        return progressive_loss(student, teacher, x0, eps, grid, j)
+
+    def save(step: int):
+        save_state(ckpt_dir, step, {"model": net.state_dict(), "ema": ema.shadow}, opt,
+                   {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
+                    "config": asdict(cfg)})
+
+    optimise(net, opt, ema, step=step, total=cfg.steps_per_round, loss_at=loss_at, lr=cfg.lr,
+             lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
+             checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
+             on_log=on_log, log_extra={"round": round_, "teacher_steps": n_teacher},
+             progress=cfg.progress, desc=f"progressive {n_teacher}->{n_teacher // 2}",
+             what=f"progressive round {round_}")
     ema.copy_to(net)
     return student.eval()

@@ -1,0 +1,88 @@
+"""The optimisation loop shared by teacher training and both distillation methods.
+
+Each caller supplies `loss_at(step)` (everything random in it drawn from a generator seeded
+by the step, so resumed runs repeat uninterrupted ones exactly) and `save(step)`; the loop
+does the rest the same way everywhere: lr warm-up, backward, gradient clipping, the
+optimiser and EMA updates, a progress bar with loss and throughput, logging, and the rule
+that no checkpoint is written before its losses and weights are known to be finite.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
+
+
+@dataclass
+class LoopResult:
+    step: int
+    loss: float
+    seconds: float
+    samples_per_second: float
+
+
+def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, total: int,
+             loss_at: Callable[[int], torch.Tensor], lr: float, lr_warmup_steps: int,
+             grad_clip: float, log_every: int, checkpoint_every: int, samples_per_step: int,
+             save: Callable[[int], None] | None = None,
+             after_step: Callable[[int], None] | None = None,
+             on_log: Callable[[int, dict], None] | None = None, log_extra: dict | None = None,
+             progress: bool = True, desc: str = "train", what: str = "training") -> LoopResult:
+    """Run optimiser steps `step` .. `total` - 1.  `after_step(step)` runs after each optimiser
+    step (e.g. a target-network update), before the EMA update."""
+    bar = tqdm(total=total, initial=step, disable=not progress, desc=desc, unit="step",
+               dynamic_ncols=True)
+    t0, start, loss_value, window = time.perf_counter(), step, float("nan"), []
+    clip = grad_clip if grad_clip > 0 else math.inf
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, lr_warmup_steps))
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        ema.update(net, step)
+        step += 1
+        window.append(loss.detach())
+        checkpoint_due = step % checkpoint_every == 0 or step == total
+        log_due = step % log_every == 0 or step == total
+        if log_due or checkpoint_due:
+            # one host sync per log or checkpoint, not per step
+            loss_value = float(torch.stack(window).mean())
+            window = []
+            _check_finite(loss_value, net, step, what)
+        if log_due:
+            rate = (step - start) * samples_per_step / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            if on_log:
+                on_log(step, {"loss": loss_value, "grad_norm": float(grad_norm),
+                              "lr": opt.param_groups[0]["lr"], "samples_per_second": rate,
+                              "seconds": time.perf_counter() - t0, **(log_extra or {})})
+        bar.update(1)
+        if checkpoint_due and save is not None:
+            save(step)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    rate = (step - start) * samples_per_step / seconds if seconds > 0 else 0.0
+    return LoopResult(step, loss_value, seconds, rate)
+
+
+def _check_finite(loss_value: float, net: nn.Module, step: int, what: str):
+    finite = math.isfinite(loss_value) and all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    if not finite:
+        raise TrainingError(f"{what} diverged by step {step} (loss {loss_value}, non-finite weights "
+                            "possible); lower the learning rate or check the data. The last "
+                            "checkpoint written is finite and kept.")
