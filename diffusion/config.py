@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .distill.consistency import ConsistencyConfig
+from .distill.progressive import ProgressiveConfig
 from .train import ObjectiveConfig, TrainConfig
 
 
@@ -102,10 +104,11 @@ class ModelConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "heun"] = "heun"
+    # consistency: only for consistency-distilled students (their model.json says so)
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "heun", "consistency"] = "heun"
     steps: Annotated[int, Field(gt=0)] = 18
     eta: Annotated[float, Field(ge=0, le=1)] = 0.0   # DDIM only
-    grid: Literal["karras", "logsnr"] = "karras"
+    grid: Literal["karras", "karras_nested", "logsnr"] = "karras"
     sigma_min: Annotated[float, Field(gt=0)] = 0.002
     sigma_max: Annotated[float, Field(gt=0)] = 80.0
     rho: Annotated[float, Field(gt=0)] = 7.0
@@ -129,6 +132,12 @@ class EvaluateConfig(_Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
 
 
+class DistillConfig(_Strict):
+    """`dmops distill`: one section per method (the library's own validated configs)."""
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+
+
 class Config(_Strict):
     profile: str | None = None
     out_dir: str = "runs/default"
@@ -137,6 +146,7 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     def model_spec(self, sample_shape: tuple[int, ...], **data_facts) -> dict:
         """The plain-dict spec that model.build_denoiser takes and model.json stores; the
@@ -253,5 +263,6 @@ def load_config(path="params.yaml", profile: str | None = None,
     return validate(raw)
 
 
-__all__ = ["Config", "ConfigError", "DataConfig", "EvaluateConfig", "ModelConfig", "SampleConfig", "TrainConfig",
+__all__ = ["Config", "ConfigError", "DataConfig", "DistillConfig", "ProgressiveConfig",
+           "ConsistencyConfig", "EvaluateConfig", "ModelConfig", "SampleConfig", "TrainConfig",
            "ObjectiveConfig", "load_config", "validate", "parse_override"]

@@ -6,14 +6,18 @@ feature space of an extractor trained on the training split (features.py).  Trai
 features are extracted once and reused for every setting, so the table costs little more
 than the sampling itself.  `denoising_filmstrip` records the x0 prediction along one
 trajectory, to be looked at rather than read.
+
+Distilled students join the same table as extra models (`Student`): each is run with its own
+sampling procedure at the step counts it was distilled for, so teacher samplers and students
+are compared on one plot.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -34,6 +38,40 @@ class Setting:
         return nfe_for(self.sampler, self.steps)
 
 
+def student_name(spec: dict) -> str:
+    """The model column of a model.json: 'progressive-4' (a progressive student and its step
+    count), 'consistency', or 'teacher' for a model that was not distilled."""
+    dist = spec.get("distillation") or {}
+    method = dist.get("method")
+    if method == "progressive":
+        return f"progressive-{dist.get('student_steps', (spec.get('sampling') or {}).get('steps'))}"
+    return str(method) if method else "teacher"
+
+
+def student_steps(spec: dict) -> tuple[int, ...]:
+    """The step counts a student is evaluated at: a consistency model at 1, 2 and 4 steps (those
+    it supports), a progressive student at the step count it was distilled for."""
+    dist = spec.get("distillation") or {}
+    if dist.get("method") == "consistency":
+        supported = [int(k) for k in dist.get("supported_steps") or (1, 2, 4)]
+        return tuple(k for k in (1, 2, 4) if k in supported) or tuple(supported)
+    return (int((spec.get("sampling") or {}).get("steps", 1)),)
+
+
+@dataclass
+class Student:
+    """A distilled model as a row group of the table: its denoiser, its own sampling block
+    (sampler, grid, sigmas) and the step counts to run it at."""
+    name: str
+    denoiser: Any
+    sampling: dict
+    steps: tuple[int, ...] = field(default=(1,))
+
+    @classmethod
+    def from_spec(cls, denoiser, spec: dict) -> "Student":
+        return cls(student_name(spec), denoiser, dict(spec.get("sampling") or {}), student_steps(spec))
+
+
 def settings_for(samplers, nfes) -> list[Setting]:
     """One setting per sampler and NFE budget (Heun's 2N - 1 rounds odd budgets down; a
     budget that maps onto an already listed setting is not repeated)."""
@@ -50,29 +88,38 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    n: int = 1000, seed: int = 0, sampling: dict | None = None,
                    test_labels=None, n_classes: int | None = None, kid_subsets: int = 50,
                    device="cpu", log: Callable[[str], None] = print,
-                   extra_rows: list[dict] | None = None) -> pd.DataFrame:
-    """A table with one row per (sampler, steps): NFE, FID and its real-data floor, KID,
-    precision/recall/density/coverage, memorisation, class balance, wall time, images/s."""
+                   extra_rows: list[dict] | None = None,
+                   students: list[Student] | None = None) -> pd.DataFrame:
+    """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
+    sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
+    real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
+    time, images/s."""
     sampling = {k: v for k, v in (sampling or {}).items() if k not in ("sampler", "steps")}
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
     rows = list(extra_rows or [])
-    settings = settings_for(samplers, nfes)
-    for i, setting in enumerate(settings, 1):
+    runs = [("teacher", denoiser, setting.sampler, setting.steps, sampling)
+            for setting in settings_for(samplers, nfes)]
+    for student in students or ():
+        options = {k: v for k, v in student.sampling.items() if k not in ("sampler", "steps")}
+        runs += [(student.name, student.denoiser, student.sampling.get("sampler", "heun"), k, options)
+                 for k in student.steps]
+    for i, (model, net, sampler, steps, options) in enumerate(runs, 1):
         t0 = time.perf_counter()
-        out = generate(denoiser, shape, n, sampler=setting.sampler, steps=setting.steps, seed=seed,
-                       device=device, **sampling)
+        out = generate(net, shape, n, sampler=sampler, steps=steps, seed=seed, device=device,
+                       **options)
         if device != "cpu" and torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         scores = sample_quality(extractor, out.x.cpu(), train=train_x, test=test_x, train_f=train_f,
                                 test_f=test_f, test_labels=test_labels, n_classes=n_classes,
                                 kid_subsets=kid_subsets, seed=seed)
-        row = {"model": "teacher", "sampler": setting.sampler, "steps": setting.steps,
+        row = {"model": model, "sampler": sampler, "steps": steps,
                "nfe": out.nfe, "n_samples": n, **_scalars(scores), "seconds": seconds,
                "images_per_s": n / seconds if seconds > 0 else math.inf}
         rows.append(row)
-        log(f"[{i}/{len(settings)}] {setting.sampler:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
+        who = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
+        log(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
             f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, {row['images_per_s']:.0f} img/s")
     return pd.DataFrame(rows)
 

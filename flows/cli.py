@@ -12,7 +12,7 @@ import typer
 import yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, sample and (soon) ship diffusion models. Every command has --help.")
+                  help="Train, distil, sample and (soon) ship diffusion models. Every command has --help.")
 
 ConfigOpt = typer.Option("params.yaml", "--config", "-c", help="Config file (params.yaml).")
 ProfileOpt = typer.Option(None, "--profile", "-p",
@@ -90,12 +90,48 @@ def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
 
 
 @app.command()
+def distill(method: str = typer.Option(..., "--method", metavar="progressive|consistency",
+                                       help="progressive: rounds that halve the DDIM steps, a "
+                                            "student per round; consistency: one student sampling "
+                                            "in 1, 2 or 4 steps."),
+            teacher: Path = typer.Option(..., "--teacher", "-t",
+                                         help="The teacher: a model folder, a training run folder or a "
+                                              "checkpoint folder."),
+            config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+            set_: Optional[list[str]] = SetOpt,
+            out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                               help="Run folder; students go to OUT/distill/<method>/ "
+                                                    "(default: out_dir from the config)."),
+            resume: bool = typer.Option(True, "--resume/--no-resume",
+                                        help="Continue an interrupted distillation (finished rounds are "
+                                             "kept) instead of refusing to touch an existing one.")):
+    """Distil a trained teacher into a few-step sampler (settings: the config's `distill` section).
+
+    Each student is saved as a model folder carrying the sampler and step count it was distilled
+    for, with a sample grid beside it; `dmops sample -m <student>` draws from it and
+    `dmops evaluate -m <teacher> --students <run>/distill` compares students and teacher."""
+    from tasks.distill import METHODS, distill_dir, distill_sampler
+
+    with _friendly_errors():
+        if method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+        cfg = _load(config, profile, set_, out)
+        work = distill_dir(cfg, method)
+        if not resume and work.exists() and any(work.iterdir()):
+            raise ValueError(f"{work} already holds a {method} distillation; pass --resume to "
+                             "continue it or --out to start a new one elsewhere")
+        students = distill_sampler(cfg, method, teacher, resume=resume)
+    typer.echo(f"{len(students)} student(s) in {distill_dir(cfg, method)}")
+
+
+@app.command()
 def sample(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
                                            help="A model folder, a training run folder or a checkpoint folder."),
            out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
            seed: int = typer.Option(0, "--seed", min=0, help="Seed of the starting noise."),
-           sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | heun (default: the model's)."),
+           sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | heun | consistency "
+                                                 "(default: the model's; distilled students carry theirs)."),
            steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),
            device: str = typer.Option("cpu", help="cpu or cuda.")):
     """Draw samples from a trained model and write them as a PNG grid (or scatter plot)."""
@@ -128,9 +164,15 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
                                                     "(default: evaluate.samplers)."),
              nfe: Optional[str] = typer.Option(None, help="Comma-separated NFE budgets, e.g. 1,2,4,8 "
                                                "(default: evaluate.nfes)."),
-             n: Optional[int] = typer.Option(None, min=10, help="Samples per setting (default: evaluate.n_samples).")):
+             n: Optional[int] = typer.Option(None, min=10, help="Samples per setting (default: evaluate.n_samples)."),
+             students: Optional[Path] = typer.Option(None, "--students",
+                                                     help="A folder searched for distilled students, e.g. "
+                                                          "runs/digits/distill: each joins the table at its "
+                                                          "own sampler and step count(s).")):
     """Quality versus NFE on held-out data: FID (with its real-data floor), KID, precision /
-    recall / density / coverage, memorisation; writes CSV, JSON, a plot, grids and a filmstrip."""
+    recall / density / coverage, memorisation; writes CSV, JSON, a plot, grids and a filmstrip.
+    With --students, distilled students are rows of the same table and lines of the same plot."""
+    from tasks.distill import find_students
     from tasks.evaluate import evaluate_model
 
     with _friendly_errors():
@@ -145,13 +187,16 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
         if out is None:
             base = checkpoint.parent if (checkpoint / "model.json").exists() else checkpoint
             out = base / "evaluation"
+        student_list = find_students(students) if students is not None else None
         report = evaluate_model(checkpoint, cfg, out, samplers=sampler_list,
-                                nfes=_int_list(nfe, "nfe"), n=n)
+                                nfes=_int_list(nfe, "nfe"), n=n, students=student_list)
     b = report.best
-    typer.echo(f"best: {b['sampler']} at {int(b['nfe'])} NFE, FID {b['fid']:.3f} = "
+    who = b["sampler"] if b["model"] in ("teacher", b["sampler"]) else f"{b['model']} ({b['sampler']})"
+    typer.echo(f"best: {who} at {int(b['nfe'])} NFE, FID {b['fid']:.3f} = "
                f"{b['fid'] / report.floor:.2f}x the real-data floor {report.floor:.3f}")
+    width = max(18, *(len(name) + 2 for name in report.files))
     for name, path in report.files.items():
-        typer.echo(f"{name + ':':18s}{path}")
+        typer.echo(f"{name + ':':{width}s}{path}")
 
 
 def main():  # pragma: no cover - console entry point

@@ -29,13 +29,7 @@ LEARN_SPEC = {"net": {"kind": "mlp", "dim": 2, "hidden": 128, "depth": 3},
 TIMINGS = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: torch's two OpenMP threads slow small steps 10-100x on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- schedules and samplers added for distillation ----------------------------------
@@ -130,7 +124,7 @@ def test_pseudo_huber_is_quadratic_near_zero_and_linear_far_away():
 # --- 1-step students on the 8-mode ring ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def ring(tmp_path_factory, _one_thread):
+def ring(tmp_path_factory, one_torch_thread):
     """An MLP teacher trained as in test_train (EDM, sigma_data 1.4, 3000 steps of 256): ~15 s."""
     out = tmp_path_factory.mktemp("teacher")
     data = MIX.sample(8192, torch.Generator().manual_seed(0))[0].float()

@@ -19,14 +19,7 @@ from diffusion.features import (ConvAutoencoder, FeatureError, FeatureExtractor,
 FEW_STEPS = 20  # enough to test determinism and plumbing; accuracy is tested once, below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions on a shared 2-core machine: one thread is both faster and
-    predictable (see tests/test_train.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,14 +29,7 @@ from diffusion.metrics import (
 SHAPE = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is as fast, and immune to a busy shared machine
-    (two OpenMP threads on 2 loaded cores made one KID test 40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LinearExtractor(nn.Module):

@@ -29,15 +29,7 @@ TINY_UNET = {"net": {"kind": "unet", "sample_size": 8, "in_channels": 1, "channe
 CKPT_FILES = {"model.safetensors", "ema.safetensors", "state.pt", "meta.json"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On a shared 2-core machine torch's two OpenMP threads slow these small steps down by
-    ~100x as soon as another process holds a core (measured: 300 MLP steps 1.4 s on one thread,
-    128 s on two).  One thread is also what makes timings here predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(**overrides) -> TrainConfig:

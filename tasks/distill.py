@@ -1,0 +1,92 @@
+"""Pipeline step: distil a trained teacher into few-step samplers (progressive or consistency).
+
+Students are written under <run>/distill/<method>/:
+
+    progressive/round_01_32_to_16/model/   one student per round (DDIM on the nested Karras grid)
+    progressive/round_01_32_to_16/samples.png
+    ...
+    consistency/model/                     one consistency student (1, 2 or 4 steps)
+    consistency/samples.png
+
+Each model folder is a model like the teacher's (model.json + safetensors) whose `sampling`
+block is the procedure and step count it was distilled for, and whose `distillation` block
+says how; `dmops sample -m <folder>` and `dmops evaluate --students <run>/distill` use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusion.config import Config
+from diffusion.data import load_dataset
+from diffusion.distill import load_teacher
+from diffusion.distill.consistency import consistency_distillation
+from diffusion.distill.progressive import progressive_distillation
+from diffusion.evaluation import student_name
+from diffusion.model import ModelError, read_spec, resolve_model_path
+from diffusion.samplers import nfe_for
+from diffusion.train import resolve_device
+
+from .sample import sample_to_png
+
+METHODS = ("progressive", "consistency")
+
+
+def distill_dir(cfg: Config, method: str, out_dir=None) -> Path:
+    return Path(out_dir or cfg.out_dir) / "distill" / method
+
+
+def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume: bool = True,
+                    on_log=None, log=print) -> list[Path]:
+    """Distil the teacher at `teacher_path` with `method` on the configured dataset's TRAIN split;
+    returns the students' model folders (progressive: one per round, in order)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; allowed: {', '.join(METHODS)}")
+    method_cfg = getattr(cfg.distill, method)
+    resolve_model_path(teacher_path)  # a path that holds no model fails before the data loads
+    ds = load_dataset(cfg.data.name, **cfg.data.loader_options())
+    train_split = ds.subset("train")
+    device = resolve_device(method_cfg.device)
+    teacher, spec = load_teacher(teacher_path, tuple(ds.sample_shape), device)
+    work = distill_dir(cfg, method, out_dir)
+    if method == "progressive":
+        students = progressive_distillation(teacher, spec, train_split.x, method_cfg, work,
+                                            resume=resume, on_log=on_log)
+    else:
+        students = [consistency_distillation(teacher, spec, train_split.x, method_cfg, work,
+                                             resume=resume, on_log=on_log)]
+    reference = train_split.x if ds.kind == "vector" else None
+    for folder in students:
+        student = read_spec(folder)
+        sampling = student.get("sampling") or {}
+        png = sample_to_png(folder, folder.parent / "samples.png", n=cfg.sample.n,
+                            seed=cfg.sample.seed, reference=reference)
+        sampler, steps = sampling.get("sampler", "heun"), int(sampling.get("steps", 1))
+        log(f"{student_name(student)}: {sampler}, {steps} step(s) = {nfe_for(sampler, steps)} NFE "
+            f"on the {sampling.get('grid', 'karras')} grid -> {folder} (samples: {png})")
+    return students
+
+
+def find_students(root) -> list[Path]:
+    """The distilled model folders under `root` (a model folder itself, or any folder above
+    some, e.g. runs/digits/distill), consistency first, then progressive by falling steps."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of distilled students")
+    found = []
+    for path in sorted([root / "model.json", *root.rglob("model.json")]):
+        if not path.exists() or "checkpoints" in path.parts or path.parent in found:
+            continue
+        spec = read_spec(path.parent)
+        if spec.get("distillation"):
+            found.append(path.parent)
+    if not found:
+        raise ModelError(f"{root} holds no distilled students (no model.json with a "
+                         "'distillation' block); run `dmops distill` first")
+
+    def order(folder):
+        spec = read_spec(folder)
+        return (spec["distillation"].get("method") != "consistency",
+                -int((spec.get("sampling") or {}).get("steps", 0)))
+
+    return sorted(found, key=order)
