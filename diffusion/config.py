@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .distill.consistency import ConsistencyConfig
 from .distill.progressive import ProgressiveConfig
-from .train import ObjectiveConfig, TrainConfig
+from .train import Device, ObjectiveConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -129,7 +129,7 @@ class EvaluateConfig(_Strict):
     kid_subsets: Annotated[int, Field(gt=0)] = 50
     seed: Annotated[int, Field(ge=0)] = 0
     feature_cache: str = "data/features"            # extractors, keyed by the training data's hash
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    device: Device = "auto"
 
 
 class DistillConfig(_Strict):

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .metrics import extract_features, sample_quality
-from .samplers import generate, nfe_for, steps_for_nfe
+from .samplers import generate, grid_options, nfe_for, steps_for_nfe
 
 DEFAULT_NFES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -94,14 +94,14 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
     time, images/s."""
-    sampling = {k: v for k, v in (sampling or {}).items() if k not in ("sampler", "steps")}
+    sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
     rows = list(extra_rows or [])
     runs = [("teacher", denoiser, setting.sampler, setting.steps, sampling)
             for setting in settings_for(samplers, nfes)]
     for student in students or ():
-        options = {k: v for k, v in student.sampling.items() if k not in ("sampler", "steps")}
+        options = grid_options(student.sampling)
         runs += [(student.name, student.denoiser, student.sampling.get("sampler", "heun"), k, options)
                  for k in student.steps]
     for i, (model, net, sampler, steps, options) in enumerate(runs, 1):
@@ -144,7 +144,7 @@ def denoising_filmstrip(denoiser, shape, *, n: int = 8, frames: int = 8, sampler
     `frames - 1` noise levels evenly spaced in log sigma (evenly spaced steps would show the
     mean image several times, since Karras grids spend many steps at high noise), then the
     final sample."""
-    sampling = {k: v for k, v in (sampling or {}).items() if k not in ("sampler", "steps")}
+    sampling = grid_options(sampling)
     predictions, log_sigmas = [], []
 
     def keep(i, sigma, x, denoised):

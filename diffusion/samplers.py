@@ -196,6 +196,12 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     return max(1, (nfe + 1) // 2) if sampler == "heun" else max(1, nfe)
 
 
+def grid_options(sampling: dict | None) -> dict:
+    """A model's stored sampling block without sampler and steps: what `generate` takes
+    besides them (grid, sigma range, rho, eta) when another sampler or step count is asked for."""
+    return {k: v for k, v in (sampling or {}).items() if k not in ("sampler", "steps")}
+
+
 @torch.no_grad()
 def generate(denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "heun", steps: int = 18,
              grid: str = "karras", sigma_min: float = 0.002, sigma_max: float = 80.0,

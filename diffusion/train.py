@@ -44,6 +44,7 @@ from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction,
 _STRICT = ConfigDict(extra="forbid")
 Positive = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]  # resolve_device reads it
 
 
 @validated_dataclass(config=_STRICT)
@@ -71,7 +72,7 @@ class TrainConfig:
     keep_checkpoints: Positive = 2
     log_every: Positive = 50
     seed: Annotated[int, Field(ge=0)] = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    device: Device = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"   # auto: bf16 autocast on CUDA only
     progress: bool = True
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -25,7 +25,7 @@ from diffusion.evaluation import Student, best_rows, denoising_filmstrip, qualit
 from diffusion.features import load_or_train_feature_extractor
 from diffusion.images import plot_quality_vs_nfe, save_filmstrip, save_samples
 from diffusion.model import ModelError, load_for_sampling
-from diffusion.samplers import generate
+from diffusion.samplers import generate, grid_options
 from diffusion.train import resolve_device
 
 
@@ -95,24 +95,17 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         "best": best.iloc[0].to_dict(), "rows": table.to_dict(orient="records")},
         indent=2, default=float))
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
-    for _, row in best[best["model"] == "teacher"].iterrows():
-        out = generate(denoiser, shape, 64, sampler=row["sampler"], steps=int(row["steps"]),
-                       seed=seed, device=device,
-                       **{k: v for k, v in spec["sampling"].items() if k not in ("sampler", "steps")})
-        path = out_dir / f"samples_{row['sampler']}.png"
-        save_samples(out.x.cpu(), path, title=f"{row['sampler']}, {int(row['nfe'])} NFE",
-                     reference=reference)
-        files[f"samples_{row['sampler']}"] = path
-    by_name = {s.name: s for s in students or ()}
-    for _, row in best[best["model"].isin(list(by_name))].iterrows():
-        student = by_name[row["model"]]
-        options = {k: v for k, v in student.sampling.items() if k not in ("sampler", "steps")}
-        out = generate(student.denoiser, shape, 64, sampler=row["sampler"], steps=int(row["steps"]),
-                       seed=seed, device=device, **options)
-        path = out_dir / f"samples_{student.name}.png"
-        save_samples(out.x.cpu(), path, title=f"{student.name}, {int(row['nfe'])} NFE",
-                     reference=reference)
-        files[f"samples_{student.name}"] = path
+    models = {"teacher": (denoiser, spec["sampling"])}
+    models.update({s.name: (s.denoiser, s.sampling) for s in students or ()})
+    for _, row in best[best["model"].isin(list(models))].iterrows():
+        model, sampling = models[row["model"]]
+        # a teacher's grids are named by sampler, a student's by its own name
+        name = row["sampler"] if row["model"] == "teacher" else row["model"]
+        out = generate(model, shape, 64, sampler=row["sampler"], steps=int(row["steps"]),
+                       seed=seed, device=device, **grid_options(sampling))
+        path = out_dir / f"samples_{name}.png"
+        save_samples(out.x.cpu(), path, title=f"{name}, {int(row['nfe'])} NFE", reference=reference)
+        files[f"samples_{name}"] = path
     if len(shape) == 3:
         strip = denoising_filmstrip(denoiser, shape, n=8, frames=8, seed=seed, device=device,
                                     sampling=spec["sampling"],

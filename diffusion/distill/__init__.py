@@ -25,8 +25,8 @@ from torch import nn
 from ..atomic import atomic_folder, atomic_write_text
 from ..model import ModelError, load_for_sampling
 from ..objectives import Denoiser
-from ..train import (_STRICT, Positive, TrainingError, _rng_state, _set_rng_state, _tensor_state,
-                     latest_checkpoint)
+from ..train import (_STRICT, Device, Positive, TrainingError, _rng_state, _set_rng_state,
+                     _tensor_state, latest_checkpoint)
 
 __all__ = ["DistillationError", "load_teacher", "check_teacher", "model_data_shape"]
 
@@ -41,7 +41,7 @@ class DistillRunConfig:
     sigma_max: Annotated[float, Field(gt=0)] = 80.0
     rho: Annotated[float, Field(gt=0)] = 7.0
     seed: Annotated[int, Field(ge=0)] = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    device: Device = "auto"
     checkpoint_every: Positive = 500
     log_every: Positive = 100
     progress: bool = True

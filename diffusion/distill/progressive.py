@@ -178,6 +178,7 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
         step, weights = state
         load_into(net, weights["model"], str(ckpt_dir))
         ema.load(weights["ema"])
+
     def loss_at(step: int) -> torch.Tensor:
         # stream = round: every round draws its own batches, reproducibly per step
         g = step_generator(cfg.seed, round_, step, device)
