@@ -105,7 +105,8 @@ def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for (model, sampler), rows in table.groupby(["model", "sampler"], sort=False):
         rows = rows.sort_values("nfe")
-        label = sampler if model == "teacher" else f"{model} ({sampler})"
+        # a student named after its sampler (consistency) is not labelled twice
+        label = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
         style = "-o" if model == "teacher" else "--s"
         ax.plot(rows["nfe"], rows[metric], style, label=label, markersize=4)
     if floor is not None:

@@ -271,6 +271,7 @@ def test_consistency_resumes_exactly(tmp_path):
                                        on_log=on_log)
     assert [s for _, s in seen] == [5, 6]
     _same_weights(full, resumed)
+    assert not (tmp_path / "B" / "checkpoints").exists()  # finished: the model folder is the result
     # the exported (slow EMA) weights differ from the raw ones, and from the teacher's
     teacher_w = _tiny_teacher().net.state_dict()
     assert any(not torch.equal(v, teacher_w[k]) for k, v in load_file(str(full / "net.safetensors")).items())

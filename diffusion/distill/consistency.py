@@ -15,6 +15,7 @@ sqrt(|a - b|^2 + c^2) - c, c = 0.00054 sqrt(dim).  Sampling: samplers.sample_con
 from __future__ import annotations
 
 import copy
+import shutil
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -187,5 +188,7 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
              what="consistency distillation")
     exported = copy.deepcopy(net).cpu()
     ema.copy_to(exported)
-    return save_model(exported.eval(), student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps),
-                      folder)
+    saved = save_model(exported.eval(), student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps),
+                       folder)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the model folder is the result; as in progressive
+    return saved
