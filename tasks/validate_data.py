@@ -1,0 +1,66 @@
+"""Pipeline step: the data-validation gate (Great Expectations) on a processed dataset.
+
+    report = validate_dataset("data/processed/digits", ValidationSettings(),
+                              reference=last_validated_statistics, docs_dir=Path("gx_docs"))
+    require_valid(report)                 # raises DataValidationError with a readable summary
+    store(report.statistics)              # the reference for the next version
+
+The suite runs on the manifest (one row per sample) joined with what data.npz holds:
+row count, ids, manifest-matches-data (sha256, shape), dtype float32, NaN/inf, value range,
+shape, class balance, duplicates, and -- given the last validated version's statistics --
+drift of the per-sample mean and std, the shape and the label shares.  The thresholds are
+ValidationSettings; tasks/validation/ holds the parts (see its __init__).
+
+No MLflow or Prefect here: the caller logs report.result (JSON-able) and report.docs_dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .validation.report import DataValidationError, ValidationReport, failure_lines, jsonable
+from .validation.settings import ValidationSettings
+from .validation.table import StructureError, read_processed_table, reference_statistics
+
+__all__ = ["DataValidationError", "ValidationReport", "ValidationSettings", "require_valid",
+           "validate_dataset"]
+
+
+def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | dict | None = None,
+                     reference: dict | None = None,
+                     docs_dir: Path | None = None) -> ValidationReport:
+    """Validate the processed dataset folder `processed_dir` (data.npz, manifest.csv, meta.json).
+
+    `reference` is the `statistics` of the last successful report of this dataset (None on
+    the first run: no drift checks).  With `docs_dir`, Data Docs are built there.  A folder
+    that cannot be read (missing file or column) gives a failed report listing the problems;
+    a malformed `reference` raises ValueError (a caller's mistake, not the data's).
+    """
+    if settings is None or isinstance(settings, dict):
+        settings = ValidationSettings.model_validate(settings or {})
+    try:
+        table = read_processed_table(processed_dir)
+    except StructureError as exc:
+        return ValidationReport(success=False, failures=exc.problems,
+                                result={"success": False, "structure_problems": exc.problems},
+                                statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
+
+    # Great Expectations takes seconds to import: only when a validation runs
+    from .validation.checkpoint import run_checkpoint
+    from .validation.suite import build_expectations
+
+    expectations = build_expectations(table, settings, reference)
+    if docs_dir is not None:
+        docs_dir = Path(docs_dir)
+        docs_dir.mkdir(parents=True, exist_ok=True)
+    result = jsonable(run_checkpoint(table.name, table.frame, expectations, docs_dir))
+    failures = failure_lines(result, order=[e.meta["check"] for e in expectations])
+    return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
+                            result=result, statistics=jsonable(reference_statistics(table)),
+                            docs_dir=docs_dir, dataset=table.name)
+
+
+def require_valid(report: ValidationReport) -> None:
+    """Raise DataValidationError (its message: report.summary()) unless the report passed."""
+    if not report.success:
+        raise DataValidationError(report)

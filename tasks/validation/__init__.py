@@ -1,0 +1,20 @@
+"""The data-validation gate's parts; the public entry point is `tasks.validate_data`.
+
+settings.py      ValidationSettings, the gate's thresholds
+table.py         a processed folder -> the table the suite runs on, and its reference statistics
+expectations.py  the one expectation Great Expectations lacks (class-count ratio)
+suite.py         settings + reference statistics -> the list of expectations
+checkpoint.py    ephemeral GX context, pandas data source, suite, validation definition, checkpoint, Data Docs
+report.py        ValidationReport, DataValidationError, readable failure lines
+
+Great Expectations is imported only by expectations.py, suite.py and checkpoint.py, which
+validate_data imports when a validation runs (the import takes seconds).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before Great Expectations is first imported (it reads the variable then): no usage
+# analytics leave the machine.  Every GX import of the gate goes through this package.
+os.environ["GX_ANALYTICS_ENABLED"] = "false"

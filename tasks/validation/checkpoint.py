@@ -1,0 +1,64 @@
+"""Run expectations on a DataFrame the Great Expectations 1.x way.
+
+An ephemeral (in-memory) context, a pandas data source whose batch is the whole DataFrame,
+an ExpectationSuite, a ValidationDefinition that binds the two, and a Checkpoint that runs
+it and, when a folder is given, builds Data Docs there (index.html at its top).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+DOCS_SITE = "local_site"
+# SUMMARY keeps the result small (counts and the first unexpected values, not every row);
+# the id column puts the offending samples' ids next to each unexpected value
+RESULT_FORMAT = {"result_format": "SUMMARY", "unexpected_index_column_names": ["id"],
+                 "partial_unexpected_count": 10}
+
+
+def run_checkpoint(name: str, frame: pd.DataFrame, expectations: list,
+                   docs_dir: Path | None = None) -> dict:
+    """Validate `frame` against `expectations`; the suite's validation result as a dict
+    (GX's to_json_dict: success, results, statistics, meta)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "dataset"
+    context = _context(docs_dir)
+    batch = (context.data_sources.add_pandas(f"{slug}_source")
+             .add_dataframe_asset(f"{slug}_manifest")
+             .add_batch_definition_whole_dataframe("all_rows"))
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{slug}_data_gate",
+                                                   expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{slug}_manifest_validation", data=batch, suite=suite))
+    actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs",
+                                                                site_names=[DOCS_SITE])]
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{slug}_gate", validation_definitions=[definition], actions=actions,
+        result_format=RESULT_FORMAT))
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    (validation,) = result.run_results.values()
+    return validation.to_json_dict()
+
+
+def _context(docs_dir: Path | None):
+    sites = {}
+    if docs_dir is not None:
+        sites[DOCS_SITE] = {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
+                               data_docs_sites=sites, analytics_enabled=False,
+                               progress_bars=ProgressBarsConfig(globally=False))
+    return gx.get_context(mode="ephemeral", project_config=config)

@@ -1,0 +1,155 @@
+"""What the gate hands back: ValidationReport, DataValidationError, and the readable line
+each failed expectation becomes (check name, column, observed against expected)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = 3  # offending rows named per failed expectation; the result dict holds more
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    failures: list[str]            # one readable line per failed expectation
+    result: dict                   # the GX validation result, JSON-able
+    statistics: dict               # this dataset's reference statistics ("last validated" on success)
+    docs_dir: Path | None = None   # Data Docs folder (index.html inside), when built
+    dataset: str = "dataset"       # the dataset's name, for messages
+
+    @property
+    def evaluated(self) -> int:
+        """How many expectations ran (for a folder that could not be read: its problems)."""
+        return int(self.result.get("statistics", {}).get("evaluated_expectations",
+                                                         len(self.failures)))
+
+    def summary(self) -> str:
+        """A multi-line message for people: what failed, where, and where the details are."""
+        if self.success:
+            rows = self.statistics.get("rows")
+            lines = [f"dataset {self.dataset} passed all {self.evaluated} expectations"
+                     + (f" ({rows} rows)" if rows is not None else "")]
+        else:
+            head = (f"dataset {self.dataset} cannot be validated, {len(self.failures)} "
+                    "problem(s) reading its folder:" if "structure_problems" in self.result else
+                    f"dataset {self.dataset} failed {len(self.failures)} of {self.evaluated} "
+                    "expectations:")
+            lines = [head, *(f"  - {line}" for line in self.failures),
+                     "Fix the data (or, if the data is right, the thresholds in "
+                     "ValidationSettings) and run again."]
+        if self.docs_dir is not None:
+            lines.append(f"Data Docs: {Path(self.docs_dir) / 'index.html'}")
+        return "\n".join(lines)
+
+
+class DataValidationError(ValueError):
+    """A dataset that failed the gate; str() is the report's summary."""
+
+    def __init__(self, report: ValidationReport):
+        super().__init__(report.summary())
+        self.report = report
+
+    def __reduce__(self):
+        # pickled (e.g. by an orchestrator) and rebuilt from the report, not from the message
+        return (type(self), (self.report,))
+
+
+def failure_lines(result: dict, order: list[str]) -> list[str]:
+    """One line per failed expectation of a GX result dict, in the suite's `order` of checks."""
+    failed = [r for r in result.get("results", []) if not r.get("success")]
+    rank = {check: i for i, check in enumerate(order)}
+    failed.sort(key=lambda r: rank.get(_check_name(r), len(rank)))
+    return [_line(r) for r in failed]
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with every non-finite float spelt as a string ('NaN', 'Infinity', '-Infinity'),
+    numpy scalars as Python numbers and paths as strings, so strict JSON can hold it."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _check_name(r: dict) -> str:
+    config = r.get("expectation_config", {})
+    return (config.get("meta") or {}).get("check", config.get("type", "?"))
+
+
+def _line(r: dict) -> str:
+    config = r.get("expectation_config", {})
+    kwargs = config.get("kwargs", {})
+    column = kwargs.get("column") or (f"{kwargs['column_A']} vs {kwargs['column_B']}"
+                                      if "column_A" in kwargs else "table")
+    head = f"{_check_name(r)} ({column}): {config.get('description') or config.get('type')}"
+    return f"{head}; observed {_observed(r)}; expected {_expected(config.get('type', ''), kwargs)}"
+
+
+def _observed(r: dict) -> str:
+    info = r.get("exception_info") or {}
+    if info.get("raised_exception"):
+        return f"an error while checking: {info.get('exception_message')}"
+    result = r.get("result") or {}
+    if "partial_missing_list" in result:  # distinct values against a set
+        extra = [_fmt(v) for v in result.get("partial_unexpected_list") or []]
+        missing = [_fmt(v) for v in result["partial_missing_list"]]
+        parts = ([f"values outside the set {{{', '.join(extra)}}}"] if extra else []) + (
+            [f"values of the set missing {{{', '.join(missing)}}}"] if missing else [])
+        return "; ".join(parts) or "the distinct values differ from the set"
+    if "observed_value" in result:
+        value = result["observed_value"]
+        return "no value (empty or NaN)" if value is None else _fmt(value)
+    if "unexpected_count" in result:
+        count, total = result["unexpected_count"], result.get("element_count")
+        examples = [_example(row) for row in (result.get("partial_unexpected_index_list")
+                                              or [])[:EXAMPLES]]
+        if not examples:
+            examples = [_fmt(v) for v in (result.get("partial_unexpected_list") or [])[:EXAMPLES]]
+        return f"{count} of {total} rows unexpected" + (f", e.g. {', '.join(examples)}"
+                                                        if examples else "")
+    return "a failure without details (see the result dict)"
+
+
+def _example(row: dict) -> str:
+    row = dict(row)
+    ident = row.pop("id", None)
+    values = ", ".join(f"{k}={_fmt(v)}" for k, v in row.items())
+    return f"{ident} ({values})" if ident is not None else values
+
+
+def _expected(kind: str, kwargs: dict) -> str:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if "value_set" in kwargs:
+        values = ", ".join(_fmt(v) for v in kwargs["value_set"])
+        return f"{'exactly' if 'equal_set' in kind else 'each in'} {{{values}}}"
+    if "value" in kwargs:
+        return f"exactly {_fmt(kwargs['value'])}"
+    if "threshold" in kwargs:
+        return f"<= {_fmt(kwargs['threshold'])}"
+    if "column_A" in kwargs:
+        return f"{kwargs['column_A']} == {kwargs['column_B']} in every row"
+    if kind == "expect_column_values_to_be_unique":
+        return "no repeated value"
+    if "not_be_null" in kind:
+        return "no null/NaN"
+    if low is not None and high is not None:
+        return f"between {_fmt(low)} and {_fmt(high)}"
+    if low is not None:
+        return f">= {_fmt(low)}"
+    if high is not None:
+        return f"<= {_fmt(high)}"
+    return "see the expectation"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
