@@ -10,3 +10,63 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """One local stack (SeaweedFS S3, MLflow server, Prefect server) for the whole test session:
+    free loopback ports, state in a temporary folder, the client environment (plus a fresh
+    PREFECT_HOME) exported into os.environ. Stopped, and os.environ restored, at the end."""
+    import os
+
+    from infra import Stack, StackSettings
+    from infra.ports import free_ports
+
+    root = tmp_path_factory.mktemp("stack")
+    s3_port, mlflow_port, prefect_port = free_ports(3)
+    server = Stack(StackSettings(state_dir=root / "state", s3_port=s3_port, mlflow_port=mlflow_port,
+                                 prefect_port=prefect_port))
+    saved_env = dict(os.environ)
+    try:
+        server.up()
+        client_home = root / "prefect-client-home"
+        client_home.mkdir()   # Prefect does not create a missing home, then fails on SQLite
+        for stray in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "PREFECT_PROFILE", "PREFECT_API_KEY"):
+            os.environ.pop(stray, None)
+        os.environ.update(server.client_env())
+        os.environ["PREFECT_HOME"] = str(client_home)
+        _refresh_prefect_settings()
+        yield server
+    finally:
+        _drain_prefect_clients()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        _refresh_prefect_settings()
+        server.down()
+
+
+def _refresh_prefect_settings():
+    """Prefect reads its settings once, when prefect.context is imported (at collection time,
+    if a test module imports prefect); make it read the environment again."""
+    import sys
+
+    context = sys.modules.get("prefect.context")
+    if context is not None and hasattr(context, "refresh_global_settings_context"):
+        context.refresh_global_settings_context()
+
+
+def _drain_prefect_clients():
+    """Flush Prefect's background log and event senders while the server still answers, so
+    they do not retry against a stopped server at interpreter exit."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    except Exception as e:   # best effort: never hide the test result behind a flush error
+        print(f"note: could not flush Prefect clients before stopping the stack: {e}")

@@ -1,0 +1,96 @@
+"""`dmops up | down | status | env`: the local stack from the command line.
+
+`register(app)` adds the four commands to the main `dmops` app. Errors print one
+`error: ...` line (a start-up failure adds the server's log tail) and exit with code 1."""
+
+from __future__ import annotations
+
+import shlex
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+StateDirOpt = typer.Option(None, "--state-dir", help="Folder of the stack's state "
+                           "(default: $DMOPS_STACK_DIR or .stack).")
+S3PortOpt = typer.Option(None, "--s3-port", help="S3 port (default: $DMOPS_S3_PORT or 8333).")
+MlflowPortOpt = typer.Option(None, "--mlflow-port", help="MLflow port (default: $DMOPS_MLFLOW_PORT or 5000).")
+PrefectPortOpt = typer.Option(None, "--prefect-port",
+                              help="Prefect port (default: $DMOPS_PREFECT_PORT or 4200).")
+
+
+@contextmanager
+def _stack_errors() -> Iterator[None]:
+    """StackError becomes `error: ...` on stderr and exit code 1, without a traceback."""
+    from infra.errors import StackError
+
+    try:
+        yield
+    except StackError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optional[int],
+           prefect_port: Optional[int]):
+    """The Stack for these options; unset options come from the environment, then defaults."""
+    from infra.settings import StackSettings
+    from infra.stack import Stack
+
+    overrides = {k: v for k, v in {"state_dir": state_dir, "s3_port": s3_port, "mlflow_port": mlflow_port,
+                                   "prefect_port": prefect_port}.items() if v is not None}
+    return Stack(replace(StackSettings.from_env(), **overrides), echo=typer.echo)
+
+
+def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
+       mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
+       timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers.")):
+    """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background."""
+    with _stack_errors():
+        _stack(state_dir, s3_port, mlflow_port, prefect_port).up(timeout=timeout)
+        typer.echo('clients: eval "$(dmops env)"   stop: dmops down')
+
+
+def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
+         mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
+    """Stop the stack's servers. Data, credentials and logs stay in the state folder."""
+    with _stack_errors():
+        _stack(state_dir, s3_port, mlflow_port, prefect_port).down()
+
+
+def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
+           mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
+    """Show each server: running or not, healthy or not, pid, URL, memory, log file."""
+    with _stack_errors():
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port)
+        typer.echo(f"stack in {stack.state_dir}")
+        for s in stack.status().values():
+            state = "healthy" if s.healthy else "running, not answering" if s.running else "stopped"
+            pid = f"pid {s.pid}" if s.pid else ""
+            rss = f"{s.rss_bytes / 2**20:.0f} MiB" if s.rss_bytes else ""
+            typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
+
+
+def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
+        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
+    """Print `export ...` lines for clients of the stack, S3 secret included: eval "$(dmops env)"."""
+    with _stack_errors():
+        for key, value in _stack(state_dir, s3_port, mlflow_port, prefect_port).client_env().items():
+            typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `up`, `down`, `status` and `env` to the `dmops` app."""
+    for command in (up, down, status, env):
+        app.command(command.__name__)(command)
+
+
+if __name__ == "__main__":   # python -m flows.stack_cli up, until flows/cli.py registers these
+    _app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
+    register(_app)
+    _app()

@@ -1,0 +1,65 @@
+"""Where each piece of the local stack's state lives inside its state folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Paths under one absolute state folder. Everything the stack writes stays inside it,
+    so `rm -rf <state_dir>` (after `dmops down`) resets the stack completely."""
+
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "credentials.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def seaweedfs(self) -> Path:
+        return self.root / "seaweedfs"
+
+    @property
+    def seaweedfs_data(self) -> Path:
+        return self.seaweedfs / "data"
+
+    @property
+    def seaweedfs_identities(self) -> Path:
+        return self.seaweedfs / "s3-identities.json"
+
+    @property
+    def seaweedfs_ports(self) -> Path:
+        return self.seaweedfs / "ports.json"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    def log(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def pid_file(self, service: str) -> Path:
+        return self.pids / f"{service}.pid"
+
+    def make_dirs(self) -> None:
+        """Create every folder the servers expect: Prefect, for one, fails on a missing home."""
+        for d in (self.logs, self.pids, self.seaweedfs_data, self.mlflow, self.prefect_home):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,164 @@
+"""Background server processes: start detached, record in a pid file, check, stop, measure.
+
+Each server runs in its own session (start_new_session=True), so its process id is also its
+process-group id: one signal to the group reaches the server and every worker it forked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+# Popen objects of the servers this interpreter started. Holding them lets us reap a server
+# that exited (no zombies that look alive) and keeps Popen from warning "still running" when
+# the object would otherwise be garbage-collected while the server keeps serving.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pid file holds: enough to tell our server from a later process given the same pid."""
+
+    pid: int
+    start_ticks: Optional[int]   # /proc/<pid>/stat start time; None where /proc is missing
+    port: int
+    started_at: str
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, port: int) -> PidRecord:
+    """Start `argv` detached (own session, no stdin), stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # argv holds paths and ports only (secrets travel in env), so it is safe to log.
+        log.write(f"\n===== {stamp} starting: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    stat = _stat(proc.pid)
+    return PidRecord(proc.pid, stat[1] if stat else None, port, stamp)
+
+
+def write_pid_file(path: Path, record: PidRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)) + "\n")
+    os.replace(tmp, path)
+
+
+def read_pid_file(path: Path) -> Optional[PidRecord]:
+    """The record in `path`; None when there is none or it cannot be read (not trusted)."""
+    try:
+        data = json.loads(path.read_text())
+        return PidRecord(int(data["pid"]), data.get("start_ticks"), int(data["port"]),
+                         str(data.get("started_at", "")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_running(record: PidRecord) -> bool:
+    """True while the process of `record` lives: not gone, not a zombie, not a reused pid."""
+    child = _CHILDREN.get(record.pid)
+    if child is not None and child.poll() is not None:   # reaped; exit_code() can still tell
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # the pid now belongs to another user's process
+        return False
+    stat = _stat(record.pid)
+    if stat is None:             # no /proc (macOS): the signal check is all we have
+        return True
+    state, ticks = stat
+    return state != "Z" and (record.start_ticks is None or ticks == record.start_ticks)
+
+
+def exit_code(record: PidRecord) -> Optional[int]:
+    """The exit status of a server this interpreter started and that has exited, else None."""
+    child = _CHILDREN.get(record.pid)
+    return child.returncode if child is not None else None
+
+
+def signal_group(record: PidRecord, sig: int) -> None:
+    """Send `sig` to the server's process group (the server and its workers)."""
+    try:
+        os.killpg(record.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_stopped(record: PidRecord, timeout: float) -> bool:
+    """Wait up to `timeout` s for the process to end; True when it did."""
+    deadline = time.monotonic() + timeout
+    while is_running(record):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def stop(record: PidRecord, grace: float) -> bool:
+    """SIGTERM the group, wait `grace` s, then SIGKILL. Returns True when SIGKILL was needed."""
+    signal_group(record, signal.SIGTERM)
+    return finish_stop(record, grace)
+
+
+def finish_stop(record: PidRecord, grace: float) -> bool:
+    """Second half of stop(), for callers that signalled several servers first."""
+    killed = False
+    if not wait_stopped(record, grace):
+        signal_group(record, signal.SIGKILL)
+        wait_stopped(record, 10)
+        killed = True
+    # Workers that outlived their parent would keep ports open: end the rest of the group.
+    signal_group(record, signal.SIGKILL)
+    _CHILDREN.pop(record.pid, None)
+    return killed
+
+
+def group_rss_bytes(pgid: int) -> Optional[int]:
+    """Resident memory of all processes in group `pgid` (Linux /proc); None where unknown."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:       # field 5, pgrp
+            total += int(fields[21]) * page  # field 24, rss in pages
+    return total
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file, or a note that there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _stat(pid: int) -> Optional[tuple[str, int]]:
+    """(state, start time in clock ticks) from /proc/<pid>/stat; None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])   # fields 3 (state) and 22 (starttime)
