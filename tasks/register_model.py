@@ -1,0 +1,205 @@
+"""Pipeline step: put a model folder in the MLflow model registry, and get one back out.
+
+`register_model` logs the folder as a pyfunc (tasks.pyfunc_model) under an MLflow run, registers
+it as a new version of `name` carrying the caller's lineage tags (data hash, git commit, validation
+result, metrics, Prefect flow-run id) and points the `challenger` alias at it.  Promotion
+(tasks.promote) later moves `champion`.  `download_model` returns the plain model folder of a
+version, ready for `diffusion.model.load_for_sampling`.
+
+The tracking server comes from the environment (MLFLOW_TRACKING_URI), as MLflow always reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from diffusion.atomic import atomic_folder
+from diffusion.model import read_spec
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+class RegistryError(RuntimeError):
+    """A registry request that cannot be served; the message says what and what to do."""
+
+
+# --- tags: strings only, and never a secret ----------------------------------------------
+
+# Key words and value shapes that mean a credential: tags are readable by everyone who can
+# open the registry, so a match is refused rather than stored.
+_SECRET_KEY_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey",
+                     "access_key", "private_key", "credential")
+_SECRET_VALUE_PATTERNS = {
+    "an AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "a GitHub token": re.compile(r"\b(ghp|gho|ghs|ghu|github_pat)_[A-Za-z0-9_]{20,}"),
+    "an API key": re.compile(r"\bsk-[A-Za-z0-9_-]{20,}"),
+    "a password inside a URL": re.compile(r"://[^/\s:@]+:[^/\s@]+@"),
+}
+_SECRET_ENV_WORDS = ("SECRET", "PASSWORD", "TOKEN")
+
+
+def check_tags(tags: dict[str, str], where: str = "model version tags") -> dict[str, str]:
+    """Refuse tags that are not str -> str or that look like they hold a secret (by key name,
+    by value shape, or by containing the value of a secret environment variable).  The
+    message names the tag, never the value."""
+    if not isinstance(tags, dict):
+        raise RegistryError(f"{where} must be a dict of str -> str, got {type(tags).__name__}")
+    secrets_in_env = [v for k, v in os.environ.items()
+                      if any(w in k.upper() for w in _SECRET_ENV_WORDS) and len(v) >= 8]
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key:
+            raise RegistryError(f"{where}: tag key {key!r} must be a non-empty string")
+        if not isinstance(value, str):
+            raise RegistryError(f"{where}: tag {key!r} has a {type(value).__name__} value; tag "
+                                "values must be strings: format numbers with str() or f'{x:.6g}'")
+        if any(word in key.lower() for word in _SECRET_KEY_WORDS):
+            raise RegistryError(f"{where}: tag {key!r} is named like a credential; tags are "
+                                "visible to every registry user: do not store secrets in them")
+        for what, pattern in _SECRET_VALUE_PATTERNS.items():
+            if pattern.search(value):
+                raise RegistryError(f"{where}: tag {key!r} looks like it holds {what}; tags are "
+                                    "visible to every registry user: remove it")
+        if any(secret in value for secret in secrets_in_env):
+            raise RegistryError(f"{where}: tag {key!r} contains the value of a secret environment "
+                                "variable; tags are visible to every registry user: remove it")
+    return tags
+
+
+# --- registering --------------------------------------------------------------------------
+
+@contextmanager
+def _logging_run(run_id: str | None):
+    """The active run, or the run `run_id` (resumed for the duration), to log the model under."""
+    active = mlflow.active_run()
+    if run_id is None:
+        if active is None:
+            raise RegistryError("no active MLflow run to log the model under: call "
+                                "register_model inside `with mlflow.start_run():` or pass run_id")
+        yield active.info.run_id
+    elif active is not None and active.info.run_id == run_id:
+        yield run_id
+    else:
+        with mlflow.start_run(run_id=run_id, nested=active is not None):
+            yield run_id
+
+
+def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | None = None) -> str:
+    """Log `model_dir` as a pyfunc under the active (or given) run, register it as a new
+    version of `name` with `tags`, point alias `challenger` at it, and return the version."""
+    from .pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
+
+    check_tags(tags)
+    model_dir = Path(model_dir)
+    spec = read_spec(model_dir)  # a model folder, not a run or checkpoint: what gets served
+    with _logging_run(run_id), warnings.catch_warnings():
+        # MLflow suggests type hints on predict; the explicit signature below already says it all
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=DiffusionSampler(), artifacts={ARTIFACT: str(model_dir)},
+            signature=signature(spec["data"]["shape"]), input_example=input_example(),
+            pip_requirements=pip_requirements())
+    # tags travel with the registration itself, so no version is ever seen without its lineage
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+    MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+# --- reading back -------------------------------------------------------------------------
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """"name@alias" | "name/version" (optionally prefixed "models:/") -> (name, alias, version)."""
+    text = ref[len("models:/"):] if ref.startswith("models:/") else ref
+    if "@" in text:
+        name, alias = text.rsplit("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in text:
+        name, version = text.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise RegistryError(f"{ref!r} names no model version; use NAME@ALIAS (e.g. digits@champion) "
+                        "or NAME/VERSION (e.g. digits/3)")
+
+
+def _not_found(e: MlflowException) -> bool:
+    return e.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _aliases(name: str) -> dict[str, str] | None:
+    """alias -> version of a registered model, or None when there is no such model."""
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except MlflowException as e:
+        if _not_found(e):
+            return None
+        raise
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def resolve_version(ref: str) -> tuple[str, str]:
+    """(name, version) that `ref` points at in the registry, with a clear error if none."""
+    name, alias, version = parse_model_ref(ref)
+    aliases = _aliases(name)
+    where = f"the registry at {mlflow.get_tracking_uri()}"
+    if aliases is None:
+        raise RegistryError(f"there is no model {name!r} in {where}: check the name, or register "
+                            "a version first")
+    if alias is not None:
+        if alias not in aliases:
+            raise RegistryError(f"model {name!r} has no alias {alias!r} in {where} (aliases: "
+                                f"{sorted(aliases) or 'none'}): promote a version first, or use "
+                                "NAME/VERSION")
+        return name, aliases[alias]
+    try:
+        return name, str(MlflowClient().get_model_version(name, version).version)
+    except MlflowException as e:
+        if not _not_found(e):
+            raise
+        raise RegistryError(f"model {name!r} has no version {version} in {where}") from None
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The tags of one model version (lineage, metrics, promotion decision)."""
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def champion_version(name: str) -> str | None:
+    """The version the `champion` alias points at, or None when there is none (yet)."""
+    return (_aliases(name) or {}).get(CHAMPION)
+
+
+def download_model(name_or_uri: str, dest) -> Path:
+    """Download the model folder of `name@alias` or `name/version` into `dest` (replaced
+    atomically) and return it: model.json + weights, what load_for_sampling reads."""
+    from mlflow.models import Model
+
+    from .pyfunc_model import ARTIFACT
+
+    name, version = resolve_version(name_or_uri)
+    with tempfile.TemporaryDirectory(prefix="dmops-download-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                         dst_path=tmp))
+        try:
+            rel = Model.load(local).flavors["python_function"]["artifacts"][ARTIFACT]["path"]
+        except (KeyError, TypeError, MlflowException):
+            raise RegistryError(f"{name}/{version} was not registered by dmops: its MLmodel has "
+                                f"no pyfunc artifact {ARTIFACT!r}") from None
+        with atomic_folder(dest) as out:
+            shutil.copytree(local / rel, out, dirs_exist_ok=True)
+            try:
+                read_spec(out)  # fail here, naming the version, rather than later when sampling
+            except ValueError as e:
+                raise RegistryError(f"{name}/{version} holds no usable model folder: {e}") from None
+    return Path(dest)
