@@ -147,6 +147,9 @@ class Config(_Strict):
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    # The orchestration's own section (registry, promotion, data gate, stack): validated by
+    # tasks/settings.py, since the ML core neither reads nor knows it.
+    pipeline: dict[str, Any] = Field(default_factory=dict)
 
     def model_spec(self, sample_shape: tuple[int, ...], **data_facts) -> dict:
         """The plain-dict spec that model.build_denoiser takes and model.json stores; the

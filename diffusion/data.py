@@ -152,11 +152,14 @@ def _split(where, seed, val_fraction, test_fraction, n, y) -> np.ndarray:
 
 # --- validation -----------------------------------------------------------------
 
-def validate(ds: Dataset) -> Dataset:
+def validate(ds: Dataset, require_finite: bool = True) -> Dataset:
     """Raise DataError unless `ds` is usable for training; return it unchanged.
 
     val and test may be empty (a fraction of 0, or a given split without them);
     `split_indices` is where a positive fraction is held to a non-empty split.
+    `require_finite=False` checks structure only: the pipeline's prepare stage stores
+    values as they are, so that its data-quality gate can report NaN/inf with the
+    rest of its findings (the manifest counts them per sample).
     """
     where = ds.name
     if ds.kind not in ("image", "vector"):
@@ -183,7 +186,7 @@ def validate(ds: Dataset) -> Dataset:
         raise DataError(f"{where}: ids are not unique; every sample needs its own id")
 
     bad = ~torch.isfinite(ds.x.reshape(n, -1))
-    if bad.any():
+    if require_finite and bad.any():
         rows = bad.any(1).nonzero().flatten().tolist()
         nan = int(torch.isnan(ds.x).sum())
         raise DataError(f"{where}: x has {int(bad.sum())} non-finite values (NaN/inf: {nan} NaN, "
@@ -329,10 +332,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_npz(path, seed: int = 0, val_fraction: float = 0.1,
-             test_fraction: float = 0.2) -> Dataset:
+             test_fraction: float = 0.2, require_finite: bool = True) -> Dataset:
     """Arrays 'x' ((N, C, H, W) images or (N, D) vectors), optional integer 'y' and
     optional 'split'.  Values are used as stored -- scaling is the caller's job --
-    but are validated."""
+    but are validated (NaN/inf only when `require_finite`)."""
     path = Path(path)
     arrays = _read_npz(path)
     if "x" not in arrays:
@@ -373,7 +376,7 @@ def load_npz(path, seed: int = 0, val_fraction: float = 0.1,
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # too large -> inf -> rejected
     name = path.stem
     return validate(Dataset(name, x, y, split, _numbered_ids(name, n),
-                            "image" if x.ndim == 4 else "vector"))
+                            "image" if x.ndim == 4 else "vector"), require_finite)
 
 
 def load_toy(name: str, n: int = 4096, seed: int = 0, val_fraction: float = 0.1,
@@ -437,14 +440,14 @@ def _write_synced(path: Path, data: bytes):
         os.fsync(f.fileno())
 
 
-def save_processed(ds: Dataset, out_dir) -> Path:
+def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
     """Write `ds` to `out_dir` atomically (see the module docstring for the layout).
 
     Files go to a hidden sibling folder that is renamed onto `out_dir` only when
     complete.  An existing `out_dir` is replaced only if it holds nothing but these
     files, so a mistyped path cannot delete unrelated data.
     """
-    validate(ds)
+    validate(ds, require_finite)
     target = Path(out_dir)
     if target.exists() and not (target.is_dir()
                                 and {p.name for p in target.iterdir()} <= set(PROCESSED_FILES)):

@@ -12,7 +12,7 @@ import typer
 import yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, distil, sample and (soon) ship diffusion models. Every command has --help.")
+                  help="Train, distil, sample and ship diffusion models. Every command has --help.")
 
 ConfigOpt = typer.Option("params.yaml", "--config", "-c", help="Config file (params.yaml).")
 ProfileOpt = typer.Option(None, "--profile", "-p",
@@ -56,12 +56,16 @@ def config(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
 @app.command()
 def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
             set_: Optional[list[str]] = SetOpt,
-            root: Path = typer.Option(Path("data/processed"), help="Folder that receives <name>/.")):
+            root: Path = typer.Option(Path("data/processed"), help="Folder that receives <name>/."),
+            finite_check: bool = typer.Option(
+                True, "--finite-check/--no-finite-check",
+                help="Refuse NaN/inf values here. The pipeline's DVC stage turns this off and lets "
+                     "its data-quality gate report them with its other findings.")):
     """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC stage)."""
     from tasks.prepare_dataset import prepare_dataset
 
     with _friendly_errors():
-        prepare_dataset(_load(config, profile, set_, None).data, root)
+        prepare_dataset(_load(config, profile, set_, None).data, root, require_finite=finite_check)
 
 
 @app.command()
@@ -124,9 +128,79 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
     typer.echo(f"{len(students)} student(s) in {distill_dir(cfg, method)}")
 
 
+@contextmanager
+def _remote_errors(what: str):
+    """Registry and object-store failures become `error: ...` (one line) and exit code 1."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from mlflow.exceptions import MlflowException
+
+    from tasks.register_model import RegistryError
+    from tasks.release import ReleaseError
+
+    try:
+        yield
+    except (RegistryError, ReleaseError) as e:
+        message = str(e)
+    except MlflowException as e:
+        message = f"the MLflow registry could not serve {what}: {e.message}"
+    except NoCredentialsError:
+        message = (f"no S3 credentials to read {what}: set AWS_ACCESS_KEY_ID and "
+                   "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3 for a self-hosted store)")
+    except (BotoCoreError, ClientError) as e:
+        message = f"the S3 store could not serve {what}: {e}"
+    else:
+        return
+    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _env_defaults(**values: str):
+    """Environment variables the user has not set, set for the duration of the block only."""
+    import os
+
+    added = [key for key in values if key not in os.environ]
+    os.environ.update({key: values[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Path:
+    """The model folder of a registered version (--model) or a verified S3 release (--release)."""
+    import os
+
+    if model is not None:
+        from tasks.register_model import RegistryError, download_model, parse_model_ref
+
+        parse_model_ref(model)  # a malformed reference is reported before the missing server
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            raise RegistryError("MLFLOW_TRACKING_URI is not set: point it at the MLflow server "
+                                "that holds the registry, e.g. export "
+                                "MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
+        # server that is down; a few seconds of retrying still rides out a brief hiccup.
+        with _env_defaults(MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+                           MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+            return download_model(model, dest)
+    from tasks.release import read_release, s3_client_from_env
+
+    return read_release(s3_client_from_env(), release, dest)
+
+
 @app.command()
-def sample(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
-                                           help="A model folder, a training run folder or a checkpoint folder."),
+def sample(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
+                                                     help="A model folder, a training run folder or a checkpoint folder."),
+           model: Optional[str] = typer.Option(None, "--model", metavar="NAME@ALIAS|NAME/VERSION",
+                                               help="A registered model version, e.g. digits@champion or "
+                                                    "digits/3, from the MLflow registry at "
+                                                    "MLFLOW_TRACKING_URI."),
+           release: Optional[str] = typer.Option(None, "--release", metavar="S3_URI",
+                                                 help="A release, e.g. s3://dmops-releases/digits/3/, "
+                                                      "every file checked against its manifest "
+                                                      "(endpoint and credentials: AWS_* variables)."),
            out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
            seed: int = typer.Option(0, "--seed", min=0, help="Seed of the starting noise."),
@@ -134,11 +208,31 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
                                                  "(default: the model's; distilled students carry theirs)."),
            steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),
            device: str = typer.Option("cpu", help="cpu or cuda.")):
-    """Draw samples from a trained model and write them as a PNG grid (or scatter plot)."""
+    """Draw samples from a trained model and write them as a PNG grid (or scatter plot).
+
+    The model is one of: a local folder (-m), a registered version (--model) or an S3 release
+    (--release); the same seed gives the same picture from all three."""
+    import tempfile
+
     from tasks.sample import sample_to_png
 
-    with _friendly_errors():
-        sample_to_png(checkpoint, out, n=n, seed=seed, sampler=sampler, steps=steps, device=device)
+    given = [flag for flag, value in (("-m", checkpoint), ("--model", model), ("--release", release))
+             if value is not None]
+    if len(given) != 1:
+        typer.secho("error: give exactly one of -m/--checkpoint PATH, --model NAME@ALIAS|NAME/VERSION "
+                    f"or --release S3_URI (got {', '.join(given) or 'none'})",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
+    if checkpoint is not None:
+        with _friendly_errors():
+            sample_to_png(checkpoint, out, **options)
+        return
+    with tempfile.TemporaryDirectory(prefix="dmops-sample-") as tmp:
+        with _remote_errors(model or release):
+            folder = _fetch_model(model, release, Path(tmp) / "model")
+        with _friendly_errors():
+            sample_to_png(folder, out, **options)
 
 
 def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:
@@ -197,6 +291,15 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
     width = max(18, *(len(name) + 2 for name in report.files))
     for name, path in report.files.items():
         typer.echo(f"{name + ':':{width}s}{path}")
+
+
+# The stack (up, down, status, env) and the pipeline (run, deploy, worker) live in their own
+# modules; they import nothing heavy until a command runs.
+from flows.pipeline_cli import register as _register_pipeline  # noqa: E402
+from flows.stack_cli import register as _register_stack  # noqa: E402
+
+_register_stack(app)
+_register_pipeline(app)
 
 
 def main():  # pragma: no cover - console entry point

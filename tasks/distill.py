@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.config import Config
-from diffusion.data import load_dataset
 from diffusion.distill import load_teacher
 from diffusion.distill.consistency import consistency_distillation
 from diffusion.distill.progressive import progressive_distillation
@@ -27,6 +26,7 @@ from diffusion.model import ModelError, read_spec, resolve_model_path
 from diffusion.samplers import nfe_for
 from diffusion.train import resolve_device
 
+from .prepare_dataset import load_data
 from .sample import sample_to_png
 
 METHODS = ("progressive", "consistency")
@@ -37,14 +37,14 @@ def distill_dir(cfg: Config, method: str, out_dir=None) -> Path:
 
 
 def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume: bool = True,
-                    on_log=None, log=print) -> list[Path]:
+                    on_log=None, log=print, data_dir=None) -> list[Path]:
     """Distil the teacher at `teacher_path` with `method` on the configured dataset's TRAIN split;
     returns the students' model folders (progressive: one per round, in order)."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; allowed: {', '.join(METHODS)}")
     method_cfg = getattr(cfg.distill, method)
     resolve_model_path(teacher_path)  # a path that holds no model fails before the data loads
-    ds = load_dataset(cfg.data.name, **cfg.data.loader_options())
+    ds = load_data(cfg.data, data_dir)
     train_split = ds.subset("train")
     device = resolve_device(method_cfg.device)
     teacher, spec = load_teacher(teacher_path, tuple(ds.sample_shape), device)

@@ -14,19 +14,22 @@ Writes into the output folder:
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from diffusion.config import Config
-from diffusion.data import load_dataset
 from diffusion.evaluation import Student, best_rows, denoising_filmstrip, quality_vs_nfe
 from diffusion.features import load_or_train_feature_extractor
 from diffusion.images import plot_quality_vs_nfe, save_filmstrip, save_samples
-from diffusion.model import ModelError, load_for_sampling
-from diffusion.samplers import generate, grid_options
+from diffusion.atomic import atomic_folder
+from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path
+from diffusion.samplers import generate, grid_options, nfe_for
 from diffusion.train import resolve_device
+
+from .prepare_dataset import load_data
 
 
 @dataclass
@@ -39,13 +42,13 @@ class EvaluationReport:
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
-                   students: list[Path] | None = None, log=print) -> EvaluationReport:
+                   students: list[Path] | None = None, log=print, data_dir=None) -> EvaluationReport:
     """The teacher at `model_path` with every sampler at every NFE budget, plus one row group per
     student model folder in `students` at its own sampler and step count(s)."""
     ev = cfg.evaluate
     device = str(resolve_device(ev.device))
     denoiser, spec = load_for_sampling(model_path, device)
-    ds = load_dataset(cfg.data.name, **cfg.data.loader_options())
+    ds = load_data(cfg.data, data_dir)
     shape = tuple(spec["data"]["shape"])
     if shape != tuple(ds.sample_shape):
         raise ModelError(f"the model generates samples of shape {shape} but data '{cfg.data.name}' "
@@ -113,3 +116,57 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
                                     steps=spec["sampling"].get("steps", 18))
         files["filmstrip"] = save_filmstrip(strip, out_dir / "filmstrip.png")
     return EvaluationReport(out_dir, table, floor, best.iloc[0].to_dict(), files)
+
+
+def score_model(model_path, cfg: Config, out_dir, *, data_dir=None, log=print) -> dict:
+    """One model at its own stored setting (the sampler and steps in its model.json) on the
+    held-out evaluation: the row the promotion step compares, computed the same way (same
+    data, feature extractor, sample count and seed) for the challenger and the champion."""
+    spec = read_spec(resolve_model_path(model_path))
+    sampling = spec.get("sampling") or {}
+    sampler, steps = sampling.get("sampler", "heun"), int(sampling.get("steps", 18))
+    report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
+                            nfes=[nfe_for(sampler, steps)], data_dir=data_dir, log=log)
+    return report.best
+
+
+@dataclass
+class Candidate:
+    """The model the pipeline registers: a model folder and the setting it is served at."""
+    name: str         # 'teacher', 'consistency', 'progressive-4', ...
+    source: Path      # its model folder
+    sampler: str
+    steps: int
+    row: dict         # its row of the evaluation table
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.sampler}, {int(self.row['nfe'])} NFE): "
+                f"FID {self.row['fid']:.3f}, {self.row['images_per_s']:.0f} images/s")
+
+
+def choose_candidate(table: pd.DataFrame, folders: dict[str, Path], max_fid_ratio: float) -> Candidate:
+    """The student with the fewest network evaluations whose FID is within `max_fid_ratio` x
+    the teacher's best, else the teacher at its best setting. `folders` maps the table's model
+    names ('teacher' and each student's) to model folders."""
+    teacher = table[table["model"] == "teacher"].sort_values("fid").iloc[0].to_dict()
+    limit = max_fid_ratio * teacher["fid"]
+    fast = table[(table["model"] != "teacher") & (table["fid"] <= limit)]
+    row = fast.sort_values(["nfe", "fid"]).iloc[0].to_dict() if len(fast) else teacher
+    if row["model"] not in folders:
+        raise ModelError(f"no model folder for {row['model']!r} of the evaluation table "
+                         f"(folders for: {sorted(folders)})")
+    return Candidate(row["model"], Path(folders[row["model"]]), row["sampler"], int(row["steps"]), row)
+
+
+def write_candidate(candidate: Candidate, dest) -> Path:
+    """A copy of the candidate's model folder whose model.json serves it at the chosen setting."""
+    dest = Path(dest)
+    source = resolve_model_path(candidate.source)
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        spec = read_spec(tmp)
+        spec["sampling"] = {**(spec.get("sampling") or {}), "sampler": candidate.sampler,
+                            "steps": candidate.steps}
+        spec["served_as"] = candidate.name
+        (tmp / "model.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+    return dest

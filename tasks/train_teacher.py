@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from diffusion.config import Config
-from diffusion.data import load_dataset
 from diffusion.model import build_denoiser
 from diffusion.nets import count_parameters
 from diffusion.train import TrainResult, train
 
+from .prepare_dataset import load_data
 from .sample import sample_to_png
 
 
@@ -26,12 +26,13 @@ class TeacherRun:
     parameters: int
 
 
-def train_teacher(cfg: Config, resume: bool = True, on_log=None) -> TeacherRun:
+def train_teacher(cfg: Config, resume: bool = True, on_log=None,
+                  data_dir=None) -> TeacherRun:
     """Load the data, build the network, train it, and draw a sample grid from the EMA model.
 
     Under torchrun every rank calls this; only rank 0 writes the model and the grid."""
     out_dir = Path(cfg.out_dir)
-    ds = load_dataset(cfg.data.name, **cfg.data.loader_options())
+    ds = load_data(cfg.data, data_dir)
     train_split = ds.subset("train")
     spec = cfg.model_spec(ds.sample_shape, dataset=cfg.data.name, kind=ds.kind,
                           train_samples=len(train_split.ids))

@@ -1,0 +1,132 @@
+"""The training pipeline, as one Prefect flow that reads top to bottom like the process:
+
+    versioned dataset (DVC) -> data-quality gate (GX) -> teacher -> students -> evaluation
+    -> registered challenger (MLflow) -> champion + S3 release when it wins
+
+MLflow gets one parent run per flow run and a nested run per step; Prefect gets a markdown
+summary. Steps are cached on their inputs and source, so a rerun with unchanged data and
+settings skips what is finished; `refresh=True` recomputes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import yaml
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from diffusion.config import DataConfig, load_config
+from infra.stack import StackSettings
+from tasks import pipeline_tasks as steps
+from tasks.settings import check_data_is_versioned, pipeline_settings
+
+from flows.summary import summary_markdown
+
+REQUIRED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3")
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot start: the message says what to fix."""
+
+
+def _require_stack_env() -> None:
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        raise PipelineError(f"{', '.join(missing)} not set: start the local stack with `dmops up` "
+                            "and use `dmops run`, or export the team stack's settings "
+                            "(`eval \"$(dmops env)\"` prints the local ones)")
+
+
+def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str) -> Path:
+    """One folder per (settings, dataset): cached steps find their outputs again."""
+    key = hashlib.sha256(json.dumps([cfg_json, dataset_md5], sort_keys=True).encode()).hexdigest()
+    return repo / "runs" / "pipeline" / key[:12]
+
+
+def _fresh(task, output, folders, **kwargs):
+    """A cached step whose model folders were deleted since is run again."""
+    if all(Path(p).exists() for p in folders(output)):
+        return output
+    print(f"{task.name}: cached outputs are gone from this machine; running it again")
+    return task.with_options(refresh_cache=True)(**kwargs)
+
+
+@flow(name="training-pipeline", log_prints=True)
+def training_pipeline(config: str = "params.yaml", profile: str | None = None,
+                      overrides: list[str] | None = None, repo: str = ".",
+                      refresh: bool = False) -> dict:
+    """Versioned data to a promoted model; returns the registered version, the promotion
+    decision and the release path."""
+    _require_stack_env()
+    repo_path = Path(repo).resolve()
+    cfg = load_config(repo_path / config, profile, overrides or [])
+    raw = yaml.safe_load((repo_path / config).read_text()) or {}
+    check_data_is_versioned(cfg.data, DataConfig.model_validate(raw.get("data") or {}))
+    settings = pipeline_settings(cfg)
+    stack = StackSettings.from_env()
+    cfg_json = cfg.model_dump(mode="json", exclude={"out_dir", "pipeline", "profile"})
+    cache = Path(cfg_json["evaluate"]["feature_cache"])  # relative to the repo, not to the cwd
+    cfg_json["evaluate"]["feature_cache"] = str(cache if cache.is_absolute() else repo_path / cache)
+    opts = {"refresh_cache": True} if refresh else {}
+
+    mlflow.set_experiment(settings.experiment)
+    run_name = flow_run.get_name() or "training-pipeline"
+    with mlflow.start_run(run_name=run_name, tags={
+            "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile)}) as parent:
+        pid = parent.info.run_id
+        dataset = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
+                                             os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
+        work = _work_dir(repo_path, cfg_json, dataset["md5"])
+        mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work)})
+
+        gate = settings.validate_data.model_dump(mode="json")
+        reference = steps.load_reference(stack.data_bucket, cfg.data.name)
+        validation = steps.validate_data_task.with_options(**opts)(
+            dataset, gate, reference, parent_run_id=pid)
+        steps.save_reference(stack.data_bucket, cfg.data.name, validation.statistics)
+
+        train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
+        teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
+        teacher = _fresh(steps.train_teacher_task, teacher, lambda o: o.folders.values(), **train_args)
+
+        students: dict[str, str] = {}
+        step_runs = {"validate_data": validation.run_id, "train_teacher": teacher.run_id}
+        for method in settings.methods:
+            args = dict(cfg_json=cfg_json, method=method, teacher_dir=teacher.folders["teacher"],
+                        dataset=dataset, work_dir=str(work / "distill" / method), parent_run_id=pid)
+            out = steps.distill_task.with_options(**opts)(**args)
+            out = _fresh(steps.distill_task, out, lambda o: o.folders.values(), **args)
+            students.update(out.folders)
+            step_runs[f"distill_{method}"] = out.run_id
+
+        evaluation = steps.evaluate_task.with_options(**opts)(
+            cfg_json, teacher.folders["teacher"], students, dataset, str(work), parent_run_id=pid)
+        step_runs["evaluate"] = evaluation["run_id"]
+
+        tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
+                "git_commit": steps.git_commit(repo_path), "validation": validation.summary.splitlines()[0],
+                "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid}
+        challenger = steps.register_task(cfg_json, evaluation, {**teacher.folders, **students},
+                                         str(work), settings.model_name, settings.max_fid_ratio,
+                                         tags, parent_run_id=pid)
+        decision = steps.promote_task(cfg_json, challenger, settings.model_name,
+                                      settings.promote.model_dump(), stack.releases_bucket,
+                                      str(work), {**tags, "version": challenger["version"]},
+                                      parent_run_id=pid)
+        result = {"model": settings.model_name, "version": challenger["version"],
+                  "candidate": challenger["candidate"], "promoted": decision["promoted"],
+                  "reason": decision["reason"], "release": decision["release"],
+                  "mlflow_run_id": pid, "mlflow_experiment_id": parent.info.experiment_id,
+                  "dataset_md5": dataset["md5"],
+                  "cached_steps": steps.cached_steps(pid, step_runs)}
+        mlflow.set_tags({"promoted": str(decision["promoted"]), "registered_version": challenger["version"]})
+        create_markdown_artifact(summary_markdown(result, evaluation, challenger, decision),
+                                 key="training-pipeline-summary",
+                                 description="metrics and promotion decision")
+        return result

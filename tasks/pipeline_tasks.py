@@ -1,0 +1,299 @@
+"""The pipeline's Prefect tasks: each wraps one step of tasks/ with retries, a timeout, input
+caching and MLflow logging into a run nested under the flow's run.
+
+They live apart from the steps themselves so that the plain CLI commands (`dmops train`,
+`dmops sample`, ...) do not pay for importing Prefect and MLflow.
+
+Caching: a task's key is its inputs plus its source code (`INPUTS + TASK_SOURCE`), without
+the flow's MLflow run id, so a rerun with unchanged data and settings reuses finished steps;
+the flow's `refresh` switch bypasses it. Inputs are plain JSON-able values (the config as a
+dict, the dataset's content hash), which hash the same in every process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from diffusion.config import Config
+
+from . import tracking
+from .distill import distill_sampler
+from .evaluate import Candidate, choose_candidate, evaluate_model, score_model, write_candidate
+from .prepare_dataset import DatasetVersion, dvc_prepare
+from .train_teacher import train_teacher
+from .validate_data import ValidationSettings, require_valid, validate_dataset
+
+CACHED = (INPUTS + TASK_SOURCE) - "parent_run_id"
+HOUR = 3600
+
+
+def _config(cfg_json: dict) -> Config:
+    return Config.model_validate(cfg_json)
+
+
+def s3_client():
+    """boto3 S3 for the endpoint and credentials in the environment (AWS_ENDPOINT_URL_S3, ...);
+    path-style, which every S3 server (SeaweedFS, MinIO, AWS) accepts."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.client("s3", config=BotoConfig(s3={"addressing_style": "path"}))
+
+
+def _log_folder_files(folder: Path, artifact_path: str, pattern: str = "*.png") -> None:
+    for path in sorted(folder.glob(pattern)):
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+@task(name="prepare-dataset", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
+      cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
+def prepare_dataset_task(repo: str, data_name: str, remote: str, endpoint_url: str,
+                         parent_run_id: str | None = None) -> dict:
+    with tracking.step_run("prepare_dataset", parent_run_id):
+        version = dvc_prepare(repo, data_name, remote, endpoint_url)
+        mlflow.log_params({"dataset": data_name, "dataset_md5": version.md5, "dvc_remote": remote})
+        manifest = Path(version.path) / "manifest.csv"
+        if manifest.exists():
+            mlflow.log_artifact(str(manifest), "dataset")
+        return asdict(version)
+
+
+@dataclass
+class ValidationOutcome:
+    success: bool
+    summary: str
+    statistics: dict
+    run_id: str
+
+
+@task(name="validate-data", retries=0, timeout_seconds=HOUR, cache_policy=CACHED,
+      persist_result=True)
+def validate_data_task(dataset: dict, settings: dict, reference: dict | None,
+                       parent_run_id: str | None = None) -> ValidationOutcome:
+    """The data-quality gate. Logs the result JSON and the Data Docs HTML either way; a failure
+    raises DataValidationError naming the failed expectations, which stops the flow."""
+    version = DatasetVersion(**dataset)
+    with tracking.step_run("validate_data", parent_run_id, {"dataset_md5": version.md5}) as run:
+        docs = Path(version.path).parent.parent / "validation" / version.name / version.md5
+        report = validate_dataset(version.path, ValidationSettings.model_validate(settings),
+                                  reference=reference, docs_dir=docs)
+        mlflow.log_params(tracking.flatten(settings, "gate."))
+        mlflow.log_metrics({"validation_success": float(report.success),
+                            "failed_expectations": float(len(report.failures))})
+        tracking.log_json(report.result, "validation/result.json")
+        if report.docs_dir is not None and Path(report.docs_dir).exists():
+            mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
+        mlflow.set_tag("validation", "passed" if report.success else "failed")
+        print(report.summary())
+        require_valid(report)
+        return ValidationOutcome(True, report.summary(), report.statistics, run.info.run_id)
+
+
+# --- models -------------------------------------------------------------------------------
+
+@dataclass
+class StepOutput:
+    """What a model step produced: folders on this machine and the MLflow run that holds them."""
+    run_id: str
+    folders: dict[str, str] = field(default_factory=dict)   # name -> model folder
+    metrics: dict = field(default_factory=dict)
+
+
+@task(name="train-teacher", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
+      cache_policy=CACHED, persist_result=True)
+def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
+                       parent_run_id: str | None = None) -> StepOutput:
+    """Train the teacher on the validated dataset; a retry resumes from the last checkpoint."""
+    cfg = _config({**cfg_json, "out_dir": str(Path(work_dir) / "teacher")})
+    with tracking.step_run("train_teacher", parent_run_id, {"dataset_md5": dataset["md5"]}) as run:
+        mlflow.log_params(tracking.flatten({"model": cfg_json["model"], "train": cfg_json["train"]}))
+        result = train_teacher(cfg, resume=True, on_log=tracking.metric_logger("train/"),
+                               data_dir=dataset["path"])
+        out = Path(cfg.out_dir)
+        mlflow.log_metrics({"parameters": float(result.parameters),
+                            "final_loss": float(result.result.loss),
+                            "train_seconds": float(result.result.seconds)})
+        mlflow.log_artifacts(str(result.model_dir), "model")
+        latest = out / "checkpoints" / "latest"
+        if latest.exists():
+            mlflow.log_artifacts(str(out / "checkpoints" / latest.read_text().strip()),
+                                 "checkpoints/latest")
+        if result.samples_png:
+            mlflow.log_artifact(str(result.samples_png), "samples")
+        return StepOutput(run.info.run_id, {"teacher": str(result.model_dir)})
+
+
+@task(name="distill-sampler", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
+      cache_policy=CACHED, persist_result=True)
+def distill_task(cfg_json: dict, method: str, teacher_dir: str, dataset: dict, work_dir: str,
+                 parent_run_id: str | None = None) -> StepOutput:
+    """Distil the teacher with `method`; every student (each progressive round's) is logged."""
+    from diffusion.evaluation import student_name
+    from diffusion.model import read_spec
+
+    cfg = _config(cfg_json)
+    with tracking.step_run(f"distill_{method}", parent_run_id, {"method": method}) as run:
+        mlflow.log_params(tracking.flatten(cfg_json["distill"][method], f"{method}."))
+        students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir, resume=True,
+                                   on_log=tracking.metric_logger(f"{method}/"),
+                                   data_dir=dataset["path"])
+        folders = {}
+        for folder in students:
+            name = student_name(read_spec(folder))
+            folders[name] = str(folder)
+            mlflow.log_artifacts(str(folder), f"students/{name}/model")
+            png = folder.parent / "samples.png"
+            if png.exists():
+                mlflow.log_artifact(str(png), f"students/{name}")
+        return StepOutput(run.info.run_id, folders)
+
+
+@task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=3 * HOUR,
+      cache_policy=CACHED, persist_result=True)
+def evaluate_task(cfg_json: dict, teacher_dir: str, students: dict[str, str], dataset: dict,
+                  work_dir: str, parent_run_id: str | None = None) -> dict:
+    """Quality versus NFE of the teacher and every student; logs the table, plot and grids."""
+    cfg = _config(cfg_json)
+    out = Path(work_dir) / "evaluation"
+    with tracking.step_run("evaluate", parent_run_id) as run:
+        mlflow.log_params(tracking.flatten(cfg_json["evaluate"], "evaluate."))
+        report = evaluate_model(teacher_dir, cfg, out, students=[Path(p) for p in students.values()],
+                                data_dir=dataset["path"])
+        for row in report.table.to_dict(orient="records"):
+            key = f"{row['model']}.{row['sampler']}.nfe{int(row['nfe'])}"
+            mlflow.log_metrics({f"fid/{key}": float(row["fid"]),
+                                f"images_per_s/{key}": float(row["images_per_s"])})
+        mlflow.log_metric("fid_floor", float(report.floor))
+        for name in ("csv", "json", "plot"):
+            mlflow.log_artifact(str(report.files[name]), "quality_vs_nfe")
+        _log_folder_files(out, "samples")
+        return {"run_id": run.info.run_id, "table": report.table.to_dict(orient="records"),
+                "floor": report.floor}
+
+
+# --- registry -----------------------------------------------------------------------------
+
+def git_commit(repo) -> str:
+    """HEAD of the repo the pipeline ran in, marked '-dirty' when tracked files changed."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
+      cache_policy=NO_CACHE)
+def register_task(cfg_json: dict, evaluation: dict, folders: dict[str, str], work_dir: str,
+                  model_name: str, max_fid_ratio: float, tags: dict[str, str],
+                  parent_run_id: str | None = None) -> dict:
+    """Choose the model to serve, score it at its serving setting, log it as a pyfunc and
+    register it with alias `challenger`."""
+    import pandas as pd
+
+    from .register_model import register_model
+
+    cfg = _config(cfg_json)
+    candidate: Candidate = choose_candidate(pd.DataFrame(evaluation["table"]),
+                                            {k: Path(v) for k, v in folders.items()}, max_fid_ratio)
+    model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
+    print(f"candidate: {candidate.describe()}")
+    with tracking.step_run("register_model", parent_run_id, {"served_as": candidate.name}) as run:
+        metrics = score_model(model_dir, cfg, Path(work_dir) / "candidate" / "score")
+        numbers = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        mlflow.log_metrics(numbers)
+        all_tags = {**tags, "served_as": candidate.name, "sampler": candidate.sampler,
+                    "nfe": str(int(metrics["nfe"])),
+                    "metrics": json.dumps({k: round(numbers[k], 5) for k in
+                                           ("fid", "fid_floor", "kid_mean", "images_per_s")
+                                           if k in numbers})}
+        version = register_model(model_dir, model_name, all_tags, run_id=run.info.run_id)
+        print(f"registered {model_name} version {version} (alias challenger)")
+        return {"version": version, "model_dir": str(model_dir), "metrics": numbers,
+                "candidate": candidate.describe(), "run_id": run.info.run_id}
+
+
+@task(name="promote", retries=0, timeout_seconds=HOUR, cache_policy=NO_CACHE)
+def promote_task(cfg_json: dict, challenger: dict, model_name: str, promote: dict,
+                 releases_bucket: str, work_dir: str, release_meta: dict,
+                 parent_run_id: str | None = None) -> dict:
+    """Score the current champion on the same evaluation as the challenger; when the challenger
+    wins (or there is no champion), write the S3 release, then move the `champion` alias."""
+    from diffusion.model import read_spec
+
+    from .promote import apply, decide
+    from .register_model import champion_version, download_model
+    from .release import model_card, prepare_release_files, release_uri
+
+    cfg = _config(cfg_json)
+    with tracking.step_run("promote", parent_run_id) as run:
+        current = champion_version(model_name)
+        champion_metrics = None
+        if current is not None:
+            champion_dir = download_model(f"{model_name}@champion",
+                                          Path(work_dir) / "champion" / str(current))
+            champion_metrics = score_model(champion_dir, cfg, Path(work_dir) / "champion" / "score")
+            mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion_metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        decision = decide(challenger["metrics"], champion_metrics, promote["metric"],
+                          promote["tolerance"], promote["lower_is_better"])
+        spec = read_spec(challenger["model_dir"])
+        card = model_card(model_name, challenger["version"], challenger["metrics"], release_meta,
+                          spec=spec, uri=release_uri(releases_bucket, model_name,
+                                                     challenger["version"]))
+        files = prepare_release_files(challenger["model_dir"], card, challenger["metrics"],
+                                      Path(work_dir) / "release" / str(challenger["version"]))
+        decision = apply(decision, model_name, challenger["version"], files, s3_client(),
+                         releases_bucket)
+        mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
+                         "challenger_version": str(challenger["version"]),
+                         "previous_champion": str(current)})
+        print(f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
+        return {"promoted": decision.promoted, "reason": decision.reason,
+                "release": decision.release_uri,
+                "previous_champion": current, "run_id": run.info.run_id,
+                "champion_metrics": champion_metrics}
+
+
+# --- small adapters the flow calls between tasks ------------------------------------------
+
+def _reference_key(dataset_name: str) -> str:
+    return f"validated/{dataset_name}/statistics.json"
+
+
+def load_reference(bucket: str, dataset_name: str) -> dict | None:
+    """The summary statistics of the last dataset that passed the gate (None on the first run):
+    the drift expectations compare against them."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=_reference_key(dataset_name))["Body"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body.read())
+
+
+def save_reference(bucket: str, dataset_name: str, statistics: dict) -> None:
+    s3_client().put_object(Bucket=bucket, Key=_reference_key(dataset_name),
+                                  Body=json.dumps(statistics, default=float).encode())
+
+
+def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
+    """Steps whose MLflow run belongs to an earlier flow run: Prefect reused their cached result."""
+    client = mlflow.MlflowClient()
+    return [step for step, run_id in step_runs.items()
+            if client.get_run(run_id).data.tags.get("mlflow.parentRunId") != parent_run_id]

@@ -1,0 +1,260 @@
+"""The training pipeline end to end, against real servers (SeaweedFS S3, MLflow, Prefect) on
+loopback, in a temporary git + DVC repository, with the tiny profile.
+
+The flow runs the way users run it, through `dmops run` in a subprocess. Each scenario builds
+on the registry state the previous ones left, in file order:
+
+1. a deliberately weak model (1 training step) becomes the first champion (no champion yet);
+2. a rerun with unchanged inputs reuses every cached step; `--refresh` recomputes them;
+3. a properly trained model beats it: champion moves, an S3 release appears;
+4. the weak settings again: a worse challenger, champion stays, the reason is recorded;
+5. bad datasets stop at the gate: no version is created and the champion is untouched;
+6. a deployment from infra/prefect.yaml runs through a worker and completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "pipeline-test"
+WEAK = ["--set", "train.steps=1"]
+# 150 steps with a short warm-up: far better than 1 step, still seconds on one core
+GOOD = ["--set", "train.steps=150", "--set", "train.lr_warmup_steps=10"]
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def run(*args, cwd, check=True, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def dvc(repo, *args):
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def write_params(repo: Path, data: dict | None = None) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["pipeline"]["model_name"] = MODEL
+    params["pipeline"]["experiment"] = "pipeline-test"
+    if data is not None:
+        params["data"] = {**params["data"], **data}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, stack):
+    """A user's checkout: params.yaml, dvc.yaml, the deployments file and the flow, in git + DVC."""
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    (repo / "infra").mkdir()
+    shutil.copy(ROOT / "infra" / "prefect.yaml", repo / "infra")
+    shutil.copytree(ROOT / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".gitignore").write_text("runs/\ndata/features/\n")
+    write_params(repo)
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    dvc(repo, "remote", "add", "-d", "dmops", f"s3://{stack.settings.data_bucket}/datasets")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a user's pipeline repo")
+    return repo
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def champion():
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(MODEL, "champion")
+    except MlflowException:
+        return None
+
+
+def versions() -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().search_model_versions(f"name='{MODEL}'")
+    except MlflowException:
+        return []
+
+
+def outcome(proc) -> dict:
+    """The lines `dmops run` prints at the end, by label."""
+    lines = {}
+    for line in proc.stdout.splitlines():
+        label, sep, value = line.partition(":")
+        if sep and label.strip() in ("registered", "promotion", "release", "cached"):
+            lines[label.strip()] = value.strip()
+    return lines
+
+
+@pytest.fixture(scope="module")
+def first(repo):
+    return run("run", "--repo", repo, *WEAK, cwd=repo)
+
+
+def test_first_run_registers_a_champion_with_lineage_tags(first, repo):
+    result = outcome(first)
+    assert "PROMOTED" in result["promotion"], first.stdout
+    assert result["release"].startswith("s3://")
+    current = champion()
+    assert current is not None and current.version == "1"
+    tags = current.tags
+    dataset_md5 = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+    assert tags["dataset_md5"] == dataset_md5
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert tags["git_commit"].startswith(head.stdout.strip())
+    assert tags["validation"].lower().startswith("dataset") or "pass" in tags["validation"].lower()
+    assert json.loads(tags["metrics"])["fid"] > 0
+    assert tags["prefect_flow_run_id"]
+    assert client().get_model_version(MODEL, "1").aliases  # challenger, then champion
+
+
+def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):
+    import mlflow
+
+    c = client()
+    parent_id = c.get_model_version(MODEL, "1").tags["mlflow_parent_run_id"]
+    parent = c.get_run(parent_id)
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  output_format="list")
+    steps = {r.data.tags["step"]: r for r in children}
+    assert set(steps) >= {"prepare_dataset", "validate_data", "train_teacher", "distill_progressive",
+                          "distill_consistency", "evaluate", "register_model", "promote"}
+    assert any(k.startswith("train/loss") for k in steps["train_teacher"].data.metrics)
+    assert len(c.get_metric_history(steps["train_teacher"].info.run_id, "train/loss")) >= 1
+    assert any(k.startswith("fid/teacher") for k in steps["evaluate"].data.metrics)
+
+    def files(run_id, path=""):
+        out = []
+        for f in c.list_artifacts(run_id, path):
+            out += files(run_id, f.path) if f.is_dir else [f.path]
+        return out
+
+    assert any(p.endswith(".png") for p in files(steps["evaluate"].info.run_id))
+    assert any(p.endswith(".png") for p in files(steps["train_teacher"].info.run_id))
+    assert "validation/result.json" in files(steps["validate_data"].info.run_id)
+    assert any(p.endswith("index.html") for p in files(steps["validate_data"].info.run_id))
+
+
+def test_release_checksums_match_and_sample_reproduces_images(first, repo, stack, tmp_path):
+    release = outcome(first)["release"]
+    bucket, _, prefix = release.removeprefix("s3://").partition("/")
+    s3 = stack.s3_client()
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/manifest.json")["Body"].read())
+    files = manifest["files"]
+    assert files, manifest
+    for entry in files:
+        name = entry["path"] if isinstance(entry, dict) else entry
+        sha = entry["sha256"] if isinstance(entry, dict) else files[entry]["sha256"]
+        body = s3.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + name)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == sha, name
+
+    a, b = tmp_path / "release.png", tmp_path / "registry.png"
+    run("sample", "--release", release, "--out", a, "--n", 9, "--seed", 5, cwd=repo)
+    run("sample", "--model", f"{MODEL}@champion", "--out", b, "--n", 9, "--seed", 5, cwd=repo)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_unchanged_rerun_hits_the_cache_and_refresh_does_not(first, repo):
+    again = outcome(run("run", "--repo", repo, *WEAK, cwd=repo))
+    # the gate reruns once: its drift reference is now the first run's statistics
+    assert {"train_teacher", "distill_progressive", "distill_consistency",
+            "evaluate"} <= set(again["cached"].split(", ")), again
+    fresh = outcome(run("run", "--repo", repo, *WEAK, "--refresh", cwd=repo))
+    assert fresh["cached"].startswith("no step"), fresh
+
+
+def test_better_model_moves_champion_and_worse_does_not(first, repo):
+    before = champion().version
+    better = outcome(run("run", "--repo", repo, *GOOD, cwd=repo))
+    assert "PROMOTED" in better["promotion"], better
+    promoted = champion()
+    assert promoted.version != before
+    assert better["release"].rstrip("/").endswith(f"/{promoted.version}")
+
+    worse = outcome(run("run", "--repo", repo, *WEAK, cwd=repo))
+    assert "not promoted" in worse["promotion"], worse
+    assert champion().version == promoted.version
+    loser = max(versions(), key=lambda v: int(v.version))
+    assert loser.version != promoted.version
+    assert loser.tags.get("promotion_reason"), loser.tags
+
+
+def _bad_npz(path: Path, kind: str) -> None:
+    from diffusion.data import load_digits
+
+    ds = load_digits()
+    x, y = ds.x.numpy().copy(), ds.y.numpy()
+    if kind == "nan":
+        x[::7, 0, 2, 3] = np.nan
+    elif kind == "shape":
+        x = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)  # 16 x 16 instead of 8 x 8
+    elif kind == "duplicates":
+        half = len(x) // 2
+        x[half:2 * half], y[half:2 * half] = x[:half], y[:half]
+    np.savez(path, x=x, y=y)
+
+
+@pytest.mark.parametrize("kind, expected", [("nan", "nan"), ("shape", "shape"),
+                                            ("duplicates", "duplicat")])
+def test_bad_dataset_fails_the_gate_and_changes_nothing(first, repo, kind, expected):
+    before_champion, before_versions = champion().version, len(versions())
+    npz = repo / "data" / f"bad_{kind}.npz"
+    npz.parent.mkdir(exist_ok=True)
+    _bad_npz(npz, kind)
+    write_params(repo, {"name": "npz", "path": str(npz)})
+    try:
+        proc = run("run", "--repo", repo, cwd=repo, check=False)
+    finally:
+        write_params(repo)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    message = proc.stderr.lower()
+    assert "failed" in message and expected in message, proc.stderr[-3000:]
+    assert len(versions()) == before_versions
+    assert champion().version == before_champion
+
+
+def test_deployment_from_prefect_yaml_runs_through_a_worker(first, repo):
+    deployed = run("deploy", cwd=repo)
+    assert "deployments created" in deployed.stdout
+    started = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
+                              "training-pipeline/on-demand", "--param", "profile=tiny"],
+                             cwd=repo, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1)
+    run("worker", "--run-once", cwd=repo, timeout=900)
+    inspected = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "inspect", flow_run_id],
+                               cwd=repo, capture_output=True, text=True, timeout=120)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "COMPLETED" in inspected.stdout, inspected.stdout[-3000:]
