@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PROFILE ?= quick
 
-.PHONY: install run test bench clean help
+.PHONY: install run test bench down clean help
 help:
-	@echo "make run    train the $(PROFILE) profile on digits and write a sample grid"
-	@echo "make test   run the test suite"
+	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile, digits)"
+	@echo "make test   run the test suite (starts and stops its own servers)"
+	@echo "make down   stop the local stack (its data stays in .stack/)"
 	@echo "make bench  measure trainer speed (benchmarks/train_speed.py)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -23,8 +24,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
+# The local stack (S3, MLflow, Prefect servers) keeps running afterwards so that the UIs it
+# prints can be browsed; `make down` stops it.
 run: $(STAMP)
-	$(BIN)/dmops train --profile $(PROFILE)
+	$(BIN)/dmops up
+	$(BIN)/dmops run --profile $(PROFILE)
+
+down: $(STAMP)
+	$(BIN)/dmops down
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
