@@ -356,3 +356,21 @@ def test_save_refuses_to_replace_unrelated_folder(tmp_path, digits):
 def test_load_processed_errors(tmp_path):
     with pytest.raises(DataError, match="meta.json"):
         load_processed(tmp_path)
+
+
+def test_nonfinite_values_can_be_left_to_the_quality_gate(tmp_path):
+    """The pipeline's prepare stage stores NaN/inf as they are and counts them per sample, so
+    the data-quality gate reports them; everywhere else they are refused."""
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 1, 4, 4)).astype(np.float32)
+    x[3, 0, 1, 1], x[7, 0, 0, 2] = np.nan, np.inf
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(DataError, match="non-finite"):
+        data.load_npz(tmp_path / "bad.npz")
+    ds = data.load_npz(tmp_path / "bad.npz", require_finite=False)
+    with pytest.raises(DataError, match="non-finite"):
+        data.save_processed(ds, tmp_path / "strict")
+    out = data.save_processed(ds, tmp_path / "kept", require_finite=False)
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert manifest["nonfinite"].tolist() == [1 if i in (3, 7) else 0 for i in range(20)]
+    with pytest.raises(DataError, match="non-finite"):
+        data.load_processed(out)  # training never reads it

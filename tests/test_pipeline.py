@@ -137,6 +137,10 @@ def test_first_run_registers_a_champion_with_lineage_tags(first, repo):
     assert json.loads(tags["metrics"])["fid"] > 0
     assert tags["prefect_flow_run_id"]
     assert client().get_model_version(MODEL, "1").aliases  # challenger, then champion
+    summary = subprocess.run([sys.executable, "-m", "prefect", "artifact", "inspect",
+                              "training-pipeline-summary"], capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr
+    assert "Promotion:" in summary.stdout and "Quality versus NFE" in summary.stdout
 
 
 def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):

@@ -29,6 +29,7 @@ from tasks.register_model import (RegistryError, champion_version, check_tags, d
                                   register_model, version_tags)
 from tasks.release import folder_files, model_card, prepare_release_files
 from tasks.train_teacher import train_teacher
+from cli_assertions import fails_cleanly
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -69,14 +70,6 @@ def _release_files(model_dir: Path, version: str, fid: float, workdir: Path) -> 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fails_cleanly(result, code: int, *fragments):
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 # --- decide(): pure -----------------------------------------------------------------------
@@ -288,6 +281,6 @@ def test_cli_samples_the_champion_exactly_like_the_local_model(stack, tiny_model
     assert np.array_equal(pictures["local"], pictures["champion"])
     assert np.array_equal(pictures["local"], pictures["version"])
 
-    _fails_cleanly(runner.invoke(app, ["sample", "--model", f"{name}@gold", "--out",
+    fails_cleanly(runner.invoke(app, ["sample", "--model", f"{name}@gold", "--out",
                                        str(tmp_path / "no.png")]), 1, "has no alias 'gold'")
     assert not (tmp_path / "no.png").exists()

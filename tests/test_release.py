@@ -23,6 +23,7 @@ from flows.cli import app
 from tasks.release import (ReleaseError, folder_files, model_card, prepare_release_files,
                            read_manifest, read_release, write_release)
 from tasks.train_teacher import train_teacher
+from cli_assertions import fails_cleanly
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METRICS = {"fid": 0.41, "kid": 0.0123}
@@ -57,14 +58,6 @@ def _sha256(data: bytes) -> str:
 
 def _object(s3, bucket: str, key: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def _fails_cleanly(result, code: int, *fragments):
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 # --- no server needed ---------------------------------------------------------------------
@@ -191,8 +184,8 @@ def test_cli_samples_a_release_exactly_like_the_local_model(stack, bucket, relea
     assert not np.array_equal(pictures["release"], pictures["other_seed"])
 
     s3.upload_file(str(release_files["model.json"]), bucket, f"{name}/2/model.json")
-    _fails_cleanly(runner.invoke(app, ["sample", "--release", f"s3://{bucket}/{name}/2/",
+    fails_cleanly(runner.invoke(app, ["sample", "--release", f"s3://{bucket}/{name}/2/",
                                        "--out", str(tmp_path / "no.png")]), 1, "incomplete release")
-    _fails_cleanly(runner.invoke(app, ["sample", "--release", uri, "-m", str(tiny_model)]), 2,
+    fails_cleanly(runner.invoke(app, ["sample", "--release", uri, "-m", str(tiny_model)]), 2,
                    "exactly one of")
     assert not (tmp_path / "no.png").exists()
