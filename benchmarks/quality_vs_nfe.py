@@ -1,7 +1,10 @@
-"""Quality versus NFE of a trained model, as a markdown table.
+"""Quality versus NFE of a trained model, as a markdown table; with --students, its distilled
+students in the same table, and their ratios to the teacher against the targets of issue 4.
 
     .venv/bin/python benchmarks/quality_vs_nfe.py                    # trains the quick profile if needed
     .venv/bin/python benchmarks/quality_vs_nfe.py --checkpoint runs/digits --nfe 1,2,4,8,16,32,64
+    .venv/bin/python benchmarks/quality_vs_nfe.py --students         # + distils both methods if needed
+    .venv/bin/python benchmarks/quality_vs_nfe.py --students --set distill.consistency.steps=8000
 
 Without --checkpoint it trains the `--profile` teacher into runs/bench_<profile> (resuming
 if a run is there), then evaluates every sampler at every NFE on the held-out test split.
@@ -20,8 +23,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion.config import load_config  # noqa: E402
+from tasks.distill import METHODS, distill_dir, distill_sampler, find_students  # noqa: E402
 from tasks.evaluate import evaluate_model  # noqa: E402
 from tasks.train_teacher import train_teacher  # noqa: E402
+
+# issue 4: FID of a 4-step student <= 1.15x and of a 1-step student <= 1.6x the teacher's best
+# FID; the 1-step student >= 30x the teacher's images/s at its best-quality setting
+TARGETS = {4: 1.15, 1: 1.6}
+SPEED_TARGET = 30.0
+
+
+def student_ratios(table) -> list[str]:
+    """Each student row against the teacher's best row, and the targets of issue 4."""
+    teacher = table[table["model"] == "teacher"].sort_values("fid").iloc[0]
+    lines = ["", f"Teacher best: {teacher['sampler']} at {int(teacher['nfe'])} NFE, FID "
+             f"{teacher['fid']:.3f}, {teacher['images_per_s']:.0f} img/s.", "",
+             "| student | NFE | FID | FID / teacher best | img/s / teacher's | target |",
+             "|---|---|---|---|---|---|"]
+    students = table[table["model"] != "teacher"].sort_values(["nfe", "fid"])
+    for _, row in students.iterrows():
+        ratio = row["fid"] / teacher["fid"]
+        speed = row["images_per_s"] / teacher["images_per_s"]
+        nfe = int(row["nfe"])
+        target = ""
+        if nfe in TARGETS:
+            target = f"FID <= {TARGETS[nfe]}x: {'met' if ratio <= TARGETS[nfe] else 'NOT met'}"
+            if nfe == 1:
+                target += f"; speed >= {SPEED_TARGET:.0f}x: {'met' if speed >= SPEED_TARGET else 'NOT met'}"
+        lines.append(f"| {row['model']} | {nfe} | {row['fid']:.3f} | {ratio:.2f}x | {speed:.1f}x | {target} |")
+    return lines
 
 
 def markdown(table) -> str:
@@ -51,20 +81,37 @@ def main(argv=None) -> int:
     p.add_argument("--nfe", default=None, help="comma-separated NFE budgets (default: evaluate.nfes)")
     p.add_argument("--n", type=int, default=None, help="samples per setting (default: evaluate.n_samples)")
     p.add_argument("--out", type=Path, default=None, help="report folder")
+    p.add_argument("--students", nargs="?", const="distill", default=None, metavar="FOLDER",
+                   help="add distilled students: a folder to search, or without a value "
+                        "<run>/distill, distilling both methods first where missing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. distill.consistency.steps=8000 (repeatable)")
     args = p.parse_args(argv)
 
-    cfg = load_config(args.config, args.profile)
+    cfg = load_config(args.config, args.profile, args.overrides)
     checkpoint = args.checkpoint
     train_seconds = None
     if checkpoint is None:
-        cfg = load_config(args.config, args.profile, [f"out_dir=runs/bench_{args.profile}"])
+        cfg = load_config(args.config, args.profile,
+                          [f"out_dir=runs/bench_{args.profile}", *args.overrides])
         t0 = time.perf_counter()
         run = train_teacher(cfg)
         train_seconds = time.perf_counter() - t0
         checkpoint = run.model_dir
-    out = args.out or ROOT / "benchmarks" / "results" / f"quality_vs_nfe_{args.profile}"
+    students, distill_seconds = None, {}
+    if args.students == "distill":
+        run_dir = checkpoint if checkpoint.name != "model" else checkpoint.parent
+        for method in METHODS:
+            t0 = time.perf_counter()
+            distill_sampler(cfg, method, checkpoint, out_dir=run_dir)  # reuses finished students
+            distill_seconds[method] = time.perf_counter() - t0
+        students = find_students(distill_dir(cfg, "progressive", run_dir).parent)
+    elif args.students is not None:
+        students = find_students(args.students)
+    suffix = "_students" if students else ""
+    out = args.out or ROOT / "benchmarks" / "results" / f"quality_vs_nfe{suffix}_{args.profile}"
     report = evaluate_model(
-        checkpoint, cfg, out,
+        checkpoint, cfg, out, students=students,
         samplers=args.samplers.split(",") if args.samplers else None,
         nfes=[int(v) for v in args.nfe.split(",")] if args.nfe else None, n=args.n,
         log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -76,8 +123,14 @@ def main(argv=None) -> int:
             f"{report.floor:.3f}",
             f"best: {best['sampler']} at {int(best['nfe'])} NFE, FID {best['fid']:.3f} = "
             f"{best['fid'] / report.floor:.2f}x the floor (target for the quick profile: <= 2x)"]
+    if students:
+        text += student_ratios(table)
+        if args.overrides:
+            text.append(f"\nsettings: -p {args.profile} " + " ".join(f"--set {o}" for o in args.overrides))
     if train_seconds is not None:
         text.append(f"teacher training (incl. resume check) took {train_seconds:.0f} s")
+    for method, seconds in distill_seconds.items():
+        text.append(f"{method} distillation (0 when reused) took {seconds:.0f} s")
     text.append(f"report files: {', '.join(str(v) for v in report.files.values())}")
     body = "\n".join(text)
     print(body)
