@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -138,9 +139,11 @@ def test_first_run_registers_a_champion_with_lineage_tags(first, repo):
     assert tags["prefect_flow_run_id"]
     assert client().get_model_version(MODEL, "1").aliases  # challenger, then champion
     summary = subprocess.run([sys.executable, "-m", "prefect", "artifact", "inspect",
-                              "training-pipeline-summary"], capture_output=True, text=True, timeout=120)
+                              "training-pipeline-summary"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "COLUMNS": "500"})
     assert summary.returncode == 0, summary.stderr
-    assert "Promotion:" in summary.stdout and "Quality versus NFE" in summary.stdout
+    text = " ".join(summary.stdout.split())  # the CLI wraps long lines
+    assert "**Promotion:** promoted" in text and "Quality versus NFE" in text, text[:2000]
 
 
 def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):
@@ -253,7 +256,8 @@ def test_deployment_from_prefect_yaml_runs_through_a_worker(first, repo):
     deployed = run("deploy", cwd=repo)
     assert "deployments created" in deployed.stdout
     started = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
-                              "training-pipeline/on-demand", "--param", "profile=tiny"],
+                              "training-pipeline/on-demand", "--params",
+                              json.dumps({"profile": "tiny", "overrides": WEAK[1::2]})],
                              cwd=repo, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1)
