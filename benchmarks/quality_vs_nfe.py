@@ -15,6 +15,7 @@ Target for the quick profile (2 CPU cores, <= 10 minutes of training): best FID 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion.config import load_config  # noqa: E402
+from diffusion.model import load_for_sampling, read_spec, resolve_model_path  # noqa: E402
+from diffusion.samplers import generate, grid_options  # noqa: E402
 from tasks.distill import METHODS, distill_dir, distill_sampler, find_students  # noqa: E402
 from tasks.evaluate import evaluate_model  # noqa: E402
 from tasks.train_teacher import train_teacher  # noqa: E402
@@ -31,6 +34,51 @@ from tasks.train_teacher import train_teacher  # noqa: E402
 # FID; the 1-step student >= 30x the teacher's images/s at its best-quality setting
 TARGETS = {4: 1.15, 1: 1.6}
 SPEED_TARGET = 30.0
+
+
+def _timer(model_dir, sampler: str, steps: int, n: int, sampling: dict | None = None):
+    """A function that samples n images at one setting and returns the seconds it took."""
+    denoiser, spec = load_for_sampling(model_dir)
+    shape = tuple(spec["data"]["shape"])
+    options = grid_options(sampling if sampling is not None else spec.get("sampling"))
+
+    def run(seed: int) -> float:
+        t0 = time.perf_counter()
+        generate(denoiser, shape, n, sampler=sampler, steps=steps, seed=seed, **options)
+        return time.perf_counter() - t0
+    return run
+
+
+def speed_check(table, teacher_dir, students, *, n: int, repeats: int) -> list[str]:
+    """The 1-step students' images/s against the teacher's at its best-quality setting. The
+    table's img/s come from one run each, and a 1-step run lasts a fraction of a second, too
+    short to time once on a shared machine: here teacher and students are timed in turn,
+    `repeats` times after a warm-up, and the median of the per-round ratios is reported."""
+    teacher = table[table["model"] == "teacher"].sort_values("fid").iloc[0]
+    teacher_spec = read_spec(resolve_model_path(teacher_dir))
+    timers = {"teacher": _timer(teacher_dir, teacher["sampler"], int(teacher["steps"]), n,
+                                teacher_spec.get("sampling"))}
+    for folder in students:
+        spec = read_spec(folder)
+        if spec["distillation"].get("method") == "consistency" or \
+                int((spec.get("sampling") or {}).get("steps", 0)) == 1:
+            name = folder.parent.name if folder.name == "model" else folder.name
+            timers[name] = _timer(folder, spec["sampling"]["sampler"], 1, n)
+    seconds = {name: [] for name in timers}
+    for i in range(repeats + 1):
+        for name, run in timers.items():
+            seconds[name].append(run(i))
+    rounds = {name: s[1:] for name, s in seconds.items()}  # the first round warms up
+    t = n / statistics.median(rounds["teacher"])
+    lines = ["", f"Speed, {repeats} rounds of n = {n} timed in turn after a warm-up: teacher "
+             f"({teacher['sampler']}, {int(teacher['nfe'])} NFE) {t:.0f} img/s (median)"]
+    for name in list(timers)[1:]:
+        ratio = statistics.median(a / b for a, b in zip(rounds["teacher"], rounds[name]))
+        verdict = "met" if ratio >= SPEED_TARGET else "NOT met"
+        lines.append(f"- {name}: {n / statistics.median(rounds[name]):.0f} img/s, "
+                     f"{ratio:.1f}x the teacher (median of per-round ratios; target >= "
+                     f"{SPEED_TARGET:.0f}x: {verdict})")
+    return lines
 
 
 def student_ratios(table) -> list[str]:
@@ -84,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--students", nargs="?", const="distill", default=None, metavar="FOLDER",
                    help="add distilled students: a folder to search, or without a value "
                         "<run>/distill, distilling both methods first where missing")
+    p.add_argument("--speed-repeats", type=int, default=7,
+                   help="timed runs behind the 1-step students' speed ratio (median)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. distill.consistency.steps=8000 (repeatable)")
     args = p.parse_args(argv)
@@ -125,6 +175,8 @@ def main(argv=None) -> int:
             f"{best['fid'] / report.floor:.2f}x the floor (target for the quick profile: <= 2x)"]
     if students:
         text += student_ratios(table)
+        text += speed_check(table, checkpoint, students, n=int(table["n_samples"].iloc[0]),
+                            repeats=args.speed_repeats)
         if args.overrides:
             text.append(f"\nsettings: -p {args.profile} " + " ".join(f"--set {o}" for o in args.overrides))
     if train_seconds is not None:
