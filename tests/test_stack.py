@@ -250,13 +250,20 @@ def test_server_that_never_answers_times_out_with_its_log(tmp_path):
 
 # ---- pid files ------------------------------------------------------------------------------
 
-def test_pid_file_of_a_gone_or_reused_pid_is_not_trusted(tmp_path, capsys):
+def _stack_with_stale_pid_file(tmp_path, service: str) -> tuple[Stack, StateLayout]:
+    """A stack whose pid file for `service` names a process that has exited."""
     stack = Stack(fresh_settings(tmp_path))
     layout = StateLayout(stack.state_dir)
     layout.make_dirs()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    write_pid_file(layout.pid_file("mlflow"), PidRecord(gone.pid, None, stack.settings.mlflow_port, ""))
+    port = getattr(stack.settings, f"{service}_port")
+    write_pid_file(layout.pid_file(service), PidRecord(gone.pid, None, port, ""))
+    return stack, layout
+
+
+def test_pid_file_of_a_gone_or_reused_pid_is_not_trusted(tmp_path, capsys):
+    stack, layout = _stack_with_stale_pid_file(tmp_path, "mlflow")
     # A live process given a pid that a pid file names: its start time differs, so it is not ours.
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
@@ -278,12 +285,7 @@ def test_pid_file_of_a_gone_or_reused_pid_is_not_trusted(tmp_path, capsys):
 # ---- a stack of its own: start, stop, restart with data kept ----------------------------------
 
 def test_up_down_round_trip_keeps_data_and_frees_every_port(tmp_path, capsys):
-    stack = Stack(fresh_settings(tmp_path))
-    layout = StateLayout(stack.state_dir)
-    layout.make_dirs()
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    write_pid_file(layout.pid_file("prefect"), PidRecord(gone.pid, None, stack.settings.prefect_port, ""))
+    stack, layout = _stack_with_stale_pid_file(tmp_path, "prefect")
     try:
         t0 = time.monotonic()
         stack.up()
