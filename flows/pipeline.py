@@ -112,7 +112,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
                 "git_commit": steps.git_commit(repo_path), "validation": validation.summary.splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid}
-        challenger = steps.register_task(cfg_json, evaluation, {**teacher.folders, **students},
+        challenger = steps.register_task(evaluation, {**teacher.folders, **students},
                                          str(work), settings.model_name, settings.max_fid_ratio,
                                          tags, parent_run_id=pid)
         decision = steps.promote_task(cfg_json, challenger, settings.model_name,

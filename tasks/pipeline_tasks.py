@@ -27,6 +27,7 @@ from . import tracking
 from .distill import distill_sampler
 from .evaluate import Candidate, choose_candidate, evaluate_model, score_model, write_candidate
 from .prepare_dataset import DatasetVersion, dvc_prepare
+from .release import s3_client_from_env
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
@@ -36,15 +37,6 @@ HOUR = 3600
 
 def _config(cfg_json: dict) -> Config:
     return Config.model_validate(cfg_json)
-
-
-def s3_client():
-    """boto3 S3 for the endpoint and credentials in the environment (AWS_ENDPOINT_URL_S3, ...);
-    path-style, which every S3 server (SeaweedFS, MinIO, AWS) accepts."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    return boto3.client("s3", config=BotoConfig(s3={"addressing_style": "path"}))
 
 
 def _log_folder_files(folder: Path, artifact_path: str, pattern: str = "*.png") -> None:
@@ -195,27 +187,25 @@ def git_commit(repo) -> str:
 
 @task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
       cache_policy=NO_CACHE)
-def register_task(cfg_json: dict, evaluation: dict, folders: dict[str, str], work_dir: str,
+def register_task(evaluation: dict, folders: dict[str, str], work_dir: str,
                   model_name: str, max_fid_ratio: float, tags: dict[str, str],
                   parent_run_id: str | None = None) -> dict:
-    """Choose the model to serve, score it at its serving setting, log it as a pyfunc and
-    register it with alias `challenger`."""
+    """Choose the model to serve, log it as a pyfunc and register it with alias `challenger`.
+    Its metrics are its row of the evaluation: the same n, seed and feature space that
+    `score_model` gives the champion in the promote step."""
     import pandas as pd
 
     from .register_model import register_model
 
-    cfg = _config(cfg_json)
     candidate: Candidate = choose_candidate(pd.DataFrame(evaluation["table"]),
                                             {k: Path(v) for k, v in folders.items()}, max_fid_ratio)
     model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
     print(f"candidate: {candidate.describe()}")
     with tracking.step_run("register_model", parent_run_id, {"served_as": candidate.name}) as run:
-        metrics = score_model(model_dir, cfg, Path(work_dir) / "candidate" / "score")
-        numbers = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = tracking.numeric(candidate.row)
         mlflow.log_metrics(numbers)
         all_tags = {**tags, "served_as": candidate.name, "sampler": candidate.sampler,
-                    "nfe": str(int(metrics["nfe"])),
+                    "nfe": str(int(candidate.row["nfe"])),
                     "metrics": json.dumps({k: round(numbers[k], 5) for k in
                                            ("fid", "fid_floor", "kid_mean", "images_per_s")
                                            if k in numbers})}
@@ -245,8 +235,7 @@ def promote_task(cfg_json: dict, challenger: dict, model_name: str, promote: dic
             champion_dir = download_model(f"{model_name}@champion",
                                           Path(work_dir) / "champion" / str(current))
             champion_metrics = score_model(champion_dir, cfg, Path(work_dir) / "champion" / "score")
-            mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion_metrics.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            mlflow.log_metrics(tracking.numeric(champion_metrics, "champion_"))
         decision = decide(challenger["metrics"], champion_metrics, promote["metric"],
                           promote["tolerance"], promote["lower_is_better"])
         spec = read_spec(challenger["model_dir"])
@@ -255,7 +244,7 @@ def promote_task(cfg_json: dict, challenger: dict, model_name: str, promote: dic
                                                      challenger["version"]))
         files = prepare_release_files(challenger["model_dir"], card, challenger["metrics"],
                                       Path(work_dir) / "release" / str(challenger["version"]))
-        decision = apply(decision, model_name, challenger["version"], files, s3_client(),
+        decision = apply(decision, model_name, challenger["version"], files, s3_client_from_env(),
                          releases_bucket)
         mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
                          "challenger_version": str(challenger["version"]),
@@ -279,7 +268,7 @@ def load_reference(bucket: str, dataset_name: str) -> dict | None:
     from botocore.exceptions import ClientError
 
     try:
-        body = s3_client().get_object(Bucket=bucket, Key=_reference_key(dataset_name))["Body"]
+        body = s3_client_from_env().get_object(Bucket=bucket, Key=_reference_key(dataset_name))["Body"]
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
@@ -288,7 +277,7 @@ def load_reference(bucket: str, dataset_name: str) -> dict | None:
 
 
 def save_reference(bucket: str, dataset_name: str, statistics: dict) -> None:
-    s3_client().put_object(Bucket=bucket, Key=_reference_key(dataset_name),
+    s3_client_from_env().put_object(Bucket=bucket, Key=_reference_key(dataset_name),
                                   Body=json.dumps(statistics, default=float).encode())
 
 

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from diffusion.config import Config, ConfigError, DataConfig
+from diffusion.config import Config, ConfigError, DataConfig, _Strict
 
 from .validate_data import ValidationSettings
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class PromoteSettings(_Strict):

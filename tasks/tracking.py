@@ -8,9 +8,8 @@ stack is per thread and Prefect may run a task on another thread than its flow.
 from __future__ import annotations
 
 import json
-import tempfile
+import numbers
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
@@ -40,24 +39,22 @@ def step_run(step: str, parent_run_id: str | None, tags: dict[str, str] | None =
         yield run
 
 
+def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The entries of `values` that MLflow can log as metrics (numbers, numpy's included, not
+    booleans), as floats, their keys prefixed."""
+    return {f"{prefix}{k}": float(v) for k, v in values.items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
 def metric_logger(prefix: str = ""):
     """An `on_log(step, metrics)` callback for diffusion's loops: numeric values become MLflow
     metrics at that step (asynchronously, so a slow server never stalls training)."""
     def on_log(step: int, metrics: dict[str, Any]) -> None:
-        numbers = {f"{prefix}{k}": float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if numbers:
-            mlflow.log_metrics(numbers, step=int(step), synchronous=False)
+        values = numeric(metrics, prefix)
+        if values:
+            mlflow.log_metrics(values, step=int(step), synchronous=False)
     return on_log
 
 
 def log_json(data: Any, artifact_file: str) -> None:
     mlflow.log_dict(json.loads(json.dumps(data, default=str)), artifact_file)
-
-
-def log_text_file(text: str, artifact_file: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        path.write_text(text)
-        parent = str(Path(artifact_file).parent)
-        mlflow.log_artifact(str(path), None if parent == "." else parent)

@@ -154,6 +154,20 @@ def load_state(ckpt_dir: Path, opt) -> tuple[int, dict[str, dict]] | None:
     return int(state["step"]), weights
 
 
+def resume_from(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module], resume: bool) -> int:
+    """The step to continue from: 0 without a checkpoint (or with resume off), else the latest
+    checkpoint's, with its weights loaded into `modules` (by name) and `ema`, and the optimizer
+    and RNG restored."""
+    state = load_state(ckpt_dir, opt) if resume else None
+    if state is None:
+        return 0
+    step, weights = state
+    for name, module in modules.items():
+        load_into(module, weights[name], str(ckpt_dir))
+    ema.load(weights["ema"])
+    return step
+
+
 def load_into(module: nn.Module, state: dict, where: str):
     try:
         module.load_state_dict(state)

@@ -30,7 +30,7 @@ from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditionin
 from ..schedules import karras_sigmas
 from ..loop import optimise
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
+from . import DistillRunConfig, check_data, check_teacher, freeze, resume_from, save_state
 
 SUPPORTED_STEPS = (1, 2, 4)
 
@@ -157,13 +157,7 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
     grid = training_grid(cfg).to(device)
 
     ckpt_dir = out_dir / "checkpoints"
-    step = 0
-    state = load_state(ckpt_dir, opt) if resume else None
-    if state is not None:
-        step, weights = state
-        load_into(net, weights["model"], str(ckpt_dir))
-        load_into(target.net, weights["target"], str(ckpt_dir))
-        ema.load(weights["ema"])
+    step = resume_from(ckpt_dir, opt, ema, {"model": net, "target": target.net}, resume)
 
     def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 0, step, device)

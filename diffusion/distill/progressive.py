@@ -30,7 +30,7 @@ from ..objectives import Denoiser, weight_truncated_snr
 from ..schedules import nested_karras_sigmas
 from ..loop import optimise
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import DistillRunConfig, check_data, check_teacher, freeze, load_into, load_state, save_state
+from . import DistillRunConfig, check_data, check_teacher, freeze, resume_from, save_state
 
 
 @validated_dataclass(config=_STRICT)
@@ -172,12 +172,7 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
     ema = EMA(net, cfg.ema_decay, warmup=True)
     grid = nested_karras_sigmas(n_teacher, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(device)
     ckpt_dir = work / "checkpoints"
-    step = 0
-    state = load_state(ckpt_dir, opt) if resume else None
-    if state is not None:
-        step, weights = state
-        load_into(net, weights["model"], str(ckpt_dir))
-        ema.load(weights["ema"])
+    step = resume_from(ckpt_dir, opt, ema, {"model": net}, resume)
 
     def loss_at(step: int) -> torch.Tensor:
         # stream = round: every round draws its own batches, reproducibly per step
