@@ -118,10 +118,26 @@ def finish_stop(record: PidRecord, grace: float) -> bool:
         signal_group(record, signal.SIGKILL)
         wait_stopped(record, 10)
         killed = True
-    # Workers that outlived their parent would keep ports open: end the rest of the group.
+    # Workers that outlived their parent would keep ports open: end the rest of the group,
+    # and return only once it is gone (a SIGKILLed worker takes a moment to be reaped, and
+    # until then its group, and perhaps its port, still exists).
     signal_group(record, signal.SIGKILL)
+    wait_group_gone(record.pid, 10)
     _CHILDREN.pop(record.pid, None)
     return killed
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to `timeout` s until no process is left in group `pgid`; True when none is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def group_rss_bytes(pgid: int) -> Optional[int]:
