@@ -1,11 +1,23 @@
 """Immutable model releases in S3: what serving code reads.
 
-A release lives at `s3://<bucket>/<model>/<version>/` and is the model folder itself (model.json,
-`unet/...` weights in diffusers layout or net.safetensors), plus the model card `README.md`,
-`metrics.json` and `manifest.json`.  The manifest lists every file with its sha256 and size and is
-written LAST: a prefix without one is an interrupted write, never a release, and its leftovers may
-be overwritten; a prefix with one is final and is never written again.  Readers verify every
-checksum before they hand the folder to `diffusion.model.load_for_sampling`.
+A release lives at `s3://<bucket>/<model>/<version>/` and holds the model folder itself
+(model.json, `unet/...` weights in diffusers layout or net.safetensors), plus the model card
+`README.md`, `metrics.json` and `manifest.json`.
+
+Why the layout is what it is: two writers may release the same version at once (a retried task,
+two promotions).  Each writer uploads its files under a prefix of its own,
+`<model>/<version>/objects/<writer-id>/<path>`, that nobody else ever writes, and then creates
+`<model>/<version>/manifest.json` with a conditional write (If-None-Match: *), which the store
+grants to exactly one writer.  The manifest lists every file with its object key, sha256 and
+size: it is the only thing that makes a writer's objects part of the release, so a losing
+writer's late uploads land beside the release and never inside it, and no object a published
+manifest names is ever written again.  A prefix without a manifest is an interrupted write, never
+a release.  Readers resolve every file through the manifest and verify every checksum before they
+hand the folder to `diffusion.model.load_for_sampling`; `verify_release` does the same without
+keeping the files, and the promotion runs it before it moves `champion`.
+
+Releases written before this layout (format dmops-release/1: files directly under the version
+prefix) are still read and verified the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -22,7 +35,9 @@ from botocore.exceptions import ClientError
 from diffusion.atomic import atomic_folder
 
 MANIFEST = "manifest.json"
-FORMAT = "dmops-release/1"
+FORMAT = "dmops-release/2"
+READABLE_FORMATS = ("dmops-release/1", FORMAT)   # /1: files at <version>/<path>, no object keys
+OBJECTS = "objects"                              # <version>/objects/<writer-id>/<path>
 _CHUNK = 1 << 20
 
 
@@ -119,21 +134,46 @@ def s3_client_from_env():
 
 # --- writing ------------------------------------------------------------------------
 
+def _check_segment(part: str, what: str) -> str:
+    # "_"-names (`_history`, `_promotion`) are the model's bookkeeping beside its versions
+    if not part or "/" in part or part in (".", "..") or part.startswith("_"):
+        raise ReleaseError(f"{what} {part!r} cannot be one segment of an S3 path "
+                           "(no '/', not empty, not starting with '_')")
+    return part
+
+
+def _is_precondition_failed(error: ClientError) -> bool:
+    return _error_code(error) in ("PreconditionFailed", "412")
+
+
+def _delete_prefix(s3, bucket: str, prefix: str) -> None:
+    """Delete every object under `prefix` (a writer's own objects prefix, never a release's)."""
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Path],
                   metadata: dict) -> str:
-    """Upload `files` (release-relative name -> local file) to s3://bucket/model/version/,
-    then `manifest.json` listing each with sha256 and size, plus `metadata`.  Returns the URI.
+    """Upload `files` (release-relative name -> local file) under a prefix unique to this call,
+    s3://bucket/model/version/objects/<writer-id>/, then create `manifest.json` (conditionally:
+    exactly one writer of a version succeeds) listing each file with its object key, sha256 and
+    size, plus `metadata`.  Returns the release URI s3://bucket/model/version/.
 
-    Refuses a version that already has a manifest (releases are immutable); leftovers of an
-    interrupted write (files, no manifest) are overwritten."""
+    Raises ReleaseError when the version already has a manifest (releases are immutable), also
+    when another writer's manifest appeared during the upload; the losing writer's objects are
+    then removed (they are its own, under its own prefix, and no manifest names them)."""
     version = str(version)
-    for part, what in ((model, "model name"), (version, "version")):
-        if not part or "/" in part or part in (".", ".."):
-            raise ReleaseError(f"{what} {part!r} cannot be one segment of an S3 path")
+    _check_segment(model, "model name")
+    _check_segment(version, "version")
     uri = release_uri(bucket, model, version)
     prefix = f"{model}/{version}/"
     if not files:
         raise ReleaseError(f"nothing to release to {uri}: the file list is empty")
+    writer = uuid.uuid4().hex
+    objects = f"{OBJECTS}/{writer}/"
     entries = []
     for name, path in sorted(files.items()):
         _check_relative(name, uri)
@@ -143,10 +183,11 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
         path = Path(path)
         if not path.is_file():
             raise ReleaseError(f"cannot release {name!r} to {uri}: {path} is not a file")
-        entries.append({"path": name, "sha256": sha256_file(path), "size": path.stat().st_size})
+        entries.append({"path": name, "key": objects + name, "sha256": sha256_file(path),
+                        "size": path.stat().st_size})
     try:
         manifest_text = json.dumps({
-            "format": FORMAT, "model": model, "version": version,
+            "format": FORMAT, "model": model, "version": version, "writer": writer,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "files": entries, "metadata": metadata,
         }, indent=2, sort_keys=True)
@@ -157,18 +198,17 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
         raise ReleaseError(f"release {uri} already exists (it has a {MANIFEST}); releases are "
                            "immutable: register and release a new model version instead")
     for entry in entries:
-        s3.upload_file(str(files[entry["path"]]), bucket, prefix + entry["path"])
-        size = s3.head_object(Bucket=bucket, Key=prefix + entry["path"])["ContentLength"]
+        s3.upload_file(str(files[entry["path"]]), bucket, prefix + entry["key"])
+        size = s3.head_object(Bucket=bucket, Key=prefix + entry["key"])["ContentLength"]
         if size != entry["size"]:
             raise ReleaseError(f"upload of {entry['path']} to {uri} stored {size} bytes, expected "
                                f"{entry['size']}; the file changed while uploading? retry")
     try:
-        # If-None-Match makes the store refuse a manifest that appeared since the check above
-        # (a concurrent writer), so two releases can never both claim one version.
         s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest_text.encode(),
                       ContentType="application/json", IfNoneMatch="*")
     except ClientError as e:
-        if _error_code(e) in ("PreconditionFailed", "412"):
+        if _is_precondition_failed(e):
+            _delete_prefix(s3, bucket, prefix + objects)
             raise ReleaseError(f"release {uri} was completed by another writer meanwhile; "
                                "releases are immutable") from None
         raise
@@ -177,11 +217,9 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
 
 # --- reading ------------------------------------------------------------------------
 
-def read_release(s3, uri: str, dest) -> Path:
-    """Download the release at `uri` into the folder `dest` (replaced atomically), verify
-    every file against the manifest's sha256 and size, and return `dest`: a model folder
-    `diffusion.model.load_for_sampling` reads."""
-    bucket, prefix = parse_s3_uri(uri)
+def _published_manifest(s3, bucket: str, prefix: str) -> dict:
+    """The manifest of a published release, checked for format and file names; ReleaseError
+    when there is no release (or only an interrupted one) under the prefix."""
     uri = f"s3://{bucket}/{prefix}"
     manifest = _get_manifest(s3, bucket, prefix)
     if manifest is None:
@@ -190,27 +228,70 @@ def read_release(s3, uri: str, dest) -> Path:
             raise ReleaseError(f"incomplete release {uri}: files but no {MANIFEST} (an interrupted "
                                "write); do not use it: release the version again")
         raise ReleaseError(f"no release at {uri}: nothing is stored under this prefix")
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), list):
+    if manifest.get("format") not in READABLE_FORMATS or not isinstance(manifest.get("files"), list):
         raise ReleaseError(f"{uri}{MANIFEST} has format {manifest.get('format')!r}; "
-                           f"this version reads {FORMAT!r}")
+                           f"this version reads {' or '.join(map(repr, READABLE_FORMATS))}")
+    for entry in manifest["files"]:
+        _check_relative(entry["path"], f"{uri}{MANIFEST}")
+        _check_relative(_object_key(entry), f"{uri}{MANIFEST}")
+    return manifest
+
+
+def _object_key(entry: dict) -> str:
+    """Where a manifest entry's bytes are, relative to the release prefix: format 2 names its
+    object, format 1 stored each file under its own name."""
+    return entry.get("key", entry["path"])
+
+
+def _fetch_verified(s3, bucket: str, prefix: str, entry: dict, sink=None) -> None:
+    """Stream one manifest entry's object, hashing it (and writing it to the binary file
+    `sink` when given); ReleaseError naming the file when it is missing or differs."""
+    uri = f"s3://{bucket}/{prefix}"
+    name = entry["path"]
+    try:
+        body = s3.get_object(Bucket=bucket, Key=prefix + _object_key(entry))["Body"]
+    except ClientError as e:
+        if _is_missing(e):
+            raise ReleaseError(f"release {uri} lists {name} in its manifest but the file "
+                               "is missing from the store") from None
+        raise
+    h, size = hashlib.sha256(), 0
+    for block in body.iter_chunks(_CHUNK):
+        h.update(block)
+        size += len(block)
+        if sink is not None:
+            sink.write(block)
+    digest = h.hexdigest()
+    if digest != entry["sha256"] or size != entry["size"]:
+        raise ReleaseError(f"checksum mismatch for {name} in release {uri}: the manifest "
+                           f"says sha256 {entry['sha256'][:12]}... ({entry['size']} bytes), "
+                           f"the stored file has {digest[:12]}... ({size} bytes); the "
+                           "release is corrupt or was modified: do not use it")
+
+
+def verify_release(s3, uri: str) -> dict:
+    """Read every file of the release at `uri` as a reader would (through its manifest) and
+    check its sha256 and size, keeping nothing; returns the manifest.  Raises ReleaseError
+    naming the first file that is missing or differs."""
+    bucket, prefix = parse_s3_uri(uri)
+    manifest = _published_manifest(s3, bucket, prefix)
+    for entry in manifest["files"]:
+        _fetch_verified(s3, bucket, prefix, entry)
+    return manifest
+
+
+def read_release(s3, uri: str, dest) -> Path:
+    """Download the release at `uri` into the folder `dest` (replaced atomically), verify
+    every file against the manifest's sha256 and size, and return `dest`: a model folder
+    `diffusion.model.load_for_sampling` reads."""
+    bucket, prefix = parse_s3_uri(uri)
+    manifest = _published_manifest(s3, bucket, prefix)
     with atomic_folder(dest) as tmp:
         for entry in manifest["files"]:
-            name = _check_relative(entry["path"], f"{uri}{MANIFEST}")
-            local = tmp / name
+            local = tmp / entry["path"]
             local.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                s3.download_file(bucket, prefix + name, str(local))
-            except ClientError as e:
-                if _is_missing(e):
-                    raise ReleaseError(f"release {uri} lists {name} in its manifest but the file "
-                                       "is missing from the store") from None
-                raise
-            digest, size = sha256_file(local), local.stat().st_size
-            if digest != entry["sha256"] or size != entry["size"]:
-                raise ReleaseError(f"checksum mismatch for {name} in release {uri}: the manifest "
-                                   f"says sha256 {entry['sha256'][:12]}... ({entry['size']} bytes), "
-                                   f"the stored file has {digest[:12]}... ({size} bytes); the "
-                                   "release is corrupt or was modified: do not use it")
+            with open(local, "wb") as sink:
+                _fetch_verified(s3, bucket, prefix, entry, sink)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return Path(dest)
 

@@ -1,12 +1,14 @@
 """S3 releases against the stack's real SeaweedFS: a release is the model folder plus a card,
-metrics and a manifest of sha256 checksums written last; it is immutable, an interrupted one is
-never read, a tampered file is caught by name, and `dmops sample --release` draws exactly what the
-local model draws for the same seed."""
+metrics and a manifest of sha256 checksums written last; it is immutable, also against a second
+writer of the same version at the same moment; an interrupted one is never read, a tampered file
+is caught by name, and `dmops sample --release` draws exactly what the local model draws for the
+same seed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
 from tasks.release import (ReleaseError, folder_files, model_card, prepare_release_files,
-                           read_manifest, read_release, write_release)
+                           read_manifest, read_release, verify_release, write_release)
 from tasks.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 
@@ -104,7 +106,8 @@ def test_release_round_trip_with_manifest_written_last(stack, bucket, release_fi
     assert set(listed) == set(release_files) >= {"model.json", "README.md", "metrics.json",
                                                  "unet/diffusion_pytorch_model.safetensors"}
     for path, entry in listed.items():  # every stored object is what the manifest says
-        data = _object(s3, bucket, f"{name}/1/{path}")
+        assert entry["key"] == f"objects/{manifest['writer']}/{path}"
+        data = _object(s3, bucket, f"{name}/1/{entry['key']}")
         assert (_sha256(data), len(data)) == (entry["sha256"], entry["size"]), path
         assert data == release_files[path].read_bytes(), path
     # written last: the manifest is the newest object of the release
@@ -133,7 +136,7 @@ def test_a_release_is_immutable(stack, bucket, release_files, tmp_path):
     with pytest.raises(ReleaseError, match=rf"{name}/3/ already exists.*immutable"):
         write_release(s3, bucket, name, "3", {**release_files, "model.json": other}, {"attempt": 2})
     assert _object(s3, bucket, f"{name}/3/manifest.json") == before
-    assert _object(s3, bucket, f"{name}/3/model.json") == release_files["model.json"].read_bytes()
+    assert verify_release(s3, f"s3://{bucket}/{name}/3/")["metadata"] == {"attempt": 1}
 
 
 @pytest.mark.stack
@@ -156,14 +159,119 @@ def test_an_interrupted_release_is_incomplete_and_may_be_redone(stack, bucket, r
 def test_a_tampered_file_is_caught_by_name(stack, bucket, release_files, tmp_path):
     s3, name = stack.s3_client(), _name()
     uri = write_release(s3, bucket, name, "1", release_files, {})
-    key = f"{name}/1/unet/diffusion_pytorch_model.safetensors"
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    entry = next(e for e in read_manifest(s3, uri)["files"] if e["path"] == weights)
+    key = f"{name}/1/{entry['key']}"
     data = bytearray(_object(s3, bucket, key))
     data[-1] ^= 0x01  # one flipped bit in the weights, same size
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
-    with pytest.raises(ReleaseError, match=r"checksum mismatch for "
-                                           r"unet/diffusion_pytorch_model\.safetensors"):
-        read_release(s3, uri, tmp_path / "model")
+    for check in (lambda: read_release(s3, uri, tmp_path / "model"), lambda: verify_release(s3, uri)):
+        with pytest.raises(ReleaseError, match=r"checksum mismatch for "
+                                               r"unet/diffusion_pytorch_model\.safetensors"):
+            check()
     assert not (tmp_path / "model").exists()  # nothing left that looks like a usable model
+
+
+def _other_release_files(release_files: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The same release with other bytes in every file: what a second writer of the version
+    (another model, another run) would upload."""
+    folder.mkdir()
+    other = {}
+    for name, path in release_files.items():
+        copy = folder / name.replace("/", "__")
+        copy.write_bytes(path.read_bytes() + b" ")
+        other[name] = copy
+    return other
+
+
+class _HeldUploads:
+    """The stack's S3 client, except that `upload_file` waits until `go` is set (and says when it
+    first started waiting): it puts one writer's uploads after another writer's whole release,
+    the interleaving the issue measured in 7 of 8 trials."""
+
+    def __init__(self, s3, timeout: float = 60):
+        self._s3, self._timeout = s3, timeout
+        self.waiting, self.go = threading.Event(), threading.Event()
+
+    def upload_file(self, *args, **kwargs):
+        self.waiting.set()
+        assert self.go.wait(self._timeout), "the other writer never finished"
+        return self._s3.upload_file(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+
+def _published_bytes(s3, bucket: str, uri: str) -> dict[str, bytes]:
+    prefix = uri[len(f"s3://{bucket}/"):]
+    return {e["path"]: _object(s3, bucket, prefix + e["key"])
+            for e in read_manifest(s3, uri)["files"]}
+
+
+@pytest.mark.stack
+def test_a_late_losing_writer_cannot_change_a_published_release(stack, bucket, release_files,
+                                                               tmp_path):
+    s3, name = stack.s3_client(), _name()
+    other = _other_release_files(release_files, tmp_path / "other")
+    late = _HeldUploads(stack.s3_client())
+    errors = []
+
+    def loser():
+        try:
+            write_release(late, bucket, name, "1", other, {"writer": "late"})
+        except ReleaseError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=loser)
+    thread.start()
+    assert late.waiting.wait(60)            # the late writer found no manifest and is uploading
+    uri = write_release(s3, bucket, name, "1", release_files, {"writer": "first"})
+    late.go.set()                           # its uploads now land after the published manifest
+    thread.join(60)
+    assert len(errors) == 1 and "completed by another writer" in errors[0]
+    manifest = verify_release(s3, uri)      # every checksum of the published release still holds
+    assert manifest["metadata"] == {"writer": "first"}
+    assert _published_bytes(s3, bucket, uri) == {k: p.read_bytes() for k, p in release_files.items()}
+    # the loser cleaned up after itself: only the winner's objects remain under the version
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/1/")["Contents"]}
+    assert keys == {f"{name}/1/manifest.json"} | {f"{name}/1/{e['key']}" for e in manifest["files"]}
+
+
+@pytest.mark.stack
+def test_two_writers_of_one_version_at_once_always_leave_a_verifying_release(
+        stack, bucket, release_files, tmp_path):
+    """The issue's failing input, repeated: two writers released the same version at once and the
+    published release failed its own checksums in 7 of 8 trials."""
+    other = _other_release_files(release_files, tmp_path / "other")
+    contents = {"a": {k: p.read_bytes() for k, p in release_files.items()},
+                "b": {k: p.read_bytes() for k, p in other.items()}}
+    for trial in range(8):
+        name, start = _name(), threading.Barrier(2)
+        outcome: dict[str, str] = {}
+
+        def writer(label, files):
+            client = stack.s3_client()
+            start.wait()
+            try:
+                write_release(client, bucket, name, "1", files, {"writer": label})
+                outcome[label] = "published"
+            except ReleaseError as e:
+                outcome[label] = str(e)
+
+        threads = [threading.Thread(target=writer, args=args)
+                   for args in (("a", release_files), ("b", other))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        winners = [label for label, result in outcome.items() if result == "published"]
+        assert len(winners) == 1, (trial, outcome)
+        loser = ({"a", "b"} - set(winners)).pop()
+        assert "immutable" in outcome[loser], (trial, outcome)
+        uri = f"s3://{bucket}/{name}/1/"
+        assert verify_release(s3 := stack.s3_client(), uri)["metadata"] == {"writer": winners[0]}
+        assert _published_bytes(s3, bucket, uri) == contents[winners[0]], trial
+        read_release(s3, uri, tmp_path / f"read-{trial}")   # a reader accepts it too
 
 
 @pytest.mark.stack
