@@ -293,6 +293,71 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
         typer.echo(f"{name + ':':{width}s}{path}")
 
 
+@app.command()
+def history(model: str = typer.Argument(..., help="Registered model name, e.g. digits-diffusion."),
+            as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
+            at: Optional[str] = typer.Option(None, "--at", metavar="TIME",
+                                             help="Print only the champion serving at TIME, e.g. "
+                                                  "2026-11-29T02:00 (UTC unless an offset is given)."),
+            bucket: str = typer.Option("dmops-releases", "--bucket",
+                                       help="Releases bucket that holds <model>/_history/ "
+                                            "(endpoint and credentials: AWS_* variables).")):
+    """The promotion history of a model, oldest first: every decision, won or lost, with the
+    previous champion, the reason, the metric compared, the release and the flow run."""
+    import json
+
+    from tasks.promotion_history import HistoryError, champion_at, parse_time, read_history
+    from tasks.release import s3_client_from_env
+
+    try:
+        when = parse_time(at) if at is not None else None
+    except HistoryError as e:
+        typer.secho(f"error: --at: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    with _remote_errors(f"the promotion history of {model}"):
+        try:
+            entries = read_history(s3_client_from_env(), bucket, model)
+        except HistoryError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+    if when is not None:
+        version, entry = champion_at(entries, when)
+        answer = {"model": model, "at": when.isoformat(), "champion": version,
+                  "since": entry and entry["time"], "release": entry and entry.get("release"),
+                  "flow_run_id": entry and entry.get("flow_run_id")}
+        if as_json:
+            typer.echo(json.dumps(answer, indent=2))
+        elif version is None:
+            first = f"; the history starts at {entries[0]['time']}" if entries else ""
+            typer.echo(f"{model} had no champion at {when.isoformat()} by its promotion "
+                       f"history{first}")
+        else:
+            typer.echo(f"{model} at {when.isoformat()}: version {version} was champion (decision of "
+                       f"{entry['time']}, flow run {entry.get('flow_run_id') or '-'}, release "
+                       f"{entry.get('release') or '-'})")
+        return
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        typer.echo(f"no promotion history for {model} in s3://{bucket}/{model}/_history/")
+        return
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    header = ("time (UTC)", "version", "previous", "decision", "metric", "challenger", "champion",
+              "flow run", "release", "reason")
+    rows = [(e["time"][:19], str(e["version"]), str(e.get("previous_champion") or "-"),
+             e["decision"], str(e.get("metric") or "-"), number(e.get("challenger_value")),
+             number(e.get("champion_value")), str(e.get("flow_run_id") or "-"),
+             str(e.get("release") or "-"), " ".join(str(e.get("reason", "")).split()))
+            for e in entries]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
 # The stack (up, down, status, env) and the pipeline (run, deploy, worker) live in their own
 # modules; they import nothing heavy until a command runs.
 from flows.pipeline_cli import register as _register_pipeline  # noqa: E402

@@ -218,42 +218,35 @@ def register_task(evaluation: dict, folders: dict[str, str], work_dir: str,
 @task(name="promote", retries=0, timeout_seconds=HOUR, cache_policy=NO_CACHE)
 def promote_task(cfg_json: dict, challenger: dict, model_name: str, promote: dict,
                  releases_bucket: str, work_dir: str, release_meta: dict,
-                 parent_run_id: str | None = None) -> dict:
-    """Score the current champion on the same evaluation as the challenger; when the challenger
-    wins (or there is no champion), write the S3 release, then move the `champion` alias."""
-    from diffusion.model import read_spec
+                 parent_run_id: str | None = None, *, data_dir: str,
+                 flow_run_id: str | None = None) -> dict:
+    """tasks.promote.promote under an MLflow step run: the champion scored on `data_dir` (the
+    versioned dataset folder the challenger was evaluated on), the decision, the release and
+    the alias move under the model's promotion lock, one promotion-history entry."""
+    from .promote import Challenger, promote as promote_step
 
-    from .promote import apply, decide
-    from .register_model import champion_version, download_model
-    from .release import model_card, prepare_release_files, release_uri
+    if flow_run_id is None:
+        from prefect.runtime import flow_run
 
-    cfg = _config(cfg_json)
+        flow_run_id = release_meta.get("prefect_flow_run_id") or flow_run.get_id()
     with tracking.step_run("promote", parent_run_id) as run:
-        current = champion_version(model_name)
-        champion_metrics = None
-        if current is not None:
-            champion_dir = download_model(f"{model_name}@champion",
-                                          Path(work_dir) / "champion" / str(current))
-            champion_metrics = score_model(champion_dir, cfg, Path(work_dir) / "champion" / "score")
-            mlflow.log_metrics(tracking.numeric(champion_metrics, "champion_"))
-        decision = decide(challenger["metrics"], champion_metrics, promote["metric"],
-                          promote["tolerance"], promote["lower_is_better"])
-        spec = read_spec(challenger["model_dir"])
-        card = model_card(model_name, challenger["version"], challenger["metrics"], release_meta,
-                          spec=spec, uri=release_uri(releases_bucket, model_name,
-                                                     challenger["version"]))
-        files = prepare_release_files(challenger["model_dir"], card, challenger["metrics"],
-                                      Path(work_dir) / "release" / str(challenger["version"]))
-        decision = apply(decision, model_name, challenger["version"], files, s3_client_from_env(),
-                         releases_bucket)
+        result = promote_step(
+            Challenger(str(challenger["version"]), Path(challenger["model_dir"]),
+                       challenger["metrics"]),
+            model_name, promote, releases_bucket, data_dir, _config(cfg_json), work_dir,
+            release_meta, None if flow_run_id is None else str(flow_run_id))
+        decision = result.decision
+        if result.champion_metrics is not None:
+            mlflow.log_metrics(tracking.numeric(result.champion_metrics, "champion_"))
         mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
                          "challenger_version": str(challenger["version"]),
-                         "previous_champion": str(current)})
-        print(f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
+                         "previous_champion": str(result.previous_champion),
+                         "comparable": str(result.comparable),
+                         "promotion_history": f"s3://{releases_bucket}/{result.history_key}"})
         return {"promoted": decision.promoted, "reason": decision.reason,
                 "release": decision.release_uri,
-                "previous_champion": current, "run_id": run.info.run_id,
-                "champion_metrics": champion_metrics}
+                "previous_champion": result.previous_champion, "run_id": run.info.run_id,
+                "champion_metrics": result.champion_metrics, "comparable": result.comparable}
 
 
 # --- small adapters the flow calls between tasks ------------------------------------------

@@ -1,22 +1,47 @@
 """Pipeline step: decide whether the challenger beats the champion, and act on it.
 
+`promote` is the whole step, and the Prefect task only wraps it.  Holding the model's promotion
+lock (tasks.promotion_lock) from start to end, it scores the current champion on the challenger's
+own terms, decides, releases, verifies, moves `champion` and appends to the model's promotion
+history (tasks.promotion_history), so a second promotion of the same model waits and then
+decides against the champion as the first one left it.
+
+Equal terms: the champion is scored with `tasks.evaluate.score_model` on the versioned dataset
+folder the challenger was evaluated on (`data_dir`), hence the same test split, the same feature
+extractor (cached by the training split's hash), n and seed (the config's `evaluate` section).
+
+The rule for a champion that cannot be scored on that data: when the champion makes samples of
+another shape than the challenger, or scoring it on the challenger's data raises
+`diffusion.model.ModelError` (another modality), the two are not comparable and the challenger is
+NOT promoted; the decision's reason names both shapes (or the error) and the way out (another
+`pipeline.model_name`), and it is recorded like any other decision: version tags and history,
+with `comparable: false`.  Never a crash, never a silent win.
+
 `decide` is pure: it compares one metric of the two, with a relative tolerance that lets a
 challenger as good as the champion up to noise win (fresh data, fresh code), and says why in
-words.  `apply` makes it true: on a win it FIRST writes the immutable S3 release and only THEN
-moves the `champion` alias, so whatever champion points at always has a release; either way the
-decision is recorded on the challenger version as tags `promotion` and `promotion_reason`.
+words.  `apply` makes it true: on a win it FIRST writes the immutable S3 release, reads it back
+verifying every checksum, and only THEN moves the `champion` alias, so whatever champion points
+at always has a release that readers accept; either way the decision is recorded on the
+challenger version as tags `promotion` and `promotion_reason`.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from .register_model import CHAMPION, check_tags, version_tags
-from .release import ReleaseError, read_manifest, release_uri, sha256_file, write_release
+from diffusion.model import ModelError, read_spec
+
+from .promotion_history import append_entry
+from .promotion_lock import PromotionLock
+from .register_model import CHAMPION, champion_version, check_tags, download_model, version_tags
+from .release import (ReleaseError, model_card, prepare_release_files, read_manifest, release_uri,
+                      s3_client_from_env, sha256_file, verify_release, write_release)
 
 
 class PromotionError(ValueError):
@@ -81,10 +106,14 @@ def _same_release(manifest: dict, files: dict[str, Path]) -> bool:
 
 
 def apply(decision: Decision, name: str, version: str, release_files: dict[str, Path], s3,
-          bucket: str) -> Decision:
+          bucket: str, lock: PromotionLock | None = None) -> Decision:
     """Act on `decision` for model `name` version `version`: on a win write the release
-    (`release_files`: release-relative name -> local file), then move `champion`; record the
-    decision as version tags either way.  Returns the decision with its release URI."""
+    (`release_files`: release-relative name -> local file), verify every checksum of the
+    published release, check that `lock` (when given) is still held, then move `champion`;
+    record the decision as version tags either way.  Returns the decision with its release URI.
+
+    Raises ReleaseError when the version's release exists with other files or fails its
+    checksums, PromotionLockLost when the lock was lost: `champion` does not move then."""
     version = str(version)
     client = MlflowClient()
     tags = {"promotion": "promoted" if decision.promoted else "rejected",
@@ -94,17 +123,146 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
         existing = read_manifest(s3, uri)
         if existing is None:
             lineage = version_tags(name, version)
-            write_release(s3, bucket, name, version, release_files, {
-                "registered_model": name, "version": version, "promotion_reason": decision.reason,
-                "metric": decision.metric, "value": decision.challenger_value,
-                "tags": {k: v for k, v in lineage.items() if not k.startswith("promotion")}})
-        elif not _same_release(existing, release_files):
+            try:
+                write_release(s3, bucket, name, version, release_files, {
+                    "registered_model": name, "version": version,
+                    "promotion_reason": decision.reason, "metric": decision.metric,
+                    "value": decision.challenger_value,
+                    "tags": {k: v for k, v in lineage.items() if not k.startswith("promotion")}})
+            except ReleaseError:
+                existing = read_manifest(s3, uri)   # another writer of this version won
+                if existing is None:
+                    raise
+        if existing is not None and not _same_release(existing, release_files):
             # a retried promotion may find its own finished release; anything else is a conflict
             raise ReleaseError(f"release {uri} already exists with other files; releases are "
                                "immutable: register a new version instead")
+        verify_release(s3, uri)   # as a reader would: champion never points at a bad release
         decision = replace(decision, release_uri=uri)
         tags["release"] = uri
+        if lock is not None:
+            lock.check()
         client.set_registered_model_alias(name, CHAMPION, version)
     for key, value in check_tags(tags, f"promotion tags of {name}/{version}").items():
         client.set_model_version_tag(name, version, key, value)
     return decision
+
+
+# --- the whole step -------------------------------------------------------------------------
+
+def sample_shape(model_dir) -> tuple[int, ...]:
+    """The shape of one sample (e.g. (1, 8, 8), or (2,) for points) a model folder generates,
+    from its model.json; ModelError when the folder has no readable model.json."""
+    spec = read_spec(model_dir)
+    data = spec["data"] if isinstance(spec, dict) else spec.data
+    shape = data["shape"] if isinstance(data, dict) else data.shape
+    return tuple(int(n) for n in shape)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The registered version that competes: its version, model folder and evaluation row."""
+    version: str
+    model_dir: Path
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    decision: Decision
+    previous_champion: str | None
+    champion_metrics: dict | None      # None: no champion, or not comparable
+    comparable: bool
+    history_key: str                   # the S3 key of the history entry
+
+
+def _plain(metrics: dict | None) -> dict | None:
+    """Metrics as JSON values (numpy scalars unwrapped, non-finite numbers as None)."""
+    if metrics is None:
+        return None
+    out = {}
+    for key, value in metrics.items():
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value) if math.isfinite(value) else None
+        elif not isinstance(value, (str, bool, type(None))):
+            value = str(value)
+        out[str(key)] = value
+    return out
+
+
+def _not_comparable(champion: str, champion_dir: Path, challenger_dir: Path) -> str | None:
+    theirs, ours = sample_shape(champion_dir), sample_shape(challenger_dir)
+    if theirs == ours:
+        return None
+    return (f"champion v{champion} makes samples of shape {theirs}, the challenger {ours}: not "
+            "comparable, so not promoted; data of another shape is another model: register it "
+            "under another pipeline.model_name")
+
+
+def promote(challenger: Challenger, model_name: str, settings, bucket: str, data_dir, cfg,
+            work_dir, release_meta: dict, flow_run_id: str | None, *, s3=None, lease: dict | None = None,
+            log=print) -> PromotionResult:
+    """Promote `challenger` of `model_name` when it beats the current champion.
+
+    settings: tasks.settings.PromoteSettings (or its dict): metric, tolerance, lower_is_better.
+    bucket: the releases bucket; data_dir: the versioned dataset folder the challenger was
+    evaluated on; cfg: the run's diffusion.config.Config (its `evaluate` section scores the
+    champion); work_dir: scratch space (champion download, score report, release files);
+    release_meta: lineage for the model card; flow_run_id: recorded in the history; s3: a boto3
+    client (default: from the environment); lease: PromotionLock options (ttl_s, wait_s, ...).
+
+    Holds the model's promotion lock throughout (waiting for another promoter first), scores
+    the champion on `data_dir`, decides, and on a win writes and verifies the release and moves
+    `champion`; records the decision as version tags and as a history entry either way.
+    Raises PromotionError (a metric missing), ReleaseError, PromotionLockError, RegistryError."""
+    from .evaluate import score_model   # torch and the evaluation stack only when promoting
+
+    s3 = s3 if s3 is not None else s3_client_from_env()
+    if isinstance(settings, dict):
+        from .settings import PromoteSettings
+
+        settings = PromoteSettings.model_validate(settings)
+    version, work = str(challenger.version), Path(work_dir)
+    with PromotionLock(s3, bucket, model_name, flow_run_id=flow_run_id, log=log,
+                       **(lease or {})) as lock:
+        previous = champion_version(model_name)
+        champion_metrics, comparable, reason = None, True, None
+        if previous is not None:
+            champion_dir = download_model(f"{model_name}/{previous}", work / "champion" / previous)
+            reason = _not_comparable(previous, champion_dir, Path(challenger.model_dir))
+            if reason is None:
+                try:
+                    champion_metrics = score_model(champion_dir, cfg, work / "champion" / "score",
+                                                   data_dir=data_dir, log=log)
+                except ModelError as e:
+                    reason = (f"champion v{previous} cannot be scored on the challenger's data "
+                              f"({e}): not comparable, so not promoted; register models of other "
+                              "data under another pipeline.model_name")
+        if reason is not None:
+            comparable = False
+            value = _value(challenger.metrics, settings.metric, "challenger")
+            decision = Decision(False, reason, settings.metric, value)
+        else:
+            decision = decide(challenger.metrics, champion_metrics, settings.metric,
+                              settings.tolerance, settings.lower_is_better)
+        files = {}
+        if decision.promoted:
+            uri = release_uri(bucket, model_name, version)
+            card = model_card(model_name, version, challenger.metrics, release_meta,
+                              spec=read_spec(challenger.model_dir), uri=uri)
+            files = prepare_release_files(challenger.model_dir, card, challenger.metrics,
+                                          work / "release" / version)
+        decision = apply(decision, model_name, version, files, s3, bucket, lock=lock)
+        key = append_entry(s3, bucket, {
+            "model": model_name, "version": version, "previous_champion": previous,
+            "champion": version if decision.promoted else previous,
+            "decision": "promoted" if decision.promoted else "rejected",
+            "reason": decision.reason, "comparable": comparable, "metric": decision.metric,
+            "challenger_value": decision.challenger_value,
+            "champion_value": decision.champion_value,
+            "challenger_metrics": _plain(challenger.metrics),
+            "champion_metrics": _plain(champion_metrics), "release": decision.release_uri,
+            "flow_run_id": flow_run_id}, when=datetime.now(timezone.utc))
+    log(f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
+    return PromotionResult(decision, previous, champion_metrics, comparable, key)
