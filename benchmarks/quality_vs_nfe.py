@@ -40,8 +40,8 @@ SPEED_TARGET = 30.0
 def _timer(model_dir, sampler: str, steps: int, n: int, sampling: dict | None = None):
     """A function that samples n images at one setting and returns the seconds it took."""
     denoiser, spec = load_for_sampling(model_dir)
-    shape = tuple(spec["data"]["shape"])
-    options = grid_options(sampling if sampling is not None else spec.get("sampling"))
+    shape = spec.shape
+    options = grid_options(sampling if sampling is not None else spec.sampling.model_dump())
 
     def run(seed: int) -> float:
         t0 = time.perf_counter()
@@ -58,13 +58,12 @@ def speed_check(table, teacher_dir, students, *, n: int, repeats: int) -> list[s
     teacher = table[table["model"] == "teacher"].sort_values("fid").iloc[0]
     teacher_spec = read_spec(resolve_model_path(teacher_dir))
     timers = {"teacher": _timer(teacher_dir, teacher["sampler"], int(teacher["steps"]), n,
-                                teacher_spec.get("sampling"))}
+                                teacher_spec.sampling.model_dump())}
     for folder in students:
         spec = read_spec(folder)
-        if spec["distillation"].get("method") == "consistency" or \
-                int((spec.get("sampling") or {}).get("steps", 0)) == 1:
+        if spec.method == "consistency" or spec.sampling.steps == 1:
             name = student_name(spec)
-            timers[name] = _timer(folder, spec["sampling"]["sampler"], 1, n)
+            timers[name] = _timer(folder, spec.sampling.sampler, 1, n)
     seconds = {name: [] for name in timers}
     for i in range(repeats + 1):
         for name, run in timers.items():

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout, installe
 
 from diffusion.config import Config, ConfigError, load_config  # noqa: E402
 from diffusion.data import load_dataset  # noqa: E402
-from diffusion.model import ModelError, build_denoiser  # noqa: E402
+from diffusion.model import ModelError, ModelSpec, build_denoiser  # noqa: E402
 from diffusion.nets import count_parameters  # noqa: E402
 from diffusion.objectives import EDMPreconditioning, denoising_loss, weight_edm  # noqa: E402
 from diffusion.train import EMA, TrainConfig, step_generator, train  # noqa: E402
@@ -78,21 +78,21 @@ def load_profile(args) -> Config:
         raise SystemExit(f"train_speed: {e}") from None
 
 
-def make_spec(cfg: Config, sample_shape, channels: list[int] | None) -> dict:
+def make_spec(cfg: Config, sample_shape, channels: list[int] | None) -> ModelSpec:
     spec = cfg.model_spec(tuple(sample_shape))
     if channels:
-        if spec["net"]["kind"] != "unet":
+        if spec.net["kind"] != "unet":
             raise SystemExit("train_speed: --channels applies to a UNet; this profile's net is "
-                             f"{spec['net']['kind']!r}")
-        spec["net"]["channels"] = channels
-    if spec["precond"]["kind"] != "edm":
-        log(f"profile's preconditioning is {spec['precond']['kind']!r}; benchmarking with EDM "
+                             f"{spec.net['kind']!r}")
+        spec = spec.model_copy(update={"net": {**spec.net, "channels": channels}})
+    if spec.precond["kind"] != "edm":
+        log(f"profile's preconditioning is {spec.precond['kind']!r}; benchmarking with EDM "
             "(the objective both loops share)")
-        spec["precond"] = {"kind": "edm", "sigma_data": 0.5}
+        spec = spec.model_copy(update={"precond": {"kind": "edm", "sigma_data": 0.5}})
     return spec
 
 
-def build(spec: dict, seed: int, device: torch.device):
+def build(spec: ModelSpec, seed: int, device: torch.device):
     torch.manual_seed(seed)
     try:
         return build_denoiser(spec).to(device).train()
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     assert isinstance(denoiser.precond, EDMPreconditioning)
     n_params = count_parameters(denoiser.net)
     del denoiser
-    log(f"{device_label(device)}, torch {torch.__version__}, net {spec['net']} "
+    log(f"{device_label(device)}, torch {torch.__version__}, net {spec.net} "
         f"({n_params:,} params), batch {tcfg.batch_size}, amp {amp_name}, data {tuple(data.shape)}")
 
     per: dict[str, list[float]] = {k: [] for k in RUNS}
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
     overhead = (med["ours"] / med["bare"] - 1) * 100
     result = {
         "device": device_label(device), "torch": torch.__version__, "python": platform.python_version(),
-        "net": spec["net"], "net_params": n_params, "batch_size": tcfg.batch_size, "amp": amp_name,
+        "net": spec.net, "net_params": n_params, "batch_size": tcfg.batch_size, "amp": amp_name,
         "steps": steps, "warmup": args.warmup, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()),
         "median_ms": med, "per_repeat_ms": per,

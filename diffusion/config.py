@@ -151,9 +151,12 @@ class Config(_Strict):
     # tasks/settings.py, since the ML core neither reads nor knows it.
     pipeline: dict[str, Any] = Field(default_factory=dict)
 
-    def model_spec(self, sample_shape: tuple[int, ...], **data_facts) -> dict:
-        """The plain-dict spec that model.build_denoiser takes and model.json stores; the
-        network's input size comes from the data's sample shape."""
+    def model_spec(self, sample_shape: tuple[int, ...], **data_facts) -> "ModelSpec":
+        """The ModelSpec that model.build_denoiser takes and model.json stores; the network's
+        input size comes from the data's sample shape."""
+        from .model import ModelSpec  # model.py imports torch: `dmops config` need not
+
+
         net = self.model.net.model_dump()
         if net["kind"] == "unet":
             if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
@@ -165,9 +168,9 @@ class Config(_Strict):
                 raise ConfigError(f"model.net.kind 'mlp' needs vectors (D,); the data has samples "
                                   f"of shape {tuple(sample_shape)}: use kind 'unet'")
             net.update(dim=sample_shape[0])
-        return {"net": net, "precond": self.model.precond.model_dump(),
-                "sampling": self.sample.model_dump(exclude={"n", "seed"}),
-                "data": {"shape": list(sample_shape), **data_facts}}
+        return ModelSpec(net=net, precond=self.model.precond.model_dump(),
+                         sampling=self.sample.model_dump(exclude={"n", "seed"}),
+                         data={"shape": tuple(sample_shape), **data_facts})
 
 
 # --- loading -----------------------------------------------------------------

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from .metrics import extract_features, sample_quality
+from .model import ModelSpec
 from .samplers import generate, grid_options, nfe_for, steps_for_nfe
 
 DEFAULT_NFES = (1, 2, 4, 8, 16, 32, 64)
@@ -38,24 +39,22 @@ class Setting:
         return nfe_for(self.sampler, self.steps)
 
 
-def student_name(spec: dict) -> str:
+def student_name(spec: ModelSpec) -> str:
     """The model column of a model.json: 'progressive-4' (a progressive student and its step
     count), 'consistency', or 'teacher' for a model that was not distilled."""
-    dist = spec.get("distillation") or {}
-    method = dist.get("method")
-    if method == "progressive":
-        return f"progressive-{dist.get('student_steps', (spec.get('sampling') or {}).get('steps'))}"
-    return str(method) if method else "teacher"
+    dist = spec.distillation or {}
+    if spec.method == "progressive":
+        return f"progressive-{dist.get('student_steps', spec.sampling.steps)}"
+    return str(spec.method) if spec.method else "teacher"
 
 
-def student_steps(spec: dict) -> tuple[int, ...]:
+def student_steps(spec: ModelSpec) -> tuple[int, ...]:
     """The step counts a student is evaluated at: a consistency model at 1, 2 and 4 steps (those
     it supports), a progressive student at the step count it was distilled for."""
-    dist = spec.get("distillation") or {}
-    if dist.get("method") == "consistency":
-        supported = [int(k) for k in dist.get("supported_steps") or (1, 2, 4)]
+    if spec.method == "consistency":
+        supported = [int(k) for k in (spec.distillation or {}).get("supported_steps") or (1, 2, 4)]
         return tuple(k for k in (1, 2, 4) if k in supported) or tuple(supported)
-    return (int((spec.get("sampling") or {}).get("steps", 1)),)
+    return (spec.sampling.steps,)
 
 
 @dataclass
@@ -68,8 +67,8 @@ class Student:
     steps: tuple[int, ...] = field(default=(1,))
 
     @classmethod
-    def from_spec(cls, denoiser, spec: dict) -> "Student":
-        return cls(student_name(spec), denoiser, dict(spec.get("sampling") or {}), student_steps(spec))
+    def from_spec(cls, denoiser, spec: ModelSpec) -> "Student":
+        return cls(student_name(spec), denoiser, spec.sampling.model_dump(), student_steps(spec))
 
 
 def settings_for(samplers, nfes) -> list[Setting]:

@@ -34,29 +34,32 @@ class LoopResult:
 def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, total: int,
              loss_at: Callable[[int], torch.Tensor], lr: float, lr_warmup_steps: int,
              grad_clip: float, log_every: int, checkpoint_every: int, samples_per_step: int,
-             save: Callable[[int], None] | None = None,
+             save: Callable[[int, float], None] | None = None,
              after_step: Callable[[int], None] | None = None,
              on_log: Callable[[int, dict], None] | None = None, log_extra: dict | None = None,
-             progress: bool = True, desc: str = "train", what: str = "training") -> LoopResult:
+             progress: bool = True, desc: str = "train", what: str = "training",
+             loss: float = math.nan) -> LoopResult:
     """Run optimiser steps `step` .. `total` - 1.  `after_step(step)` runs after each optimiser
-    step (e.g. a target-network update), before the EMA update."""
+    step (e.g. a target-network update), before the EMA update.  `save(step, loss)` writes a
+    checkpoint; `loss` is the mean loss recorded with the checkpoint resumed from, returned
+    as is when there is nothing left to do."""
     bar = tqdm(total=total, initial=step, disable=not progress, desc=desc, unit="step",
                dynamic_ncols=True)
-    t0, start, loss_value, window = time.perf_counter(), step, float("nan"), []
+    t0, start, loss_value, window = time.perf_counter(), step, loss, []
     clip = grad_clip if grad_clip > 0 else math.inf
     while step < total:
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, lr_warmup_steps))
-        loss = loss_at(step)
+        step_loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         if after_step is not None:
             after_step(step)
         ema.update(net, step)
         step += 1
-        window.append(loss.detach())
+        window.append(step_loss.detach())
         checkpoint_due = step % checkpoint_every == 0 or step == total
         log_due = step % log_every == 0 or step == total
         if log_due or checkpoint_due:
@@ -73,7 +76,7 @@ def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, tota
                               "seconds": time.perf_counter() - t0, **(log_extra or {})})
         bar.update(1)
         if checkpoint_due and save is not None:
-            save(step)
+            save(step, loss_value)
     bar.close()
     seconds = time.perf_counter() - t0
     rate = (step - start) * samples_per_step / seconds if seconds > 0 else 0.0

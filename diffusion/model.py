@@ -2,27 +2,32 @@
 
 Layout of a model folder (weights as safetensors, never pickles):
 
-    model.json                      what to rebuild: {"format", "net", "precond", "sampling", "data", ...}
+    model.json                      a `ModelSpec`: what to rebuild (net, precond), how to sample,
+                                    the data it was made for, and its provenance
     unet/config.json                for a UNet: diffusers' own layout, so UNet2DModel.from_pretrained
     unet/diffusion_pytorch_model.safetensors    reads it as well
     net.safetensors                 for any other network
 
-`build_denoiser(spec)` turns the plain-dict spec into a Denoiser; `save_model` and
-`load_model` write and read the folder atomically.
+`build_denoiser(spec)` turns a ModelSpec into a Denoiser; `save_model` and `load_model` write
+and read the folder atomically.  `net` and `precond` stay plain mappings here: they are the
+constructor arguments of nets.build_net and of the preconditionings, validated when built.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_folder
 from .nets import UNet, build_net
 from .objectives import (ConsistencyPreconditioning, Denoiser, EDMPreconditioning, Preconditioning,
                          VPPrediction)
+from .provenance import Provenance
 from .schedules import VP_SCHEDULES
 
 FORMAT = "dmops-model/1"
@@ -30,6 +35,70 @@ FORMAT = "dmops-model/1"
 
 class ModelError(ValueError):
     """A model folder or spec that cannot be used; the message says why."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingSpec(_Record):
+    """The sampling procedure stored with a model: `samplers.generate`'s keyword arguments."""
+    sampler: str = "heun"
+    steps: int = Field(18, gt=0)
+    grid: str = "karras"
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    rho: float = Field(7.0, gt=0)
+    eta: float = Field(0.0, ge=0, le=1)
+
+    def grid_options(self) -> dict:
+        """Everything but sampler and steps: what another sampler or step count keeps."""
+        return self.model_dump(exclude={"sampler", "steps"})
+
+
+class DataSpec(_Record):
+    """The data a model was made for."""
+    shape: tuple[int, ...]            # one sample: (C, H, W) images or (D,) vectors
+    dataset: str | None = None
+    kind: Literal["image", "vector"] | None = None
+    train_samples: int | None = None
+
+
+class ModelSpec(_Record):
+    """The typed content of model.json (and of a checkpoint's "model" record)."""
+    format: Literal["dmops-model/1"] = FORMAT
+    net: dict[str, Any]
+    precond: dict[str, Any]
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    data: DataSpec
+    trained_steps: int | None = None       # optimiser steps of a trained (not distilled) model
+    distillation: dict[str, Any] | None = None   # method, round, steps, ... of a student
+    served_as: str | None = None           # the evaluation row a registered model is served at
+    provenance: Provenance | None = None   # what made its weights (diffusion/provenance.py)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def method(self) -> str | None:
+        """'progressive' / 'consistency' for a distilled student, None for a trained model."""
+        return (self.distillation or {}).get("method")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True)
+
+
+def parse_spec(record: dict, where: str) -> ModelSpec:
+    """A ModelSpec from a JSON record; ModelError naming `where` and every bad field."""
+    if record.get("format", FORMAT) != FORMAT:
+        raise ModelError(f"{where} has format {record.get('format')!r}; this version reads {FORMAT!r}")
+    try:
+        return ModelSpec.model_validate(record)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}"
+                             for err in e.errors())
+        raise ModelError(f"{where} is not a valid model spec: {problems}") from None
 
 
 def build_precond(spec: dict) -> Preconditioning:
@@ -47,9 +116,9 @@ def build_precond(spec: dict) -> Preconditioning:
     raise ModelError(f"unknown preconditioning kind {kind!r}; allowed: ['consistency', 'edm', 'vp']")
 
 
-def build_denoiser(spec: dict) -> Denoiser:
+def build_denoiser(spec: ModelSpec) -> Denoiser:
     try:
-        return Denoiser(build_net(spec["net"]), build_precond(spec["precond"]))
+        return Denoiser(build_net(spec.net), build_precond(spec.precond))
     except KeyError as e:
         raise ModelError(f"model spec lacks {e.args[0]!r}") from None
     except ValueError as e:
@@ -83,31 +152,35 @@ def read_weights(net: torch.nn.Module, folder: Path):
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def save_model(net: torch.nn.Module, spec: dict, folder, **extra) -> Path:
-    """Write `spec` (+ `extra` metadata) and `net`'s weights to `folder`, atomically."""
+def save_model(net: torch.nn.Module, spec: ModelSpec, folder) -> Path:
+    """Write `spec` as model.json and `net`'s weights to `folder`, atomically."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         write_weights(net, tmp)
-        meta = {"format": FORMAT, **spec, **extra}
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_spec(spec, tmp)
     return folder
 
 
-def read_spec(folder) -> dict:
+def write_spec(spec: ModelSpec, folder) -> None:
+    (Path(folder) / "model.json").write_text(spec.to_json())
+
+
+def read_spec(folder) -> ModelSpec:
+    """The ModelSpec of a model folder; ModelError when it has none or it is not valid."""
     folder = Path(folder)
     path = folder / "model.json"
     if not path.exists():
         raise ModelError(f"{folder} is not a model folder: it has no model.json")
     try:
-        spec = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from None
-    if spec.get("format") != FORMAT:
-        raise ModelError(f"{path} has format {spec.get('format')!r}; this version reads {FORMAT!r}")
-    return spec
+    if not isinstance(record, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return parse_spec(record, str(path))
 
 
-def load_model(folder, device="cpu") -> tuple[Denoiser, dict]:
+def load_model(folder, device="cpu") -> tuple[Denoiser, ModelSpec]:
     """(denoiser in eval mode, spec) from a model folder."""
     folder = Path(folder)
     spec = read_spec(folder)
@@ -133,19 +206,20 @@ def resolve_model_path(path) -> Path:
                      "checkpoints/latest (a training run), or ema.safetensors (a checkpoint)")
 
 
-def load_for_sampling(path, device="cpu") -> tuple[Denoiser, dict]:
+def load_for_sampling(path, device="cpu") -> tuple[Denoiser, ModelSpec]:
     """(denoiser, spec) from any folder resolve_model_path accepts; a checkpoint gives its
     EMA weights, the ones that sample best."""
     folder = resolve_model_path(path)
     if (folder / "model.json").exists():
         return load_model(folder, device)
-    meta_path = folder / "meta.json"
-    if not meta_path.exists():
-        raise ModelError(f"checkpoint {folder} has no meta.json; cannot tell which network it holds")
-    spec = json.loads(meta_path.read_text()).get("model") or {}
-    if not spec:
+    state_path = folder / "state.json"
+    if not state_path.exists():
+        raise ModelError(f"checkpoint {folder} has no state.json; cannot tell which network it holds")
+    record = json.loads(state_path.read_text()).get("model") or {}
+    if not record:
         raise ModelError(f"checkpoint {folder} was written without a model spec; sample from the "
                          "run's model/ folder instead")
+    spec = parse_spec(record, f"checkpoint {state_path}")
     denoiser = build_denoiser(spec)
     state = load_file(str(folder / "ema.safetensors"))
     try:

@@ -6,35 +6,29 @@ noise) is drawn from a generator seeded by (seed, rank, k), so a run resumed at 
 draws exactly what an uninterrupted run draws.  The global RNG states are saved too, for
 anything outside the loop that uses them.
 
-A checkpoint is a folder `checkpoints/step_XXXXXXXX/` holding model.safetensors,
-ema.safetensors, state.pt (optimizer, RNG, step; tensors and plain containers only, read
-with weights_only=True) and meta.json.  It is written under a temporary name and renamed,
-and `checkpoints/latest` is replaced atomically after it, so a crash never leaves a
-checkpoint that looks complete but is not.
+Checkpoints (diffusion/checkpoint.py) hold the weights, the EMA, the optimizer and the RNG
+states, and the run's provenance: a resume continues only a run made from the same settings,
+data and code (diffusion/provenance.py), and never one already past the requested steps.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as validated_dataclass
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_folder, atomic_write_text
+from .checkpoint import load_into, resume_checkpoint, save_checkpoint
 from .loop import TrainingError, optimise
-from .model import save_model
+from .model import ModelSpec, save_model
+from .provenance import Lineage, Provenance, code_sha256, tensor_sha256
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
 
@@ -76,6 +70,27 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"   # auto: bf16 autocast on CUDA only
     progress: bool = True
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    # how often to log and save, and where to run: they do not change the weights (resume is
+    # exact), so they are not part of a run's provenance; `steps` is checked on its own
+    CADENCE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "device")
+
+    def result_settings(self) -> dict:
+        """The settings that determine the trained weights (for provenance)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.CADENCE}
+
+
+def training_provenance(spec: ModelSpec | None, cfg: TrainConfig, data: torch.Tensor,
+                        lineage: Lineage | None = None) -> Provenance:
+    """What determines a training run's weights: the network, preconditioning and training
+    settings, the training tensor, and the code (the caller's, from `lineage`; else this
+    module and what it imports)."""
+    lineage = lineage or Lineage()
+    model = {"net": spec.net, "precond": spec.precond} if spec is not None else {}
+    return Provenance(settings={**model, "train": cfg.result_settings()},
+                      data_sha256=tensor_sha256(data),
+                      code_sha256=lineage.code_sha256 or code_sha256(["diffusion.train"]),
+                      dataset_md5=lineage.dataset_md5, git_commit=lineage.git_commit)
 
 
 @dataclass
@@ -167,75 +182,6 @@ class EMA:
                                for k, v in self.shadow.items()})
 
 
-# --- checkpoints -------------------------------------------------------------
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
-             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                       "pos": np_state[2], "has_gauss": np_state[3], "cached": np_state[4]}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate(eval(state["python"], {"__builtins__": {}}))  # tuple of ints: safe literal
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tensor_state(module_or_dict) -> dict:
-    sd = module_or_dict.state_dict() if isinstance(module_or_dict, nn.Module) else module_or_dict
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, net: nn.Module, ema: EMA, opt, spec: dict,
-                    cfg: TrainConfig) -> Path:
-    target = ckpt_dir / f"step_{step:08d}"
-    with atomic_folder(target) as tmp:
-        save_file(_tensor_state(net), str(tmp / "model.safetensors"))
-        save_file(_tensor_state(ema.shadow), str(tmp / "ema.safetensors"))
-        torch.save({"step": step, "optimizer": opt.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "model": spec, "train": asdict(cfg)},
-                                                  indent=2, default=str))
-    atomic_write_text(ckpt_dir / "latest", target.name)  # only after the folder is complete
-    return target
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    pointer = ckpt_dir / "latest"
-    if not pointer.exists():
-        return None
-    path = ckpt_dir / pointer.read_text().strip()
-    if not path.is_dir():
-        raise TrainingError(f"{pointer} names {path.name}, which does not exist; remove {pointer} "
-                            "to start from scratch")
-    return path
-
-
-def _prune(ckpt_dir: Path, keep: int):
-    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
-    for p in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def load_checkpoint(path: Path, net: nn.Module, ema: EMA, opt) -> int:
-    try:
-        net.load_state_dict(load_file(str(path / "model.safetensors")))
-        ema.load(load_file(str(path / "ema.safetensors")))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, KeyError) as e:
-        raise TrainingError(f"cannot resume from {path}: {e}") from None
-    opt.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
-    return int(state["step"])
-
-
 # --- the loop ----------------------------------------------------------------
 
 class _LossModule(nn.Module):
@@ -265,13 +211,18 @@ def _weight(denoiser: Denoiser, obj: ObjectiveConfig, sigma):
     return WEIGHTINGS[obj.weighting](sigma, gamma=obj.gamma, sigma_data=sd)
 
 
-def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spec: dict | None = None,
-          resume: bool = True, on_log: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
+          spec: ModelSpec | None = None, resume: bool = True,
+          on_log: Callable[[int, dict], None] | None = None,
+          lineage: Lineage | None = None) -> TrainResult:
     """Train `denoiser` on `data` (N, ...) for cfg.steps steps, writing checkpoints under
-    out_dir/checkpoints and, at the end, the EMA model to out_dir/model (when `spec` is given).
+    out_dir/checkpoints and, at the end, the EMA model to out_dir/model (when `spec` is given),
+    its model.json carrying its provenance (`training_provenance`, with the caller's `lineage`).
 
-    Resumes from out_dir/checkpoints/latest when `resume` and one exists.  `on_log(step,
-    metrics)` is called every cfg.log_every steps on rank 0 (the hook for trackers)."""
+    Resumes from out_dir/checkpoints/latest when `resume` and one exists -- only when that
+    checkpoint was made from the same provenance and is not past cfg.steps, else
+    ProvenanceError names the difference and nothing is written.  `on_log(step, metrics)` is
+    called every cfg.log_every steps on rank 0 (the hook for trackers)."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
@@ -296,13 +247,16 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)  # after the broadcast: same start everywhere
+    provenance = training_provenance(spec, cfg, data, lineage)
     ckpt_dir = out_dir / "checkpoints"
-    step = 0
-    latest = latest_checkpoint(ckpt_dir) if resume else None
-    if latest is not None:
-        step = load_checkpoint(latest, net, ema, opt)
+    step, last_loss = 0, float("nan")
+    resumed = resume_checkpoint(ckpt_dir, opt, provenance, cfg.steps, "training") if resume else None
+    if resumed is not None:
+        load_into(net, resumed.weights["model"], resumed.path)
+        ema.load(resumed.weights["ema"])
+        step, last_loss = resumed.step, resumed.loss
         if ddp.main:
-            print(f"resuming from {latest} (step {step})", flush=True)
+            print(f"resuming from {resumed.path} (step {step})", flush=True)
 
     data = data.to(device)
 
@@ -314,18 +268,23 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir, spe
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return loss_module(x0, sigma, eps, _weight(denoiser, cfg.objective, sigma))
 
-    def save(step: int):
-        save_checkpoint(ckpt_dir, step, net, ema, opt, spec or {}, cfg)
-        _prune(ckpt_dir, cfg.keep_checkpoints)
+    meta = {"model": spec.model_dump(mode="json") if spec is not None else None,
+            "train": asdict(cfg), "provenance": provenance.model_dump(mode="json")}
+
+    def save(step: int, loss: float):
+        save_checkpoint(ckpt_dir, step, {"model": net, "ema": ema.shadow}, opt, meta, loss=loss,
+                        keep=cfg.keep_checkpoints)
 
     result = optimise(net, opt, ema, step=step, total=cfg.steps, loss_at=loss_at, lr=cfg.lr,
                       lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                       samples_per_step=cfg.batch_size, save=save if ddp.main else None,
-                      on_log=on_log if ddp.main else None, progress=cfg.progress and ddp.main)
+                      on_log=on_log if ddp.main else None, progress=cfg.progress and ddp.main,
+                      loss=last_loss)
     model_dir = None
     if spec is not None and ddp.main:
-        model_dir = save_model(_ema_copy(net, ema), spec, out_dir / "model", trained_steps=result.step)
+        exported = spec.model_copy(update={"trained_steps": result.step, "provenance": provenance})
+        model_dir = save_model(_ema_copy(net, ema), exported, out_dir / "model")
     if ddp.world > 1:
         dist.barrier()
     return TrainResult(result.step, result.loss, result.seconds, result.samples_per_second, model_dir)

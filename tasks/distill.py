@@ -26,6 +26,7 @@ from diffusion.model import ModelError, read_spec, resolve_model_path
 from diffusion.samplers import nfe_for
 from diffusion.train import resolve_device
 
+from .lineage import step_lineage
 from .prepare_dataset import load_data
 from .sample import sample_to_png
 
@@ -37,9 +38,11 @@ def distill_dir(cfg: Config, method: str, out_dir=None) -> Path:
 
 
 def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume: bool = True,
-                    on_log=None, log=print, data_dir=None) -> list[Path]:
+                    on_log=None, log=print, data_dir=None,
+                    dataset_md5: str | None = None) -> list[Path]:
     """Distil the teacher at `teacher_path` with `method` on the configured dataset's TRAIN split;
-    returns the students' model folders (progressive: one per round, in order)."""
+    returns the students' model folders (progressive: one per round, in order).  Raises
+    ProvenanceError when `out_dir` holds a distillation made from other inputs."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; allowed: {', '.join(METHODS)}")
     method_cfg = getattr(cfg.distill, method)
@@ -49,21 +52,22 @@ def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume
     device = resolve_device(method_cfg.device)
     teacher, spec = load_teacher(teacher_path, tuple(ds.sample_shape), device)
     work = distill_dir(cfg, method, out_dir)
+    lineage = step_lineage("distill", dataset_md5)
     if method == "progressive":
         students = progressive_distillation(teacher, spec, train_split.x, method_cfg, work,
-                                            resume=resume, on_log=on_log)
+                                            resume=resume, on_log=on_log, lineage=lineage)
     else:
         students = [consistency_distillation(teacher, spec, train_split.x, method_cfg, work,
-                                             resume=resume, on_log=on_log)]
+                                             resume=resume, on_log=on_log, lineage=lineage)]
     reference = train_split.x if ds.kind == "vector" else None
     for folder in students:
         student = read_spec(folder)
-        sampling = student.get("sampling") or {}
+        sampling = student.sampling
         png = sample_to_png(folder, folder.parent / "samples.png", n=cfg.sample.n,
                             seed=cfg.sample.seed, reference=reference)
-        sampler, steps = sampling.get("sampler", "heun"), int(sampling.get("steps", 1))
-        log(f"{student_name(student)}: {sampler}, {steps} step(s) = {nfe_for(sampler, steps)} NFE "
-            f"on the {sampling.get('grid', 'karras')} grid -> {folder} (samples: {png})")
+        log(f"{student_name(student)}: {sampling.sampler}, {sampling.steps} step(s) = "
+            f"{nfe_for(sampling.sampler, sampling.steps)} NFE on the {sampling.grid} grid -> "
+            f"{folder} (samples: {png})")
     return students
 
 
@@ -77,8 +81,7 @@ def find_students(root) -> list[Path]:
     for path in sorted([root / "model.json", *root.rglob("model.json")]):
         if not path.exists() or "checkpoints" in path.parts or path.parent in found:
             continue
-        spec = read_spec(path.parent)
-        if spec.get("distillation"):
+        if read_spec(path.parent).distillation:
             found.append(path.parent)
     if not found:
         raise ModelError(f"{root} holds no distilled students (no model.json with a "
@@ -86,7 +89,6 @@ def find_students(root) -> list[Path]:
 
     def order(folder):
         spec = read_spec(folder)
-        return (spec["distillation"].get("method") != "consistency",
-                -int((spec.get("sampling") or {}).get("steps", 0)))
+        return (spec.method != "consistency", -spec.sampling.steps)
 
     return sorted(found, key=order)

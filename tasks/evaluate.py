@@ -25,7 +25,7 @@ from diffusion.evaluation import Student, best_rows, denoising_filmstrip, qualit
 from diffusion.features import load_or_train_feature_extractor
 from diffusion.images import plot_quality_vs_nfe, save_filmstrip, save_samples
 from diffusion.atomic import atomic_folder
-from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path
+from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path, write_spec
 from diffusion.samplers import generate, grid_options, nfe_for
 from diffusion.train import resolve_device
 
@@ -49,16 +49,16 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     device = str(resolve_device(ev.device))
     denoiser, spec = load_for_sampling(model_path, device)
     ds = load_data(cfg.data, data_dir)
-    shape = tuple(spec["data"]["shape"])
+    shape = spec.shape
     if shape != tuple(ds.sample_shape):
         raise ModelError(f"the model generates samples of shape {shape} but data '{cfg.data.name}' "
                          f"has {tuple(ds.sample_shape)}: evaluate with the dataset it was trained on")
     loaded = []
     for path in students or ():
         s_denoiser, s_spec = load_for_sampling(path, device)
-        if tuple(s_spec["data"]["shape"]) != shape:
-            raise ModelError(f"student {path} generates samples of shape "
-                             f"{tuple(s_spec['data']['shape'])}, the teacher {shape}")
+        if s_spec.shape != shape:
+            raise ModelError(f"student {path} generates samples of shape {s_spec.shape}, "
+                             f"the teacher {shape}")
         student = Student.from_spec(s_denoiser, s_spec)
         if student.name == "teacher":
             raise ModelError(f"{path} is not a distilled student (its model.json has no "
@@ -75,7 +75,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     table = quality_vs_nfe(
         denoiser, shape, extractor, train_x=train.x, test_x=test.x,
         samplers=samplers or ev.samplers, nfes=nfes or ev.nfes, n=n, seed=ev.seed,
-        sampling=spec.get("sampling"), test_labels=test.y if labelled else None,
+        sampling=spec.sampling.model_dump(), test_labels=test.y if labelled else None,
         n_classes=len(ds.class_names) if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, log=log, students=loaded)
     return write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
@@ -87,7 +87,7 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
                  reference=None, students: list[Student] | None = None) -> EvaluationReport:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = tuple(spec["data"]["shape"])
+    shape = spec.shape
     floor = float(table["fid_floor"].median())
     best = best_rows(table)
     files = {"csv": out_dir / "quality_vs_nfe.csv", "json": out_dir / "quality_vs_nfe.json",
@@ -98,7 +98,7 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         "best": best.iloc[0].to_dict(), "rows": table.to_dict(orient="records")},
         indent=2, default=float))
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
-    models = {"teacher": (denoiser, spec["sampling"])}
+    models = {"teacher": (denoiser, spec.sampling.model_dump())}
     models.update({s.name: (s.denoiser, s.sampling) for s in students or ()})
     for _, row in best[best["model"].isin(list(models))].iterrows():
         model, sampling = models[row["model"]]
@@ -111,9 +111,8 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         files[f"samples_{name}"] = path
     if len(shape) == 3:
         strip = denoising_filmstrip(denoiser, shape, n=8, frames=8, seed=seed, device=device,
-                                    sampling=spec["sampling"],
-                                    sampler=spec["sampling"].get("sampler", "heun"),
-                                    steps=spec["sampling"].get("steps", 18))
+                                    sampling=spec.sampling.model_dump(),
+                                    sampler=spec.sampling.sampler, steps=spec.sampling.steps)
         files["filmstrip"] = save_filmstrip(strip, out_dir / "filmstrip.png")
     return EvaluationReport(out_dir, table, floor, best.iloc[0].to_dict(), files)
 
@@ -123,8 +122,7 @@ def score_model(model_path, cfg: Config, out_dir, *, data_dir=None, log=print) -
     held-out evaluation: the row the promotion step compares, computed the same way (same
     data, feature extractor, sample count and seed) for the challenger and the champion."""
     spec = read_spec(resolve_model_path(model_path))
-    sampling = spec.get("sampling") or {}
-    sampler, steps = sampling.get("sampler", "heun"), int(sampling.get("steps", 18))
+    sampler, steps = spec.sampling.sampler, spec.sampling.steps
     report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
                             nfes=[nfe_for(sampler, steps)], data_dir=data_dir, log=log)
     return report.best
@@ -165,8 +163,7 @@ def write_candidate(candidate: Candidate, dest) -> Path:
     with atomic_folder(dest) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         spec = read_spec(tmp)
-        spec["sampling"] = {**(spec.get("sampling") or {}), "sampler": candidate.sampler,
-                            "steps": candidate.steps}
-        spec["served_as"] = candidate.name
-        (tmp / "model.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        sampling = spec.sampling.model_copy(update={"sampler": candidate.sampler,
+                                                    "steps": candidate.steps})
+        write_spec(spec.model_copy(update={"sampling": sampling, "served_as": candidate.name}), tmp)
     return dest

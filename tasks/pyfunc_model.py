@@ -99,10 +99,10 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from diffusion.samplers import SAMPLERS, generate
 
-        shape = tuple(self._spec["data"]["shape"])
+        shape = self._spec.shape
         batches = []
         for request in parse_requests(model_input):
-            options = dict(self._spec.get("sampling") or {})
+            options = self._spec.sampling.model_dump()
             if request.sampler is not None:
                 if request.sampler not in SAMPLERS:
                     raise SampleRequestError(f"unknown sampler {request.sampler!r}; allowed: "

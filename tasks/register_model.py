@@ -108,7 +108,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
         warnings.filterwarnings("ignore", message=".*type hints.*")
         info = mlflow.pyfunc.log_model(
             name=name, python_model=DiffusionSampler(), artifacts={ARTIFACT: str(model_dir)},
-            signature=signature(spec["data"]["shape"]), input_example=input_example(),
+            signature=signature(spec.shape), input_example=input_example(),
             pip_requirements=pip_requirements())
     # tags travel with the registration itself, so no version is ever seen without its lineage
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)

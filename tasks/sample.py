@@ -18,7 +18,7 @@ def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: s
     """Sample with the model's own sampling settings (from its model.json), overridden by
     `sampler` / `steps` when given."""
     denoiser, spec = load_for_sampling(model_path, device)
-    options = dict(spec.get("sampling") or {})
+    options = spec.sampling.model_dump()
     if sampler is not None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; allowed: {sorted(SAMPLERS)}")
@@ -27,7 +27,7 @@ def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: s
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         options["steps"] = steps
-    shape = tuple(spec["data"]["shape"])
+    shape = spec.shape
     t0 = time.perf_counter()
     out = generate(denoiser, shape, n, seed=seed, device=device, **options)
     seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from diffusion.model import build_denoiser
 from diffusion.nets import count_parameters
 from diffusion.train import TrainResult, train
 
+from .lineage import step_lineage
 from .prepare_dataset import load_data
 from .sample import sample_to_png
 
@@ -26,9 +27,10 @@ class TeacherRun:
     parameters: int
 
 
-def train_teacher(cfg: Config, resume: bool = True, on_log=None,
-                  data_dir=None) -> TeacherRun:
+def train_teacher(cfg: Config, resume: bool = True, on_log=None, data_dir=None,
+                  dataset_md5: str | None = None) -> TeacherRun:
     """Load the data, build the network, train it, and draw a sample grid from the EMA model.
+    The model's provenance records this step's code hash, the git commit and `dataset_md5`.
 
     Under torchrun every rank calls this; only rank 0 writes the model and the grid."""
     out_dir = Path(cfg.out_dir)
@@ -41,10 +43,10 @@ def train_teacher(cfg: Config, resume: bool = True, on_log=None,
     parameters = count_parameters(denoiser.net)
     if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
         print(f"dataset {cfg.data.name}: {len(train_split.ids)} training samples of shape "
-              f"{tuple(ds.sample_shape)}; network {spec['net']['kind']} with {parameters:,} "
+              f"{tuple(ds.sample_shape)}; network {spec.net['kind']} with {parameters:,} "
               "parameters", flush=True)
     result = train(denoiser, train_split.x, cfg.train, out_dir, spec=spec, resume=resume,
-                   on_log=on_log)
+                   on_log=on_log, lineage=step_lineage("train", dataset_md5))
     png = None
     if result.model_dir is not None:
         reference = train_split.x if ds.kind == "vector" else None

@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from diffusion.model import build_denoiser
+from diffusion.model import ModelSpec, build_denoiser
 from diffusion.train import TrainConfig, train
 
-SPEC = {"net": {"kind": "mlp", "dim": 2, "hidden": 16, "depth": 1, "embed_dim": 8},
-        "precond": {"kind": "edm", "sigma_data": 1.0}}
+SPEC = ModelSpec(net={"kind": "mlp", "dim": 2, "hidden": 16, "depth": 1, "embed_dim": 8},
+                 precond={"kind": "edm", "sigma_data": 1.0}, data={"shape": (2,)})
 
 
 def _weights(net):

@@ -67,9 +67,9 @@ def test_unknown_profile_and_malformed_inputs(tmp_path):
 
 def test_model_spec_takes_the_network_size_from_the_data():
     spec = validate({}).model_spec((1, 8, 8))
-    assert spec["net"]["in_channels"] == 1 and spec["net"]["sample_size"] == 8
+    assert spec.net["in_channels"] == 1 and spec.net["sample_size"] == 8 and spec.shape == (1, 8, 8)
     mlp = validate({"model": {"net": {"kind": "mlp"}}}).model_spec((2,))
-    assert mlp["net"]["dim"] == 2
+    assert mlp.net["dim"] == 2
     with pytest.raises(ConfigError, match="square images"):
         validate({}).model_spec((2,))
     with pytest.raises(ConfigError, match="vectors"):

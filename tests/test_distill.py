@@ -15,17 +15,18 @@ from diffusion.distill.consistency import (ConsistencyConfig, consistency_distil
 from diffusion.distill.progressive import (ProgressiveConfig, ddim_step, progressive_distillation,
                                            progressive_target, progressive_target_vp)
 from diffusion.gmm import GaussianMixture
-from diffusion.model import ModelError, build_denoiser, load_model, save_model
+from diffusion.model import DataSpec, ModelError, ModelSpec, build_denoiser, load_model, save_model
 from diffusion.samplers import SAMPLERS, generate
 from diffusion.schedules import (alpha_from_sigma, nested_karras_sigmas, sampling_sigmas,
                                  vp_sigma_from_sigma)
 from diffusion.train import TrainConfig, train
 
 MIX = GaussianMixture.ring(8, 2.0, 0.15)
-TINY_MLP = {"net": {"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2, "embed_dim": 16},
-            "precond": {"kind": "edm", "sigma_data": 1.0}}
-LEARN_SPEC = {"net": {"kind": "mlp", "dim": 2, "hidden": 128, "depth": 3},
-              "precond": {"kind": "edm", "sigma_data": 1.4}}
+TINY_MLP = ModelSpec(net={"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2, "embed_dim": 16},
+                     precond={"kind": "edm", "sigma_data": 1.0}, data={"shape": (2,)})
+LEARN_SPEC = ModelSpec(net={"kind": "mlp", "dim": 2, "hidden": 128, "depth": 3},
+                       precond={"kind": "edm", "sigma_data": 1.4}, data={"shape": (2,)})
+CONSISTENCY_MLP = TINY_MLP.model_copy(update={"precond": {"kind": "consistency", "sigma_data": 1.0}})
 TIMINGS = {}
 
 
@@ -45,7 +46,7 @@ def test_nested_grid_halves_by_taking_every_other_point():
 
 def test_consistency_sampler_counts_one_evaluation_per_positive_sigma():
     torch.manual_seed(0)
-    f = build_denoiser({**TINY_MLP, "precond": {"kind": "consistency", "sigma_data": 1.0}}).eval()
+    f = build_denoiser(CONSISTENCY_MLP).eval()
     for k in (1, 2, 4):
         out = generate(f, (2,), 16, sampler="consistency", steps=k, grid="karras_nested")
         assert out.nfe == k and bool(torch.isfinite(out.x).all())
@@ -94,13 +95,13 @@ def test_progressive_target_ve_and_vp_forms_agree():
 # --- consistency: boundary condition, distance -----------------------------------------
 
 @pytest.mark.parametrize("spec", [
-    TINY_MLP["net"],
+    TINY_MLP.net,
     {"kind": "unet", "sample_size": 8, "in_channels": 1, "channels": [8, 16], "norm_num_groups": 8},
 ], ids=["mlp", "unet"])
 def test_consistency_student_is_the_identity_at_sigma_min_bit_for_bit(spec):
     torch.manual_seed(0)
-    f = build_denoiser({"net": spec, "precond": {"kind": "consistency", "sigma_data": 0.5,
-                                                 "sigma_min": 0.002}}).eval()
+    f = build_denoiser(ModelSpec(net=spec, precond={"kind": "consistency", "sigma_data": 0.5,
+                                                    "sigma_min": 0.002}, data={"shape": (2,)})).eval()
     shape = (5, 2) if spec["kind"] == "mlp" else (5, 1, 8, 8)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3
     with torch.no_grad():
@@ -178,11 +179,12 @@ def test_progressive_one_step_student_covers_all_modes(ring, tmp_path):
     t0 = time.perf_counter()
     folders = progressive_distillation(teacher, spec, data, cfg, tmp_path)
     TIMINGS["progressive"] = time.perf_counter() - t0
-    assert [load_model(f)[1]["sampling"]["steps"] for f in folders] == [32, 16, 8, 4, 2, 1]
+    assert [load_model(f)[1].sampling.steps for f in folders] == [32, 16, 8, 4, 2, 1]
     student, sspec = load_model(folders[-1])
-    assert sspec["sampling"] == {"sampler": "ddim", "steps": 1, "grid": "karras_nested",
-                                 "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0, "eta": 0.0}
-    assert sspec["distillation"]["method"] == "progressive" and sspec["distillation"]["round"] == 6
+    assert sspec.sampling.model_dump() == {"sampler": "ddim", "steps": 1, "grid": "karras_nested",
+                                           "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0,
+                                           "eta": 0.0}
+    assert sspec.method == "progressive" and sspec.distillation["round"] == 6
     weights, logp = _quality(student, "ddim", 1)
     print(f"progressive 1-step: weights {weights.tolist()}, logp {logp:.3f} (true {true_logp:.3f})")
     _assert_covers_the_ring(weights, logp, true_logp, "progressive")
@@ -197,9 +199,9 @@ def test_consistency_one_step_student_covers_all_modes(ring, tmp_path):
     folder = consistency_distillation(teacher, spec, data, cfg, tmp_path)
     TIMINGS["consistency"] = time.perf_counter() - t0
     student, sspec = load_model(folder)
-    assert sspec["precond"]["kind"] == "consistency"
-    assert sspec["sampling"]["sampler"] == "consistency" and sspec["sampling"]["steps"] == 1
-    assert sspec["distillation"]["supported_steps"] == [1, 2, 4]
+    assert sspec.precond["kind"] == "consistency"
+    assert sspec.sampling.sampler == "consistency" and sspec.sampling.steps == 1
+    assert sspec.distillation["supported_steps"] == [1, 2, 4]
     weights, logp = _quality(student, "consistency", 1)
     print(f"consistency 1-step: weights {weights.tolist()}, logp {logp:.3f} (true {true_logp:.3f})")
     _assert_covers_the_ring(weights, logp, true_logp, "consistency")
@@ -288,9 +290,8 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
 
 
 def test_a_consistency_student_cannot_teach(tmp_path):
-    spec = {**TINY_MLP, "precond": {"kind": "consistency", "sigma_data": 1.0}}
     torch.manual_seed(0)
-    folder = save_model(build_denoiser(spec).net, spec, tmp_path / "student")
+    folder = save_model(build_denoiser(CONSISTENCY_MLP).net, CONSISTENCY_MLP, tmp_path / "student")
     with pytest.raises(DistillationError, match="consistency"):
         load_teacher(folder, (2,))
 
@@ -305,7 +306,8 @@ def test_a_teacher_for_other_data_shapes_is_refused(tmp_path):
         progressive_distillation(teacher, spec, torch.randn(16, 3), ProgressiveConfig(
             start_steps=2, device="cpu", progress=False), tmp_path / "out")
     with pytest.raises(DistillationError, match="shape"):
-        consistency_distillation(teacher, {**spec, "data": {"shape": [3]}}, torch.randn(16, 2),
+        consistency_distillation(teacher, spec.model_copy(update={"data": DataSpec(shape=(3,))}),
+                                 torch.randn(16, 2),
                                  ConsistencyConfig(device="cpu", progress=False), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

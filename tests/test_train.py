@@ -15,18 +15,20 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from diffusion.gmm import GaussianMixture
-from diffusion.model import ModelError, build_denoiser, load_model
+from diffusion.model import ModelError, ModelSpec, build_denoiser, load_model
 from diffusion.samplers import generate
 from diffusion.train import ObjectiveConfig, TrainConfig, TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_MLP = {"net": {"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2, "embed_dim": 16},
-            "precond": {"kind": "edm", "sigma_data": 1.0}}
-TINY_UNET = {"net": {"kind": "unet", "sample_size": 8, "in_channels": 1, "channels": [8, 16],
-                     "norm_num_groups": 8},
-             "precond": {"kind": "vp", "schedule": "vp_cosine", "prediction": "v"}}
-CKPT_FILES = {"model.safetensors", "ema.safetensors", "state.pt", "meta.json"}
+TINY_MLP = ModelSpec(net={"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2, "embed_dim": 16},
+                     precond={"kind": "edm", "sigma_data": 1.0}, data={"shape": (2,)})
+TINY_UNET = ModelSpec(net={"kind": "unet", "sample_size": 8, "in_channels": 1, "channels": [8, 16],
+                           "norm_num_groups": 8},
+                      precond={"kind": "vp", "schedule": "vp_cosine", "prediction": "v"},
+                      data={"shape": (1, 8, 8)})
+CKPT_FILES = {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "rng.safetensors",
+              "state.json"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +46,7 @@ def _denoiser(spec, seed):
 
 def _data(spec, n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    if spec["net"]["kind"] == "unet":
+    if spec.net["kind"] == "unet":
         return torch.randn(n, 1, 8, 8, generator=g)
     return torch.randn(n, 2, generator=g)
 
@@ -72,8 +74,9 @@ def _latest(out: Path) -> Path:
 
 # --- learning ----------------------------------------------------------------------
 
-LEARN_SPEC = {"net": {"kind": "mlp", "dim": 2, "hidden": 128, "depth": 3},
-              "precond": {"kind": "edm", "sigma_data": 1.4}}  # per-axis std of the ring: sqrt(2 + 0.15^2)
+LEARN_SPEC = ModelSpec(net={"kind": "mlp", "dim": 2, "hidden": 128, "depth": 3},
+                       # per-axis std of the ring: sqrt(2 + 0.15^2)
+                       precond={"kind": "edm", "sigma_data": 1.4}, data={"shape": (2,)})
 
 
 def _quality(mix, denoiser, n, seed):
@@ -92,7 +95,7 @@ def test_training_learns_the_eight_gaussian_ring(tmp_path):
     result = train(_denoiser(LEARN_SPEC, 0), data, cfg, tmp_path, spec=LEARN_SPEC)
     assert result.step == 3000 and math.isfinite(result.loss)
     model, spec = load_model(result.model_dir)
-    assert spec["trained_steps"] == 3000
+    assert spec.trained_steps == 3000
 
     n = 8000
     weights, logp = _quality(mix, model, n, seed=1)
@@ -144,11 +147,14 @@ def _resume_case(tmp_path, spec, n_steps, objective=None):
         assert torch.equal(ema_a[k], ema_b[k]), k
     # the EMA is not just the weights again (so comparing it is a separate check)
     assert any(not torch.equal(ema_a[k], v.float()) for k, v in a.net.state_dict().items())
-    opt_a = torch.load(a_dir / "checkpoints" / last / "state.pt", weights_only=True)
-    opt_b = torch.load(b_dir / "checkpoints" / last / "state.pt", weights_only=True)
-    assert opt_a["step"] == opt_b["step"] == 2 * n_steps
-    assert opt_a["optimizer"]["state"], "optimizer state is empty"
-    _assert_same_tree(opt_a["optimizer"], opt_b["optimizer"], "optimizer")
+    state_a, state_b = (json.loads((d / "checkpoints" / last / "state.json").read_text())
+                        for d in (a_dir, b_dir))
+    assert state_a["step"] == state_b["step"] == 2 * n_steps
+    assert state_a["optimizer"] == state_b["optimizer"]
+    opt_a, opt_b = (load_file(str(d / "checkpoints" / last / "optimizer.safetensors"))
+                    for d in (a_dir, b_dir))
+    assert opt_a, "optimizer state is empty"
+    _assert_same_tree(opt_a, opt_b, "optimizer")
     # the exported models are the same EMA weights
     model_a = load_file(str(next((a_dir / "model").glob("**/*.safetensors"))))
     model_b = load_file(str(next((b_dir / "model").glob("**/*.safetensors"))))
@@ -175,9 +181,9 @@ def test_checkpoints_are_complete_and_pruned(tmp_path):
     assert steps == ["step_00000004", "step_00000005"]  # keep_checkpoints = 2
     for name in steps:
         assert {p.name for p in (ckpt / name).iterdir()} == CKPT_FILES
-    meta = json.loads((_latest(tmp_path) / "meta.json").read_text())
-    assert meta["step"] == 5 and meta["model"] == TINY_MLP
-    assert torch.load(_latest(tmp_path) / "state.pt", weights_only=True)["step"] == 5
+    state = json.loads((_latest(tmp_path) / "state.json").read_text())
+    assert state["step"] == 5 and ModelSpec.model_validate(state["model"]) == TINY_MLP
+    assert state["provenance"]["settings"]["net"] == TINY_MLP.net
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
 
@@ -254,7 +260,7 @@ def test_model_folder_holds_the_ema_weights(tmp_path):
                    tmp_path, spec=TINY_MLP)
     assert result.model_dir == tmp_path / "model"
     model, spec = load_model(tmp_path / "model")
-    assert spec["net"] == TINY_MLP["net"] and spec["trained_steps"] == 6
+    assert spec.net == TINY_MLP.net and spec.trained_steps == 6
     assert not model.training
     ema = load_file(str(_latest(tmp_path) / "ema.safetensors"))
     loaded = model.net.state_dict()

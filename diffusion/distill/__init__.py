@@ -3,32 +3,33 @@
     progressive.py   progressive distillation (Salimans & Ho 2022): rounds that halve the steps
     consistency.py   consistency distillation (Song et al. 2023): a one-step consistency model
 
-This module holds what both share: loading and checking a teacher, and resumable
-checkpoints written in train.py's atomic style (a folder per step, a `latest` pointer
-replaced only after the folder is complete, everything random in step k drawn from a
-generator seeded by (seed, stream, k) so a resumed run draws what an uninterrupted one does).
+This module holds what both share: loading and checking a teacher, the provenance of a
+distillation run, and resuming (diffusion/checkpoint.py, the trainer's checkpoint format;
+everything random in step k is drawn from a generator seeded by (seed, stream, k), so a
+resumed run draws what an uninterrupted one does).  A finished student or round and an
+interrupted one's checkpoint are reused only when their recorded provenance -- settings,
+training data, teacher weights, code -- matches the request (diffusion/provenance.py).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass as validated_dataclass
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_folder, atomic_write_text
-from ..model import ModelError, load_for_sampling
+from ..checkpoint import FRESH_START, Resumed, load_into, resume_checkpoint
+from ..model import ModelError, ModelSpec, load_for_sampling, read_spec
 from ..objectives import Denoiser
-from ..train import (_STRICT, Device, Positive, TrainingError, _rng_state, _set_rng_state,
-                     _tensor_state, latest_checkpoint)
+from ..provenance import (Lineage, Provenance, code_sha256, stored_provenance, tensor_sha256,
+                          weights_sha256)
+from ..train import _STRICT, Device, Positive
 
-__all__ = ["DistillationError", "load_teacher", "check_teacher", "model_data_shape"]
+__all__ = ["DistillationError", "load_teacher", "check_teacher", "Lineage"]
 
 
 @validated_dataclass(config=_STRICT)
@@ -46,6 +47,12 @@ class DistillRunConfig:
     log_every: Positive = 100
     progress: bool = True
 
+    # they do not change the student (resume is exact): not part of its provenance
+    CADENCE: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every", "progress", "device")
+
+    def result_settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.CADENCE}
+
     @model_validator(mode="after")
     def _sigma_range(self):
         if self.sigma_min >= self.sigma_max:
@@ -57,39 +64,22 @@ class DistillationError(ModelError):
     """A teacher or data that cannot be distilled; the message says why."""
 
 
-def model_data_shape(spec: dict) -> tuple[int, ...] | None:
-    """The shape of one sample the model was made for: spec["data"]["shape"] when recorded,
-    else what its network implies (an MLP's dim, a UNet's channels x size x size)."""
-    shape = (spec.get("data") or {}).get("shape")
-    if shape is not None:
-        return tuple(int(v) for v in shape)
-    net = spec.get("net") or {}
-    if net.get("kind") == "mlp":
-        return (int(net.get("dim", 2)),)
-    if net.get("kind") == "unet":
-        size = int(net.get("sample_size", 8))
-        return (int(net.get("in_channels", 1)), size, size)
-    return None
-
-
-def check_teacher(spec: dict, data_shape) -> None:
+def check_teacher(spec: ModelSpec, data_shape) -> None:
     """Raise DistillationError when a model of `spec` cannot teach on data of `data_shape`."""
-    kind = (spec.get("precond") or {}).get("kind")
-    if kind == "consistency":
+    if spec.precond.get("kind") == "consistency":
         raise DistillationError("the teacher is a consistency-distilled student (precond kind "
                                 "'consistency'); it is not a diffusion denoiser and cannot be "
                                 "distilled further by progressive or consistency distillation")
-    if "distillation" in spec and spec["distillation"].get("method") != "progressive":
-        raise DistillationError(f"the teacher was distilled by {spec['distillation'].get('method')!r} "
+    if spec.method not in (None, "progressive"):
+        raise DistillationError(f"the teacher was distilled by {spec.method!r} "
                                 "and cannot be distilled further")
-    expected = model_data_shape(spec)
     got = tuple(int(v) for v in data_shape)
-    if expected is not None and expected != got:
-        raise DistillationError(f"the teacher was made for samples of shape {list(expected)}, "
+    if spec.shape != got:
+        raise DistillationError(f"the teacher was made for samples of shape {list(spec.shape)}, "
                                 f"but the data has samples of shape {list(got)}")
 
 
-def load_teacher(path, data_shape, device="cpu") -> tuple[Denoiser, dict]:
+def load_teacher(path, data_shape, device="cpu") -> tuple[Denoiser, ModelSpec]:
     """(frozen teacher denoiser, spec) from a model folder, run folder or checkpoint, checked
     against the data's sample shape.  Raises ModelError (DistillationError) naming the problem."""
     try:
@@ -117,59 +107,41 @@ def check_data(data: torch.Tensor) -> None:
         raise DistillationError("distillation data contains NaN or inf")
 
 
-# --- checkpoints ---------------------------------------------------------------------
+# --- provenance and reuse ------------------------------------------------------------
 
-def save_state(ckpt_dir: Path, step: int, weights: dict[str, dict], opt, meta: dict,
-               keep: int = 2) -> Path:
-    """A checkpoint folder step_XXXXXXXX holding one safetensors file per entry of `weights`,
-    state.pt (step, optimizer, RNG) and meta.json; `latest` is replaced after it is complete."""
-    ckpt_dir = Path(ckpt_dir)
-    target = ckpt_dir / f"step_{step:08d}"
-    with atomic_folder(target) as tmp:
-        for name, state in weights.items():
-            save_file(_tensor_state(state), str(tmp / f"{name}.safetensors"))
-        torch.save({"step": step, "optimizer": opt.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
-    atomic_write_text(ckpt_dir / "latest", target.name)
-    done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
-    for p in done[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
-    return target
+def distillation_provenance(settings: dict, data: torch.Tensor, teacher: Denoiser,
+                            teacher_spec: ModelSpec, lineage: Lineage | None,
+                            module: str) -> Provenance:
+    """What determines a student: its settings, the training tensor, the teacher (its weights,
+    and its network and preconditioning, which with the weights make its denoiser) and the
+    code (the caller's, from `lineage`, else `module` and its imports)."""
+    lineage = lineage or Lineage()
+    net = teacher.net if isinstance(teacher, Denoiser) else teacher
+    settings = {**settings, "teacher": {"net": teacher_spec.net, "precond": teacher_spec.precond}}
+    return Provenance(settings=settings, data_sha256=tensor_sha256(data),
+                      code_sha256=lineage.code_sha256 or code_sha256([module]),
+                      teacher_sha256=weights_sha256(net), dataset_md5=lineage.dataset_md5,
+                      git_commit=lineage.git_commit)
 
 
-def load_state(ckpt_dir: Path, opt) -> tuple[int, dict[str, dict]] | None:
-    """(step, {name: state dict}) from ckpt_dir/latest, with the optimizer and RNG restored;
-    None when there is no checkpoint."""
-    path = latest_checkpoint(Path(ckpt_dir))
-    if path is None:
-        return None
-    try:
-        weights = {p.name[: -len(".safetensors")]: load_file(str(p))
-                   for p in path.glob("*.safetensors")}
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, OSError, KeyError, ValueError) as e:
-        raise TrainingError(f"cannot resume from {path}: {e}") from None
-    _set_rng_state(state["rng"])
-    return int(state["step"]), weights
+def finished_student(folder: Path, requested: Provenance, what: str) -> bool:
+    """True when `folder` holds a finished student made from `requested`'s inputs, False when
+    it holds none; ProvenanceError naming the differences when it holds another one."""
+    if not (Path(folder) / "model.json").exists():
+        return False
+    spec = read_spec(folder)
+    stored = spec.provenance or stored_provenance({}, f"{what} {folder}", FRESH_START)
+    stored.require_same(requested, f"{what} {folder}", FRESH_START)
+    return True
 
 
-def resume_from(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module], resume: bool) -> int:
-    """The step to continue from: 0 without a checkpoint (or with resume off), else the latest
-    checkpoint's, with its weights loaded into `modules` (by name) and `ema`, and the optimizer
-    and RNG restored."""
-    state = load_state(ckpt_dir, opt) if resume else None
-    if state is None:
-        return 0
-    step, weights = state
-    for name, module in modules.items():
-        load_into(module, weights[name], str(ckpt_dir))
-    ema.load(weights["ema"])
-    return step
-
-
-def load_into(module: nn.Module, state: dict, where: str):
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise TrainingError(f"checkpoint {where} does not fit the network: {e}") from None
+def resume_run(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module], requested: Provenance,
+               total: int, what: str) -> Resumed | None:
+    """Continue from ckpt_dir's latest checkpoint when it was made from `requested`'s inputs
+    (weights loaded into `modules` by name and into `ema`; optimizer and RNG restored)."""
+    resumed = resume_checkpoint(ckpt_dir, opt, requested, total, what)
+    if resumed is not None:
+        for name, module in modules.items():
+            load_into(module, resumed.weights[name], resumed.path)
+        ema.load(resumed.weights["ema"])
+    return resumed

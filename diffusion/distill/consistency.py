@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import shutil
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -25,12 +24,15 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass as validated_dataclass
 
-from ..model import save_model
-from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
-from ..schedules import karras_sigmas
+from ..checkpoint import save_checkpoint
 from ..loop import optimise
+from ..model import ModelSpec, SamplingSpec, save_model
+from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
+from ..provenance import Lineage, Provenance
+from ..schedules import karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import DistillRunConfig, check_data, check_teacher, freeze, resume_from, save_state
+from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
+               freeze, resume_run)
 
 SUPPORTED_STEPS = (1, 2, 4)
 
@@ -99,36 +101,37 @@ def consistency_loss(student, target, teacher, x0, z, grid, n, c):
     return pseudo_huber(student(x_hi, s_hi), y, c).mean()
 
 
-def student_spec(teacher_spec: dict, cfg: ConsistencyConfig, sigma_data: float, c: float,
-                 trained_steps: int) -> dict:
-    spec = copy.deepcopy(teacher_spec)
-    spec.pop("format", None)
-    spec["precond"] = {"kind": "consistency", "sigma_data": sigma_data, "sigma_min": cfg.sigma_min}
-    spec["sampling"] = {"sampler": "consistency", "steps": 1, "grid": "karras_nested",
-                        "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho,
-                        "eta": 0.0}
-    spec["distillation"] = {"method": "consistency", "supported_steps": list(SUPPORTED_STEPS),
-                            "levels": cfg.levels, "steps": trained_steps,
-                            "target_decay": cfg.target_decay, "ema_decay": cfg.ema_decay,
-                            "huber_c": c, "weights": "ema",
-                            "teacher_precond": teacher_spec.get("precond"),
-                            "base_trained_steps": teacher_spec.get("trained_steps")}
-    spec.pop("trained_steps", None)
-    return spec
+def student_spec(teacher_spec: ModelSpec, cfg: ConsistencyConfig, sigma_data: float, c: float,
+                 trained_steps: int, provenance: Provenance) -> ModelSpec:
+    sampling = SamplingSpec(sampler="consistency", steps=1, grid="karras_nested",
+                            sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho, eta=0.0)
+    distillation = {"method": "consistency", "supported_steps": list(SUPPORTED_STEPS),
+                    "levels": cfg.levels, "steps": trained_steps,
+                    "target_decay": cfg.target_decay, "ema_decay": cfg.ema_decay,
+                    "huber_c": c, "weights": "ema", "teacher_precond": teacher_spec.precond,
+                    "base_trained_steps": teacher_spec.trained_steps}
+    return teacher_spec.model_copy(update={
+        "precond": {"kind": "consistency", "sigma_data": sigma_data, "sigma_min": cfg.sigma_min},
+        "sampling": sampling, "distillation": distillation, "trained_steps": None,
+        "served_as": None, "provenance": provenance})
 
 
-def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.Tensor,
+def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: torch.Tensor,
                              cfg: ConsistencyConfig, out_dir, resume: bool = True,
-                             on_log: Callable[[int, dict], None] | None = None) -> Path:
+                             on_log: Callable[[int, dict], None] | None = None,
+                             lineage: Lineage | None = None) -> Path:
     """Distil `teacher` into a consistency model; writes out_dir/model (slow-EMA weights,
     sampling defaults: 1 step; 1, 2 and 4 steps are supported on the nested Karras grid) and
-    returns it.  Resumes from out_dir/checkpoints/latest; an existing model folder is returned
-    as is when `resume`."""
+    returns it.  With `resume`, a finished student is returned as is and an interrupted run
+    continues from out_dir/checkpoints/latest, both only when made from the same settings,
+    data, teacher and code (else ProvenanceError, nothing written)."""
     check_data(data)
     check_teacher(teacher_spec, data.shape[1:])
     out_dir = Path(out_dir)
     folder = out_dir / "model"
-    if resume and (folder / "model.json").exists():
+    settings = {"method": "consistency", "config": cfg.result_settings()}
+    requested = distillation_provenance(settings, data, teacher, teacher_spec, lineage, __name__)
+    if resume and finished_student(folder, requested, "consistency student"):
         return folder
     device = resolve_device(cfg.device)
     data = data.to(device)
@@ -157,7 +160,12 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
     grid = training_grid(cfg).to(device)
 
     ckpt_dir = out_dir / "checkpoints"
-    step = resume_from(ckpt_dir, opt, ema, {"model": net, "target": target.net}, resume)
+    resumed = (resume_run(ckpt_dir, opt, ema, {"model": net, "target": target.net}, requested,
+                          cfg.steps, "consistency distillation") if resume else None)
+    step, last_loss = (resumed.step, resumed.loss) if resumed else (0, float("nan"))
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    meta = {"method": "consistency", "provenance": requested.model_dump(mode="json")}
 
     def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 0, step, device)
@@ -170,19 +178,18 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
     def update_target(step: int):
         torch._foreach_lerp_(target_params, live_params, 1.0 - cfg.target_decay)
 
-    def save(step: int):
-        save_state(ckpt_dir, step, {"model": net.state_dict(), "target": target.net.state_dict(),
-                                    "ema": ema.shadow}, opt,
-                   {"method": "consistency", "config": asdict(cfg)})
+    def save(step: int, loss: float):
+        save_checkpoint(ckpt_dir, step, {"model": net, "target": target.net, "ema": ema.shadow},
+                        opt, meta, loss=loss)
 
     optimise(net, opt, ema, step=step, total=cfg.steps, loss_at=loss_at, lr=cfg.lr,
              lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
              checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
              after_step=update_target, on_log=on_log, progress=cfg.progress, desc="consistency",
-             what="consistency distillation")
+             what="consistency distillation", loss=last_loss)
     exported = copy.deepcopy(net).cpu()
     ema.copy_to(exported)
-    saved = save_model(exported.eval(), student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps),
-                       folder)
+    saved = save_model(exported.eval(),
+                       student_spec(teacher_spec, cfg, sigma_data, c, cfg.steps, requested), folder)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the model folder is the result; as in progressive
     return saved

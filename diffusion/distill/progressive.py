@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable
 
@@ -25,12 +24,15 @@ import torch
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass as validated_dataclass
 
-from ..model import load_model, save_model
-from ..objectives import Denoiser, weight_truncated_snr
-from ..schedules import nested_karras_sigmas
+from ..checkpoint import save_checkpoint
 from ..loop import optimise
+from ..model import ModelSpec, SamplingSpec, load_model, save_model
+from ..objectives import Denoiser, weight_truncated_snr
+from ..provenance import Lineage, Provenance
+from ..schedules import nested_karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import DistillRunConfig, check_data, check_teacher, freeze, resume_from, save_state
+from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
+               freeze, resume_run)
 
 
 @validated_dataclass(config=_STRICT)
@@ -100,38 +102,45 @@ def progressive_loss(student: Denoiser, teacher, x0, eps, grid: torch.Tensor, j:
     return (w * err.flatten(1).mean(1)).mean()
 
 
-def student_spec(teacher_spec: dict, cfg: ProgressiveConfig, round_: int, teacher_steps: int,
-                 trained_steps: int) -> dict:
-    spec = copy.deepcopy(teacher_spec)
-    spec.pop("format", None)
-    spec["sampling"] = {"sampler": "ddim", "steps": teacher_steps // 2, "grid": "karras_nested",
-                        "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "rho": cfg.rho,
-                        "eta": 0.0}
-    prior = teacher_spec.get("distillation") or {}
-    spec["distillation"] = {"method": "progressive", "round": round_, "teacher_steps": teacher_steps,
-                            "student_steps": teacher_steps // 2, "steps_per_round": trained_steps,
-                            "weights": "ema", "weighting": "truncated_snr",
-                            "first_teacher_steps": cfg.start_steps,
-                            "base_trained_steps": prior.get("base_trained_steps",
-                                                            teacher_spec.get("trained_steps"))}
-    spec.pop("trained_steps", None)
-    return spec
+def student_spec(teacher_spec: ModelSpec, cfg: ProgressiveConfig, round_: int, teacher_steps: int,
+                 trained_steps: int, provenance: Provenance) -> ModelSpec:
+    prior = teacher_spec.distillation or {}
+    sampling = SamplingSpec(sampler="ddim", steps=teacher_steps // 2, grid="karras_nested",
+                            sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho, eta=0.0)
+    distillation = {"method": "progressive", "round": round_, "teacher_steps": teacher_steps,
+                    "student_steps": teacher_steps // 2, "steps_per_round": trained_steps,
+                    "weights": "ema", "weighting": "truncated_snr",
+                    "first_teacher_steps": cfg.start_steps,
+                    "base_trained_steps": prior.get("base_trained_steps", teacher_spec.trained_steps)}
+    return teacher_spec.model_copy(update={"sampling": sampling, "distillation": distillation,
+                                           "trained_steps": None, "served_as": None,
+                                           "provenance": provenance})
+
+
+def round_provenance(cfg: ProgressiveConfig, round_: int, n_teacher: int, data, teacher,
+                     teacher_spec: ModelSpec, lineage: Lineage | None) -> Provenance:
+    settings = {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
+                "config": cfg.result_settings()}
+    return distillation_provenance(settings, data, teacher, teacher_spec, lineage, __name__)
 
 
 def round_dir(out_dir: Path, round_: int, teacher_steps: int) -> Path:
     return Path(out_dir) / f"round_{round_:02d}_{teacher_steps}_to_{teacher_steps // 2}"
 
 
-def progressive_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.Tensor,
+def progressive_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: torch.Tensor,
                              cfg: ProgressiveConfig, out_dir, resume: bool = True,
-                             on_log: Callable[[int, dict], None] | None = None) -> list[Path]:
+                             on_log: Callable[[int, dict], None] | None = None,
+                             lineage: Lineage | None = None) -> list[Path]:
     """Distil `teacher` from cfg.start_steps DDIM steps down to cfg.end_steps, halving per round.
 
     Round r (teacher N = start_steps / 2^(r-1) steps) writes out_dir/round_RR_N_to_N/2/model
     (the student's EMA weights, sampling defaults for N/2 DDIM steps on the nested grid) and
-    returns those folders in order.  With `resume`, a round whose model folder exists is
-    loaded instead of trained, and an interrupted round continues from its latest checkpoint.
-    `on_log(step, metrics)` gets {"round", "loss", "lr", ...} every cfg.log_every steps."""
+    returns those folders in order.  With `resume`, a finished round is loaded instead of
+    trained and an interrupted one continues from its latest checkpoint, both only when made
+    from the same settings, data, teacher and code (else ProvenanceError, nothing written);
+    without it, existing rounds are replaced.  `on_log(step, metrics)` gets {"round", "loss",
+    "lr", ...} every cfg.log_every steps."""
     check_data(data)
     check_teacher(teacher_spec, data.shape[1:])
     device = resolve_device(cfg.device)
@@ -142,12 +151,13 @@ def progressive_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
     spec = teacher_spec
     while n_teacher > cfg.end_steps:
         folder = round_dir(out_dir, round_, n_teacher) / "model"
-        if resume and (folder / "model.json").exists():
+        requested = round_provenance(cfg, round_, n_teacher, data, teacher, spec, lineage)
+        if resume and finished_student(folder, requested, f"progressive round {round_}"):
             student, spec = load_model(folder, device)
         else:
             student = _train_round(teacher, data, cfg, round_, n_teacher, folder.parent, resume,
-                                   on_log, device)
-            spec = student_spec(spec, cfg, round_, n_teacher, cfg.steps_per_round)
+                                   on_log, device, requested)
+            spec = student_spec(spec, cfg, round_, n_teacher, cfg.steps_per_round, requested)
             save_model(student.net, spec, folder)
             shutil.rmtree(folder.parent / "checkpoints", ignore_errors=True)  # done with them
         folders.append(folder)
@@ -158,7 +168,7 @@ def progressive_distillation(teacher: Denoiser, teacher_spec: dict, data: torch.
 
 
 def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n_teacher: int,
-                 work: Path, resume: bool, on_log, device) -> Denoiser:
+                 work: Path, resume: bool, on_log, device, provenance: Provenance) -> Denoiser:
     """One round: a copy of the teacher learns to take one step for every two of the teacher's.
     Returns the student holding its EMA weights."""
     student = copy.deepcopy(teacher).train()
@@ -172,7 +182,14 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
     ema = EMA(net, cfg.ema_decay, warmup=True)
     grid = nested_karras_sigmas(n_teacher, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(device)
     ckpt_dir = work / "checkpoints"
-    step = resume_from(ckpt_dir, opt, ema, {"model": net}, resume)
+    what = f"progressive round {round_}"
+    resumed = (resume_run(ckpt_dir, opt, ema, {"model": net}, provenance, cfg.steps_per_round, what)
+               if resume else None)
+    step, last_loss = (resumed.step, resumed.loss) if resumed else (0, float("nan"))
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    meta = {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
+            "provenance": provenance.model_dump(mode="json")}
 
     def loss_at(step: int) -> torch.Tensor:
         # stream = round: every round draws its own batches, reproducibly per step
@@ -182,16 +199,14 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
         eps = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
         return progressive_loss(student, teacher, x0, eps, grid, j)
 
-    def save(step: int):
-        save_state(ckpt_dir, step, {"model": net.state_dict(), "ema": ema.shadow}, opt,
-                   {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
-                    "config": asdict(cfg)})
+    def save(step: int, loss: float):
+        save_checkpoint(ckpt_dir, step, {"model": net, "ema": ema.shadow}, opt, meta, loss=loss)
 
     optimise(net, opt, ema, step=step, total=cfg.steps_per_round, loss_at=loss_at, lr=cfg.lr,
              lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
              checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
              on_log=on_log, log_extra={"round": round_, "teacher_steps": n_teacher},
              progress=cfg.progress, desc=f"progressive {n_teacher}->{n_teacher // 2}",
-             what=f"progressive round {round_}")
+             what=what, loss=last_loss)
     ema.copy_to(net)
     return student.eval()

@@ -1,0 +1,53 @@
+"""The lineage of a pipeline step: which project code it runs and which commit that came from.
+
+A step's code hash (`step_code_sha256`) is diffusion.provenance.code_sha256 over the step's
+module and every project module it imports, transitively: `train` covers tasks/train_teacher.py,
+the trainer, the networks, objectives.py and the data loaders; a change to any of them changes
+the hash, so the teacher is retrained, while a change to, say, the release code does not.  The
+hash goes into each model's provenance (model.json), the Prefect cache key and the pipeline's
+work folder, and onto every registered version as a tag.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+from diffusion.provenance import Lineage, code_sha256
+
+# the module that does each step's work (what `dmops <command>` and the Prefect task call)
+STEP_MODULES = {
+    "prepare": "tasks.prepare_dataset",
+    "validate": "tasks.validate_data",
+    "train": "tasks.train_teacher",
+    "distill": "tasks.distill",
+    "evaluate": "tasks.evaluate",
+}
+
+
+@lru_cache(maxsize=None)
+def step_code_sha256(step: str) -> str:
+    """sha256 of the project code step `step` runs (see the module docstring); computed once
+    per process."""
+    if step not in STEP_MODULES:
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEP_MODULES)}")
+    return code_sha256([STEP_MODULES[step]])
+
+
+def git_commit(repo=".") -> str:
+    """HEAD of the git repository at `repo`, marked '-dirty' when tracked files differ from it;
+    'unknown' outside a repository."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def step_lineage(step: str, dataset_md5: str | None = None, repo=".") -> Lineage:
+    """What the library records about a step's run besides its settings and data."""
+    return Lineage(code_sha256=step_code_sha256(step), dataset_md5=dataset_md5,
+                   git_commit=git_commit(Path(repo)))
