@@ -234,8 +234,8 @@ def test_promotion_moves_champion_only_on_a_win_and_always_with_a_release(stack,
     assert first.promoted and first.release_uri == f"s3://{bucket}/{name}/{v1}/"
     assert champion_version(name) == v1
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{name}/{v1}/manifest.json")["Body"].read())
-    for entry in manifest["files"]:
-        data = s3.get_object(Bucket=bucket, Key=f"{name}/{v1}/{entry['path']}")["Body"].read()
+    for entry in manifest["files"]:   # each file under the writer's own objects/ prefix
+        data = s3.get_object(Bucket=bucket, Key=f"{name}/{v1}/{entry['key']}")["Body"].read()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
     assert manifest["metadata"]["tags"]["git_commit"] == "0123abc"
     assert version_tags(name, v1)["promotion"] == "promoted"
