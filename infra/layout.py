@@ -46,6 +46,10 @@ class StateLayout:
         return self.seaweedfs / "ports.json"
 
     @property
+    def seaweedfs_readiness(self) -> Path:
+        return self.seaweedfs / "readiness.json"
+
+    @property
     def mlflow(self) -> Path:
         return self.root / "mlflow"
 

@@ -14,12 +14,13 @@ from infra.settings import StackSettings
 _AUTH_ERRORS = ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")
 
 
-def s3_client(url: str, creds: Credentials, attempts: int = 3):
-    """A boto3 S3 client for `url`. Path-style addressing: bucket.127.0.0.1 would not resolve."""
+def s3_client(url: str, creds: Credentials, attempts: int = 3, read_timeout: float = 30):
+    """A boto3 S3 client for `url`: path-style addressing (bucket.127.0.0.1 would not resolve),
+    botocore's standard retry mode with `attempts` tries in all (1: no retries)."""
     import boto3
     from botocore.config import Config
 
-    config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=30,
+    config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=read_timeout,
                     retries={"max_attempts": attempts, "mode": "standard"})
     return boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id=creds.access_key_id,
                         aws_secret_access_key=creds.secret_access_key, config=config)

@@ -26,6 +26,9 @@ class StackSettings:
     artifacts_bucket: str = "dmops-mlflow"
     data_bucket: str = "dmops-dvc"
     releases_bucket: str = "dmops-releases"
+    # The stack's own bucket: the readiness object every `up` reads back (infra/readiness.py).
+    # Kept out of the other buckets, where `dvc gc` or a release listing could meet it.
+    stack_bucket: str = "dmops-stack"
 
     @classmethod
     def from_env(cls) -> "StackSettings":
@@ -57,8 +60,8 @@ class StackSettings:
         return f"{self.prefect_url}/api"
 
     @property
-    def buckets(self) -> tuple[str, str, str]:
-        return (self.artifacts_bucket, self.data_bucket, self.releases_bucket)
+    def buckets(self) -> tuple[str, ...]:
+        return (self.artifacts_bucket, self.data_bucket, self.releases_bucket, self.stack_bucket)
 
 
 def parse_port(raw: str, where: str) -> int:

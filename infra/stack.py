@@ -2,7 +2,7 @@
 started as background processes with all their state under one folder.
 
     stack = Stack(StackSettings.from_env())
-    stack.up()                      # idempotent; waits until every server is healthy
+    stack.up()                      # idempotent; waits until every server is ready
     os.environ.update(stack.client_env())
     stack.down()                    # servers stop, state stays for the next up()
 """
@@ -16,15 +16,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from infra.credentials import load_credentials, load_or_create_credentials, write_seaweedfs_identities
 from infra.errors import StackError
-from infra.health import http_ok, wait_healthy
+from infra.health import http_ok, wait_healthy, wait_until
 from infra.layout import StateLayout
 from infra.preflight import check_ports
 from infra.processes import (PidRecord, finish_stop, group_rss_bytes, is_running, read_pid_file,
                              signal_group, spawn, write_pid_file)
+from infra.readiness import readiness_probe
 from infra.s3 import ensure_buckets, s3_client
 from infra.services import (PORT_FIELDS, REGION, SERVICES, STOP_GRACE, endpoints, remove_weed_sockets,
                             service_specs, weed_internal_ports)
@@ -62,13 +63,26 @@ class Stack:
 
     # ---- start ---------------------------------------------------------------------------
 
-    def up(self, timeout: float = 180) -> None:
-        """Start whatever is not running, wait until all three servers are healthy and the
-        buckets exist, print the URLs. Running servers are kept (a second up() is a no-op).
+    def up(self, timeout: float = 180, services: Sequence[str] = SERVICES) -> None:
+        """Start whatever is not running, wait until every server is ready, print the URLs.
+        Running servers are kept (a second up() only checks them again).
+
+        Ready means serving what it holds (infra/readiness.py), not only answering a health
+        URL: the S3 store has every stored volume registered, reads back the object written at
+        its first start byte for byte and completes a fresh write and read; MLflow answers an
+        experiment search and lists its artifact root; Prefect reaches its database and
+        answers a flows query.
 
         Raises StackError, before anything starts, when a port is taken by another program;
-        and, after stopping what this call started, when a server fails to become healthy
-        within `timeout` seconds."""
+        and, after stopping what this call started, when a server is not ready within
+        `timeout` seconds (the message names the server and shows its log's tail), or when the
+        S3 store no longer holds its readiness object (data lost).
+
+        `services` limits the call to some servers (tests restart the S3 store alone); MLflow
+        needs the S3 store for its artifacts."""
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; the stack has {SERVICES}")
         t0 = time.monotonic()
         deadline = t0 + timeout
         self.layout.make_dirs()
@@ -78,6 +92,7 @@ class Stack:
             weed_ports = weed_internal_ports(self.layout, self.settings)
             specs = service_specs(self.settings, self.layout, creds, weed_ports)
             check_ports(self.settings, specs, running, self.layout)
+            specs = {name: spec for name, spec in specs.items() if name in services}
             if "seaweedfs" not in running:
                 write_seaweedfs_identities(self.layout.seaweedfs_identities, creds)
             started: dict[str, PidRecord] = {}
@@ -87,35 +102,43 @@ class Stack:
                         started[name] = spawn(spec.argv, spec.env, spec.cwd, self.layout.log(name), spec.port)
                         write_pid_file(self.layout.pid_file(name), started[name])
                 records = running | started
+                # In start order: MLflow's artifact probe needs a ready S3 store.
                 for name, spec in specs.items():
                     wait_healthy(spec, records[name], self.layout, deadline, timeout)
-                ensure_buckets(s3_client(self.settings.s3_url, creds, attempts=1), self.settings,
-                               self.layout, deadline, timeout)
+                    if name == "seaweedfs":
+                        ensure_buckets(s3_client(self.settings.s3_url, creds, attempts=1), self.settings,
+                                       self.layout, deadline, timeout)
+                    probe, what = readiness_probe(name, self.settings, self.layout, spec, creds)
+                    wait_until(spec, records[name], self.layout, deadline, timeout, probe, what)
             except BaseException:
                 # A failed start leaves no half-started stack behind (servers that were
                 # already running before this call are left alone).
                 self._stop(started, quiet=True)
                 raise
-        self._print_urls(started, time.monotonic() - t0)
+        self._print_urls(started, services, time.monotonic() - t0)
 
-    def _print_urls(self, started: dict[str, PidRecord], seconds: float) -> None:
+    def _print_urls(self, started: dict[str, PidRecord], services: Sequence[str], seconds: float) -> None:
         s = self.settings
         what = f"started {', '.join(started)} in {seconds:.1f} s" if started else "already running"
-        self._echo(f"stack   {self.state_dir} ({what})")
-        self._echo(f"s3      {s.s3_url}  buckets: {', '.join(s.buckets)}")
-        self._echo(f"mlflow  {s.mlflow_url}")
-        self._echo(f"prefect {s.prefect_url}  (API {s.prefect_api_url})")
+        self._echo(f"stack   {self.state_dir} ({what}; ready)")
+        lines = {"seaweedfs": f"s3      {s.s3_url}  buckets: {', '.join(s.buckets)}",
+                 "mlflow": f"mlflow  {s.mlflow_url}",
+                 "prefect": f"prefect {s.prefect_url}  (API {s.prefect_api_url})"}
+        for name in SERVICES:
+            if name in services:
+                self._echo(lines[name])
 
     # ---- stop ----------------------------------------------------------------------------
 
-    def down(self) -> None:
+    def down(self, services: Sequence[str] = SERVICES) -> None:
         """Stop every running server (SIGTERM, then SIGKILL after a grace period) and remove
-        the pid files. Data, credentials and logs stay for the next up()."""
+        the pid files. Data, credentials and logs stay for the next up(). `services` limits
+        the call to some servers."""
         if not self.layout.root.is_dir():
             self._echo(f"no stack state in {self.state_dir}; nothing to stop")
             return
         with self._locked():
-            running = self._live_records()
+            running = {name: r for name, r in self._live_records().items() if name in services}
             if not running:
                 self._echo(f"stack in {self.state_dir} is not running")
                 return
