@@ -1,0 +1,235 @@
+"""Transient server errors in pipeline steps: retry with backoff, then fail naming the server.
+
+The stack's servers (S3 store, MLflow, Prefect) can be briefly unable to answer: restarting,
+busy, or a connection reset. Library retries come first, this helper second:
+
+- boto3 clients: `boto_config()` (botocore's "standard" retry mode: connection errors, timeouts,
+  throttling and HTTP 500/502/503/504 are retried with exponential backoff and jitter);
+- MLflow's client: `MLFLOW_RETRY_ENV` (its own urllib3 retries of connection errors and 429/5xx);
+- `retry_call` for what those do not cover, or to bound a whole idempotent operation: reading a
+  streamed S3 body, a sequence of calls, DVC, or an error that outlived the library's retries.
+  It retries only transient errors (`is_transient`), waits `base_s`, 2 `base_s`, 4 `base_s`, ...
+  (each wait at most `max_wait_s`, all waits together at most `max_total_s`), prints one line
+  per retry, and finally raises `ServerUnavailable`, whose message is one line:
+
+      S3 store at http://127.0.0.1:8333 did not answer after 5 tries over 15 s: EndpointConnectionError: ...
+
+Settings: RetryPolicy's defaults, or DMOPS_RETRY_ATTEMPTS, DMOPS_RETRY_BASE_S,
+DMOPS_RETRY_MAX_WAIT_S and DMOPS_RETRY_MAX_TOTAL_S through `RetryPolicy.from_env()`.
+Wrap only idempotent work: a retried call runs again from its start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import urllib.error
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, TypeVar
+
+T = TypeVar("T")
+
+S3 = "S3 store"
+MLFLOW = "MLflow server"
+PREFECT = "Prefect server"
+
+ENV = {"attempts": "DMOPS_RETRY_ATTEMPTS", "base_s": "DMOPS_RETRY_BASE_S",
+       "max_wait_s": "DMOPS_RETRY_MAX_WAIT_S", "max_total_s": "DMOPS_RETRY_MAX_TOTAL_S"}
+
+# MLflow's own client retries (read by mlflow.utils.rest_utils on every request): 5 retries with
+# urllib3 backoff 1, 2, 4, 8, 16 s (about 31 s) instead of the default 7 retries with factor 2
+# (about 4 minutes), so a dead server is reported within a minute. Export before the first call.
+MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
+
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                                 "RequestTimeoutException", "Throttling", "ThrottlingException",
+                                 "PriorRequestNotComplete"})
+_TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
+
+
+class ServerUnavailable(RuntimeError):
+    """A server kept failing with transient errors for the whole retry budget.
+
+    Attributes: server ("S3 store", ...), url, tries (int), seconds (float, first try to last
+    failure), last (the last exception, also chained as __cause__)."""
+
+    def __init__(self, server: str, url: str, tries: int, seconds: float, last: BaseException):
+        self.server, self.url, self.tries, self.seconds, self.last = server, url, tries, seconds, last
+        super().__init__(f"{server} at {url} did not answer after {tries} {'try' if tries == 1 else 'tries'} "
+                         f"over {seconds:.0f} s: {describe(last)}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long `retry_call` keeps trying: `attempts` tries in all, waits doubling from `base_s`
+    seconds, each at most `max_wait_s`, their sum at most `max_total_s` (the budget wins over
+    `attempts`). Defaults: 5 tries, waits 1, 2, 4, 8 s (15 s)."""
+
+    attempts: int = 5
+    base_s: float = 1.0
+    max_wait_s: float = 16.0
+    max_total_s: float = 60.0
+
+    def __post_init__(self):
+        if self.attempts < 1 or self.base_s < 0 or self.max_wait_s < 0 or self.max_total_s < 0:
+            raise ValueError(f"retry policy needs attempts >= 1 and waits >= 0, got {self}")
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        """Defaults overridden by DMOPS_RETRY_ATTEMPTS / _BASE_S / _MAX_WAIT_S / _MAX_TOTAL_S.
+        Raises ValueError naming the variable when a value is not a number in range."""
+        values: dict = {}
+        for field, var in ENV.items():
+            raw = os.environ.get(var)
+            if not raw:
+                continue
+            try:
+                values[field] = int(raw) if field == "attempts" else float(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a number") from None
+            if values[field] < (1 if field == "attempts" else 0):
+                raise ValueError(f"{var}={raw!r} is out of range ({'>= 1' if field == 'attempts' else '>= 0'})")
+        return cls(**values)
+
+    def waits(self) -> Iterator[float]:
+        """The waits between tries, in seconds: at most attempts - 1 of them, summing to at
+        most max_total_s (a wait that would pass the budget ends the series)."""
+        spent = 0.0
+        for i in range(self.attempts - 1):
+            wait = min(self.base_s * 2 ** i, self.max_wait_s)
+            if spent + wait > self.max_total_s:
+                return
+            spent += wait
+            yield wait
+
+
+def boto_config(max_attempts: int = 10, **options):
+    """A botocore Config for the stack's S3 store: path-style addressing (bucket.127.0.0.1
+    does not resolve), short connect timeout, "standard" retry mode with `max_attempts` tries
+    in all (waits up to 1, 2, 4, 8, 16, 20, 20, ... s with full jitter: 10 tries span at most
+    about two minutes). Extra `options` go to Config."""
+    from botocore.config import Config
+
+    return Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
+                  retries={"mode": "standard", "max_attempts": max_attempts}, **options)
+
+
+def s3_url_from_env() -> str:
+    """The S3 endpoint the environment names (AWS_ENDPOINT_URL_S3, MLFLOW_S3_ENDPOINT_URL,
+    AWS_ENDPOINT_URL), for messages; "(default AWS endpoint)" when none is set."""
+    for var in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return "(default AWS endpoint)"
+
+
+def mlflow_url_from_env() -> str:
+    """The MLflow tracking server the environment names (MLFLOW_TRACKING_URI), for messages."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "(MLflow default tracking URI)")
+
+
+def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optional[RetryPolicy] = None,
+               echo: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
+               **kwargs) -> T:
+    """`fn(*args, **kwargs)`, tried again after each transient error (`is_transient`) with the
+    waits of `policy` (default `RetryPolicy.from_env()`).
+
+    `server` and `url` name the server in progress lines (through `echo`, default: stderr) and
+    in the final error. Returns fn's result. Raises ServerUnavailable (chained to the last
+    error) once the tries or the time budget are used up; any other error is raised at once,
+    unchanged."""
+    policy = policy or RetryPolicy.from_env()
+    echo = echo or _to_stderr
+    waits = policy.waits()
+    t0 = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            wait = next(waits, None)
+            if wait is None:
+                raise ServerUnavailable(server, url, tries, time.monotonic() - t0, e) from e
+            echo(f"{server} at {url}: {describe(e)} (try {tries} of {policy.attempts}); "
+                 f"retrying in {wait:.1f} s")
+            sleep(wait)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc`, or an exception it was raised from or while handling, says the server
+    could not answer for now: connection refused/reset/closed, a timeout, HTTP 408/429/5xx,
+    S3 InternalError/ServiceUnavailable/SlowDown, MLflow TEMPORARILY_UNAVAILABLE, a client's
+    "max retries exceeded". False for everything else (403, NoSuchKey, bad input, a
+    ServerUnavailable that already used its budget)."""
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ServerUnavailable):
+            return False
+        seen.add(id(e))
+        if _transient_here(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _transient_here(e: BaseException) -> bool:
+    if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code in _TRANSIENT_STATUS
+    if isinstance(e, urllib.error.URLError):
+        return isinstance(e.reason, (ConnectionError, TimeoutError, socket.timeout))
+    name = type(e).__module__.split(".")[0]
+    if name == "botocore":
+        return _botocore_transient(e)
+    if name in ("requests", "urllib3", "http"):
+        return _http_library_transient(e)
+    if name == "mlflow":
+        return str(getattr(e, "error_code", "")) in _TRANSIENT_MLFLOW_CODES
+    return False
+
+
+def _botocore_transient(e: BaseException) -> bool:
+    from botocore import exceptions as b
+
+    if isinstance(e, (b.ConnectionError, b.HTTPClientError, b.IncompleteReadError)):
+        return True
+    if isinstance(e, b.ClientError):
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status in _TRANSIENT_STATUS or e.response.get("Error", {}).get("Code") in _TRANSIENT_S3_CODES
+    return False
+
+
+def _http_library_transient(e: BaseException) -> bool:
+    import http.client
+
+    import requests
+    import urllib3
+
+    if isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                      requests.exceptions.ChunkedEncodingError)):
+        return True
+    if isinstance(e, requests.HTTPError):
+        return e.response is not None and e.response.status_code in _TRANSIENT_STATUS
+    if isinstance(e, (urllib3.exceptions.MaxRetryError, urllib3.exceptions.ProtocolError,
+                      urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)):
+        return True
+    return isinstance(e, (http.client.IncompleteRead, http.client.RemoteDisconnected))
+
+
+def describe(e: BaseException) -> str:
+    """'<type>: <first line of the message>', at most 300 characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
