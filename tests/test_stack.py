@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 from infra import Stack, StackError, StackSettings
-from infra.health import wait_healthy
+from infra.health import wait_healthy, wait_until
 from infra.layout import StateLayout
 from infra.ports import free_ports, port_in_use
+from infra.credentials import load_credentials
 from infra.processes import PidRecord, is_running, spawn, write_pid_file
+from infra.readiness import master_volume_ids, on_disk_volume_ids, readiness_probe
+from infra.s3 import s3_client
 from infra.services import ServiceSpec, find_weed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +251,40 @@ def test_server_that_never_answers_times_out_with_its_log(tmp_path):
         os.killpg(record.pid, signal.SIGKILL)
 
 
+def test_server_that_answers_health_but_not_its_api_is_not_ready(tmp_path):
+    """MLflow's /health answers before its backend store does; up() waits for an API read."""
+    layout = StateLayout(tmp_path)
+    demo = _spec(tmp_path, [])
+    spec = ServiceSpec("mlflow", demo.port, demo.url, demo.health_url,
+                       [sys.executable, "-c", HALF_READY_SERVER, str(demo.port)], demo.cwd, demo.env)
+    record = spawn(spec.argv, spec.env, spec.cwd, layout.log("mlflow"), spec.port)
+    try:
+        wait_healthy(spec, record, layout, time.monotonic() + 30, 30)
+        probe, what = readiness_probe("mlflow", StackSettings(mlflow_port=spec.port), layout, spec, None)
+        with pytest.raises(StackError) as info:
+            wait_until(spec, record, layout, time.monotonic() + 1.5, 1.5, probe, what)
+        message = str(info.value)
+        assert message.startswith("mlflow did not serve its tracking store and artifacts within 2 s "
+                                  "(last: HTTP 503 from "), message
+        assert f"last 20 lines of {layout.log('mlflow')}" in message
+    finally:
+        os.killpg(record.pid, signal.SIGKILL)
+
+
+# Answers /health, and 503 to everything else: a server still migrating its database.
+HALF_READY_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/health"
+        self.send_response(200 if ok else 503); self.end_headers()
+        self.wfile.write(b"OK" if ok else b"database is migrating")
+    do_POST = do_GET
+print("half ready", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
 # ---- pid files ------------------------------------------------------------------------------
 
 def _stack_with_stale_pid_file(tmp_path, service: str) -> tuple[Stack, StateLayout]:
@@ -314,8 +351,22 @@ def test_up_down_round_trip_keeps_data_and_frees_every_port(tmp_path, capsys):
         stack.up()
         assert layout.credentials.read_text() == credentials
         assert json.loads(layout.seaweedfs_ports.read_text()) == weed_ports
-        body = stack.s3_client().get_object(Bucket=s.data_bucket, Key="kept.txt")["Body"].read()
-        assert body == b"survives a restart"
+        # Ready means ready: the first read, without client retries, gets the object back
+        # (a store that only answered /healthz gave InternalError here: volumes not registered).
+        strict = s3_client(s.s3_url, load_credentials(layout.credentials), attempts=1)
+        assert strict.get_object(Bucket=s.data_bucket, Key="kept.txt")["Body"].read() == b"survives a restart"
+        on_disk = on_disk_volume_ids(layout.seaweedfs_data)
+        assert on_disk and on_disk <= master_volume_ids(f"http://{s.host}:{weed_ports['master']}")
+
+        # A store that no longer serves what it held is refused by up(), with the reason.
+        ready = json.loads(layout.seaweedfs_readiness.read_text())
+        strict.put_object(Bucket=ready["bucket"], Key=ready["key"], Body=b"other bytes")
+        with pytest.raises(StackError, match="with other bytes than were written"):
+            stack.up()
+        strict.delete_object(Bucket=ready["bucket"], Key=ready["key"])
+        with pytest.raises(StackError, match=f"no longer holds s3://{ready['bucket']}/{ready['key']}"):
+            stack.up()
+        assert all(x.running for x in stack.status().values())   # a failed check stops nothing it found
         print(f"cold up {cold_up:.1f} s, down {down:.1f} s, RSS MiB "
               f"{ {n: round(x.rss_bytes / 2**20) for n, x in status.items()} }", file=sys.stderr)
     finally:
