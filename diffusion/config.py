@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from .distill.consistency import ConsistencyConfig
+from .image_files import background_rgb
 from .distill.progressive import ProgressiveConfig
 from .train import Device, ObjectiveConfig, TrainConfig
 
@@ -36,10 +38,21 @@ class DataConfig(_Strict):
     path: str | None = None                       # for 'folder' and 'npz'
     image_size: Annotated[int, Field(ge=2)] = 8   # for 'folder'
     channels: Literal[1, 3] = 1                   # for 'folder'
+    # for 'folder': what transparent pixels are composited onto ('white', 'black', a grey
+    # level 0..255 or [r, g, b]); white, as viewers show transparent drawings and icons
+    background: Union[str, int, list[int]] = "white"
+    # for 'folder': how a non-square image becomes square: stretch | crop (centre) | pad
+    fit: Literal["stretch", "crop", "pad"] = "stretch"
     n: Annotated[int, Field(gt=0)] = 4096         # for the 2-D sets
     seed: Annotated[int, Field(ge=0)] = 0
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _background(cls, value):
+        background_rgb(value)  # ImageFileError (a ValueError) names what is accepted
+        return list(value) if isinstance(value, tuple) else value
 
     @model_validator(mode="after")
     def _check(self):
@@ -55,7 +68,8 @@ class DataConfig(_Strict):
         common = {"seed": self.seed, "val_fraction": self.val_fraction,
                   "test_fraction": self.test_fraction}
         if self.name == "folder":
-            return {"path": self.path, "size": self.image_size, "channels": self.channels, **common}
+            return {"path": self.path, "size": self.image_size, "channels": self.channels,
+                    "background": self.background, "fit": self.fit, **common}
         if self.name == "npz":
             return {"path": self.path, **common}
         if self.name == "digits":

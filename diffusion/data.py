@@ -12,7 +12,12 @@ store a dataset as a folder, written atomically:
 
     data.npz        x, split, ids and, when labelled, y
     manifest.csv    Dataset.manifest()
-    meta.json       {"name", "kind", "class_names"}
+    meta.json       {"name", "kind", "class_names", "ingestion"}
+
+`ingestion` records what the loader read from its source, what it skipped (by reason, with
+folders and examples) and what it changed (alpha composited, EXIF orientation applied,
+resized, ...): see diffusion/image_files.py.  Nothing a user's folder or .npz holds is dropped
+or altered without being counted there; what cannot be kept faithfully is a DataError.
 
 Only torch, numpy, pandas, PIL and scikit-learn are used, so the module runs
 anywhere the training code runs.
@@ -34,13 +39,14 @@ import numpy as np
 import pandas as pd
 import sklearn.datasets
 import torch
-from PIL import Image, ImageFile
 
 from .atomic import atomic_folder
 from .gmm import GaussianMixture
+from .image_files import (IMAGE_EXTENSIONS, Background, Fit, FolderScan, ImageFileError,
+                          Ingestion, background_rgb, read_images, scan_folder)
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+FITS = ("stretch", "crop", "pad")
 TOY_NAMES = ("moons", "swiss_roll", "gmm8")
 MANIFEST_COLUMNS = ["id", "split", "label", "shape", "min", "max", "mean", "std",
                     "nonfinite", "sha256"]
@@ -60,6 +66,8 @@ class Dataset:
     ids: list[str]
     kind: str
     class_names: list[str] | None = None
+    # what the loader read, skipped (by reason) and altered (by kind): image_files.Ingestion
+    ingestion: dict | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -233,41 +241,30 @@ def load_digits(seed: int = 0, val_fraction: float = 0.1, test_fraction: float =
     y = torch.from_numpy(bunch.target.astype(np.int64))
     split = _split("digits", seed, val_fraction, test_fraction, len(x), y)
     return validate(Dataset("digits", x, y, split, _numbered_ids("digits", len(x)), "image",
-                            [str(c) for c in range(10)]))
-
-
-# 16/32-bit modes: converting them to "L" clips at 255 instead of rescaling
-_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _read_image(file: Path, mode: str, size: int) -> np.ndarray:
-    """One image as uint8 (size, size) or (size, size, 3); any decode failure is a DataError."""
-    try:
-        with Image.open(file) as img:
-            img.load()  # open() reads only the header: decode inside the try
-            if img.mode in _HIGH_DEPTH_MODES:
-                raise DataError(f"{file}: {img.mode} images are not supported; "
-                                "accepted: 8-bit grey, palette or RGB(A) images")
-            img = img.convert(mode)
-            if img.size != (size, size):
-                # bicubic with PIL's support scaling: antialiased when shrinking
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{file}: cannot decode image ({exc}); accepted: complete "
-                        "PNG/JPEG files") from exc
+                            [str(c) for c in range(10)], Ingestion("builtin").as_dict()))
 
 
 def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
                       val_fraction: float = 0.1, test_fraction: float = 0.2,
-                      labels: bool | None = None) -> Dataset:
-    """PNG/JPEG files under `path`, in sorted order, as (N, channels, size, size).
+                      labels: bool | None = None, background: Background = "white",
+                      fit: Fit = "stretch") -> Dataset:
+    """The images under `path` (every extension in image_files.IMAGE_EXTENSIONS, any case:
+    PNG, JPEG, WebP, GIF, BMP, TIFF, ...), in sorted order, as (N, channels, size, size).
 
-    Labels are the first-level sub-folder names (sorted -> class index) when
-    `labels` is True, or when it is None and every image lies in a sub-folder.
-    Hidden files and folders (name starting with '.') are skipped.
+    Labels are the first-level sub-folder names (sorted -> class index) when `labels` is True,
+    or when it is None and every image lies in a sub-folder; then every non-hidden sub-folder
+    is a class, and one without a usable image is a DataError naming it (it would otherwise
+    vanish and renumber the classes after it).  Hidden files and folders (name starting with
+    '.') are skipped; so are files of other extensions: both are counted, by reason and
+    folder, in `Dataset.ingestion`, with what reading changed (image_files' docstring).
+
+    `background` ('white', 'black', a grey level 0..255 or [r, g, b]) is what transparent
+    pixels are composited onto.  White is the default because transparent images are mostly
+    drawings, icons and scans meant to be seen on a page or screen, which show them on white;
+    it keeps the issue's black stroke on transparency a black stroke.  `fit` brings
+    non-square images to size x size: 'stretch' (the whole picture, distorted), 'crop' (the
+    centred square, undistorted, edges lost) or 'pad' (the whole picture, undistorted, bars
+    of the background colour); every non-square image is counted either way.
     """
     root = Path(path)
     if not root.is_dir():
@@ -277,39 +274,63 @@ def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
         raise DataError(f"channels={channels}; accepted: 1 (grey) or 3 (RGB)")
     if not isinstance(size, int) or size < 2:
         raise DataError(f"size={size!r}; accepted: an integer >= 2")
-    # hidden entries (.ipynb_checkpoints/, macOS ._x.png) are tool droppings, not data
-    files = sorted((rel for rel in (p.relative_to(root) for p in root.rglob("*"))
-                    if rel.suffix.lower() in IMAGE_EXTENSIONS and (root / rel).is_file()
-                    and not any(part.startswith(".") for part in rel.parts)),
-                   key=lambda rel: rel.as_posix())
+    if fit not in FITS:
+        raise DataError(f"fit={fit!r}; accepted: {', '.join(FITS)}")
+    try:
+        rgb = background_rgb(background)
+    except ImageFileError as exc:
+        raise DataError(str(exc)) from None
+    scan = scan_folder(root)
+    files = scan.files
     if not files:
-        raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, "
-                        "any case, in all sub-folders)")
+        found = ", ".join(f"{len(p)} {reason}" for reason, p in scan.skipped.items()) or "nothing"
+        raise DataError(f"{root}: no images found (found {found}; looked for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}, any case, in all sub-folders)")
     top_level = [rel.as_posix() for rel in files if len(rel.parts) == 1]
     if labels is None:
         labels = not top_level
     if labels and top_level:
         raise DataError(f"{root}: labels=True but {len(top_level)} images are not in a class "
                         f"sub-folder, first: {top_level[:3]}; accepted: <class>/<image> paths")
+    class_names = None
+    if labels:
+        class_names = sorted({f for f in scan.folders if "/" not in f})
+        used = {rel.parts[0] for rel in files}
+        empty = [name for name in class_names if name not in used]
+        if empty:
+            raise DataError(f"{root}: class folder(s) {empty} hold no usable image "
+                            f"({_skipped_in(scan, empty)}); a class with no image would vanish "
+                            f"and renumber the classes after it; accepted: files with one of "
+                            f"{', '.join(IMAGE_EXTENSIONS)} in every class folder, or remove "
+                            "the folder")
 
-    mode = "L" if channels == 1 else "RGB"
-    # A truncated file must fail here, whatever some other import set globally.
-    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        pixels = [_read_image(root / rel, mode, size) for rel in files]
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+        pixels, altered = read_images(root, files, channels, size, rgb, fit)
+    except ImageFileError as exc:
+        raise DataError(str(exc)) from None
 
     array = np.stack(pixels).reshape(len(files), size, size, channels).transpose(0, 3, 1, 2)
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 127.5 - 1.0)
-    y = class_names = None
+    y = None
     if labels:
-        class_names = sorted({rel.parts[0] for rel in files})
         index = {name: k for k, name in enumerate(class_names)}
         y = torch.tensor([index[rel.parts[0]] for rel in files], dtype=torch.int64)
     split = _split(root, seed, val_fraction, test_fraction, len(files), y)
+    ingestion = Ingestion("folder", len(files), scan.skipped, dict(altered),
+                          {"background": list(rgb), "fit": fit})
     return validate(Dataset(root.resolve().name, x, y, split, [rel.as_posix() for rel in files],
-                            "image", class_names))
+                            "image", class_names, ingestion.as_dict()))
+
+
+def _skipped_in(scan: FolderScan, folders: list[str]) -> str:
+    """What each of `folders` (top-level) held instead of images, e.g. "'b': 2 unsupported_extension"."""
+    parts = []
+    for folder in folders:
+        reasons = {reason: sum(1 for p in paths if p.split("/")[0] == folder and p != folder + "/")
+                   for reason, paths in scan.skipped.items()}
+        held = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n) or "empty"
+        parts.append(f"{folder!r}: {held}")
+    return "; ".join(parts)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -331,16 +352,32 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                         "np.savez with numeric and string arrays only") from exc
 
 
+NPZ_KEYS = ("x", "y", "split", "ids", "class_names")
+
+
 def load_npz(path, seed: int = 0, val_fraction: float = 0.1,
              test_fraction: float = 0.2, require_finite: bool = True) -> Dataset:
-    """Arrays 'x' ((N, C, H, W) images or (N, D) vectors), optional integer 'y' and
-    optional 'split'.  Values are used as stored -- scaling is the caller's job --
-    but are validated (NaN/inf only when `require_finite`)."""
+    """Arrays 'x' ((N, C, H, W) images or (N, D) vectors), optional integer 'y', optional
+    'split' (strings train/val/test), optional 'ids' (N unique strings, else numbered) and
+    optional 'class_names' (strings, one per class index in 'y').  Any other key is a
+    DataError naming it: an array under a misspelt name ('labels' for 'y') would otherwise be
+    ignored and the data silently unlabelled.
+
+    Values are used as stored -- scaling is the caller's job -- but are validated (NaN/inf
+    only when `require_finite`).  x becomes float32: a value beyond float32's range is a
+    DataError, and the largest change the cast makes (float64 rounding, integers above 2**24)
+    is recorded in `Dataset.ingestion["details"]`.
+    """
     path = Path(path)
     arrays = _read_npz(path)
+    accepted = "'x' (required), " + ", ".join(f"'{k}'" for k in NPZ_KEYS[1:])
+    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    if unknown:
+        raise DataError(f"{path}: unknown array(s) {unknown} (keys found: {sorted(arrays)}); "
+                        f"accepted keys: {accepted}; rename or remove them (labels go in 'y')")
     if "x" not in arrays:
         raise DataError(f"{path}: no 'x' array; keys found: {sorted(arrays)}; accepted keys: "
-                        "'x' (required), 'y', 'split'")
+                        f"{accepted}")
     x = arrays["x"]
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: 'x' has dtype {x.dtype}; accepted: a real numeric dtype")
@@ -364,19 +401,47 @@ def load_npz(path, seed: int = 0, val_fraction: float = 0.1,
     if split is None:
         split = _split(path, seed, val_fraction, test_fraction, n, y)
     else:
-        if split.dtype.kind not in "US" or split.shape != (n,):
-            raise DataError(f"{path}: 'split' has dtype {split.dtype} and shape {split.shape}; "
-                            f"accepted: a string array of shape ({n},)")
-        split = split.astype(str)
+        split = _strings(path, "split", split, n)
         unknown = sorted(set(split.tolist()) - set(SPLITS))
         if unknown:
             raise DataError(f"{path}: 'split' has unknown values {unknown}; "
                             f"accepted: {', '.join(SPLITS)}")
-
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # too large -> inf -> rejected
     name = path.stem
-    return validate(Dataset(name, x, y, split, _numbered_ids(name, n),
-                            "image" if x.ndim == 4 else "vector"), require_finite)
+    ids = (_strings(path, "ids", arrays["ids"], n).tolist() if "ids" in arrays
+           else _numbered_ids(name, n))
+    class_names = None
+    if "class_names" in arrays:
+        names = arrays["class_names"]
+        class_names = _strings(path, "class_names", names, len(names)).tolist()
+        if y is None:
+            raise DataError(f"{path}: 'class_names' without 'y'; accepted: both or neither")
+
+    with np.errstate(over="ignore"):  # overflow is reported below, with its place
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+    details = {"x_dtype": str(x.dtype)}
+    if x.dtype != np.float32:
+        with np.errstate(invalid="ignore", over="ignore"):
+            overflow = np.isfinite(x) & ~np.isfinite(x32)
+            if overflow.any():
+                raise DataError(f"{path}: 'x' has {int(overflow.sum())} finite values beyond "
+                                f"float32's range (|x| > {np.finfo(np.float32).max:.3g}), first "
+                                f"in sample {int(np.argwhere(overflow)[0][0])}; accepted: values "
+                                "that float32 holds (rescale the data)")
+            both = np.isfinite(x)
+            change = np.abs(x32.astype(np.float64) - x.astype(np.float64))[both]
+        details["x_cast"] = {"to": "float32",
+                             "max_abs_change": float(change.max()) if change.size else 0.0}
+    ingestion = Ingestion("npz", 1, details={"keys": sorted(arrays), **details})
+    return validate(Dataset(name, torch.from_numpy(x32), y, split, ids,
+                            "image" if x.ndim == 4 else "vector", class_names,
+                            ingestion.as_dict()), require_finite)
+
+
+def _strings(path: Path, key: str, array: np.ndarray, n: int) -> np.ndarray:
+    if array.dtype.kind not in "US" or array.shape != (n,):
+        raise DataError(f"{path}: '{key}' has dtype {array.dtype} and shape {array.shape}; "
+                        f"accepted: a string array of shape ({n},)")
+    return array.astype(str)
 
 
 def load_toy(name: str, n: int = 4096, seed: int = 0, val_fraction: float = 0.1,
@@ -401,7 +466,8 @@ def load_toy(name: str, n: int = 4096, seed: int = 0, val_fraction: float = 0.1,
         points, class_names = points.numpy(), [str(k) for k in range(8)]
     x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
     split = _split(name, seed, val_fraction, test_fraction, n, y)
-    return validate(Dataset(name, x, y, split, _numbered_ids(name, n), "vector", class_names))
+    return validate(Dataset(name, x, y, split, _numbered_ids(name, n), "vector", class_names,
+                            Ingestion("builtin").as_dict()))
 
 
 _LOADERS = {
@@ -463,8 +529,9 @@ def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
         np.savez(buffer, **arrays)
         _write_synced(tmp / "data.npz", buffer.getvalue())
         _write_synced(tmp / "manifest.csv", ds.manifest().to_csv(index=False).encode())
-        meta = {"name": ds.name, "kind": ds.kind, "class_names": ds.class_names}
-        _write_synced(tmp / "meta.json", json.dumps(meta, indent=2).encode())
+        meta = {"name": ds.name, "kind": ds.kind, "class_names": ds.class_names,
+                 "ingestion": ds.ingestion}
+        _write_synced(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     return target
 
 
@@ -493,4 +560,4 @@ def load_processed(path) -> Dataset:
                         "(N, D) for 'vector'")
     y = torch.from_numpy(arrays["y"]) if "y" in arrays else None
     return validate(Dataset(name, x, y, arrays["split"], arrays["ids"].tolist(), kind,
-                            class_names))
+                            class_names, meta.get("ingestion")))

@@ -230,6 +230,37 @@ def test_npz_nan_message_names_samples(tmp_path):
     assert "2 non-finite" in str(info.value) and "arrays-00007" in str(info.value)
 
 
+def test_npz_unknown_keys_are_an_error_not_ignored(tmp_path):
+    """Today: 'labels' instead of 'y' was ignored and the data silently unlabelled."""
+    path = _npz(tmp_path, x=np.zeros((10, 2)), labels=np.arange(10) % 2)
+    with pytest.raises(DataError, match=r"unknown array\(s\) \['labels'\].*'y'"):
+        load_npz(path)
+
+
+def test_npz_keeps_the_users_ids_and_class_names(tmp_path):
+    ids = np.array([f"row{k}" for k in range(10)])
+    ds = load_npz(_npz(tmp_path, x=np.zeros((10, 2), np.float32), y=np.arange(10) % 2, ids=ids,
+                       class_names=np.array(["cat", "dog"])))
+    assert ds.ids == ids.tolist() and ds.class_names == ["cat", "dog"]
+    assert ds.ingestion["details"] == {"keys": ["class_names", "ids", "x", "y"],
+                                       "x_dtype": "float32"}
+    with pytest.raises(DataError, match="ids are not unique"):
+        load_npz(_npz(tmp_path, x=np.zeros((4, 2)), ids=np.array(["a", "b", "c", "a"])))
+    with pytest.raises(DataError, match="'ids' has dtype"):
+        load_npz(_npz(tmp_path, x=np.zeros((4, 2)), ids=np.arange(4)))
+
+
+def test_npz_cast_to_float32_is_recorded_and_overflow_refused(tmp_path):
+    x = np.full((10, 2), 1.0) + 1e-12  # not representable in float32: rounded to 1.0
+    ds = load_npz(_npz(tmp_path, x=x))
+    cast = ds.ingestion["details"]["x_cast"]
+    assert ds.ingestion["details"]["x_dtype"] == "float64" and cast["to"] == "float32"
+    assert cast["max_abs_change"] == pytest.approx(1e-12, rel=1e-3)
+    x[4, 1] = 1e39  # finite in float64, inf in float32: used to become a NaN/inf finding
+    with pytest.raises(DataError, match="beyond float32's range.*sample 4"):
+        load_npz(_npz(tmp_path, x=x), require_finite=False)
+
+
 def test_npz_not_an_archive(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_npz(tmp_path / "missing.npz")
