@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diffusion.data import Dataset, load_dataset, save_processed
+from diffusion.data import Dataset, load_dataset, load_image_folder, save_processed
 from tasks.validate_data import (
     DataValidationError,
     ValidationReport,
@@ -105,9 +105,10 @@ def test_real_digits_passes_with_data_docs_and_json_result(digits_dir, digits_re
           f"Data Docs): {seconds:.2f} s")
 
     assert report.success and report.failures == [], report.summary()
-    assert report.evaluated == len(report.result["results"]) == 27
+    # 28 = 27 + files_skipped (meta.json records what the loader skipped)
+    assert report.evaluated == len(report.result["results"]) == 28
     require_valid(report)  # does not raise
-    assert report.summary().startswith("dataset digits passed all 27 expectations (1797 rows)")
+    assert report.summary().startswith("dataset digits passed all 28 expectations (1797 rows)")
     assert (docs / "index.html").is_file() and report.docs_dir == docs
     validation_pages = list((docs / "validations").rglob("*.html"))
     assert validation_pages and "digits_data_gate" in validation_pages[0].as_posix()
@@ -164,6 +165,42 @@ def test_shape_other_than_expected_fails(tmp_path):
     report = validate_dataset(folder, ValidationSettings(expected_shape=[3, 8, 8]))
     assert failed_checks(report) == {"shape_expected"}
     assert "values outside the set {1x8x8}" in report.failures[0]
+
+
+# --- files of the source that the loader skipped ------------------------------------------
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """120 distinct 8x8 images in 3 class folders, plus hidden tool droppings."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for k in range(120):
+        (root / "abc"[k % 3]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8)).astype(np.uint8), "L").save(
+            root / "abc"[k % 3] / f"{k:03d}.png")
+    (root / "a" / ".DS_Store").write_bytes(b"\0")
+    (root / ".ipynb_checkpoints").mkdir()
+    return root
+
+
+def test_hidden_droppings_are_counted_but_pass(image_folder, tmp_path):
+    folder = save_processed(load_image_folder(image_folder, size=8), tmp_path / "p" / "images")
+    report = validate_dataset(folder, ValidationSettings())
+    assert report.success, report.summary()
+
+
+def test_a_skipped_user_file_fails_the_gate_naming_folder_and_file(image_folder, tmp_path):
+    """Today: a file the loader skips (a format it does not read) left no trace anywhere."""
+    (image_folder / "b" / "scan.heic").write_bytes(b"a photo in a format Pillow cannot read")
+    folder = save_processed(load_image_folder(image_folder, size=8), tmp_path / "p" / "images")
+    report = validate_dataset(folder, ValidationSettings())
+    assert failed_checks(report) == {"files_skipped"}
+    line = report.failures[0]
+    assert "1 unsupported extension in b/ (e.g. b/scan.heic)" in line, line
+    assert "observed 1; expected <= 0" in line, line
+    assert validate_dataset(folder, ValidationSettings(max_skipped_files=1)).success
 
 
 def test_float64_arrays_fail_on_dtype(tmp_path):

@@ -32,6 +32,10 @@ class ValidationSettings(BaseModel):
     drift_tolerance: Annotated[float, Field(gt=0.0)] = 1.0
     max_label_kl: Annotated[float, Field(gt=0.0)] = 0.05
     expected_shape: list[Annotated[int, Field(ge=1)]] | None = None
+    # files of the source (an image folder) the loader skipped for any reason but being hidden
+    # (an unsupported extension, a broken link, ...): 0, so a user's dropped file is never
+    # silent; raise it to accept e.g. a README.md beside the class folders
+    max_skipped_files: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _range_not_empty(self) -> ValidationSettings:

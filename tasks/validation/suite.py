@@ -11,7 +11,7 @@ from great_expectations.expectations.row_conditions import Column
 
 from .expectations import ExpectColumnValueCountRatioToBeBetween
 from .settings import ValidationSettings
-from .table import UNLABELLED, ProcessedTable
+from .table import HARMLESS_SKIPS, SKIPPED_COLUMN, UNLABELLED, ProcessedTable
 
 SPLITS = ["train", "val", "test"]
 FLOAT32 = "float32"  # what training feeds the network; anything else is a wrong dataset
@@ -20,7 +20,8 @@ FLOAT32 = "float32"  # what training feeds the network; anything else is a wrong
 def build_expectations(table: ProcessedTable, settings: ValidationSettings,
                        reference: dict | None) -> list:
     """The expectations for this table, in the order the report lists them."""
-    return [*_structure(table, settings), *_values(settings), *_labels(table, settings),
+    return [*_structure(table, settings), *_ingestion(table, settings), *_values(settings),
+            *_labels(table, settings),
             *(_drift(table, settings, reference) if reference is not None else [])]
 
 
@@ -56,6 +57,26 @@ def _structure(table: ProcessedTable, s: ValidationSettings) -> list:
                              f"sample shape is {s.expected_shape_text}", column="shape",
                              value_set=[s.expected_shape_text]))
     return checks
+
+
+def _ingestion(table: ProcessedTable, s: ValidationSettings) -> list:
+    """Files of the source the loader skipped: at most max_skipped_files beyond hidden ones.
+    The description names each reason with its folders and examples, so the failure line says
+    what was dropped and where.  Folders written before meta.json recorded ingestion have no
+    record to check."""
+    if table.ingestion is None:
+        return []
+    dropped = {reason: info for reason, info in table.ingestion["skipped"].items()
+               if reason not in HARMLESS_SKIPS and info["count"]}
+    found = "; ".join(
+        f"{info['count']} {reason.replace('_', ' ')} in "
+        + ", ".join(f"{folder}/" for folder in info.get("folders", {}))
+        + f" (e.g. {', '.join(info.get('examples', []))})" for reason, info in dropped.items())
+    return [_check(gxe.ExpectColumnMaxToBeBetween, "files_skipped",
+                   f"at most {s.max_skipped_files} source file(s) skipped for a reason other "
+                   f"than being hidden (max_skipped_files); "
+                   + (f"skipped: {found}" if found else "none skipped"),
+                   column=SKIPPED_COLUMN, max_value=s.max_skipped_files)]
 
 
 def _values(s: ValidationSettings) -> list:

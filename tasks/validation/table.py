@@ -7,6 +7,11 @@ really holds, so a manifest that does not describe the arrays beside it fails as
     data_shape    the array's per-sample shape in the manifest's notation, e.g. '1x8x8'
     data_dtype    the array's dtype, e.g. 'float32'
 
+and, when meta.json records the loader's `ingestion` (what it read, skipped and altered):
+
+    source_files_skipped   files of the source the loader skipped for a reason other than
+                           being hidden (the same number in every row: a dataset-level fact)
+
 Nothing here trusts the dataset loaders (a bad dataset can come from anywhere): the files
 are read with numpy and pandas directly, and every column the suite checks is parsed
 leniently (garbage -> NaN) so that bad values become failed expectations, not crashes.
@@ -28,6 +33,10 @@ MANIFEST_COLUMNS = ("id", "split", "label", "shape", "min", "max", "mean", "std"
                     "sha256")
 NUMERIC_COLUMNS = ("label", "min", "max", "mean", "std", "nonfinite")
 UNLABELLED = -1  # the manifest's label of a sample without one
+SKIPPED_COLUMN = "source_files_skipped"
+# hidden files and folders (.DS_Store, ._x.png, .ipynb_checkpoints/, .git/) are tool
+# droppings, not data: skipping them is counted but never a failure
+HARMLESS_SKIPS = ("hidden",)
 
 
 class StructureError(ValueError):
@@ -44,6 +53,7 @@ class ProcessedTable:
     frame: pd.DataFrame          # manifest columns + data_sha256, data_shape, data_dtype
     n_samples: int               # samples in data.npz
     class_names: list[str] | None
+    ingestion: dict | None = None  # meta.json's record of what the loader read and skipped
 
     @property
     def labelled(self) -> bool:
@@ -70,8 +80,12 @@ def read_processed_table(folder: str | Path) -> ProcessedTable:
     frame["data_sha256"] = frame["id"].map(dict(zip(ids, hashes)))
     frame["data_shape"] = "x".join(map(str, x.shape[1:]))
     frame["data_dtype"] = str(x.dtype)
+    ingestion = meta.get("ingestion")
+    if ingestion is not None:
+        frame[SKIPPED_COLUMN] = sum(info["count"] for reason, info in ingestion["skipped"].items()
+                                    if reason not in HARMLESS_SKIPS)
     return ProcessedTable(name=meta["name"], frame=frame, n_samples=len(x),
-                          class_names=meta["class_names"])
+                          class_names=meta["class_names"], ingestion=ingestion)
 
 
 def reference_statistics(table: ProcessedTable) -> dict:
@@ -111,11 +125,18 @@ def _read_meta(path: Path, problems: list[str]) -> dict:
                 class_names is None or (isinstance(class_names, list)
                                         and all(isinstance(c, str) for c in class_names))):
             raise TypeError("'name' must be a string and 'class_names' a list of strings or null")
+        ingestion = meta.get("ingestion")
+        if ingestion is not None and not (
+                isinstance(ingestion.get("skipped"), dict)
+                and all(isinstance(info.get("count"), int) and info["count"] >= 0
+                        for info in ingestion["skipped"].values())):
+            raise TypeError("'ingestion.skipped' must map each reason to {'count': n, ...}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         problems.append(f"{path}: unreadable ({exc!r}); accepted: a JSON object with a string "
-                        "'name' and 'class_names' (list of strings or null)")
+                        "'name', 'class_names' (list of strings or null) and optionally "
+                        "'ingestion' as diffusion.data.save_processed writes it")
         return {}
-    return {"name": name, "class_names": class_names}
+    return {"name": name, "class_names": class_names, "ingestion": ingestion}
 
 
 def _read_manifest(path: Path, problems: list[str]) -> pd.DataFrame:
