@@ -35,42 +35,34 @@ from infra.settings import StackSettings
 
 READINESS_KEY = "readiness/stored-object"
 PROBE_PREFIX = "readiness/probe-"
-_VOLUME_FILE = re.compile(r"^(?:.+_)?(\d+)\.(?:dat|ecx)$")   # <collection>_<id>.dat or <id>.dat
+_VOLUME_FILE = re.compile(r"^(?:.+_)?(\d+)\.dat$")   # <collection>_<id>.dat or <id>.dat
 
 
 def on_disk_volume_ids(data_dir: Path) -> set[int]:
-    """Ids of the SeaweedFS volumes (plain or erasure-coded) stored in `data_dir`."""
+    """Ids of the SeaweedFS volumes stored in `data_dir` (the stack uses no erasure coding)."""
     if not data_dir.is_dir():
         return set()
     return {int(m.group(1)) for p in data_dir.iterdir() if (m := _VOLUME_FILE.match(p.name))}
 
 
 def master_volume_ids(master_url: str, timeout: float = 5.0) -> set[int]:
-    """Ids of the volumes the SeaweedFS master currently knows (its /dir/status topology).
+    """Ids of the volumes the SeaweedFS master currently knows (its /vol/status topology:
+    data centre -> rack -> volume server -> volumes).
 
     Raises OSError or ValueError when the master does not answer or answers something else."""
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"{master_url}/dir/status", timeout=timeout) as response:
+    with opener.open(f"{master_url}/vol/status", timeout=timeout) as response:
         status = json.load(response)
-    ids: set[int] = set()
-    for dc in status.get("Topology", {}).get("DataCenters") or []:
-        for rack in dc.get("Racks") or []:
-            for node in rack.get("DataNodes") or []:
-                ids |= _parse_id_ranges(str(node.get("VolumeIds", "")))
-    return ids
-
-
-def _parse_id_ranges(text: str) -> set[int]:
-    """' 1-14 17 20-21' (SeaweedFS's compact list; commas also accepted) -> {1, ..., 14, 17, 20, 21}."""
-    ids: set[int] = set()
-    for part in re.split(r"[\s,]+", text.strip()):
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        ids.update(range(int(low), int(high or low) + 1))
-    return ids
+    try:
+        return {int(volume["Id"])
+                for racks in (status["Volumes"].get("DataCenters") or {}).values()
+                for servers in racks.values()
+                for volumes in servers.values()
+                for volume in volumes or []}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"unexpected /vol/status answer from {master_url}: {e!r}") from None
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,10 @@ def _seaweedfs(s: StackSettings, layout: StateLayout, p: dict[str, int]) -> Serv
         find_weed(), "server", f"-dir={layout.seaweedfs_data}", f"-ip={s.host}", f"-ip.bind={s.host}",
         f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
         "-master.telemetry=false",
+        # One master, no peers: after a restart it waits one election timeout (default 10 s)
+        # before it leads, and nothing is served until then. 2 s is still ~6 heartbeat
+        # intervals (300 ms), and no peer exists that could win an early election.
+        "-master.electionTimeout=2s",
         # Each bucket is a collection that grows 7 volumes on its first write; the default
         # cap of 8 volumes leaves the second bucket with none. Volumes are sparse files.
         "-master.volumeSizeLimitMB=1024", "-volume.max=100",
