@@ -153,10 +153,7 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
 def sample_shape(model_dir) -> tuple[int, ...]:
     """The shape of one sample (e.g. (1, 8, 8), or (2,) for points) a model folder generates,
     from its model.json; ModelError when the folder has no readable model.json."""
-    spec = read_spec(model_dir)
-    data = spec["data"] if isinstance(spec, dict) else spec.data
-    shape = data["shape"] if isinstance(data, dict) else data.shape
-    return tuple(int(n) for n in shape)
+    return tuple(int(n) for n in read_spec(model_dir).data.shape)
 
 
 @dataclass(frozen=True)

@@ -181,17 +181,17 @@ def test_pyfunc_samples_exactly_what_the_local_model_samples(tiny_model, name):
         register_model(tiny_model, name, _lineage(0.4))
     served = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     denoiser, spec = load_for_sampling(tiny_model)
-    shape = tuple(spec["data"]["shape"])
+    shape = spec.shape
 
     x = served.predict(pd.DataFrame({"n": [5], "seed": [3]}))
     assert x.dtype == np.float32 and x.shape == (5, *shape)
-    expected = generate(denoiser, shape, 5, seed=3, **spec["sampling"]).x
+    expected = generate(denoiser, shape, 5, seed=3, **spec.sampling.model_dump()).x
     assert torch.equal(torch.from_numpy(x), expected)
     assert np.array_equal(served.predict({"n": 5, "seed": 3}), x)  # dict input, same answer
     assert not np.array_equal(served.predict({"n": 5, "seed": 4}), x)
 
     y = served.predict(pd.DataFrame({"n": [2], "seed": [1], "sampler": ["dpmpp_2m"], "steps": [3]}))
-    options = {**spec["sampling"], "sampler": "dpmpp_2m", "steps": 3}
+    options = {**spec.sampling.model_dump(), "sampler": "dpmpp_2m", "steps": 3}
     assert torch.equal(torch.from_numpy(y), generate(denoiser, shape, 2, seed=1, **options).x)
     with pytest.raises(SampleRequestError, match="unknown sampler 'euler'"):
         served.predict(pd.DataFrame({"n": [2], "seed": [1], "sampler": ["euler"]}))

@@ -120,9 +120,9 @@ def test_release_round_trip_with_manifest_written_last(stack, bucket, release_fi
     local, spec = load_for_sampling(tiny_model)
     released, released_spec = load_for_sampling(folder)
     assert released_spec == spec
-    shape = tuple(spec["data"]["shape"])
-    a = generate(local, shape, 6, seed=11, **spec["sampling"]).x
-    b = generate(released, shape, 6, seed=11, **spec["sampling"]).x
+    shape = spec.shape
+    a = generate(local, shape, 6, seed=11, **spec.sampling.model_dump()).x
+    b = generate(released, shape, 6, seed=11, **spec.sampling.model_dump()).x
     assert torch.equal(a, b)
 
 
