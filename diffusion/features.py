@@ -57,6 +57,7 @@ from torch import nn
 
 from .atomic import atomic_folder
 from .data import Dataset
+from .provenance import code_sha256
 
 FORMAT = "dmops-feature-extractor/1"
 KINDS = ("classifier", "autoencoder", "identity")
@@ -374,6 +375,7 @@ def train_feature_extractor(ds: Dataset, *, seed: int = 0, steps: int | None = N
         raise FeatureError(f"{ds.name}: the train split is empty; the extractor is trained on "
                            "train rows only, so give the dataset a train split")
     report = {"kind": kind, "dataset": ds.name, "fingerprint": dataset_fingerprint(ds),
+              "code_sha256": code_sha256([__name__]),
               "seed": seed, "num_features": arch["num_features"], "train_samples": len(train.ids)}
     if kind == "identity":
         extractor = FeatureExtractor(kind, arch).to(device)
@@ -503,8 +505,9 @@ def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, de
                                     retrain: bool = False, steps: int | None = None
                                     ) -> tuple[FeatureExtractor, dict, bool]:
     """The extractor for `ds` from cache_dir/<fingerprint[:16]>/ when one trained on the same
-    training rows with the same seed, steps and architecture is there; otherwise train it and
-    save it there.  Returns (extractor, report, reused) and prints one line saying which."""
+    training rows with the same seed, steps, architecture and code (this module and what it
+    imports) is there; otherwise train it and save it there.  Returns (extractor, report,
+    reused) and prints one line saying which."""
     fingerprint = dataset_fingerprint(ds)
     folder = Path(cache_dir) / fingerprint[:16]
     kind, arch = default_architecture(ds)
@@ -518,6 +521,7 @@ def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, de
         else:
             if (report.get("fingerprint") == fingerprint and report.get("seed") == seed
                     and report.get("steps") == want_steps and extractor.kind == kind
+                    and report.get("code_sha256") == code_sha256([__name__])
                     and extractor.architecture == arch):
                 print(f"feature extractor: reused {folder} ({_summary(report)})", flush=True)
                 return extractor, report, True

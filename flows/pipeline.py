@@ -4,8 +4,9 @@
     -> registered challenger (MLflow) -> champion + S3 release when it wins
 
 MLflow gets one parent run per flow run and a nested run per step; Prefect gets a markdown
-summary. Steps are cached on their inputs and source, so a rerun with unchanged data and
-settings skips what is finished; `refresh=True` recomputes everything.
+summary. Steps are cached on their inputs (settings, dataset md5, the sha256 of every model's
+weights they consume) and the code they run (tasks/pipeline_tasks.py), so a rerun skips only
+what nothing has changed for; `refresh=True` recomputes everything.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def _require_stack_env() -> None:
                             "(`eval \"$(dmops env)\"` prints the local ones)")
 
 
-def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str) -> Path:
-    """One folder per (settings, dataset): cached steps find their outputs again."""
-    key = hashlib.sha256(json.dumps([cfg_json, dataset_md5], sort_keys=True).encode()).hexdigest()
+def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str, code: dict[str, str]) -> Path:
+    """One folder per (settings, dataset, code of every step): cached steps find their outputs
+    again, and a run of other code never resumes or reuses another's files."""
+    key = hashlib.sha256(json.dumps([cfg_json, dataset_md5, code], sort_keys=True).encode()).hexdigest()
     return repo / "runs" / "pipeline" / key[:12]
 
 
@@ -82,43 +84,56 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         pid = parent.info.run_id
         dataset = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
                                              os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
-        work = _work_dir(repo_path, cfg_json, dataset["md5"])
-        mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work)})
+        code = steps.pipeline_code()
+        work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
+        mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work),
+                         **{f"code_sha256.{step}": sha for step, sha in code.items()}})
 
         gate = settings.validate_data.model_dump(mode="json")
         reference = steps.load_reference(stack.data_bucket, cfg.data.name)
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
         steps.save_reference(stack.data_bucket, cfg.data.name, validation.statistics)
+        # before any training: a model of this data must be comparable with the registered one
+        steps.check_comparable(settings.model_name, dataset)
 
         train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
         teacher = _fresh(steps.train_teacher_task, teacher, lambda o: o.folders.values(), **train_args)
 
         students: dict[str, str] = {}
+        weights = dict(teacher.weights)
         step_runs = {"validate_data": validation.run_id, "train_teacher": teacher.run_id}
         for method in settings.methods:
+            # the distillation folder sits under the teacher's weights: another teacher never
+            # meets this one's students
             args = dict(cfg_json=cfg_json, method=method, teacher_dir=teacher.folders["teacher"],
-                        dataset=dataset, work_dir=str(work / "distill" / method), parent_run_id=pid)
+                        teacher_sha256=teacher.weights["teacher"], dataset=dataset,
+                        work_dir=str(work / "students" / teacher.weights["teacher"][:12]),
+                        parent_run_id=pid)
             out = steps.distill_task.with_options(**opts)(**args)
             out = _fresh(steps.distill_task, out, lambda o: o.folders.values(), **args)
             students.update(out.folders)
+            weights.update(out.weights)
             step_runs[f"distill_{method}"] = out.run_id
 
         evaluation = steps.evaluate_task.with_options(**opts)(
-            cfg_json, teacher.folders["teacher"], students, dataset, str(work), parent_run_id=pid)
+            cfg_json, teacher.folders["teacher"], students, dataset, str(work), weights,
+            parent_run_id=pid)
         step_runs["evaluate"] = evaluation["run_id"]
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
                 "git_commit": steps.git_commit(repo_path), "validation": validation.summary.splitlines()[0],
-                "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid}
-        challenger = steps.register_task(evaluation, {**teacher.folders, **students},
+                "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
+                "profile": str(cfg.profile)}
+        challenger = steps.register_task(evaluation, {**teacher.folders, **students}, weights,
                                          str(work), settings.model_name, settings.max_fid_ratio,
-                                         tags, parent_run_id=pid)
+                                         tags, cfg.model_dump(mode="json"), parent_run_id=pid)
         decision = steps.promote_task(cfg_json, challenger, settings.model_name,
                                       settings.promote.model_dump(), stack.releases_bucket,
                                       str(work), {**tags, "version": challenger["version"]},
-                                      parent_run_id=pid)
+                                      parent_run_id=pid, data_dir=dataset["path"],
+                                      flow_run_id=str(flow_run.get_id()))
         result = {"model": settings.model_name, "version": challenger["version"],
                   "candidate": challenger["candidate"], "promoted": decision["promoted"],
                   "reason": decision["reason"], "release": decision["release"],

@@ -51,3 +51,12 @@ def step_lineage(step: str, dataset_md5: str | None = None, repo=".") -> Lineage
     """What the library records about a step's run besides its settings and data."""
     return Lineage(code_sha256=step_code_sha256(step), dataset_md5=dataset_md5,
                    git_commit=git_commit(Path(repo)))
+
+
+def model_weights_sha256(folder) -> str:
+    """diffusion.provenance.weights_sha256 of the model in `folder` (any folder
+    diffusion.model.load_for_sampling accepts)."""
+    from diffusion.model import load_for_sampling
+    from diffusion.provenance import weights_sha256
+
+    return weights_sha256(load_for_sampling(folder)[0].net)

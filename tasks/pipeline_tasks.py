@@ -4,35 +4,58 @@ caching and MLflow logging into a run nested under the flow's run.
 They live apart from the steps themselves so that the plain CLI commands (`dmops train`,
 `dmops sample`, ...) do not pay for importing Prefect and MLflow.
 
-Caching: a task's key is its inputs plus its source code (`INPUTS + TASK_SOURCE`), without
-the flow's MLflow run id, so a rerun with unchanged data and settings reuses finished steps;
-the flow's `refresh` switch bypasses it. Inputs are plain JSON-able values (the config as a
-dict, the dataset's content hash), which hash the same in every process.
+Caching: a task's key is its inputs, its own source and the sha256 of the project code its
+step runs (`cached(step)`: INPUTS + TASK_SOURCE + ProjectCode(step), tasks/lineage.py), without
+the flow's MLflow run id.  Inputs are plain JSON-able values -- the config as a dict, the
+dataset's content hash, and the sha256 of every model's weights a step consumes -- so a rerun
+reuses a step only when its settings, data, upstream weights and code are all unchanged; the
+flow's `refresh` switch bypasses it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import mlflow
 from prefect import task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
-from diffusion.config import Config
+from diffusion.config import Config, ConfigError
 
 from . import tracking
 from .distill import distill_sampler
-from .evaluate import Candidate, choose_candidate, evaluate_model, score_model, write_candidate
+from .evaluate import Candidate, choose_candidate, evaluate_model, write_candidate
+from .lineage import STEP_MODULES, git_commit, model_weights_sha256, step_code_sha256
 from .prepare_dataset import DatasetVersion, dvc_prepare
 from .release import s3_client_from_env
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
-CACHED = (INPUTS + TASK_SOURCE) - "parent_run_id"
 HOUR = 3600
+
+
+@dataclass
+class ProjectCode(CachePolicy):
+    """Cache-key part: the sha256 of the project code that step `step` runs (its module and
+    every project module it imports), so a change to, e.g., diffusion/objectives.py is a miss."""
+    step: str = ""
+
+    def compute_key(self, task_ctx: Any, inputs: Optional[dict], flow_parameters: Optional[dict],
+                    **kwargs: Any) -> Optional[str]:
+        return step_code_sha256(self.step)
+
+
+def cached(step: str) -> CachePolicy:
+    return (INPUTS + TASK_SOURCE + ProjectCode(step)) - "parent_run_id"
+
+
+def pipeline_code() -> dict[str, str]:
+    """The code hash of every step: part of the pipeline's work-folder key."""
+    return {step: step_code_sha256(step) for step in STEP_MODULES}
 
 
 def _config(cfg_json: dict) -> Config:
@@ -67,7 +90,7 @@ class ValidationOutcome:
     run_id: str
 
 
-@task(name="validate-data", retries=0, timeout_seconds=HOUR, cache_policy=CACHED,
+@task(name="validate-data", retries=0, timeout_seconds=HOUR, cache_policy=cached("validate"),
       persist_result=True)
 def validate_data_task(dataset: dict, settings: dict, reference: dict | None,
                        parent_run_id: str | None = None) -> ValidationOutcome:
@@ -94,14 +117,16 @@ def validate_data_task(dataset: dict, settings: dict, reference: dict | None,
 
 @dataclass
 class StepOutput:
-    """What a model step produced: folders on this machine and the MLflow run that holds them."""
+    """What a model step produced: folders on this machine, the sha256 of each one's weights
+    (what downstream steps are keyed by), and the MLflow run that holds them."""
     run_id: str
     folders: dict[str, str] = field(default_factory=dict)   # name -> model folder
+    weights: dict[str, str] = field(default_factory=dict)   # name -> weights sha256
     metrics: dict = field(default_factory=dict)
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      cache_policy=CACHED, persist_result=True)
+      cache_policy=cached("train"), persist_result=True)
 def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
                        parent_run_id: str | None = None) -> StepOutput:
     """Train the teacher on the validated dataset; a retry resumes from the last checkpoint."""
@@ -109,7 +134,7 @@ def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
     with tracking.step_run("train_teacher", parent_run_id, {"dataset_md5": dataset["md5"]}) as run:
         mlflow.log_params(tracking.flatten({"model": cfg_json["model"], "train": cfg_json["train"]}))
         result = train_teacher(cfg, resume=True, on_log=tracking.metric_logger("train/"),
-                               data_dir=dataset["path"])
+                               data_dir=dataset["path"], dataset_md5=dataset["md5"])
         out = Path(cfg.out_dir)
         mlflow.log_metrics({"parameters": float(result.parameters),
                             "final_loss": float(result.result.loss),
@@ -121,14 +146,17 @@ def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
                                  "checkpoints/latest")
         if result.samples_png:
             mlflow.log_artifact(str(result.samples_png), "samples")
-        return StepOutput(run.info.run_id, {"teacher": str(result.model_dir)})
+        sha = model_weights_sha256(result.model_dir)
+        mlflow.set_tag("weights_sha256", sha)
+        return StepOutput(run.info.run_id, {"teacher": str(result.model_dir)}, {"teacher": sha})
 
 
 @task(name="distill-sampler", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      cache_policy=CACHED, persist_result=True)
-def distill_task(cfg_json: dict, method: str, teacher_dir: str, dataset: dict, work_dir: str,
-                 parent_run_id: str | None = None) -> StepOutput:
-    """Distil the teacher with `method`; every student (each progressive round's) is logged."""
+      cache_policy=cached("distill"), persist_result=True)
+def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: str,
+                 dataset: dict, work_dir: str, parent_run_id: str | None = None) -> StepOutput:
+    """Distil the teacher with `method`; every student (each progressive round's) is logged.
+    `teacher_sha256` (the teacher's weights) keys the cache: another teacher is a miss."""
     from diffusion.evaluation import student_name
     from diffusion.model import read_spec
 
@@ -137,23 +165,29 @@ def distill_task(cfg_json: dict, method: str, teacher_dir: str, dataset: dict, w
         mlflow.log_params(tracking.flatten(cfg_json["distill"][method], f"{method}."))
         students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir, resume=True,
                                    on_log=tracking.metric_logger(f"{method}/"),
-                                   data_dir=dataset["path"])
-        folders = {}
+                                   data_dir=dataset["path"], dataset_md5=dataset["md5"])
+        folders, weights = {}, {}
         for folder in students:
-            name = student_name(read_spec(folder))
+            spec = read_spec(folder)
+            if spec.provenance is None or spec.provenance.teacher_sha256 is None:
+                raise RuntimeError(f"student {folder} records no teacher")
+            name = student_name(spec)
             folders[name] = str(folder)
+            weights[name] = model_weights_sha256(folder)
             mlflow.log_artifacts(str(folder), f"students/{name}/model")
             png = folder.parent / "samples.png"
             if png.exists():
                 mlflow.log_artifact(str(png), f"students/{name}")
-        return StepOutput(run.info.run_id, folders)
+        mlflow.set_tag("teacher_sha256", teacher_sha256)
+        return StepOutput(run.info.run_id, folders, weights)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=3 * HOUR,
-      cache_policy=CACHED, persist_result=True)
+      cache_policy=cached("evaluate"), persist_result=True)
 def evaluate_task(cfg_json: dict, teacher_dir: str, students: dict[str, str], dataset: dict,
-                  work_dir: str, parent_run_id: str | None = None) -> dict:
-    """Quality versus NFE of the teacher and every student; logs the table, plot and grids."""
+                  work_dir: str, weights: dict[str, str], parent_run_id: str | None = None) -> dict:
+    """Quality versus NFE of the teacher and every student; logs the table, plot and grids.
+    `weights` (name -> sha256 of every evaluated model) keys the cache."""
     cfg = _config(cfg_json)
     out = Path(work_dir) / "evaluation"
     with tracking.step_run("evaluate", parent_run_id) as run:
@@ -174,25 +208,33 @@ def evaluate_task(cfg_json: dict, teacher_dir: str, students: dict[str, str], da
 
 # --- registry -----------------------------------------------------------------------------
 
-def git_commit(repo) -> str:
-    """HEAD of the repo the pipeline ran in, marked '-dirty' when tracked files changed."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-        return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    return head.stdout.strip() + ("-dirty" if dirty else "")
+def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
+    """Tags that say what made the served weights -- read from their own model.json, so a
+    version whose weights a later run reused still names the commit and code that made them."""
+    from diffusion.model import read_spec
+
+    spec = read_spec(model_dir)
+    p = spec.provenance
+    if p is None:
+        raise RuntimeError(f"{model_dir}/model.json records no provenance; it cannot be registered")
+    tags = {"weights_sha256": weights_sha256, "weights_git_commit": p.git_commit or "unknown",
+            "weights_code_sha256": p.code_sha256, "weights_settings_sha256": p.settings_sha256,
+            "training_data_sha256": p.data_sha256,
+            "sample_shape": "x".join(map(str, spec.shape)), "data_kind": spec.data.kind or "unknown"}
+    if p.teacher_sha256:
+        tags["teacher_sha256"] = p.teacher_sha256
+    return tags
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
       cache_policy=NO_CACHE)
-def register_task(evaluation: dict, folders: dict[str, str], work_dir: str,
-                  model_name: str, max_fid_ratio: float, tags: dict[str, str],
-                  parent_run_id: str | None = None) -> dict:
+def register_task(evaluation: dict, folders: dict[str, str], weights: dict[str, str],
+                  work_dir: str, model_name: str, max_fid_ratio: float, tags: dict[str, str],
+                  config: dict, parent_run_id: str | None = None) -> dict:
     """Choose the model to serve, log it as a pyfunc and register it with alias `challenger`.
     Its metrics are its row of the evaluation: the same n, seed and feature space that
-    `score_model` gives the champion in the promote step."""
+    `score_model` gives the champion in the promote step.  Its tags add what made its weights
+    (`lineage_tags`); the effective configuration is logged as lineage/config.json."""
     import pandas as pd
 
     from .register_model import register_model
@@ -204,7 +246,9 @@ def register_task(evaluation: dict, folders: dict[str, str], work_dir: str,
     with tracking.step_run("register_model", parent_run_id, {"served_as": candidate.name}) as run:
         numbers = tracking.numeric(candidate.row)
         mlflow.log_metrics(numbers)
-        all_tags = {**tags, "served_as": candidate.name, "sampler": candidate.sampler,
+        tracking.log_json(config, "lineage/config.json")
+        all_tags = {**tags, **lineage_tags(model_dir, weights[candidate.name]),
+                    "served_as": candidate.name, "sampler": candidate.sampler,
                     "nfe": str(int(candidate.row["nfe"])),
                     "metrics": json.dumps({k: round(numbers[k], 5) for k in
                                            ("fid", "fid_floor", "kid_mean", "images_per_s")
@@ -279,3 +323,31 @@ def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
     client = mlflow.MlflowClient()
     return [step for step, run_id in step_runs.items()
             if client.get_run(run_id).data.tags.get("mlflow.parentRunId") != parent_run_id]
+
+
+def dataset_sample(dataset: dict) -> tuple[str, str]:
+    """(sample shape as '1x8x8', kind 'image' | 'vector') of a processed dataset folder, read
+    from its manifest and meta.json without loading the arrays."""
+    folder = Path(dataset["path"])
+    kind = json.loads((folder / "meta.json").read_text()).get("kind", "unknown")
+    with open(folder / "manifest.csv", newline="") as f:
+        first = next(csv.DictReader(f), None)
+    return (first or {}).get("shape", "unknown"), kind
+
+
+def check_comparable(model_name: str, dataset: dict) -> None:
+    """Refuse, before any training, a run whose data cannot give a model comparable with the
+    versions already registered under `model_name` (another sample shape or modality): its
+    challenger could never be scored against the champion.  ConfigError names the setting."""
+    from .register_model import registered_sample
+
+    registered = registered_sample(model_name)
+    if registered is None:
+        return
+    shape, kind = dataset_sample(dataset)
+    if (shape, kind) != registered[:2]:
+        raise ConfigError(
+            f"pipeline.model_name {model_name!r} holds models of {registered[1]} samples of shape "
+            f"{registered[0]} (version {registered[2]}), but dataset {dataset['name']!r} has "
+            f"{kind} samples of shape {shape}: a model of this data cannot be compared with its "
+            f"champion; set pipeline.model_name to a name of its own")

@@ -180,6 +180,27 @@ def champion_version(name: str) -> str | None:
     return (_aliases(name) or {}).get(CHAMPION)
 
 
+def registered_sample(name: str) -> tuple[str, str, str] | None:
+    """(sample shape as '1x8x8', kind, version) of the models registered under `name` -- read
+    from its champion, else its newest version -- or None when nothing is registered.  Tags
+    `sample_shape` / `data_kind` answer it; a version without them is downloaded and read."""
+    aliases = _aliases(name)
+    if aliases is None:
+        return None
+    version = aliases.get(CHAMPION)
+    if version is None:
+        found = MlflowClient().search_model_versions(f"name='{name}'")
+        if not found:
+            return None
+        version = str(max(int(v.version) for v in found))
+    tags = version_tags(name, version)
+    if "sample_shape" in tags and "data_kind" in tags:
+        return tags["sample_shape"], tags["data_kind"], version
+    with tempfile.TemporaryDirectory(prefix="dmops-registered-") as tmp:
+        spec = read_spec(download_model(f"{name}/{version}", Path(tmp) / "model"))
+    return "x".join(map(str, spec.shape)), spec.data.kind or "unknown", version
+
+
 def download_model(name_or_uri: str, dest) -> Path:
     """Download the model folder of `name@alias` or `name/version` into `dest` (replaced
     atomically) and return it: model.json + weights, what load_for_sampling reads."""

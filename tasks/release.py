@@ -28,11 +28,15 @@ import os
 import tempfile
 import uuid
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import ClientError
 
 from diffusion.atomic import atomic_folder
+
+if TYPE_CHECKING:  # model.py imports torch; a release's readers need not
+    from diffusion.model import ModelSpec
 
 MANIFEST = "manifest.json"
 FORMAT = "dmops-release/2"
@@ -308,26 +312,28 @@ def _cell(value) -> str:
 
 
 def model_card(model: str, version: str, metrics: dict, metadata: dict | None = None, *,
-               spec: dict | None = None, uri: str | None = None) -> str:
+               spec: ModelSpec | None = None, uri: str | None = None) -> str:
     """The release's README.md: what the model is (from `spec`, its model.json), where it
     came from (`metadata`: data hash, git commit, ... as the pipeline tags it), how good it is
     (`metrics`), how it samples and how to load it."""
     metadata = dict(metadata or {})
-    spec = spec or {}
-    sampling, data, net = spec.get("sampling") or {}, spec.get("data") or {}, spec.get("net") or {}
     where = uri or f"s3://<bucket>/{model}/{version}/"
     data_hash = next((metadata.pop(k) for k in _DATA_HASH_KEYS if k in metadata), "unknown")
     lines = [f"# {model}, version {version}", "", "| | |", "|---|---|",
              f"| data hash | {_cell(data_hash)} |",
              f"| git commit | {_cell(metadata.pop('git_commit', 'unknown'))} |"]
-    if spec:
-        lines += [f"| network | {net.get('kind', '?')} {net.get('channels', '')} |",
-                  f"| preconditioning | {(spec.get('precond') or {}).get('kind', '?')} |",
-                  f"| data | {data.get('dataset', '?')}, samples of shape "
-                  f"{tuple(data.get('shape', ()))} |"]
-    if "distillation" in spec:
-        d = spec["distillation"]
-        lines.append(f"| distilled | {d.get('method', '?')}, {d.get('student_steps', '?')} step(s) |")
+    if spec is not None:
+        lines += [f"| network | {spec.net.get('kind', '?')} {spec.net.get('channels', '')} |",
+                  f"| preconditioning | {spec.precond.get('kind', '?')} |",
+                  f"| data | {spec.data.dataset or '?'}, samples of shape {spec.shape} |"]
+        if spec.distillation:
+            lines.append(f"| distilled | {spec.method or '?'}, "
+                         f"{spec.distillation.get('student_steps', spec.sampling.steps)} step(s) |")
+        if spec.provenance is not None:
+            p = spec.provenance
+            lines += [f"| weights made by commit | {_cell(p.git_commit or 'unknown')} |",
+                      f"| code sha256 | {p.code_sha256} |",
+                      f"| settings sha256 | {p.settings_sha256} |"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(metadata.items())]
     lines += ["", "## Metrics", ""]
     if metrics:
@@ -336,10 +342,10 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
     else:
         lines.append("No metrics were recorded.")
     lines += ["", "## Sampling", ""]
-    if sampling:
-        lines.append(f"Default sampler `{sampling.get('sampler', 'heun')}`, "
-                     f"{sampling.get('steps', '?')} steps, grid `{sampling.get('grid', 'karras')}`, "
-                     f"sigma in [{sampling.get('sigma_min', '?')}, {sampling.get('sigma_max', '?')}]; "
+    if spec is not None:
+        sampling = spec.sampling
+        lines.append(f"Default sampler `{sampling.sampler}`, {sampling.steps} steps, grid "
+                     f"`{sampling.grid}`, sigma in [{sampling.sigma_min}, {sampling.sigma_max}]; "
                      "`dmops sample --sampler/--steps` override them.")
     else:
         lines.append("The default sampler and steps are stored in `model.json` (`sampling`).")
@@ -353,7 +359,7 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
               "from tasks.release import read_release, s3_client_from_env", "",
               f"folder = read_release(s3_client_from_env(), \"{where}\", \"{model}-{version}\")",
               "denoiser, spec = load_for_sampling(folder)",
-              "x = generate(denoiser, tuple(spec[\"data\"][\"shape\"]), 16, seed=0, **spec[\"sampling\"]).x",
+              "x = generate(denoiser, spec.shape, 16, seed=0, **spec.sampling.model_dump()).x",
               "```", ""]
     return "\n".join(lines)
 

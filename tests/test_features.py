@@ -255,3 +255,16 @@ def test_vectors_get_the_identity(tmp_path):
     assert isinstance(extractor, FeatureExtractor)
     loaded, _ = load_feature_extractor(save_feature_extractor(extractor, report, tmp_path / "id"))
     assert torch.equal(loaded(moons.x), moons.x.double())
+
+
+def test_cache_made_by_other_code_is_retrained(tmp_path, digits):
+    """The lineage rule: an extractor is reused only when the code that trains it is the same
+    (its code_sha256 is recorded; here it is rewritten as if diffusion/features.py changed)."""
+    _, report, _ = load_or_train_feature_extractor(digits, tmp_path, steps=FEW_STEPS)
+    assert len(report["code_sha256"]) == 64
+    config_path = tmp_path / report["fingerprint"][:16] / "extractor.json"
+    config = json.loads(config_path.read_text())
+    config["report"]["code_sha256"] = "0" * 64
+    config_path.write_text(json.dumps(config))
+    _, again, reused = load_or_train_feature_extractor(digits, tmp_path, steps=FEW_STEPS)
+    assert not reused and again["code_sha256"] == report["code_sha256"]

@@ -5,10 +5,13 @@ The flow runs the way users run it, through `dmops run` in a subprocess. Each sc
 on the registry state the previous ones left, in file order:
 
 1. a deliberately weak model (1 training step) becomes the first champion (no champion yet);
-2. a rerun with unchanged inputs reuses every cached step; `--refresh` recomputes them;
+2. a rerun with unchanged inputs reuses every cached step; `--refresh` recomputes them; a
+   committed change to the ML code (the EDM loss weighting) recomputes every model step, and
+   the version names the code that made its weights;
 3. a properly trained model beats it: champion moves, an S3 release appears;
 4. the weak settings again: a worse challenger, champion stays, the reason is recorded;
-5. bad datasets stop at the gate: no version is created and the champion is untouched;
+5. bad datasets stop at the gate: no version is created and the champion is untouched; data
+   of another sample shape is refused before training, naming pipeline.model_name;
 6. a deployment from infra/prefect.yaml runs through a worker and completes.
 """
 
@@ -53,24 +56,27 @@ def dvc(repo, *args):
                    capture_output=True)
 
 
-def write_params(repo: Path, data: dict | None = None) -> None:
+def write_params(repo: Path, data: dict | None = None, gate: dict | None = None) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["pipeline"]["model_name"] = MODEL
     params["pipeline"]["experiment"] = "pipeline-test"
     if data is not None:
         params["data"] = {**params["data"], **data}
+    params["pipeline"]["validate_data"].update(gate or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, stack):
-    """A user's checkout: params.yaml, dvc.yaml, the deployments file and the flow, in git + DVC."""
+    """A user's checkout: params.yaml, dvc.yaml, the deployments file and the code (the flow,
+    its steps and the ML core, which `python -m flows.cli` imports from here), in git + DVC."""
     repo = tmp_path_factory.mktemp("repo")
     shutil.copy(ROOT / "dvc.yaml", repo)
     (repo / "infra").mkdir()
     shutil.copy(ROOT / "infra" / "prefect.yaml", repo / "infra")
-    shutil.copytree(ROOT / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("flows", "tasks", "diffusion"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".gitignore").write_text("runs/\ndata/features/\n")
     write_params(repo)
     git(repo, "init", "-q")
@@ -181,11 +187,9 @@ def test_release_checksums_match_and_sample_reproduces_images(first, repo, stack
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/manifest.json")["Body"].read())
     files = manifest["files"]
     assert files, manifest
-    for entry in files:
-        name = entry["path"] if isinstance(entry, dict) else entry
-        sha = entry["sha256"] if isinstance(entry, dict) else files[entry]["sha256"]
-        body = s3.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + name)["Body"].read()
-        assert hashlib.sha256(body).hexdigest() == sha, name
+    for entry in files:  # each file's object is the one the manifest names
+        body = s3.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + entry["key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"], entry["path"]
 
     a, b = tmp_path / "release.png", tmp_path / "registry.png"
     run("sample", "--release", release, "--out", a, "--n", 9, "--seed", 5, cwd=repo)
@@ -200,6 +204,39 @@ def test_unchanged_rerun_hits_the_cache_and_refresh_does_not(first, repo):
             "evaluate"} <= set(again["cached"].split(", ")), again
     fresh = outcome(run("run", "--repo", repo, *WEAK, "--refresh", cwd=repo))
     assert fresh["cached"].startswith("no step"), fresh
+
+
+MODEL_STEPS = {"train_teacher", "distill_progressive", "distill_consistency", "evaluate"}
+
+
+def test_a_committed_change_to_the_ml_code_recomputes_every_model_step(first, repo):
+    """Issue item 1: doubling the EDM weight in diffusion/objectives.py and committing used to
+    bring teacher, students and evaluation back from the cache under the new commit's tag."""
+    objectives = repo / "diffusion" / "objectives.py"
+    original = objectives.read_text()
+    edm = "return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2"
+    assert edm in original
+    changed = original.replace(edm, "return 2.0 * (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2")
+    before = {v.version for v in versions()}
+    objectives.write_text(changed)
+    git(repo, "commit", "-qam", "double the EDM weighting")
+    try:
+        proc = run("run", "--repo", repo, *WEAK, cwd=repo)
+    finally:
+        objectives.write_text(original)
+        git(repo, "commit", "-qam", "restore the EDM weighting")
+    cached = outcome(proc)["cached"]
+    assert not MODEL_STEPS & set(cached.split(", ")), cached
+    new = max((v for v in versions() if v.version not in before), key=lambda v: int(v.version))
+    old = client().get_model_version(MODEL, "1")
+    assert new.tags["weights_code_sha256"] != old.tags["weights_code_sha256"]
+    assert new.tags["weights_git_commit"] == new.tags["git_commit"] != old.tags["git_commit"]
+    # and the restored code finds the first run's results again
+    again = outcome(run("run", "--repo", repo, *WEAK, cwd=repo))
+    assert MODEL_STEPS <= set(again["cached"].split(", ")), again
+    latest = max(versions(), key=lambda v: int(v.version))
+    assert latest.tags["weights_code_sha256"] == old.tags["weights_code_sha256"]
+    assert latest.tags["weights_git_commit"] == old.tags["weights_git_commit"]  # made by run 1
 
 
 def test_better_model_moves_champion_and_worse_does_not(first, repo):
@@ -250,6 +287,35 @@ def test_bad_dataset_fails_the_gate_and_changes_nothing(first, repo, kind, expec
     assert "failed" in message and expected in message, proc.stderr[-3000:]
     assert len(versions()) == before_versions
     assert champion().version == before_champion
+
+
+def test_data_of_another_shape_is_refused_before_training_naming_the_model(first, repo):
+    """Issue item 9: a 16x16 dataset under the 8x8 model's name was registered as its
+    challenger and then crashed the promotion with a ModelError."""
+    before_champion, before_versions = champion().version, len(versions())
+    trained_before = _teacher_runs()
+    npz = repo / "data" / "big.npz"
+    npz.parent.mkdir(exist_ok=True)
+    _bad_npz(npz, "shape")
+    # the gate is told to expect 16 x 16: the data is good, only the model name is wrong
+    write_params(repo, {"name": "npz", "path": str(npz)}, {"expected_shape": [1, 16, 16]})
+    try:
+        proc = run("run", "--repo", repo, cwd=repo, check=False)
+    finally:
+        write_params(repo)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    message = " ".join(proc.stderr.split())
+    assert "pipeline.model_name" in message and MODEL in message and "1x16x16" in message, message
+    assert _teacher_runs() == trained_before  # refused before any training
+    assert len(versions()) == before_versions and champion().version == before_champion
+
+
+def _teacher_runs() -> int:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name("pipeline-test")
+    return len(mlflow.search_runs(experiment_ids=[experiment.experiment_id],
+                                  filter_string="tags.step = 'train_teacher'", output_format="list"))
 
 
 def test_deployment_from_prefect_yaml_runs_through_a_worker(first, repo):
