@@ -60,12 +60,32 @@ def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
             finite_check: bool = typer.Option(
                 True, "--finite-check/--no-finite-check",
                 help="Refuse NaN/inf values here. The pipeline's DVC stage turns this off and lets "
-                     "its data-quality gate report them with its other findings.")):
-    """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC stage)."""
+                     "its data-quality gate report them with its other findings."),
+            fingerprint: Optional[Path] = typer.Option(
+                None, help="The source fingerprint `dmops fingerprint` wrote (the DVC stage passes "
+                           "it): refuse a source that no longer matches it.")):
+    """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC
+    stage). Prints how many files were read, skipped (by reason) and altered (by kind)."""
     from tasks.prepare_dataset import prepare_dataset
 
     with _friendly_errors():
-        prepare_dataset(_load(config, profile, set_, None).data, root, require_finite=finite_check)
+        prepare_dataset(_load(config, profile, set_, None).data, root, require_finite=finite_check,
+                        fingerprint=fingerprint)
+
+
+@app.command()
+def fingerprint(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+                set_: Optional[list[str]] = SetOpt,
+                out: Optional[Path] = typer.Option(
+                    None, "--out", "-o", help="Where to write it (default data/source/<name>.json).")):
+    """Write the dataset source's fingerprint (every file's sha256, the settings, the preparing
+    code's hash, library versions): the DVC prepare stage depends on it, so it reruns when any
+    of them changes."""
+    from tasks.data_fingerprint import write_fingerprint
+
+    with _friendly_errors():
+        data = _load(config, profile, set_, None).data
+        write_fingerprint(data, out or Path("data/source") / f"{data.name}.json")
 
 
 @app.command()

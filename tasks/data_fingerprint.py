@@ -1,0 +1,144 @@
+"""The fingerprint of a dataset's source: what the DVC `prepare` stage depends on.
+
+DVC decides whether to rerun a stage from the hashes of its declared dependencies.  The raw
+data cannot be declared directly -- `data.path` may be null (digits, the 2-D sets), a folder
+or an .npz, inside the repository or outside it -- nor can the code that prepares it (in a
+user's repository the project is an installed package, not files at the root).  So a first
+stage, `fingerprint` (always run: it only reads and hashes), writes this small JSON file, and
+`prepare` depends on it:
+
+    data        the dataset settings (params.yaml's `data` section, validated)
+    source      for a folder: every file's relative path, size and sha256 (sorted), and the
+                entries the loader does not look into by name (hidden folders such as .git/,
+                which are tool droppings, not data; broken links); for an .npz: the file's
+                size and sha256; `sha256` over all of it.  null for the built-in sets.
+    code        sha256 of the source of the project code that loads and prepares data
+                (diffusion.data and every diffusion module it imports, this module,
+                tasks/prepare_dataset.py, the DataConfig class), per module and in all
+                (diffusion.provenance.code_files finds the imports; see CODE_MODULES)
+    libraries   versions of the libraries that make the data: numpy and torch always, Pillow
+                for folders (decoding, resizing), scikit-learn for digits, moons, swiss_roll
+
+Adding, removing or changing one file, a setting, the preparing code or a library changes
+the file, so `dvc repro prepare` reruns the preparation; when nothing changed the file is
+byte-identical and DVC skips it.  The file holds no time stamp and no absolute path of this
+machine beyond what params.yaml says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from diffusion.config import DataConfig
+from diffusion.data import DataError
+from diffusion.provenance import code_files, file_sha256
+
+FORMAT = 1
+# The code that makes the processed dataset: diffusion.data with every diffusion module it
+# imports, and the two pipeline modules that call it (their imports of diffusion.config's other
+# sections -- training, distillation -- do not touch the data, so a change there need not
+# re-read a large folder); of diffusion.config, the DataConfig class that maps settings to the
+# loader's options.
+CODE_MODULES = {"diffusion": ("diffusion.data",),
+                "tasks": ("tasks.data_fingerprint", "tasks.prepare_dataset")}
+_LIBRARIES = {"folder": ("Pillow",), "digits": ("scikit-learn",), "moons": ("scikit-learn",),
+              "swiss_roll": ("scikit-learn",)}
+
+
+def source_files(data: DataConfig) -> dict | None:
+    """The identity of `data`'s raw source (None for built-in sets); DataError when it is
+    missing.  Keys: kind ('folder' | 'file'), files [{path, size, sha256}], not_read
+    (["hidden: .git/", ...]), sha256 (over both)."""
+    if data.name not in ("folder", "npz"):
+        return None
+    path = Path(data.path)
+    if data.name == "folder":
+        if not path.is_dir():
+            raise DataError(f"data.path {path}: {'is not a directory' if path.exists() else 'does not exist'}; "
+                            "accepted: a directory of images")
+        files, other = _walk(path)
+        kind = "folder"
+    else:
+        if not path.is_file():
+            raise DataError(f"data.path {path}: {'is not a file' if path.exists() else 'does not exist'}; "
+                            "accepted: an .npz archive")
+        files, other, kind = [(path.name, path)], [], "file"
+    listing = [{"path": rel, "size": file.stat().st_size, "sha256": file_sha256(file)}
+               for rel, file in files]
+    digest = hashlib.sha256(json.dumps([listing, other], sort_keys=True).encode()).hexdigest()
+    return {"kind": kind, "files": listing, "not_read": other, "sha256": digest}
+
+
+def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Every regular file under root (linked folders followed once), and every entry that is
+    not read -- hidden folders, folders linked again, things that are not regular files -- as
+    "<reason>: <path>", both sorted, paths POSIX and relative to root: the same walk as
+    image_files.scan_folder, so whatever changes its counts changes the fingerprint."""
+    files, other = [], []
+    visited = {os.path.realpath(root)}
+    for current, dirnames, filenames in os.walk(root, followlinks=True):
+        rel_dir = Path(current).relative_to(root)
+        keep = []
+        for name in sorted(dirnames):
+            rel = (rel_dir / name).as_posix()
+            real = os.path.realpath(os.path.join(current, name))
+            if name.startswith("."):
+                other.append(f"hidden: {rel}/")
+            elif real in visited:
+                other.append(f"symlink_loop: {rel}/")
+            else:
+                visited.add(real)
+                keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            rel = (rel_dir / name).as_posix()
+            if os.path.isfile(os.path.join(current, name)):
+                files.append((rel, Path(current) / name))
+            else:
+                other.append(f"not_a_file: {rel}")
+    return sorted(files), sorted(other)
+
+
+def code_identity() -> dict:
+    """{"sha256", "modules": {module: sha256}} of the code that prepares data."""
+    files = {}
+    for package, entries in CODE_MODULES.items():
+        files.update(code_files(entries, packages=(package,)))
+    modules = {name: file_sha256(path) for name, path in sorted(files.items())}
+    modules["diffusion.config.DataConfig"] = hashlib.sha256(
+        inspect.getsource(DataConfig).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(modules, sort_keys=True).encode()).hexdigest()
+    return {"sha256": digest, "modules": modules}
+
+
+def library_versions(name: str) -> dict[str, str]:
+    out = {}
+    for package in ("numpy", "torch", *_LIBRARIES.get(name, ())):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def fingerprint(data: DataConfig) -> dict:
+    """The whole record (see the module docstring)."""
+    return {"format": FORMAT, "data": data.model_dump(mode="json"), "source": source_files(data),
+            "code": code_identity(), "libraries": library_versions(data.name)}
+
+
+def write_fingerprint(data: DataConfig, out) -> Path:
+    """Write fingerprint(data) to `out` as canonical JSON; the bytes change only with the
+    record.  Written to a temporary name and renamed, so a reader never sees half a file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out

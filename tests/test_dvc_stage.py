@@ -1,0 +1,126 @@
+"""The DVC `prepare` stage follows the data: in a temporary git + DVC repository set up as a
+user's (dvc.yaml and params.yaml only; the project is the installed package), adding, changing
+or removing one file of the source reruns the stage and gives a new dataset md5, and a repro
+with nothing changed reruns nothing and keeps the md5.  No S3 is needed for `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tasks.prepare_dataset import stage_md5
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _run(repo: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def repro(repo: Path) -> tuple[str, str]:
+    """`dvc repro prepare`; (its output, the md5 dvc.lock records for the processed folder)."""
+    out = _run(repo, str(BIN / "dvc"), "repro", "prepare")
+    name = yaml.safe_load((repo / "params.yaml").read_text())["data"]["name"]
+    return out, stage_md5(repo, f"data/processed/{name}")
+
+
+def prepare_ran(output: str) -> bool:
+    if "Running stage 'prepare'" in output:
+        return True
+    assert "Stage 'prepare' didn't change" in output, output
+    return False
+
+
+def make_repo(tmp_path: Path, data: dict) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {**params["data"], **data}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "config", "user.email", "test@example.com")
+    _run(repo, "git", "config", "user.name", "test")
+    _run(repo, str(BIN / "dvc"), "init", "-q")
+    _run(repo, str(BIN / "dvc"), "config", "core.analytics", "false")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "a user's repo")
+    return repo
+
+
+def _png(path: Path, seed: int, size: int = 6) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size)).astype(np.uint8)
+    Image.fromarray(pixels, "L").save(path)
+
+
+@pytest.fixture
+def folder_repo(tmp_path):
+    images = tmp_path / "images"  # outside the repository, as a user's data often is
+    for k in range(4):
+        _png(images / "a" / f"a{k}.png", seed=k)
+        _png(images / "b" / f"b{k}.png", seed=10 + k)
+    repo = make_repo(tmp_path, {"name": "folder", "path": str(images), "image_size": 6,
+                                "val_fraction": 0.0, "test_fraction": 0.25})
+    return repo, images
+
+
+def test_folder_stage_reruns_on_every_change_and_only_then(folder_repo):
+    repo, images = folder_repo
+    out, first = repro(repo)
+    assert prepare_ran(out)
+
+    out, md5 = repro(repo)  # nothing changed
+    assert not prepare_ran(out) and md5 == first
+
+    _png(images / "a" / "a4.png", seed=99)  # one image added
+    out, added = repro(repo)
+    assert prepare_ran(out) and added != first
+
+    pixels = np.asarray(Image.open(images / "b" / "b0.png")).copy()
+    pixels[0, 0] ^= 1  # one pixel, one bit
+    Image.fromarray(pixels, "L").save(images / "b" / "b0.png")
+    out, changed = repro(repo)
+    assert prepare_ran(out) and changed not in (first, added)
+
+    (images / "a" / "a1.png").unlink()  # one image removed
+    out, removed = repro(repo)
+    assert prepare_ran(out) and removed not in (first, added, changed)
+
+    # nothing changed again; then a forced rerun: the processed folder is byte-deterministic,
+    # so identical inputs give the identical version (a time stamp in data.npz, say, would make
+    # every rerun a "new" dataset)
+    out, again = repro(repo)
+    assert not prepare_ran(out) and again == removed
+    _run(repo, str(BIN / "dvc"), "repro", "-f", "prepare")
+    assert stage_md5(repo, "data/processed/folder") == removed
+
+
+def test_npz_stage_follows_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    source = tmp_path / "points.npz"
+    np.savez(source, x=rng.normal(size=(40, 2)).astype(np.float32))
+    repo = make_repo(tmp_path, {"name": "npz", "path": str(source)})
+    out, first = repro(repo)
+    assert prepare_ran(out)
+
+    x = np.load(source)["x"]
+    x[3, 1] += 0.5
+    np.savez(source, x=x)
+    out, changed = repro(repo)
+    assert prepare_ran(out) and changed != first
+    out, md5 = repro(repo)
+    assert not prepare_ran(out) and md5 == changed
