@@ -49,8 +49,9 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
 
 def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
-       timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers.")):
-    """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background."""
+       timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers to be ready.")):
+    """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background;
+    return once each serves what it holds (a stored object reads back, API reads succeed)."""
     with _stack_errors():
         _stack(state_dir, s3_port, mlflow_port, prefect_port).up(timeout=timeout)
         typer.echo('clients: eval "$(dmops env)"   stop: dmops down')
