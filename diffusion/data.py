@@ -42,7 +42,7 @@ import torch
 
 from .atomic import atomic_folder
 from .gmm import GaussianMixture
-from .image_files import (IMAGE_EXTENSIONS, Background, Fit, FolderScan, ImageFileError,
+from .image_files import (EXTENSIONS_TEXT, Background, Fit, FolderScan, ImageFileError,
                           Ingestion, background_rgb, read_images, scan_folder)
 
 SPLITS = ("train", "val", "test")
@@ -285,7 +285,7 @@ def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
     if not files:
         found = ", ".join(f"{len(p)} {reason}" for reason, p in scan.skipped.items()) or "nothing"
         raise DataError(f"{root}: no images found (found {found}; looked for "
-                        f"{', '.join(IMAGE_EXTENSIONS)}, any case, in all sub-folders)")
+                        f"{EXTENSIONS_TEXT}, any case, in all sub-folders)")
     top_level = [rel.as_posix() for rel in files if len(rel.parts) == 1]
     if labels is None:
         labels = not top_level
@@ -300,9 +300,8 @@ def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
         if empty:
             raise DataError(f"{root}: class folder(s) {empty} hold no usable image "
                             f"({_skipped_in(scan, empty)}); a class with no image would vanish "
-                            f"and renumber the classes after it; accepted: files with one of "
-                            f"{', '.join(IMAGE_EXTENSIONS)} in every class folder, or remove "
-                            "the folder")
+                            f"and renumber the classes after it; accepted: an image "
+                            f"({EXTENSIONS_TEXT}) in every class folder, or remove the folder")
 
     try:
         pixels, altered = read_images(root, files, channels, size, rgb, fit)
@@ -323,7 +322,8 @@ def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
 
 
 def _skipped_in(scan: FolderScan, folders: list[str]) -> str:
-    """What each of `folders` (top-level) held instead of images, e.g. "'b': 2 unsupported_extension"."""
+    """What each top-level folder of `folders` held instead of images, e.g.
+    "'b': 2 unsupported_extension"."""
     parts = []
     for folder in folders:
         reasons = {reason: sum(1 for p in paths if p.split("/")[0] == folder and p != folder + "/")

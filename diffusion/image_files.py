@@ -51,6 +51,11 @@ def _readable_extensions() -> tuple[str, ...]:
 #: PNM, TGA, ICO, PSD, QOI, ... -- taken from Pillow's own registry, so a Pillow that learns a
 #: format is read without a change here.
 IMAGE_EXTENSIONS: tuple[str, ...] = _readable_extensions()
+_COMMON = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+#: IMAGE_EXTENSIONS for messages: the common ones by name, the rest counted
+EXTENSIONS_TEXT = (", ".join(e for e in _COMMON if e in IMAGE_EXTENSIONS)
+                   + f" and {len(set(IMAGE_EXTENSIONS) - set(_COMMON))} more formats Pillow "
+                   "reads (diffusion.image_files.IMAGE_EXTENSIONS)")
 
 # frame 1 of these is the whole picture: PSD's further "frames" are its layers, whose merged
 # result frame 1 already is; MPO's are a camera's auxiliary pictures (preview, depth map)

@@ -59,14 +59,14 @@ def source_files(data: DataConfig) -> dict | None:
     path = Path(data.path)
     if data.name == "folder":
         if not path.is_dir():
-            raise DataError(f"data.path {path}: {'is not a directory' if path.exists() else 'does not exist'}; "
-                            "accepted: a directory of images")
+            problem = "is not a directory" if path.exists() else "does not exist"
+            raise DataError(f"data.path {path}: {problem}; accepted: a directory of images")
         files, other = _walk(path)
         kind = "folder"
     else:
         if not path.is_file():
-            raise DataError(f"data.path {path}: {'is not a file' if path.exists() else 'does not exist'}; "
-                            "accepted: an .npz archive")
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise DataError(f"data.path {path}: {problem}; accepted: an .npz archive")
         files, other, kind = [(path.name, path)], [], "file"
     listing = [{"path": rel, "size": file.stat().st_size, "sha256": file_sha256(file)}
                for rel, file in files]

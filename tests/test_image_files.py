@@ -80,7 +80,8 @@ def test_every_format_pillow_reads_is_listed_once():
     for ext in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm"):
         assert ext in IMAGE_EXTENSIONS
     assert len(set(IMAGE_EXTENSIONS)) == len(IMAGE_EXTENSIONS)
-    assert ".pdf" not in IMAGE_EXTENSIONS and ".eps" not in IMAGE_EXTENSIONS  # write-only, Ghostscript
+    # PDF: Pillow writes it only; EPS: needs Ghostscript
+    assert ".pdf" not in IMAGE_EXTENSIONS and ".eps" not in IMAGE_EXTENSIONS
 
 
 def test_webp_class_folder_is_read_not_dropped(tmp_path):
