@@ -50,7 +50,7 @@ class ProjectCode(CachePolicy):
 
 
 def cached(step: str) -> CachePolicy:
-    return (INPUTS + TASK_SOURCE + ProjectCode(step)) - "parent_run_id"
+    return (INPUTS + TASK_SOURCE + ProjectCode(step=step)) - "parent_run_id"
 
 
 def pipeline_code() -> dict[str, str]:
