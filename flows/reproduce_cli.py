@@ -1,0 +1,73 @@
+"""`dmops reproduce MODEL@ALIAS | MODEL/VERSION`: rebuild a registered version from its lineage
+(tasks/reproduce.py) and say whether its weights and metrics come out the same.
+
+Exit codes: 0 reproduced (identical weights, equal metrics), 1 differences (listed) or a server
+or run failure, 2 a lineage or repository that cannot support a reproduction."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+
+def _client_env() -> dict[str, str]:
+    """The caller's environment when it names the registry and the S3 store, else the running
+    local stack's (as `dmops env` prints it)."""
+    if os.environ.get("MLFLOW_TRACKING_URI") and os.environ.get("AWS_ENDPOINT_URL_S3"):
+        return dict(os.environ)
+    from flows.pipeline_cli import stack_env
+
+    return stack_env()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def reproduce(ref: str = typer.Argument(..., metavar="MODEL@ALIAS|MODEL/VERSION",
+                                            help="The registered version, e.g. digits-diffusion@champion."),
+                  repo: Path = typer.Option(Path("."), help="The git repository the pipeline ran in."),
+                  keep: bool = typer.Option(False, "--keep",
+                                            help="Keep the worktree and the run's files (printed)."),
+                  as_json: bool = typer.Option(False, "--json",
+                                               help="Print the result as JSON (progress goes to stderr).")):
+        """Check the version's commit out in a temporary git worktree, pull its dataset version from
+        the DVC remote by md5, train, distil and evaluate again with the recorded settings and the
+        commit's code, and print the registered and reproduced metrics and weights' sha256 side by
+        side. Exit 0 when they agree, 1 with the differences listed."""
+        from tasks.register_model import RegistryError, parse_model_ref
+        from tasks.reproduce import ReproduceError, reproduce as reproduce_version
+        from tasks.reproduce_compare import render
+
+        def fail(message: str, code: int) -> None:
+            typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code)
+
+        try:
+            parse_model_ref(ref)  # a malformed reference is reported before any server is asked
+        except RegistryError as e:
+            fail(str(e), 2)
+        try:
+            os.environ.update(_client_env())
+        except typer.BadParameter as e:
+            fail(str(e), 1)
+        out = sys.stderr if as_json else sys.stdout
+
+        def log(text: str) -> None:
+            print(text, file=out, flush=True)
+
+        try:
+            verdict, kept = reproduce_version(ref, repo, keep=keep, log=log, stdout=out)
+        except ReproduceError as e:
+            fail(str(e), e.exit_code)
+        if as_json:
+            typer.echo(json.dumps({**verdict.as_json(), "kept": str(kept) if kept else None},
+                                  indent=2, default=str))
+        else:
+            for line in render(verdict):
+                typer.echo(line)
+            if kept:
+                typer.echo(f"files kept in {kept}")
+        raise typer.Exit(0 if verdict.reproduced else 1)

@@ -1,0 +1,150 @@
+"""`dmops reproduce`: a version registered by the pipeline is rebuilt from its lineage alone, in a
+worktree of its commit, on its dataset version pulled from the DVC remote, against the real
+servers (SeaweedFS S3, MLflow, Prefect) on loopback; the tiny profile with one training step.
+
+The user's repository is built the way tests/test_pipeline.py builds its own (params.yaml,
+dvc.yaml, the deployments file and the code, in git + DVC), under a model name of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "reproduce-test"
+WEAK = ["--set", "train.steps=1"]
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def dmops(*args, cwd, timeout=900):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def git(repo, *args) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def dvc(repo, *args):
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, stack):
+    """A user's checkout with the code in it (the commit's own diffusion/ and tasks/ are what a
+    reproduction runs), in git + DVC with the remote in the stack's data bucket."""
+    repo = tmp_path_factory.mktemp("repro-repo")
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    (repo / "infra").mkdir()
+    shutil.copy(ROOT / "infra" / "prefect.yaml", repo / "infra")
+    for package in ("flows", "tasks", "diffusion"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".gitignore").write_text("runs/\ndata/features/\n")
+    (repo / "NOTES.md").write_text("a tracked file that is not code\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["pipeline"]["model_name"] = MODEL
+    params["pipeline"]["experiment"] = MODEL
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    dvc(repo, "remote", "add", "-d", "dmops", f"s3://{stack.settings.data_bucket}/datasets")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a user's pipeline repo")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def registered(repo):
+    proc = dmops("run", "--repo", repo, *WEAK, cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version_by_alias(MODEL, "champion")
+
+
+def worktrees(repo) -> list[str]:
+    return [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")]
+
+
+@pytest.mark.timeout(1800)  # the stack, the pipeline run and the reproduction, on shared cores
+def test_champion_reproduces_with_identical_weights_and_equal_metrics(registered, repo):
+    proc = dmops("reproduce", f"{MODEL}@champion", "--repo", repo, "--json", cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["reproduced"] and result["differences"] == [], result
+    assert result["version"] == registered.version
+    assert result["served_as"] == registered.tags["served_as"]
+    weights = result["weights"]
+    assert weights["registered"] == weights["reproduced"] == registered.tags["weights_sha256"]
+    compared = {m["name"]: m for m in result["metrics"] if m["equal"] is not None}
+    assert {"fid", "fid_floor", "kid_mean"} <= set(compared), result["metrics"]
+    recorded = json.loads(registered.tags["metrics"])
+    for name in ("fid", "fid_floor", "kid_mean"):
+        assert compared[name]["equal"], compared[name]
+        assert compared[name]["reproduced"] == pytest.approx(recorded[name], abs=5e-6)
+    assert all(line["equal"] for line in result["lineage"]), result["lineage"]
+    # progress went to stderr, the worktree is gone again
+    commit = registered.tags["git_commit"]
+    assert f"worktree of commit {commit[:12]}" in proc.stderr
+    assert f"md5 {registered.tags['dataset_md5']}" in proc.stderr
+    assert "reproduce: evaluate" in proc.stderr
+    assert worktrees(repo) == [f"worktree {repo.resolve()}"]
+
+
+def test_a_missing_version_is_a_clear_error(registered, repo):
+    proc = dmops("reproduce", f"{MODEL}/999", "--repo", repo, cwd=repo)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"model '{MODEL}' has no version 999" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.timeout(1200)  # a pipeline run (model steps cached) and the refusal
+def test_a_version_from_a_dirty_tree_is_refused(registered, repo):
+    notes = repo / "NOTES.md"
+    original = notes.read_text()
+    notes.write_text(original + "an uncommitted edit\n")
+    try:
+        proc = dmops("run", "--repo", repo, *WEAK, cwd=repo)  # every model step is cached
+    finally:
+        notes.write_text(original)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    import mlflow
+
+    version = mlflow.MlflowClient().get_model_version_by_alias(MODEL, "challenger")
+    assert version.tags["git_commit"].endswith("-dirty"), version.tags
+    proc = dmops("reproduce", f"{MODEL}/{version.version}", "--repo", repo, cwd=repo)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "uncommitted changes" in proc.stderr and version.tags["git_commit"] in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert worktrees(repo) == [f"worktree {repo.resolve()}"]
+
+
+def test_a_dataset_version_missing_from_the_remote_is_a_clear_error(registered, repo):
+    """A version whose lineage names a dataset md5 the DVC remote does not hold (never pushed,
+    or garbage-collected): the same registered model, registered again with such a tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    absent = "0" * 32 + ".dir"
+    copy = client.create_model_version(MODEL, registered.source, run_id=registered.run_id,
+                                       tags={**registered.tags, "dataset_md5": absent},
+                                       model_id=registered.model_id)
+    proc = dmops("reproduce", f"{MODEL}/{copy.version}", "--repo", repo, cwd=repo)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"md5 {absent} is not in DVC remote 'dmops'" in proc.stderr, proc.stderr
+    assert worktrees(repo) == [f"worktree {repo.resolve()}"]
