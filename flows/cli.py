@@ -381,10 +381,12 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
 # The stack (up, down, status, env) and the pipeline (run, deploy, worker) live in their own
 # modules; they import nothing heavy until a command runs.
 from flows.pipeline_cli import register as _register_pipeline  # noqa: E402
+from flows.reproduce_cli import register as _register_reproduce  # noqa: E402
 from flows.stack_cli import register as _register_stack  # noqa: E402
 
 _register_stack(app)
 _register_pipeline(app)
+_register_reproduce(app)
 
 
 def main():  # pragma: no cover - console entry point
