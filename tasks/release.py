@@ -126,14 +126,16 @@ def read_manifest(s3, uri: str) -> dict | None:
 
 def s3_client_from_env():
     """A boto3 S3 client configured by the environment alone (AWS_ENDPOINT_URL_S3,
-    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), as the stack's `client_env()` sets it."""
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), as the stack's `client_env()` sets it;
+    transient errors are retried by botocore (`tasks.servers.boto_config`)."""
     import boto3
-    from botocore.config import Config
+
+    from .servers import boto_config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    # path-style: a loopback or self-hosted endpoint has no per-bucket DNS names
-    return boto3.client("s3", endpoint_url=endpoint,
-                        config=Config(s3={"addressing_style": "path"}))
+    # boto_config: path-style addressing (a loopback or self-hosted endpoint has no per-bucket
+    # DNS names) and botocore's standard retries of transient errors with backoff
+    return boto3.client("s3", endpoint_url=endpoint, config=boto_config())
 
 
 # --- writing ------------------------------------------------------------------------
@@ -168,7 +170,9 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
 
     Raises ReleaseError when the version already has a manifest (releases are immutable), also
     when another writer's manifest appeared during the upload; the losing writer's objects are
-    then removed (they are its own, under its own prefix, and no manifest names them)."""
+    then removed (they are its own, under its own prefix, and no manifest names them).  A
+    manifest write refused because an earlier try of the same request (a botocore retry after
+    a lost response) created it is a success: the manifest read back names this writer."""
     version = str(version)
     _check_segment(model, "model name")
     _check_segment(version, "version")
@@ -211,11 +215,17 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
         s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest_text.encode(),
                       ContentType="application/json", IfNoneMatch="*")
     except ClientError as e:
-        if _is_precondition_failed(e):
-            _delete_prefix(s3, bucket, prefix + objects)
-            raise ReleaseError(f"release {uri} was completed by another writer meanwhile; "
-                               "releases are immutable") from None
-        raise
+        if not _is_precondition_failed(e):
+            raise
+        # botocore retries a PUT whose response was lost; if the lost attempt created the
+        # manifest, the retry is refused (412) by our own manifest.  Only the manifest says
+        # who won: deleting our objects now would break our own published release for good.
+        winner = _get_manifest(s3, bucket, prefix)
+        if winner is not None and winner.get("writer") == writer:
+            return uri
+        _delete_prefix(s3, bucket, prefix + objects)
+        raise ReleaseError(f"release {uri} was completed by another writer meanwhile; "
+                           "releases are immutable") from None
     return uri
 
 

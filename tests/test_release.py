@@ -26,6 +26,7 @@ from tasks.release import (ReleaseError, folder_files, model_card, prepare_relea
                            read_manifest, read_release, verify_release, write_release)
 from tasks.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
+from lost_responses import LostResponses
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METRICS = {"fid": 0.41, "kid": 0.0123}
@@ -272,6 +273,35 @@ def test_two_writers_of_one_version_at_once_always_leave_a_verifying_release(
         assert verify_release(s3 := stack.s3_client(), uri)["metadata"] == {"writer": winners[0]}
         assert _published_bytes(s3, bucket, uri) == contents[winners[0]], trial
         read_release(s3, uri, tmp_path / f"read-{trial}")   # a reader accepts it too
+
+
+@pytest.mark.stack
+def test_a_manifest_write_retried_after_its_lost_response_keeps_the_release(stack, bucket,
+                                                                            release_files, tmp_path):
+    """The store creates the manifest, its answer is lost, botocore sends the conditional PUT
+    again and the store refuses it (412) because of that very manifest: the writer must see
+    its own release there, not another writer's, and delete nothing."""
+    s3, name = stack.s3_client(), _name()
+    lost = LostResponses(s3, "PutObject", which=lambda url: url.endswith("/manifest.json"))
+    uri = write_release(s3, bucket, name, "1", release_files, {"writer": "retried"})
+    assert lost.dropped == [f"{stack.settings.s3_url}/{bucket}/{name}/1/manifest.json"]
+    assert uri == f"s3://{bucket}/{name}/1/"
+    reader = stack.s3_client()
+    manifest = verify_release(reader, uri)           # every object the manifest names is there
+    assert manifest["metadata"] == {"writer": "retried"}
+    assert _published_bytes(reader, bucket, uri) == {k: p.read_bytes() for k, p in release_files.items()}
+    read_release(reader, uri, tmp_path / "read")
+
+
+def test_the_environments_client_retries_transient_errors_with_path_style_addressing(monkeypatch):
+    from tasks.release import s3_client_from_env
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    config = s3_client_from_env().meta.config
+    # botocore stores retries.max_attempts as total_max_attempts = retries + 1
+    assert config.retries["mode"] == "standard" and config.retries["total_max_attempts"] > 1
+    assert config.s3 == {"addressing_style": "path"}
 
 
 @pytest.mark.stack
