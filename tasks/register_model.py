@@ -7,6 +7,14 @@ result, metrics, Prefect flow-run id) and points the `challenger` alias at it.  
 version, ready for `diffusion.model.load_for_sampling`.
 
 The tracking server comes from the environment (MLFLOW_TRACKING_URI), as MLflow always reads it.
+
+Transient server errors (tasks.servers): MLflow's client retries each request itself (bounded by
+MLFLOW_RETRY_ENV); reads and alias moves, safe to repeat, are retried again by `retry_call`,
+and a failure names the MLflow server.  Registration is not safe to repeat blindly: each call
+of `mlflow.register_model` makes a new version.  So `register_model` is idempotent per flow run
+instead: a version already registered with the same run tag (`mlflow_parent_run_id`, else
+`prefect_flow_run_id`) and the same `weights_sha256` is reused, never registered twice, when a
+retried task (Prefect's retries, after e.g. the alias move failed) registers again.
 """
 
 from __future__ import annotations
@@ -26,12 +34,20 @@ from mlflow.tracking import MlflowClient
 from diffusion.atomic import atomic_folder
 from diffusion.model import read_spec
 
+from .servers import MLFLOW, RetryPolicy, mlflow_url_from_env, retry_call
+
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
 
 class RegistryError(RuntimeError):
     """A registry request that cannot be served; the message says what and what to do."""
+
+
+def _mlflow(fn, *args, policy: RetryPolicy | None = None, **kwargs):
+    """`fn(*args, **kwargs)` against the MLflow server, retried on transient errors
+    (tasks.servers.retry_call); only for requests that are safe to send again."""
+    return retry_call(fn, *args, server=MLFLOW, url=mlflow_url_from_env(), policy=policy, **kwargs)
 
 
 # --- tags: strings only, and never a secret ----------------------------------------------
@@ -95,14 +111,44 @@ def _logging_run(run_id: str | None):
             yield run_id
 
 
+# Tags that name the flow run registering a version, most specific first: with the weights'
+# sha256 they say "this run already registered these weights".
+RUN_TAGS = ("mlflow_parent_run_id", "prefect_flow_run_id")
+
+
+def registered_by_run(name: str, tags: dict[str, str]) -> str | None:
+    """The version of `name` that the flow run named by `tags` (its first RUN_TAGS entry)
+    already registered with the same `weights_sha256`, or None: no such version, or `tags`
+    names no run or no weights (then nothing can be matched)."""
+    key = next((k for k in RUN_TAGS if tags.get(k)), None)
+    weights = tags.get("weights_sha256")
+    if key is None or not weights or "'" in tags[key] or "'" in name:
+        return None
+    found = _mlflow(MlflowClient().search_model_versions,
+                    f"name = '{name}' and tags.{key} = '{tags[key]}'")
+    same = [int(v.version) for v in found if v.tags.get("weights_sha256") == weights]
+    return str(min(same)) if same else None
+
+
 def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | None = None) -> str:
     """Log `model_dir` as a pyfunc under the active (or given) run, register it as a new
-    version of `name` with `tags`, point alias `challenger` at it, and return the version."""
+    version of `name` with `tags`, point alias `challenger` at it, and return the version.
+
+    Idempotent per flow run: when `tags` name the run (RUN_TAGS) and the weights
+    (`weights_sha256`) and that run already registered those weights, that version gets the
+    alias and is returned; nothing is logged or registered again.  Raises RegistryError (bad
+    tags, no run), ServerUnavailable (the MLflow server kept failing)."""
     from .pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
 
     check_tags(tags)
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)  # a model folder, not a run or checkpoint: what gets served
+    earlier = registered_by_run(name, tags)
+    if earlier is not None:
+        print(f"{name} version {earlier} holds these weights, registered by this flow run "
+              "before (a retried registration): reusing it")
+        _mlflow(MlflowClient().set_registered_model_alias, name, CHALLENGER, earlier)
+        return earlier
     with _logging_run(run_id), warnings.catch_warnings():
         # MLflow suggests type hints on predict; the explicit signature below already says it all
         warnings.filterwarnings("ignore", message=".*type hints.*")
@@ -110,9 +156,12 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
             name=name, python_model=DiffusionSampler(), artifacts={ARTIFACT: str(model_dir)},
             signature=signature(spec.shape), input_example=input_example(),
             pip_requirements=pip_requirements())
-    # tags travel with the registration itself, so no version is ever seen without its lineage
-    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
-    MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    # tags travel with the registration itself, so no version is ever seen without its lineage.
+    # Not retried here (a second try could make a second version): MLflow's own request
+    # retries apply; one try through retry_call only makes a failure name the server.
+    version = str(_mlflow(mlflow.register_model, info.model_uri, name, tags=tags,
+                          policy=RetryPolicy(attempts=1)).version)
+    _mlflow(MlflowClient().set_registered_model_alias, name, CHALLENGER, version)
     return version
 
 
@@ -140,7 +189,7 @@ def _not_found(e: MlflowException) -> bool:
 def _aliases(name: str) -> dict[str, str] | None:
     """alias -> version of a registered model, or None when there is no such model."""
     try:
-        model = MlflowClient().get_registered_model(name)
+        model = _mlflow(MlflowClient().get_registered_model, name)
     except MlflowException as e:
         if _not_found(e):
             return None
@@ -163,7 +212,7 @@ def resolve_version(ref: str) -> tuple[str, str]:
                                 "NAME/VERSION")
         return name, aliases[alias]
     try:
-        return name, str(MlflowClient().get_model_version(name, version).version)
+        return name, str(_mlflow(MlflowClient().get_model_version, name, version).version)
     except MlflowException as e:
         if not _not_found(e):
             raise
@@ -172,7 +221,7 @@ def resolve_version(ref: str) -> tuple[str, str]:
 
 def version_tags(name: str, version: str) -> dict[str, str]:
     """The tags of one model version (lineage, metrics, promotion decision)."""
-    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+    return dict(_mlflow(MlflowClient().get_model_version, name, str(version)).tags)
 
 
 def champion_version(name: str) -> str | None:
@@ -189,7 +238,7 @@ def registered_sample(name: str) -> tuple[str, str, str] | None:
         return None
     version = aliases.get(CHAMPION)
     if version is None:
-        found = MlflowClient().search_model_versions(f"name='{name}'")
+        found = _mlflow(MlflowClient().search_model_versions, f"name='{name}'")
         if not found:
             return None
         version = str(max(int(v.version) for v in found))
@@ -210,8 +259,9 @@ def download_model(name_or_uri: str, dest) -> Path:
 
     name, version = resolve_version(name_or_uri)
     with tempfile.TemporaryDirectory(prefix="dmops-download-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
-                                                         dst_path=tmp))
+        # a fresh download into the temporary folder on each try: safe to repeat
+        local = Path(_mlflow(mlflow.artifacts.download_artifacts,
+                             artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         try:
             rel = Model.load(local).flavors["python_function"]["artifacts"][ARTIFACT]["path"]
         except (KeyError, TypeError, MlflowException):

@@ -176,6 +176,31 @@ def test_register_sets_challenger_and_lineage_tags(tiny_model, name):
 
 
 @pytest.mark.stack
+def test_a_retried_registration_of_one_flow_run_reuses_its_version(tiny_model, name):
+    """The pipeline's register task has Prefect retries: a try that registered a version and
+    then failed (say, moving the alias) runs again, in a new step run, with the same tags. It
+    must not register the same weights a second time."""
+    weights = _sha256(tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
+    tags = {**_lineage(0.4), "mlflow_parent_run_id": "parent-1", "weights_sha256": weights}
+    client = MlflowClient()
+    with mlflow.start_run():
+        version = register_model(tiny_model, name, tags)
+    client.delete_registered_model_alias(name, "challenger")  # that try failed before the alias
+    with mlflow.start_run() as retry:
+        again = register_model(tiny_model, name, tags)
+    assert again == version == "1"
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    # another flow run's registration of the same weights is a version of its own, and so are
+    # other weights in this run
+    run_id = retry.info.run_id
+    assert register_model(tiny_model, name, {**tags, "mlflow_parent_run_id": "parent-2"},
+                          run_id=run_id) == "2"
+    assert register_model(tiny_model, name, {**tags, "weights_sha256": "0" * 64}, run_id=run_id) == "3"
+    assert client.get_model_version_by_alias(name, "challenger").version == "3"
+
+
+@pytest.mark.stack
 def test_pyfunc_samples_exactly_what_the_local_model_samples(tiny_model, name):
     with mlflow.start_run():
         register_model(tiny_model, name, _lineage(0.4))
