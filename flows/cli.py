@@ -156,10 +156,11 @@ def _remote_errors(what: str):
 
     from tasks.register_model import RegistryError
     from tasks.release import ReleaseError
+    from tasks.servers import ServerUnavailable
 
     try:
         yield
-    except (RegistryError, ReleaseError) as e:
+    except (RegistryError, ReleaseError, ServerUnavailable) as e:
         message = str(e)
     except MlflowException as e:
         message = f"the MLflow registry could not serve {what}: {e.message}"
@@ -200,14 +201,18 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
             raise RegistryError("MLFLOW_TRACKING_URI is not set: point it at the MLflow server "
                                 "that holds the registry, e.g. export "
                                 "MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        from tasks.servers import MLFLOW_RETRY_ENV
+
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
-        # server that is down; a few seconds of retrying still rides out a brief hiccup.
-        with _env_defaults(MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-                           MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        # server that is down; the pipeline's bounded retries (tasks.servers) instead.
+        with _env_defaults(**MLFLOW_RETRY_ENV, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             return download_model(model, dest)
     from tasks.release import read_release, s3_client_from_env
+    from tasks.servers import S3, retry_call, s3_url_from_env
 
-    return read_release(s3_client_from_env(), release, dest)
+    # safe to repeat: the folder is replaced atomically, a ReleaseError is never retried
+    return retry_call(read_release, s3_client_from_env(), release, dest, server=S3,
+                      url=s3_url_from_env())
 
 
 @app.command()

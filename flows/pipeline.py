@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from diffusion.config import DataConfig, load_config
 from infra.stack import StackSettings
 from tasks import pipeline_tasks as steps
+from tasks.servers import MLFLOW_RETRY_ENV
 from tasks.settings import check_data_is_versioned, pipeline_settings
 
 from flows.summary import summary_markdown
@@ -77,6 +78,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     cfg_json["evaluate"]["feature_cache"] = str(cache if cache.is_absolute() else repo_path / cache)
     opts = {"refresh_cache": True} if refresh else {}
 
+    # MLflow's client retries bounded (about 30 s, not 4 minutes) before its first request;
+    # a user's own settings win
+    for key, value in MLFLOW_RETRY_ENV.items():
+        os.environ.setdefault(key, value)
     mlflow.set_experiment(settings.experiment)
     run_name = flow_run.get_name() or "training-pipeline"
     with mlflow.start_run(run_name=run_name, tags={

@@ -32,6 +32,7 @@ from .evaluate import Candidate, choose_candidate, evaluate_model, write_candida
 from .lineage import STEP_MODULES, git_commit, model_weights_sha256, step_code_sha256
 from .prepare_dataset import DatasetVersion, dvc_prepare
 from .release import s3_client_from_env
+from .servers import MLFLOW, S3, mlflow_url_from_env, retry_call, s3_url_from_env
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
@@ -301,28 +302,38 @@ def _reference_key(dataset_name: str) -> str:
 
 def load_reference(bucket: str, dataset_name: str) -> dict | None:
     """The summary statistics of the last dataset that passed the gate (None on the first run):
-    the drift expectations compare against them."""
+    the drift expectations compare against them.  Transient S3 errors are retried (the request
+    and the streamed body together); ServerUnavailable names the store when they persist."""
     from botocore.exceptions import ClientError
 
-    try:
-        body = s3_client_from_env().get_object(Bucket=bucket, Key=_reference_key(dataset_name))["Body"]
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return json.loads(body.read())
+    s3 = s3_client_from_env()
+
+    def read() -> dict | None:
+        try:
+            body = s3.get_object(Bucket=bucket, Key=_reference_key(dataset_name))["Body"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return json.loads(body.read())
+
+    return retry_call(read, server=S3, url=s3_url_from_env())
 
 
 def save_reference(bucket: str, dataset_name: str, statistics: dict) -> None:
-    s3_client_from_env().put_object(Bucket=bucket, Key=_reference_key(dataset_name),
-                                  Body=json.dumps(statistics, default=float).encode())
+    """Store `statistics` as the reference of the next run's drift checks (one object,
+    overwritten: writing it again is harmless, so transient errors are retried)."""
+    retry_call(s3_client_from_env().put_object, Bucket=bucket, Key=_reference_key(dataset_name),
+               Body=json.dumps(statistics, default=float).encode(), server=S3, url=s3_url_from_env())
 
 
 def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
-    """Steps whose MLflow run belongs to an earlier flow run: Prefect reused their cached result."""
+    """Steps whose MLflow run belongs to an earlier flow run: Prefect reused their cached result.
+    Reads only, retried on transient MLflow errors."""
     client = mlflow.MlflowClient()
     return [step for step, run_id in step_runs.items()
-            if client.get_run(run_id).data.tags.get("mlflow.parentRunId") != parent_run_id]
+            if retry_call(client.get_run, run_id, server=MLFLOW, url=mlflow_url_from_env())
+            .data.tags.get("mlflow.parentRunId") != parent_run_id]
 
 
 def dataset_sample(dataset: dict) -> tuple[str, str]:

@@ -23,6 +23,10 @@ words.  `apply` makes it true: on a win it FIRST writes the immutable S3 release
 verifying every checksum, and only THEN moves the `champion` alias, so whatever champion points
 at always has a release that readers accept; either way the decision is recorded on the
 challenger version as tags `promotion` and `promotion_reason`.
+
+Transient server errors: reading a release back and setting aliases and tags are safe to repeat
+and go through `tasks.servers.retry_call` (a failure names the server); writing the release
+relies on botocore's retries and on `write_release` recognising its own manifest.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .promotion_lock import PromotionLock
 from .register_model import CHAMPION, champion_version, check_tags, download_model, version_tags
 from .release import (ReleaseError, model_card, prepare_release_files, read_manifest, release_uri,
                       s3_client_from_env, sha256_file, verify_release, write_release)
+from .servers import MLFLOW, S3, mlflow_url_from_env, retry_call, s3_url_from_env
 
 
 class PromotionError(ValueError):
@@ -137,14 +142,17 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
             # a retried promotion may find its own finished release; anything else is a conflict
             raise ReleaseError(f"release {uri} already exists with other files; releases are "
                                "immutable: register a new version instead")
-        verify_release(s3, uri)   # as a reader would: champion never points at a bad release
+        # as a reader would: champion never points at a bad release (a ReleaseError is final)
+        retry_call(verify_release, s3, uri, server=S3, url=s3_url_from_env())
         decision = replace(decision, release_uri=uri)
         tags["release"] = uri
         if lock is not None:
             lock.check()
-        client.set_registered_model_alias(name, CHAMPION, version)
+        retry_call(client.set_registered_model_alias, name, CHAMPION, version,
+                   server=MLFLOW, url=mlflow_url_from_env())
     for key, value in check_tags(tags, f"promotion tags of {name}/{version}").items():
-        client.set_model_version_tag(name, version, key, value)
+        retry_call(client.set_model_version_tag, name, version, key, value,
+                   server=MLFLOW, url=mlflow_url_from_env())
     return decision
 
 
