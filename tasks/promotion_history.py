@@ -69,10 +69,13 @@ def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None) -> 
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
                       IfNoneMatch="*")
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            # a uuid collided: never overwrite what is there
+        if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+            raise
+        # botocore retried a PUT whose response was lost and met the entry its first try
+        # wrote: the same bytes mean the entry is stored.  Anything else is a uuid collision:
+        # never overwrite what is there.
+        if s3.get_object(Bucket=bucket, Key=key)["Body"].read() != body:
             raise HistoryError(f"history entry s3://{bucket}/{key} exists already") from None
-        raise
     return key
 
 

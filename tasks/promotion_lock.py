@@ -19,6 +19,9 @@ score-decide-release-move-alias-record sequence:
   another `ttl_s`) right before it moves the alias, so a holder that was too slow moves nothing.
 - Releasing: a conditional delete (If-Match on its own ETag), in a `finally`; a lease someone
   else holds by then is left alone.
+- Retried writes: a conditional write refused because an earlier try of the same request (a
+  botocore retry after a lost response) was carried out is recognised by reading the lease
+  back (its bytes are this write's), so a holder neither waits for nor loses its own lease.
 - Waiting: a second promoter polls every `poll_s` seconds, prints who holds the lease (owner,
   flow run, since when) at most every `report_s` seconds, and gives up after `wait_s` with
   `PromotionLockTimeout` naming the holder.
@@ -111,14 +114,26 @@ class PromotionLock:
                           sort_keys=True).encode()
 
     def _put(self, **condition) -> str | None:
-        """Write our lease under `condition`; its new ETag, or None when the condition failed."""
+        """Write our lease under `condition`; its new ETag, or None when the condition failed.
+
+        botocore retries a PUT whose response was lost; when the lost try was carried out, the
+        retry fails its condition on our own write.  So a failed condition is checked against
+        the stored lease: the very bytes of this write (owner id and time inside) mean it
+        happened, and its ETag is ours."""
+        body = self._body()
         try:
-            return self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+            return self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=body,
                                       ContentType="application/json", **condition)["ETag"]
         except ClientError as e:
-            if _precondition_failed(e):
+            if not _precondition_failed(e):
+                raise
+        try:
+            stored = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as e:
+            if _missing(e):
                 return None
             raise
+        return stored["ETag"] if stored["Body"].read() == body else None
 
     def _current(self) -> tuple[dict, str, float] | None:
         """(holder, ETag, age in seconds on the store's clock) of the lease, None if absent."""

@@ -31,6 +31,7 @@ from tasks.release import prepare_release_files, verify_release
 from tasks.settings import PromoteSettings
 from tasks.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
+from lost_responses import LostResponses
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SETTINGS = PromoteSettings(metric="fid", tolerance=0.02)
@@ -100,6 +101,40 @@ def test_a_live_holder_keeps_its_lease_past_the_lease_length(stack):
                                                        rf"{holder.owner}.*run-a"):
             PromotionLock(s3, bucket, name, ttl_s=2, wait_s=5, poll_s=0.2, log=lambda _: None).acquire()
         holder.check()                   # 5 s > 2 x the lease length, still ours
+
+
+def test_lease_writes_retried_after_a_lost_response_keep_the_lease(stack):
+    """The store takes (or renews) the lease, the answer is lost, botocore sends the
+    conditional PUT again and it fails its condition on our own write: the holder must see
+    its own lease, not wait for it to expire nor give it up."""
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    lost = LostResponses(s3, "PutObject", which=lambda url: url.endswith(lease_key(name)), times=2)
+    lock = PromotionLock(s3, bucket, name, flow_run_id="run-a", ttl_s=60, wait_s=3, poll_s=0.2,
+                         log=lambda _: None)
+    lock.acquire()                       # the create's answer is lost
+    try:
+        lock.check()                     # and the renewal's
+        assert len(lost.dropped) == 2
+        held = json.loads(s3.get_object(Bucket=bucket, Key=lease_key(name))["Body"].read())
+        assert held["owner"] == lock.owner
+        lock.check()                     # the ETag it keeps is the stored one
+    finally:
+        lock.release()
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=lease_key(name))["KeyCount"] == 0
+
+
+def test_a_history_entry_retried_after_a_lost_response_is_stored_once(stack):
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    lost = LostResponses(s3, "PutObject", which=lambda url: "/_history/" in url)
+    entry = {"model": name, "version": "1", "previous_champion": None, "champion": "1",
+             "decision": "promoted", "reason": "no champion yet", "comparable": True,
+             "metric": "fid", "challenger_value": 0.4, "champion_value": None,
+             "challenger_metrics": {"fid": 0.4}, "champion_metrics": None, "release": None,
+             "flow_run_id": "run-a"}
+    key = append_entry(s3, bucket, entry)
+    assert len(lost.dropped) == 1
+    assert [e["version"] for e in read_history(s3, bucket, name)] == ["1"]
+    assert key.startswith(f"{name}/_history/")
 
 
 # --- racing promotions --------------------------------------------------------------------------
