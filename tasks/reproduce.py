@@ -212,6 +212,8 @@ def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url
                   log: Callable[[str], None] = print) -> Path:
     """The dataset version `md5` of `name`, pulled from DVC remote `remote` into the worktree
     (a .dvc file naming the md5, then `dvc pull` into an empty cache); returns its folder."""
+    # DVC's per-repository state goes inside the worktree, so it leaves with it
+    _dvc(worktree, "config", "--local", "core.site_cache_dir", str(worktree / ".dvc" / "site"))
     try:
         configure_remote(worktree, remote, endpoint_url)
     except DVCError as e:

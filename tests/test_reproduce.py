@@ -76,6 +76,12 @@ def registered(repo):
     return mlflow.MlflowClient().get_model_version_by_alias(MODEL, "champion")
 
 
+def logged_model(version) -> str:
+    """The id of the logged model a version was registered from (its source models:/<id>), which
+    the MLflow server wants named when the same model is registered again."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
 def worktrees(repo) -> list[str]:
     return [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
             if line.startswith("worktree ")]
@@ -143,8 +149,23 @@ def test_a_dataset_version_missing_from_the_remote_is_a_clear_error(registered, 
     absent = "0" * 32 + ".dir"
     copy = client.create_model_version(MODEL, registered.source, run_id=registered.run_id,
                                        tags={**registered.tags, "dataset_md5": absent},
-                                       model_id=registered.model_id)
+                                       model_id=logged_model(registered))
     proc = dmops("reproduce", f"{MODEL}/{copy.version}", "--repo", repo, cwd=repo)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"md5 {absent} is not in DVC remote 'dmops'" in proc.stderr, proc.stderr
     assert worktrees(repo) == [f"worktree {repo.resolve()}"]
+
+
+def test_a_version_without_its_recorded_config_is_a_clear_error(registered, repo):
+    """The configuration is read from the version's run (lineage/config.json): a version whose
+    run holds none -- here the same model registered under the flow's parent run -- is refused."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    copy = client.create_model_version(MODEL, registered.source,
+                                       run_id=registered.tags["mlflow_parent_run_id"],
+                                       tags=registered.tags, model_id=logged_model(registered))
+    proc = dmops("reproduce", f"{MODEL}/{copy.version}", "--repo", repo, cwd=repo)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "holds no lineage/config.json" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
