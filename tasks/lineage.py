@@ -14,7 +14,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from diffusion.provenance import Lineage, code_sha256
+from diffusion.provenance import Lineage, code_files, code_sha256
 
 # the module that does each step's work (what `dmops <command>` and the Prefect task call)
 STEP_MODULES = {
@@ -36,15 +36,27 @@ def step_code_sha256(step: str) -> str:
 
 
 def git_commit(repo=".") -> str:
-    """HEAD of the git repository at `repo`, marked '-dirty' when tracked files differ from it;
-    'unknown' outside a repository."""
+    """HEAD of the git repository at `repo`, marked '-dirty' when tracked files differ from it
+    or when project code that the steps import lies in the repository untracked (the commit
+    would not hold the code that ran); 'unknown' outside a repository."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    if not dirty:
+        root = Path(git("rev-parse", "--show-toplevel").stdout.strip()).resolve()
+        inside = [str(path) for path in project_code_files() if path.resolve().is_relative_to(root)]
+        if inside:
+            dirty = git("ls-files", "--others", "--exclude-standard", "--", *inside).stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def project_code_files() -> list[Path]:
+    """The source files of every step's code (what the code hashes cover)."""
+    return sorted({path for module in STEP_MODULES.values()
+                   for path in code_files([module]).values()})
 
 
 def step_lineage(step: str, dataset_md5: str | None = None, repo=".") -> Lineage:

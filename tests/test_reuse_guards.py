@@ -5,6 +5,7 @@ and nothing is written.  Unchanged inputs still reuse.  The code hash follows ev
 module a step imports, and only those."""
 
 import hashlib
+import sys
 import textwrap
 from pathlib import Path
 
@@ -182,3 +183,37 @@ def test_the_training_steps_code_hash_covers_the_loss_weighting():
     modules = code_files(["tasks.train_teacher"])
     assert {"diffusion.objectives", "diffusion.train", "diffusion.nets", "diffusion.data"} <= set(modules)
     assert "tasks.release" not in modules
+
+
+def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
+    """The commit tag must hold the code that ran: a module the steps import that lies in the
+    repository untracked (forgotten `git add`) makes the commit '-dirty'."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for package in ("diffusion", "tasks"):
+        shutil.copytree(root / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    def commit_tag() -> str:  # run where `diffusion` and `tasks` import from the repository
+        return subprocess.run([sys.executable, "-c", "from tasks.lineage import git_commit; "
+                               "print(git_commit('.'))"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    assert not commit_tag().endswith("-dirty")
+    (tmp_path / "diffusion" / "weighting_extra.py").write_text("SCALE = 2.0\n")
+    with open(tmp_path / "diffusion" / "objectives.py", "a") as f:
+        f.write("\nfrom . import weighting_extra  # noqa: E402,F401\n")
+    git("commit", "-qam", "import a module that was never added")
+    assert commit_tag().endswith("-dirty")
+    git("add", "diffusion/weighting_extra.py")
+    git("commit", "-qm", "add it")
+    assert not commit_tag().endswith("-dirty")
