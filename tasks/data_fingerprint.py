@@ -36,6 +36,7 @@ from pathlib import Path
 
 from diffusion.config import DataConfig
 from diffusion.data import DataError
+from diffusion.image_files import scan_folder
 from diffusion.provenance import code_files, file_sha256
 
 FORMAT = 1
@@ -75,33 +76,15 @@ def source_files(data: DataConfig) -> dict | None:
 
 
 def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Every regular file under root (linked folders followed once), and every entry that is
-    not read -- hidden folders, folders linked again, things that are not regular files -- as
-    "<reason>: <path>", both sorted, paths POSIX and relative to root: the same walk as
-    image_files.scan_folder, so whatever changes its counts changes the fingerprint."""
-    files, other = [], []
-    visited = {os.path.realpath(root)}
-    for current, dirnames, filenames in os.walk(root, followlinks=True):
-        rel_dir = Path(current).relative_to(root)
-        keep = []
-        for name in sorted(dirnames):
-            rel = (rel_dir / name).as_posix()
-            real = os.path.realpath(os.path.join(current, name))
-            if name.startswith("."):
-                other.append(f"hidden: {rel}/")
-            elif real in visited:
-                other.append(f"symlink_loop: {rel}/")
-            else:
-                visited.add(real)
-                keep.append(name)
-        dirnames[:] = keep
-        for name in filenames:
-            rel = (rel_dir / name).as_posix()
-            if os.path.isfile(os.path.join(current, name)):
-                files.append((rel, Path(current) / name))
-            else:
-                other.append(f"not_a_file: {rel}")
-    return sorted(files), sorted(other)
+    """The files the loader reads (relative POSIX path, file) and every other entry of the
+    folder as "<reason>: <path>" (skipped files, hidden or linked-again folders, and every
+    sub-folder, so that an emptied class folder counts): image_files.scan_folder's own walk,
+    so whatever changes what is read or skipped changes the fingerprint."""
+    scan = scan_folder(root)
+    files = [(rel.as_posix(), root / rel) for rel in scan.files]
+    other = [f"{reason}: {path}" for reason, paths in scan.skipped.items() for path in paths]
+    other += [f"folder: {folder}/" for folder in scan.folders]
+    return files, sorted(other)
 
 
 def code_identity() -> dict:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from user_repo import git, make_user_repo, params_for
 MODEL = "pipeline-test"
 WEAK = ["--set", "train.steps=1"]
 # 150 steps with a short warm-up: far better than 1 step, still seconds on one core
@@ -47,20 +46,8 @@ def run(*args, cwd, check=True, timeout=900):
     return proc
 
 
-def git(repo, *args):
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
-def dvc(repo, *args):
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, check=True,
-                   capture_output=True)
-
-
 def write_params(repo: Path, data: dict | None = None, gate: dict | None = None) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    params["pipeline"]["model_name"] = MODEL
-    params["pipeline"]["experiment"] = "pipeline-test"
+    params = params_for(MODEL, "pipeline-test")
     if data is not None:
         params["data"] = {**params["data"], **data}
     params["pipeline"]["validate_data"].update(gate or {})
@@ -71,23 +58,8 @@ def write_params(repo: Path, data: dict | None = None, gate: dict | None = None)
 def repo(tmp_path_factory, stack):
     """A user's checkout: params.yaml, dvc.yaml, the deployments file and the code (the flow,
     its steps and the ML core, which `python -m flows.cli` imports from here), in git + DVC."""
-    repo = tmp_path_factory.mktemp("repo")
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    (repo / "infra").mkdir()
-    shutil.copy(ROOT / "infra" / "prefect.yaml", repo / "infra")
-    for package in ("flows", "tasks", "diffusion"):
-        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".gitignore").write_text("runs/\ndata/features/\n")
-    write_params(repo)
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "test@example.com")
-    git(repo, "config", "user.name", "test")
-    dvc(repo, "init", "-q")
-    dvc(repo, "config", "core.analytics", "false")
-    dvc(repo, "remote", "add", "-d", "dmops", f"s3://{stack.settings.data_bucket}/datasets")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a user's pipeline repo")
-    return repo
+    return make_user_repo(tmp_path_factory.mktemp("repo"), stack.settings.data_bucket,
+                          params_for(MODEL, "pipeline-test"))
 
 
 def client():

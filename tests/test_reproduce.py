@@ -9,15 +9,14 @@ dvc.yaml, the deployments file and the code, in git + DVC), under a model name o
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from user_repo import git, make_user_repo, params_for
+
 MODEL = "reproduce-test"
 WEAK = ["--set", "train.steps=1"]
 
@@ -29,42 +28,13 @@ def dmops(*args, cwd, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def git(repo, *args) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def dvc(repo, *args):
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, check=True,
-                   capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, stack):
     """A user's checkout with the code in it (the commit's own diffusion/ and tasks/ are what a
     reproduction runs), in git + DVC with the remote in the stack's data bucket."""
-    repo = tmp_path_factory.mktemp("repro-repo")
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    (repo / "infra").mkdir()
-    shutil.copy(ROOT / "infra" / "prefect.yaml", repo / "infra")
-    for package in ("flows", "tasks", "diffusion"):
-        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".gitignore").write_text("runs/\ndata/features/\n")
-    (repo / "NOTES.md").write_text("a tracked file that is not code\n")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    params["pipeline"]["model_name"] = MODEL
-    params["pipeline"]["experiment"] = MODEL
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "test@example.com")
-    git(repo, "config", "user.name", "test")
-    dvc(repo, "init", "-q")
-    dvc(repo, "config", "core.analytics", "false")
-    dvc(repo, "remote", "add", "-d", "dmops", f"s3://{stack.settings.data_bucket}/datasets")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a user's pipeline repo")
-    return repo
+    return make_user_repo(tmp_path_factory.mktemp("repro-repo"), stack.settings.data_bucket,
+                          params_for(MODEL, MODEL),
+                          {"NOTES.md": "a tracked file that is not code\n"})
 
 
 @pytest.fixture(scope="module")
