@@ -54,10 +54,11 @@ def register(app: typer.Typer) -> None:
         except typer.BadParameter as e:
             fail(str(e), 1)
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
-        # server that is down; a few seconds of retrying still rides out a brief hiccup
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # server that is down; the project's bounded settings (user settings win)
+        from tasks.servers import MLFLOW_RETRY_ENV
+
+        for key, value in {**MLFLOW_RETRY_ENV, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+            os.environ.setdefault(key, value)
         out = sys.stderr if as_json else sys.stdout
 
         def log(text: str) -> None:

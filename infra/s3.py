@@ -21,7 +21,7 @@ def s3_client(url: str, creds: Credentials, attempts: int = 3, read_timeout: flo
     from botocore.config import Config
 
     config = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=read_timeout,
-                    retries={"max_attempts": attempts, "mode": "standard"})
+                    retries={"total_max_attempts": attempts, "mode": "standard"})
     return boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id=creds.access_key_id,
                         aws_secret_access_key=creds.secret_access_key, config=config)
 

@@ -37,10 +37,11 @@ PREFECT = "Prefect server"
 ENV = {"attempts": "DMOPS_RETRY_ATTEMPTS", "base_s": "DMOPS_RETRY_BASE_S",
        "max_wait_s": "DMOPS_RETRY_MAX_WAIT_S", "max_total_s": "DMOPS_RETRY_MAX_TOTAL_S"}
 
-# MLflow's own client retries (read by mlflow.utils.rest_utils on every request): 5 retries with
-# urllib3 backoff 1, 2, 4, 8, 16 s (about 31 s) instead of the default 7 retries with factor 2
-# (about 4 minutes), so a dead server is reported within a minute. Export before the first call.
-MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+# MLflow's own client retries (read by mlflow.utils.rest_utils on every request): 2 retries with
+# urllib3 backoff 1, 2 s instead of the default 7 with factor 2 (about 4 minutes). Short for the
+# same reason as boto_config: retry_call's waits come on top, and the layers multiply. Export
+# before the first call.
+MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -106,15 +107,17 @@ class RetryPolicy:
             yield wait
 
 
-def boto_config(max_attempts: int = 10, **options):
+def boto_config(max_attempts: int = 3, **options):
     """A botocore Config for the stack's S3 store: path-style addressing (bucket.127.0.0.1
     does not resolve), short connect timeout, "standard" retry mode with `max_attempts` tries
-    in all (waits up to 1, 2, 4, 8, 16, 20, 20, ... s with full jitter: 10 tries span at most
-    about two minutes). Extra `options` go to Config."""
+    in all (botocore's default: waits below 1 and 2 s with full jitter).  Kept short because
+    `retry_call` adds the long waits on top, and the two layers multiply: a dead store is
+    reported within about half a minute.  Extra `options` go to Config."""
     from botocore.config import Config
 
+    # total_max_attempts counts every try; botocore's "max_attempts" would mean retries + 1
     return Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60,
-                  retries={"mode": "standard", "max_attempts": max_attempts}, **options)
+                  retries={"mode": "standard", "total_max_attempts": max_attempts}, **options)
 
 
 def s3_url_from_env() -> str:
