@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -23,6 +23,9 @@ from .distill.consistency import ConsistencyConfig
 from .image_files import background_rgb
 from .distill.progressive import ProgressiveConfig
 from .train import Device, ObjectiveConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from .model import ModelSpec
 
 
 class ConfigError(ValueError):

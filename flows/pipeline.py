@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from diffusion.config import DataConfig, load_config
 from infra.stack import StackSettings
 from tasks import pipeline_tasks as steps
+from tasks.lineage import git_commit
 from tasks.servers import MLFLOW_RETRY_ENV
 from tasks.settings import check_data_is_versioned, pipeline_settings
 
@@ -128,7 +129,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         step_runs["evaluate"] = evaluation["run_id"]
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
-                "git_commit": steps.git_commit(repo_path), "validation": validation.summary.splitlines()[0],
+                "git_commit": git_commit(repo_path), "validation": validation.summary.splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
                 "profile": str(cfg.profile)}
         challenger = steps.register_task(evaluation, {**teacher.folders, **students}, weights,

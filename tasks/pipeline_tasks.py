@@ -29,7 +29,7 @@ from diffusion.config import Config, ConfigError
 from . import tracking
 from .distill import distill_sampler
 from .evaluate import Candidate, choose_candidate, evaluate_model, write_candidate
-from .lineage import STEP_MODULES, git_commit, model_weights_sha256, step_code_sha256
+from .lineage import STEP_MODULES, model_weights_sha256, step_code_sha256
 from .prepare_dataset import DatasetVersion, dvc_prepare
 from .release import s3_client_from_env
 from .servers import MLFLOW, S3, mlflow_url_from_env, retry_call, s3_url_from_env

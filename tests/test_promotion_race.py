@@ -215,7 +215,7 @@ def test_the_champion_is_scored_on_the_challengers_versioned_data(stack, tmp_pat
     metrics = score_model(model_dir, cfg, tmp_path / "score", data_dir=data_dir)
     np.savez(source, x=-x)      # the source changes after the data was versioned
 
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    bucket, name = stack.settings.releases_bucket, _name()
     setup = {"cfg": cfg, "model_dir": model_dir, "data_dir": data_dir}
     v1, v2 = (_register(model_dir, name) for _ in range(2))
     _promote(setup, name, v1, metrics, tmp_path / v1, bucket)
