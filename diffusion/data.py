@@ -395,6 +395,10 @@ def load_npz(path, seed: int = 0, val_fraction: float = 0.1,
         if y.shape != (n,):
             raise DataError(f"{path}: 'y' has shape {y.shape} but 'x' has {n} samples; "
                             f"accepted: shape ({n},)")
+        if y.dtype == np.uint64 and len(y) and int(y.max()) > np.iinfo(np.int64).max:
+            # astype would wrap these round to negative labels
+            raise DataError(f"{path}: 'y' holds label {int(y.max())}, beyond int64; accepted: "
+                            "class indices 0 .. number of classes - 1")
         y = torch.from_numpy(y.astype(np.int64))
 
     split = arrays.get("split")

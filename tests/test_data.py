@@ -214,6 +214,8 @@ def test_npz_vectors_images_and_given_split(tmp_path):
     (dict(x=np.zeros((3, 2)), split=np.array(["train", "dev", "test"])), "dev"),
     (dict(x=np.zeros((3, 4, 5, 5))), "C in"),
     (dict(x=np.array([["a", "b"]])), "dtype"),
+    # uint64 labels above int64 used to wrap round to negative class indices
+    (dict(x=np.zeros((2, 2)), y=np.array([0, 2**63], dtype=np.uint64)), "beyond int64"),
 ])
 def test_npz_bad_input(tmp_path, arrays, message):
     with pytest.raises(DataError, match=message) as info:
