@@ -162,7 +162,7 @@ def resume_checkpoint(ckpt_dir, opt, provenance: Provenance, total_steps: int,
     step = int(state["step"])
     if step > total_steps:
         raise ProvenanceError(f"{what} checkpoint {path} is at step {step}, beyond the requested "
-                              f"{total_steps} steps; ask for at least {step} steps, or "
+                              f"{total_steps} steps: ask for at least {step} steps. "
                               f"{FRESH_START}")
     try:
         weights = {p.name[: -len(".safetensors")]: load_file(str(p))

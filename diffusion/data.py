@@ -73,6 +73,14 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    @property
+    def n_classes(self) -> int:
+        """How many classes the labels index: the named ones, or up to the largest label when
+        the data names none (an .npz may carry 'y' without 'class_names'); 0 unlabelled."""
+        if self.y is None or len(self.y) == 0:
+            return 0
+        return max(len(self.class_names or ()), int(self.y.max()) + 1)
+
     def subset(self, split: str) -> Dataset:
         """The rows of one split (not re-validated: a val subset has no train rows)."""
         if split not in SPLITS:

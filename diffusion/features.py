@@ -310,8 +310,7 @@ def default_architecture(ds: Dataset) -> tuple[str, dict]:
     arch = {"sample_shape": shape, "in_channels": shape[0], "image_size": shape[1:],
             "widths": list(WIDTHS), "hidden": HIDDEN, "num_features": NUM_FEATURES}
     if kind == "classifier":
-        names = len(ds.class_names) if ds.class_names else 0
-        arch["num_classes"] = max(names, int(ds.y.max()) + 1)
+        arch["num_classes"] = ds.n_classes
     return kind, arch
 
 

@@ -61,6 +61,16 @@ def _fresh(task, output, folders, **kwargs):
     return task.with_options(refresh_cache=True)(**kwargs)
 
 
+def load_pipeline_config(repo_path: Path, config: str, profile: str | None,
+                         overrides: list[str]):
+    """(config, pipeline settings) of a run, validated: ConfigError names what to fix.  `dmops
+    run` calls it before the flow starts, so a bad setting is one line, not a failed run."""
+    cfg = load_config(repo_path / config, profile, overrides)
+    raw = yaml.safe_load((repo_path / config).read_text()) or {}
+    check_data_is_versioned(cfg.data, DataConfig.model_validate(raw.get("data") or {}))
+    return cfg, pipeline_settings(cfg)
+
+
 @flow(name="training-pipeline", log_prints=True)
 def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                       overrides: list[str] | None = None, repo: str = ".",
@@ -69,10 +79,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     decision and the release path."""
     _require_stack_env()
     repo_path = Path(repo).resolve()
-    cfg = load_config(repo_path / config, profile, overrides or [])
-    raw = yaml.safe_load((repo_path / config).read_text()) or {}
-    check_data_is_versioned(cfg.data, DataConfig.model_validate(raw.get("data") or {}))
-    settings = pipeline_settings(cfg)
+    cfg, settings = load_pipeline_config(repo_path, config, profile, overrides or [])
     stack = StackSettings.from_env()
     cfg_json = cfg.model_dump(mode="json", exclude={"out_dir", "pipeline", "profile"})
     cache = Path(cfg_json["evaluate"]["feature_cache"])  # relative to the repo, not to the cwd

@@ -35,9 +35,9 @@ def stack_env() -> dict[str, str]:
     return {**os.environ, **stack.client_env()}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -65,12 +65,20 @@ def register(app: typer.Typer) -> None:
         except typer.BadParameter as e:
             _fail(str(e))
         os.environ.update(env)
-        from flows.pipeline import training_pipeline
+        from diffusion.config import ConfigError
+        from flows.pipeline import load_pipeline_config, training_pipeline
+
+        try:  # settings are checked before the flow starts: a typo is one line, exit code 2
+            load_pipeline_config(repo.resolve(), config, profile, list(set_ or []))
+        except ConfigError as e:
+            _fail(" ".join(str(e).split()), 2)
 
         t0 = time.perf_counter()
         try:
             result = training_pipeline(config=config, profile=profile, overrides=list(set_ or []),
                                        repo=str(repo), refresh=refresh)
+        except ConfigError as e:  # found only once the data is known (its sample shape)
+            _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
             _fail(f"the pipeline failed: {e}")
         minutes = (time.perf_counter() - t0) / 60

@@ -36,15 +36,19 @@ def step_code_sha256(step: str) -> str:
 
 
 def git_commit(repo=".") -> str:
-    """HEAD of the git repository at `repo`, marked '-dirty' when tracked files differ from it
-    or when project code that the steps import lies in the repository untracked (the commit
-    would not hold the code that ran); 'unknown' outside a repository."""
+    """HEAD of the git repository at `repo`, marked '-dirty' when tracked files other than
+    dvc.lock differ from it or when project code that the steps import lies in the repository
+    untracked (the commit would not hold the code that ran); 'unknown' outside a repository."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    # dvc.lock is rewritten by the run's own `dvc repro`: it records the data version, which
+    # the dataset_md5 tag names and `dmops reproduce` fetches by md5; it does not make the code
+    # or settings differ from the commit
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                ":(exclude,top)dvc.lock").stdout.strip()
     if not dirty:
         root = Path(git("rev-parse", "--show-toplevel").stdout.strip()).resolve()
         inside = [str(path) for path in project_code_files() if path.resolve().is_relative_to(root)]

@@ -105,3 +105,19 @@ def test_unknown_config_key_and_bad_model_folder(tmp_path):
                    "train.learning_rate", "unknown key", "lr")
     _fails_cleanly(dmops("sample", "-m", tmp_path, "--out", tmp_path / "x.png"), "holds no model")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_labelled_npz_without_class_names_evaluates(tiny_run, tmp_path):
+    """An .npz with 'y' but no 'class_names' (valid input) crashed the evaluation with
+    `len(None)` after training; the classes are the labels' range."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[:400, None].astype(np.float32) / 8.0 - 1.0)
+    np.savez(tmp_path / "d.npz", x=x, y=digits.target[:400].astype(np.int64))
+    out, _ = tiny_run
+    result = dmops("evaluate", "-p", "tiny", "-m", out, "--out", tmp_path / "eval",
+                   "--set", "data.name=npz", "--set", f"data.path={tmp_path / 'd.npz'}",
+                   "--set", f"evaluate.feature_cache={tmp_path / 'features'}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "eval" / "quality_vs_nfe.csv").is_file()

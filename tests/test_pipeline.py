@@ -275,7 +275,7 @@ def test_data_of_another_shape_is_refused_before_training_naming_the_model(first
         proc = run("run", "--repo", repo, cwd=repo, check=False)
     finally:
         write_params(repo)
-    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert proc.returncode == 2, proc.stdout[-3000:]
     message = " ".join(proc.stderr.split())
     assert "pipeline.model_name" in message and MODEL in message and "1x16x16" in message, message
     assert _teacher_runs() == trained_before  # refused before any training
@@ -288,6 +288,17 @@ def _teacher_runs() -> int:
     experiment = mlflow.get_experiment_by_name("pipeline-test")
     return len(mlflow.search_runs(experiment_ids=[experiment.experiment_id],
                                   filter_string="tags.step = 'train_teacher'", output_format="list"))
+
+
+@pytest.mark.parametrize("setting, named", [("train.learning_rate=1", "train.learning_rate"),
+                                             ("data.seed=3", "data")])
+def test_a_bad_setting_is_one_line_before_the_flow_starts(first, repo, setting, named):
+    before = len(versions())
+    proc = run("run", "--repo", repo, "--set", setting, cwd=repo, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and named in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(versions()) == before
 
 
 def test_deployment_from_prefect_yaml_runs_through_a_worker(first, repo):

@@ -205,10 +205,17 @@ def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
                                "print(git_commit('.'))"], cwd=tmp_path, capture_output=True,
                               text=True, check=True).stdout.strip()
 
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "code")
     assert not commit_tag().endswith("-dirty")
+    # the run's own `dvc repro` rewrites dvc.lock: the data version, tagged as dataset_md5
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert not commit_tag().endswith("-dirty")
+    (tmp_path / "tasks" / "sample.py").write_text("# edited\n")
+    assert commit_tag().endswith("-dirty")
+    git("checkout", "tasks/sample.py")
     (tmp_path / "diffusion" / "weighting_extra.py").write_text("SCALE = 2.0\n")
     with open(tmp_path / "diffusion" / "objectives.py", "a") as f:
         f.write("\nfrom . import weighting_extra  # noqa: E402,F401\n")
