@@ -127,22 +127,25 @@ class PromotionLock:
         except ClientError as e:
             if not _precondition_failed(e):
                 raise
+        stored = self._get()
+        if stored is None:
+            return None
+        return stored["ETag"] if stored["Body"].read() == body else None
+
+    def _get(self) -> dict | None:
+        """The stored lease object (GetObject's answer), None when there is none."""
         try:
-            stored = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+            return self.s3.get_object(Bucket=self.bucket, Key=self.key)
         except ClientError as e:
             if _missing(e):
                 return None
             raise
-        return stored["ETag"] if stored["Body"].read() == body else None
 
     def _current(self) -> tuple[dict, str, float] | None:
         """(holder, ETag, age in seconds on the store's clock) of the lease, None if absent."""
-        try:
-            answer = self.s3.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as e:
-            if _missing(e):
-                return None
-            raise
+        answer = self._get()
+        if answer is None:
+            return None
         try:
             holder = json.loads(answer["Body"].read())
         except json.JSONDecodeError:
