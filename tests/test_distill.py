@@ -76,8 +76,8 @@ def test_progressive_target_makes_one_student_step_equal_two_teacher_steps():
 
 
 def test_progressive_target_ve_and_vp_forms_agree():
-    """DESIGN.md's VP form (z'' - (s_s/s_t) z_t)/(a_s - (s_s/s_t) a_t), fed VP-scaled states
-    x_vp = x_ve / sqrt(1 + sigma^2), gives the same x0 as the VE form."""
+    """The VP form of Salimans & Ho 2022 (Algorithm 2), (z'' - (s_s/s_t) z_t)/(a_s - (s_s/s_t) a_t),
+    fed VP-scaled states x_vp = x_ve / sqrt(1 + sigma^2), gives the same x0 as the VE form."""
     grid = nested_karras_sigmas(16, 0.002, 80.0)
     g = torch.Generator().manual_seed(1)
     for j in range(7):  # sigma_s > 0 (the VP form needs s_t > 0, a_s - ... != 0)

@@ -5,7 +5,8 @@ t -> mid -> s.  The student's DDIM step is z_s = x_hat + (sigma_s/sigma_t)(z_t -
 requiring z_s = z'' (the teacher's result) gives its x0 target in closed form:
 
     x_hat = (z'' - (sigma_s/sigma_t) z_t) / (1 - sigma_s/sigma_t)            (VE form)
-          = (z''_vp - (s_s/s_t) z_vp_t) / (a_s - (s_s/s_t) a_t)             (VP form, DESIGN.md)
+          = (z''_vp - (s_s/s_t) z_vp_t) / (a_s - (s_s/s_t) a_t)             (VP form, the paper's
+                                                                             Algorithm 2)
 
 and x_hat = z'' when sigma_s = 0.  The loss is the x0 MSE with truncated-SNR weighting
 max(SNR, 1).  Grids nest (schedules.nested_karras_sigmas): the student's N/2-step grid is
@@ -86,7 +87,8 @@ def progressive_target(teacher, z_t: torch.Tensor, sigma_t, sigma_mid, sigma_s) 
 
 
 def progressive_target_vp(z2_vp, z_vp_t, alpha_t, s_t, alpha_s, s_s):
-    """The same target in VP variables (DESIGN.md): (z'' - (s_s/s_t) z_t)/(a_s - (s_s/s_t) a_t)."""
+    """The same target in VP variables (Salimans & Ho 2022, Algorithm 2):
+    (z'' - (s_s/s_t) z_t)/(a_s - (s_s/s_t) a_t)."""
     ratio = s_s / s_t
     return (z2_vp - ratio * z_vp_t) / (alpha_s - ratio * alpha_t)
 
