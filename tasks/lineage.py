@@ -57,10 +57,12 @@ def git_commit(repo=".") -> str:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def project_code_files() -> list[Path]:
-    """The source files of every step's code (what the code hashes cover)."""
-    return sorted({path for module in STEP_MODULES.values()
-                   for path in code_files([module]).values()})
+@lru_cache(maxsize=None)
+def project_code_files() -> tuple[Path, ...]:
+    """The source files of every step's code (what the code hashes cover); found once per
+    process, like the hashes."""
+    return tuple(sorted({path for module in STEP_MODULES.values()
+                         for path in code_files([module]).values()}))
 
 
 def step_lineage(step: str, dataset_md5: str | None = None, repo=".") -> Lineage:

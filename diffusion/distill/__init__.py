@@ -25,8 +25,7 @@ from torch import nn
 from ..checkpoint import FRESH_START, Resumed, load_into, resume_checkpoint
 from ..model import ModelError, ModelSpec, load_for_sampling, read_spec
 from ..objectives import Denoiser
-from ..provenance import (Lineage, Provenance, code_sha256, stored_provenance, tensor_sha256,
-                          weights_sha256)
+from ..provenance import Lineage, Provenance, code_sha256, stored_provenance, weights_sha256
 from ..train import _STRICT, Device, Positive
 
 __all__ = ["DistillationError", "load_teacher", "check_teacher", "Lineage"]
@@ -109,16 +108,17 @@ def check_data(data: torch.Tensor) -> None:
 
 # --- provenance and reuse ------------------------------------------------------------
 
-def distillation_provenance(settings: dict, data: torch.Tensor, teacher: Denoiser,
+def distillation_provenance(settings: dict, data_sha256: str, teacher: Denoiser,
                             teacher_spec: ModelSpec, lineage: Lineage | None,
                             module: str) -> Provenance:
-    """What determines a student: its settings, the training tensor, the teacher (its weights,
+    """What determines a student: its settings, the training tensor (`data_sha256`, its
+    provenance.tensor_sha256, computed once per run by the caller), the teacher (its weights,
     and its network and preconditioning, which with the weights make its denoiser) and the
     code (the caller's, from `lineage`, else `module` and its imports)."""
     lineage = lineage or Lineage()
     net = teacher.net if isinstance(teacher, Denoiser) else teacher
     settings = {**settings, "teacher": {"net": teacher_spec.net, "precond": teacher_spec.precond}}
-    return Provenance(settings=settings, data_sha256=tensor_sha256(data),
+    return Provenance(settings=settings, data_sha256=data_sha256,
                       code_sha256=lineage.code_sha256 or code_sha256([module]),
                       teacher_sha256=weights_sha256(net), dataset_md5=lineage.dataset_md5,
                       git_commit=lineage.git_commit)

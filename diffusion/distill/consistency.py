@@ -28,7 +28,7 @@ from ..checkpoint import save_checkpoint
 from ..loop import optimise
 from ..model import ModelSpec, SamplingSpec, save_model
 from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
-from ..provenance import Lineage, Provenance
+from ..provenance import Lineage, Provenance, tensor_sha256
 from ..schedules import karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
 from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
@@ -130,7 +130,8 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     out_dir = Path(out_dir)
     folder = out_dir / "model"
     settings = {"method": "consistency", "config": cfg.result_settings()}
-    requested = distillation_provenance(settings, data, teacher, teacher_spec, lineage, __name__)
+    requested = distillation_provenance(settings, tensor_sha256(data), teacher, teacher_spec,
+                                        lineage, __name__)
     if resume and finished_student(folder, requested, "consistency student"):
         return folder
     device = resolve_device(cfg.device)

@@ -29,7 +29,7 @@ from ..checkpoint import save_checkpoint
 from ..loop import optimise
 from ..model import ModelSpec, SamplingSpec, load_model, save_model
 from ..objectives import Denoiser, weight_truncated_snr
-from ..provenance import Lineage, Provenance
+from ..provenance import Lineage, Provenance, tensor_sha256
 from ..schedules import nested_karras_sigmas
 from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
 from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
@@ -119,11 +119,11 @@ def student_spec(teacher_spec: ModelSpec, cfg: ProgressiveConfig, round_: int, t
                                            "provenance": provenance})
 
 
-def round_provenance(cfg: ProgressiveConfig, round_: int, n_teacher: int, data, teacher,
-                     teacher_spec: ModelSpec, lineage: Lineage | None) -> Provenance:
+def round_provenance(cfg: ProgressiveConfig, round_: int, n_teacher: int, data_sha256: str,
+                     teacher, teacher_spec: ModelSpec, lineage: Lineage | None) -> Provenance:
     settings = {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
                 "config": cfg.result_settings()}
-    return distillation_provenance(settings, data, teacher, teacher_spec, lineage, __name__)
+    return distillation_provenance(settings, data_sha256, teacher, teacher_spec, lineage, __name__)
 
 
 def round_dir(out_dir: Path, round_: int, teacher_steps: int) -> Path:
@@ -150,10 +150,11 @@ def progressive_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     out_dir = Path(out_dir)
     teacher = freeze(copy.deepcopy(teacher).to(device))
     folders, n_teacher, round_ = [], cfg.start_steps, 1
+    data_sha256 = tensor_sha256(data)  # once: every round trains on the same tensor
     spec = teacher_spec
     while n_teacher > cfg.end_steps:
         folder = round_dir(out_dir, round_, n_teacher) / "model"
-        requested = round_provenance(cfg, round_, n_teacher, data, teacher, spec, lineage)
+        requested = round_provenance(cfg, round_, n_teacher, data_sha256, teacher, spec, lineage)
         if resume and finished_student(folder, requested, f"progressive round {round_}"):
             student, spec = load_model(folder, device)
         else:
