@@ -32,7 +32,7 @@ from .evaluate import Candidate, choose_candidate, evaluate_model, write_candida
 from .lineage import STEP_MODULES, model_weights_sha256, step_code_sha256
 from .prepare_dataset import DatasetVersion, dvc_prepare
 from .release import s3_client_from_env
-from .servers import MLFLOW, S3, mlflow_url_from_env, retry_call, s3_url_from_env
+from .servers import S3, mlflow_call, retry_call, s3_url_from_env
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
@@ -329,7 +329,7 @@ def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
     Reads only, retried on transient MLflow errors."""
     client = mlflow.MlflowClient()
     return [step for step, run_id in step_runs.items()
-            if retry_call(client.get_run, run_id, server=MLFLOW, url=mlflow_url_from_env())
+            if mlflow_call(client.get_run, run_id)
             .data.tags.get("mlflow.parentRunId") != parent_run_id]
 
 

@@ -46,7 +46,7 @@ from .promotion_lock import PromotionLock
 from .register_model import CHAMPION, champion_version, check_tags, download_model, version_tags
 from .release import (ReleaseError, model_card, prepare_release_files, read_manifest, release_uri,
                       s3_client_from_env, sha256_file, verify_release, write_release)
-from .servers import MLFLOW, S3, mlflow_url_from_env, retry_call, s3_url_from_env
+from .servers import S3, mlflow_call, retry_call, s3_url_from_env
 
 
 class PromotionError(ValueError):
@@ -148,11 +148,9 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
         tags["release"] = uri
         if lock is not None:
             lock.check()
-        retry_call(client.set_registered_model_alias, name, CHAMPION, version,
-                   server=MLFLOW, url=mlflow_url_from_env())
+        mlflow_call(client.set_registered_model_alias, name, CHAMPION, version)
     for key, value in check_tags(tags, f"promotion tags of {name}/{version}").items():
-        retry_call(client.set_model_version_tag, name, version, key, value,
-                   server=MLFLOW, url=mlflow_url_from_env())
+        mlflow_call(client.set_model_version_tag, name, version, key, value)
     return decision
 
 
@@ -161,7 +159,7 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
 def sample_shape(model_dir) -> tuple[int, ...]:
     """The shape of one sample (e.g. (1, 8, 8), or (2,) for points) a model folder generates,
     from its model.json; ModelError when the folder has no readable model.json."""
-    return tuple(int(n) for n in read_spec(model_dir).data.shape)
+    return read_spec(model_dir).shape
 
 
 @dataclass(frozen=True)

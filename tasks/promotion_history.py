@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
+from .release import is_precondition_failed
+
 HISTORY = "_history"
 DECISIONS = ("promoted", "rejected")
 FIELDS = ("time", "model", "version", "previous_champion", "champion", "decision", "reason",
@@ -69,7 +71,7 @@ def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None) -> 
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
                       IfNoneMatch="*")
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+        if not is_precondition_failed(e):
             raise
         # botocore retried a PUT whose response was lost and met the entry its first try
         # wrote: the same bytes mean the entry is stored.  Anything else is a uuid collision:

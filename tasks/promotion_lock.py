@@ -43,6 +43,8 @@ from email.utils import parsedate_to_datetime
 
 from botocore.exceptions import ClientError
 
+from .release import is_missing, is_precondition_failed
+
 DEFAULT_TTL_S = 120.0
 LEASE = "_promotion/lease.json"
 
@@ -57,18 +59,6 @@ class PromotionLockTimeout(PromotionLockError):
 
 class PromotionLockLost(PromotionLockError):
     pass
-
-
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
-def _precondition_failed(error: ClientError) -> bool:
-    return _code(error) in ("PreconditionFailed", "412")
-
-
-def _missing(error: ClientError) -> bool:
-    return _code(error) in ("404", "NoSuchKey", "NotFound")
 
 
 def lease_key(model: str) -> str:
@@ -125,7 +115,7 @@ class PromotionLock:
             return self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=body,
                                       ContentType="application/json", **condition)["ETag"]
         except ClientError as e:
-            if not _precondition_failed(e):
+            if not is_precondition_failed(e):
                 raise
         stored = self._get()
         if stored is None:
@@ -137,7 +127,7 @@ class PromotionLock:
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=self.key)
         except ClientError as e:
-            if _missing(e):
+            if is_missing(e):
                 return None
             raise
 
@@ -232,7 +222,7 @@ class PromotionLock:
             try:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
             except ClientError as e:
-                if not (_precondition_failed(e) or _missing(e)):
+                if not (is_precondition_failed(e) or is_missing(e)):
                     raise
 
     def __enter__(self) -> "PromotionLock":

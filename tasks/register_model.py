@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from diffusion.atomic import atomic_folder
 from diffusion.model import read_spec
 
-from .servers import MLFLOW, RetryPolicy, mlflow_url_from_env, retry_call
+from .servers import RetryPolicy, mlflow_call
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -42,12 +42,6 @@ CHAMPION = "champion"
 
 class RegistryError(RuntimeError):
     """A registry request that cannot be served; the message says what and what to do."""
-
-
-def _mlflow(fn, *args, policy: RetryPolicy | None = None, **kwargs):
-    """`fn(*args, **kwargs)` against the MLflow server, retried on transient errors
-    (tasks.servers.retry_call); only for requests that are safe to send again."""
-    return retry_call(fn, *args, server=MLFLOW, url=mlflow_url_from_env(), policy=policy, **kwargs)
 
 
 # --- tags: strings only, and never a secret ----------------------------------------------
@@ -124,7 +118,7 @@ def registered_by_run(name: str, tags: dict[str, str]) -> str | None:
     weights = tags.get("weights_sha256")
     if key is None or not weights or "'" in tags[key] or "'" in name:
         return None
-    found = _mlflow(MlflowClient().search_model_versions,
+    found = mlflow_call(MlflowClient().search_model_versions,
                     f"name = '{name}' and tags.{key} = '{tags[key]}'")
     same = [int(v.version) for v in found if v.tags.get("weights_sha256") == weights]
     return str(min(same)) if same else None
@@ -147,7 +141,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     if earlier is not None:
         print(f"{name} version {earlier} holds these weights, registered by this flow run "
               "before (a retried registration): reusing it")
-        _mlflow(MlflowClient().set_registered_model_alias, name, CHALLENGER, earlier)
+        mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, earlier)
         return earlier
     with _logging_run(run_id), warnings.catch_warnings():
         # MLflow suggests type hints on predict; the explicit signature below already says it all
@@ -159,9 +153,9 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     # tags travel with the registration itself, so no version is ever seen without its lineage.
     # Not retried here (a second try could make a second version): MLflow's own request
     # retries apply; one try through retry_call only makes a failure name the server.
-    version = str(_mlflow(mlflow.register_model, info.model_uri, name, tags=tags,
+    version = str(mlflow_call(mlflow.register_model, info.model_uri, name, tags=tags,
                           policy=RetryPolicy(attempts=1)).version)
-    _mlflow(MlflowClient().set_registered_model_alias, name, CHALLENGER, version)
+    mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, version)
     return version
 
 
@@ -189,7 +183,7 @@ def _not_found(e: MlflowException) -> bool:
 def _aliases(name: str) -> dict[str, str] | None:
     """alias -> version of a registered model, or None when there is no such model."""
     try:
-        model = _mlflow(MlflowClient().get_registered_model, name)
+        model = mlflow_call(MlflowClient().get_registered_model, name)
     except MlflowException as e:
         if _not_found(e):
             return None
@@ -212,7 +206,7 @@ def resolve_version(ref: str) -> tuple[str, str]:
                                 "NAME/VERSION")
         return name, aliases[alias]
     try:
-        return name, str(_mlflow(MlflowClient().get_model_version, name, version).version)
+        return name, str(mlflow_call(MlflowClient().get_model_version, name, version).version)
     except MlflowException as e:
         if not _not_found(e):
             raise
@@ -221,7 +215,7 @@ def resolve_version(ref: str) -> tuple[str, str]:
 
 def version_tags(name: str, version: str) -> dict[str, str]:
     """The tags of one model version (lineage, metrics, promotion decision)."""
-    return dict(_mlflow(MlflowClient().get_model_version, name, str(version)).tags)
+    return dict(mlflow_call(MlflowClient().get_model_version, name, str(version)).tags)
 
 
 def champion_version(name: str) -> str | None:
@@ -238,7 +232,7 @@ def registered_sample(name: str) -> tuple[str, str, str] | None:
         return None
     version = aliases.get(CHAMPION)
     if version is None:
-        found = _mlflow(MlflowClient().search_model_versions, f"name='{name}'")
+        found = mlflow_call(MlflowClient().search_model_versions, f"name='{name}'")
         if not found:
             return None
         version = str(max(int(v.version) for v in found))
@@ -260,7 +254,7 @@ def download_model(name_or_uri: str, dest) -> Path:
     name, version = resolve_version(name_or_uri)
     with tempfile.TemporaryDirectory(prefix="dmops-download-") as tmp:
         # a fresh download into the temporary folder on each try: safe to repeat
-        local = Path(_mlflow(mlflow.artifacts.download_artifacts,
+        local = Path(mlflow_call(mlflow.artifacts.download_artifacts,
                              artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         try:
             rel = Model.load(local).flavors["python_function"]["artifacts"][ARTIFACT]["path"]

@@ -102,7 +102,7 @@ def _error_code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
 
 
-def _is_missing(error: ClientError) -> bool:
+def is_missing(error: ClientError) -> bool:
     return _error_code(error) in ("404", "NoSuchKey", "NotFound")
 
 
@@ -110,7 +110,7 @@ def _get_manifest(s3, bucket: str, prefix: str) -> dict | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=prefix + MANIFEST)["Body"].read()
     except ClientError as e:
-        if _is_missing(e):
+        if is_missing(e):
             return None
         raise
     try:
@@ -148,7 +148,7 @@ def _check_segment(part: str, what: str) -> str:
     return part
 
 
-def _is_precondition_failed(error: ClientError) -> bool:
+def is_precondition_failed(error: ClientError) -> bool:
     return _error_code(error) in ("PreconditionFailed", "412")
 
 
@@ -215,7 +215,7 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
         s3.put_object(Bucket=bucket, Key=prefix + MANIFEST, Body=manifest_text.encode(),
                       ContentType="application/json", IfNoneMatch="*")
     except ClientError as e:
-        if not _is_precondition_failed(e):
+        if not is_precondition_failed(e):
             raise
         # botocore retries a PUT whose response was lost; if the lost attempt created the
         # manifest, the retry is refused (412) by our own manifest.  Only the manifest says
@@ -265,7 +265,7 @@ def _fetch_verified(s3, bucket: str, prefix: str, entry: dict, sink=None) -> Non
     try:
         body = s3.get_object(Bucket=bucket, Key=prefix + _object_key(entry))["Body"]
     except ClientError as e:
-        if _is_missing(e):
+        if is_missing(e):
             raise ReleaseError(f"release {uri} lists {name} in its manifest but the file "
                                "is missing from the store") from None
         raise

@@ -134,6 +134,12 @@ def mlflow_url_from_env() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "(MLflow default tracking URI)")
 
 
+def mlflow_call(fn: Callable[..., T], *args, policy: Optional[RetryPolicy] = None, **kwargs) -> T:
+    """`fn(*args, **kwargs)` against the MLflow server the environment names, through
+    `retry_call`; only for requests that are safe to send again."""
+    return retry_call(fn, *args, server=MLFLOW, url=mlflow_url_from_env(), policy=policy, **kwargs)
+
+
 def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optional[RetryPolicy] = None,
                echo: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
                **kwargs) -> T:
