@@ -168,7 +168,7 @@ def _to_pixels(img: Image.Image, channels: int, size: int, background: tuple[int
     notes = []
     if img.getexif().get(0x0112, 1) not in (1, None):  # 0x0112: Orientation, 1 = as stored
         notes.append("exif_transposed")
-    img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img)  # without rotation it would only copy the image
     if any(band in ("A", "a") for band in img.getbands()) or "transparency" in img.info:
         # alpha is coverage: a pixel shows alpha x its colour over whatever lies behind it.
         # convert() would drop alpha and keep the colour under fully transparent pixels

@@ -30,10 +30,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from diffusion.atomic import atomic_write_text
 from diffusion.config import DataConfig
 from diffusion.data import DataError
 from diffusion.image_files import scan_folder
@@ -120,8 +120,5 @@ def write_fingerprint(data: DataConfig, out) -> Path:
     record.  Written to a temporary name and renamed, so a reader never sees half a file."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n")
     return out

@@ -92,7 +92,7 @@ class DatasetVersion:
     remote: str      # where `dvc push` put it
 
 
-def _dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     # the stage's command is `dmops ...`: the venv's bin must be on PATH even when the
     # caller did not activate it
     full_env = {**os.environ, **(env or {})}
@@ -109,12 +109,12 @@ def configure_remote(repo: Path, remote: str, endpoint_url: str) -> None:
     """Point `remote` (defined in .dvc/config, committed) at this machine's S3 endpoint.
     The endpoint goes to .dvc/config.local, which git ignores; credentials are never written:
     DVC reads them from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment."""
-    listed = _dvc(repo, "remote", "list")
+    listed = run_dvc(repo, "remote", "list")
     if not any(line.split()[:1] == [remote] for line in listed.splitlines()):
         raise DVCError(f"{repo}: DVC remote {remote!r} is not defined (remotes: "
                        f"{listed.strip() or 'none'}); add it with `dvc remote add -d {remote} "
                        "s3://<bucket>/<prefix>` and commit .dvc/config")
-    _dvc(repo, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
+    run_dvc(repo, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
 
 
 def stage_md5(repo: Path, out: str) -> str:
@@ -134,11 +134,11 @@ def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")
     configure_remote(repo, remote, endpoint_url)
     log(f"dvc repro prepare ({data_name}) in {repo}")
-    log(_dvc(repo, "repro", "prepare", env=env).strip())
+    log(run_dvc(repo, "repro", "prepare", env=env).strip())
     out = f"data/processed/{data_name}"
     md5 = stage_md5(repo, out)
     # --with-deps: the source fingerprint goes to the remote too, the record of what the
     # version was made from
-    _dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
+    run_dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
     log(f"dataset {data_name}: md5 {md5}, pushed to DVC remote {remote!r}")
     return DatasetVersion(data_name, str(repo / out), md5, remote)

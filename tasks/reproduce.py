@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import yaml
 
 from . import reproduce_steps
-from .prepare_dataset import DVCError, configure_remote
+from .prepare_dataset import DVCError, configure_remote, run_dvc
 from .reproduce_compare import Verdict, compare
 
 REQUIRED_TAGS = ("git_commit", "dataset", "dataset_md5", "served_as", "sampler", "nfe",
@@ -191,11 +191,6 @@ def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] 
 
 # --- the data -----------------------------------------------------------------------------
 
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo,
-                          capture_output=True, text=True)
-
-
 def dir_md5(folder: Path) -> str:
     """DVC's md5 of a folder ('<md5>.dir', as dvc.lock records it), computed from its files."""
     from dvc_data.hashfile.build import build
@@ -213,8 +208,8 @@ def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url
     """The dataset version `md5` of `name`, pulled from DVC remote `remote` into the worktree
     (a .dvc file naming the md5, then `dvc pull` into an empty cache); returns its folder."""
     # DVC's per-repository state goes inside the worktree, so it leaves with it
-    _dvc(worktree, "config", "--local", "core.site_cache_dir", str(worktree / ".dvc" / "site"))
     try:
+        run_dvc(worktree, "config", "--local", "core.site_cache_dir", str(worktree / ".dvc" / "site"))
         configure_remote(worktree, remote, endpoint_url)
     except DVCError as e:
         raise ReproduceError(" ".join(str(e).split())) from None
@@ -223,9 +218,10 @@ def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url
     target = folder / f"{name}.dvc"
     target.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": name}]}))
     log(f"dataset {name}: pulling md5 {md5} from DVC remote {remote!r} ({endpoint_url})")
-    pulled = _dvc(worktree, "pull", "-r", remote, str(target.relative_to(worktree)))
-    if pulled.returncode != 0:
-        text = " ".join((pulled.stdout + pulled.stderr).split())
+    try:
+        run_dvc(worktree, "pull", "-r", remote, str(target.relative_to(worktree)))
+    except DVCError as e:
+        text = " ".join(str(e).split())
         if "Missing cache files" in text or "not exist" in text or "missing" in text.lower():
             raise ReproduceError(f"dataset {name} version md5 {md5} is not in DVC remote "
                                  f"{remote!r}: it was never pushed there or has been removed, so the "
