@@ -19,14 +19,17 @@ with `comparable: false`.  Never a crash, never a silent win.
 
 `decide` is pure: it compares one metric of the two, with a relative tolerance that lets a
 challenger as good as the champion up to noise win (fresh data, fresh code), and says why in
-words.  `apply` makes it true: on a win it FIRST writes the immutable S3 release, reads it back
-verifying every checksum, and only THEN moves the `champion` alias, so whatever champion points
+words.  `apply` makes it true, as one transaction (tasks.promotion_transaction): the decision is
+stored as the model's pending promotion first; on a win the immutable S3 release is written and
+read back verifying every checksum, and only THEN `champion` moves, so whatever champion points
 at always has a release that readers accept; either way the decision is recorded on the
-challenger version as tags `promotion` and `promotion_reason`.
+challenger version as tags `promotion` and `promotion_reason` and in the history; the pending
+record goes last.  A promotion interrupted part-way (a server down, a crash) leaves the pending
+record, readers refuse its release meanwhile, and the model's next promotion finishes it or rolls
+it back before deciding anything, and says so.
 
-Transient server errors: reading a release back and setting aliases and tags are safe to repeat
-and go through `tasks.servers.retry_call` (a failure names the server); writing the release
-relies on botocore's retries and on `write_release` recognising its own manifest.
+Transient server errors: every request is retried within bounds (tasks.servers); a server that
+stays down fails the step with one line naming it, and what the promotion left pending.
 """
 
 from __future__ import annotations
@@ -34,19 +37,19 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
 
 from diffusion.model import ModelError, read_spec
 
-from .promotion_history import append_entry
-from .promotion_lock import PromotionLock
-from .register_model import CHAMPION, champion_version, check_tags, download_model, version_tags
-from .release import (ReleaseError, model_card, prepare_release_files, read_manifest, release_uri,
-                      s3_client_from_env, sha256_file, verify_release, write_release)
-from .servers import S3, mlflow_call, retry_call, s3_url_from_env
+from .promotion_lock import PromotionLock, PromotionLockLost
+from .promotion_transaction import (PROMOTED, Completion, PendingPromotion, PromotionInterrupted,
+                                    complete, recover, write_pending)
+from .register_model import champion_version, download_model, version_tags
+from .release import model_card, pending_key, prepare_release_files, release_uri, s3_client_from_env
+from .servers import ServerUnavailable
+
+
+READ_NOW = object()   # apply(previous=...): read the champion from the registry
 
 
 class PromotionError(ValueError):
@@ -105,53 +108,54 @@ def decide(challenger: dict, champion: dict | None, metric: str, tolerance: floa
     return Decision(promoted, reason, metric, new, old)
 
 
-def _same_release(manifest: dict, files: dict[str, Path]) -> bool:
-    listed = {entry["path"]: entry["sha256"] for entry in manifest.get("files", [])}
-    return listed == {name: sha256_file(Path(path)) for name, path in files.items()}
-
-
 def apply(decision: Decision, name: str, version: str, release_files: dict[str, Path], s3,
-          bucket: str, lock: PromotionLock | None = None) -> Decision:
-    """Act on `decision` for model `name` version `version`: on a win write the release
-    (`release_files`: release-relative name -> local file), verify every checksum of the
-    published release, check that `lock` (when given) is still held, then move `champion`;
-    record the decision as version tags either way.  Returns the decision with its release URI.
+          bucket: str, lock: PromotionLock | None = None, entry: dict | None = None,
+          flow_run_id: str | None = None, previous: str | None | object = READ_NOW) -> Decision:
+    """Act on `decision` for model `name` version `version` as one transaction
+    (tasks.promotion_transaction): the decision is stored as pending first; then, on a win, the
+    release (`release_files`: release-relative name -> local file) is written and verified,
+    `lock` (when given) checked, and `champion` moved; the decision is recorded as version tags
+    and a history entry (`entry`: its extra fields) either way; the pending record goes last.
+    `previous`: the champion the decision was made against (default: read now).
+    Returns the decision with its release URI (None unless promoted; a decision rolled back
+    because `champion` moved meanwhile comes back not promoted).
 
     Raises ReleaseError when the version's release exists with other files or fails its
-    checksums, PromotionLockLost when the lock was lost: `champion` does not move then."""
-    version = str(version)
-    client = MlflowClient()
-    tags = {"promotion": "promoted" if decision.promoted else "rejected",
-            "promotion_reason": decision.reason}
+    checksums, PromotionLockLost when the lock was lost, PromotionInterrupted (naming the
+    cause, and what is left for the next promotion to finish) when a server failed part-way:
+    `champion` does not move then."""
+    return _carry_out(decision, name, str(version), release_files, s3, bucket, lock,
+                      entry or {}, flow_run_id,
+                      champion_version(name) if previous is READ_NOW else previous)[0]
+
+
+def _carry_out(decision: Decision, name: str, version: str, files: dict[str, Path], s3,
+               bucket: str, lock, entry: dict, flow_run_id: str | None,
+               previous: str | None) -> tuple[Decision, Completion]:
+    uri = release_uri(bucket, name, version) if decision.promoted else None
+    record = PendingPromotion(
+        model=name, version=version, promoted=decision.promoted, reason=decision.reason,
+        previous_champion=previous, release=uri, flow_run_id=flow_run_id,
+        entry={"comparable": True, "challenger_metrics": None, "champion_metrics": None,
+               **entry, "metric": decision.metric, "challenger_value": decision.challenger_value,
+               "champion_value": decision.champion_value})
+    metadata = None
     if decision.promoted:
-        uri = release_uri(bucket, name, version)
-        existing = read_manifest(s3, uri)
-        if existing is None:
-            lineage = version_tags(name, version)
-            try:
-                write_release(s3, bucket, name, version, release_files, {
-                    "registered_model": name, "version": version,
+        lineage = version_tags(name, version)
+        metadata = {"registered_model": name, "version": version,
                     "promotion_reason": decision.reason, "metric": decision.metric,
                     "value": decision.challenger_value,
-                    "tags": {k: v for k, v in lineage.items() if not k.startswith("promotion")}})
-            except ReleaseError:
-                existing = read_manifest(s3, uri)   # another writer of this version won
-                if existing is None:
-                    raise
-        if existing is not None and not _same_release(existing, release_files):
-            # a retried promotion may find its own finished release; anything else is a conflict
-            raise ReleaseError(f"release {uri} already exists with other files; releases are "
-                               "immutable: register a new version instead")
-        # as a reader would: champion never points at a bad release (a ReleaseError is final)
-        retry_call(verify_release, s3, uri, server=S3, url=s3_url_from_env())
-        decision = replace(decision, release_uri=uri)
-        tags["release"] = uri
-        if lock is not None:
-            lock.check()
-        mlflow_call(client.set_registered_model_alias, name, CHAMPION, version)
-    for key, value in check_tags(tags, f"promotion tags of {name}/{version}").items():
-        mlflow_call(client.set_model_version_tag, name, version, key, value)
-    return decision
+                    "tags": {k: v for k, v in lineage.items() if not k.startswith("promotion")}}
+    write_pending(s3, bucket, record)
+    try:
+        done = complete(s3, bucket, record, files, metadata, lock=lock)
+    except (ServerUnavailable, PromotionLockLost) as e:
+        raise PromotionInterrupted(
+            f"{e}; the {record.describe()} is left pending at "
+            f"s3://{bucket}/{pending_key(name)} (champion unchanged unless it already moved); "
+            f"the model's next promotion finishes it or rolls it back") from e
+    return replace(decision, promoted=done.outcome == PROMOTED, release_uri=done.release,
+                   reason=done.reason), done
 
 
 # --- the whole step -------------------------------------------------------------------------
@@ -218,7 +222,10 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
     Holds the model's promotion lock throughout (waiting for another promoter first), scores
     the champion on `data_dir`, decides, and on a win writes and verifies the release and moves
     `champion`; records the decision as version tags and as a history entry either way.
-    Raises PromotionError (a metric missing), ReleaseError, PromotionLockError, RegistryError."""
+    An unfinished promotion that a failed run left for the model is finished (or rolled back)
+    first; when it was this same version's, its outcome is returned.
+    Raises PromotionError (a metric missing), ReleaseError, PromotionLockError, RegistryError,
+    PromotionInterrupted (a server failed part-way; the decision stays pending)."""
     from .evaluate import score_model   # torch and the evaluation stack only when promoting
 
     s3 = s3 if s3 is not None else s3_client_from_env()
@@ -229,6 +236,10 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
     version, work = str(challenger.version), Path(work_dir)
     with PromotionLock(s3, bucket, model_name, flow_run_id=flow_run_id, log=log,
                        **(lease or {})) as lock:
+        recovered = recover(s3, bucket, model_name, lock, flow_run_id, log)
+        if recovered is not None and recovered[0].version == version:
+            # this very version's decision, interrupted before (a retried task): it is done now
+            return _result(recovered[0], recovered[1])
         previous = champion_version(model_name)
         champion_metrics, comparable, reason = None, True, None
         if previous is not None:
@@ -256,16 +267,17 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
                               spec=read_spec(challenger.model_dir), uri=uri)
             files = prepare_release_files(challenger.model_dir, card, challenger.metrics,
                                           work / "release" / version)
-        decision = apply(decision, model_name, version, files, s3, bucket, lock=lock)
-        key = append_entry(s3, bucket, {
-            "model": model_name, "version": version, "previous_champion": previous,
-            "champion": version if decision.promoted else previous,
-            "decision": "promoted" if decision.promoted else "rejected",
-            "reason": decision.reason, "comparable": comparable, "metric": decision.metric,
-            "challenger_value": decision.challenger_value,
-            "champion_value": decision.champion_value,
-            "challenger_metrics": _plain(challenger.metrics),
-            "champion_metrics": _plain(champion_metrics), "release": decision.release_uri,
-            "flow_run_id": flow_run_id}, when=datetime.now(timezone.utc))
+        decision, done = _carry_out(decision, model_name, version, files, s3, bucket, lock, {
+            "comparable": comparable, "challenger_metrics": _plain(challenger.metrics),
+            "champion_metrics": _plain(champion_metrics)}, flow_run_id, previous)
     log(f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
-    return PromotionResult(decision, previous, champion_metrics, comparable, key)
+    return PromotionResult(decision, previous, champion_metrics, comparable, done.history_key)
+
+
+def _result(record: PendingPromotion, done: Completion) -> PromotionResult:
+    """The PromotionResult of a decision that a recovery finished."""
+    entry = record.entry
+    decision = Decision(done.outcome == PROMOTED, done.reason, entry["metric"],
+                        entry["challenger_value"], entry.get("champion_value"), done.release)
+    return PromotionResult(decision, record.previous_champion, entry.get("champion_metrics"),
+                           bool(entry.get("comparable", True)), done.history_key)

@@ -11,9 +11,12 @@ order in which they happened.  An entry's `time` is when the decision took effec
 promotion the moment right after `champion` moved.
 
 Entry fields: time, model, version, previous_champion, champion (the champion after it),
-decision ("promoted" | "rejected"), reason, comparable (False when the champion could not be
+decision ("promoted" | "rejected" | "rolled_back": a promotion interrupted and undone by the
+next run, tasks.promotion_transaction), reason, comparable (False when the champion could not be
 scored on the challenger's data), metric, challenger_value, champion_value, challenger_metrics,
-champion_metrics, release (URI or None), flow_run_id.
+champion_metrics, release (URI or None), flow_run_id; and, for a decision another run
+finished after an interruption, completed_by (that run).  The key ends with the decision's id,
+so a decision is recorded once however often its completion is retried (`find_entry`).
 
 "Which version was serving at time T" is `champion_at(entries, T)`: the champion after the last
 entry at or before T.  It knows what dmops promotions did; an alias moved by hand in MLflow is
@@ -31,7 +34,7 @@ from botocore.exceptions import ClientError
 from .release import is_precondition_failed
 
 HISTORY = "_history"
-DECISIONS = ("promoted", "rejected")
+DECISIONS = ("promoted", "rejected", "rolled_back")
 FIELDS = ("time", "model", "version", "previous_champion", "champion", "decision", "reason",
           "comparable", "metric", "challenger_value", "champion_value", "challenger_metrics",
           "champion_metrics", "release", "flow_run_id")
@@ -50,9 +53,11 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
-def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None) -> str:
+def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None,
+                 entry_id: str | None = None) -> str:
     """Store `entry` (the FIELDS above; `time` is set here from `when`, default now) as a new
-    object and return its key.  HistoryError for a missing field or an unknown decision."""
+    object and return its key, which ends with `entry_id` (default a fresh uuid).
+    HistoryError for a missing field or an unknown decision."""
     missing = [f for f in FIELDS if f != "time" and f not in entry]
     if missing:
         raise HistoryError(f"history entry lacks {missing}")
@@ -61,7 +66,7 @@ def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None) -> 
     when = _utc(when or datetime.now(timezone.utc))
     record = {**entry, "time": when.isoformat(timespec="microseconds")}
     key = (f"{history_prefix(entry['model'])}{when.strftime('%Y%m%dT%H%M%S.%fZ')}-"
-           f"{uuid.uuid4().hex}.json")
+           f"{entry_id or uuid.uuid4().hex}.json")
     try:
         body = json.dumps(record, sort_keys=True, indent=2).encode()
     except TypeError as e:
@@ -81,14 +86,23 @@ def append_entry(s3, bucket: str, entry: dict, when: datetime | None = None) -> 
     return key
 
 
-def read_history(s3, bucket: str, model: str) -> list[dict]:
-    """Every entry of `model`, oldest first ([] when it has none)."""
+def _keys(s3, bucket: str, model: str) -> list[str]:
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                              Prefix=history_prefix(model)):
         keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+    return keys
+
+
+def find_entry(s3, bucket: str, model: str, entry_id: str) -> str | None:
+    """The key of the entry stored with `entry_id`, or None (a listing, no reads)."""
+    return next((k for k in _keys(s3, bucket, model) if k.endswith(f"-{entry_id}.json")), None)
+
+
+def read_history(s3, bucket: str, model: str) -> list[dict]:
+    """Every entry of `model`, oldest first ([] when it has none)."""
     entries = []
-    for key in sorted(keys):
+    for key in sorted(_keys(s3, bucket, model)):
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         try:
             entries.append(json.loads(body))

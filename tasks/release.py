@@ -16,6 +16,10 @@ a release.  Readers resolve every file through the manifest and verify every che
 hand the folder to `diffusion.model.load_for_sampling`; `verify_release` does the same without
 keeping the files, and the promotion runs it before it moves `champion`.
 
+A release is final only once its promotion is complete: while the model's pending-promotion
+record (`<model>/_promotion/pending.json`, tasks.promotion_transaction) names the version,
+readers refuse it, because the registry may not know it yet.
+
 Releases written before this layout (format dmops-release/1: files directly under the version
 prefix) are still read and verified the same way.
 """
@@ -42,6 +46,7 @@ MANIFEST = "manifest.json"
 FORMAT = "dmops-release/2"
 READABLE_FORMATS = ("dmops-release/1", FORMAT)   # /1: files at <version>/<path>, no object keys
 OBJECTS = "objects"                              # <version>/objects/<writer-id>/<path>
+PENDING = "_promotion/pending.json"              # <model>/_promotion/pending.json
 _CHUNK = 1 << 20
 
 
@@ -96,6 +101,11 @@ def folder_files(folder, prefix: str = "") -> dict[str, Path]:
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             files[str(PurePosixPath(prefix, *rel.parts))] = path
     return files
+
+
+def pending_key(model: str) -> str:
+    """Key of the model's pending-promotion record (tasks.promotion_transaction)."""
+    return f"{model}/{PENDING}"
 
 
 def _error_code(error: ClientError) -> str:
@@ -231,10 +241,35 @@ def write_release(s3, bucket: str, model: str, version: str, files: dict[str, Pa
 
 # --- reading ------------------------------------------------------------------------
 
-def _published_manifest(s3, bucket: str, prefix: str) -> dict:
+def _refuse_pending(s3, bucket: str, prefix: str) -> None:
+    """ReleaseError when the release under `prefix` (<model>/<version>/) is the one a pending,
+    unfinished promotion is writing: the registry may not know it yet."""
+    model, version = prefix.rstrip("/").rsplit("/", 1) if prefix.count("/") >= 2 else ("", "")
+    if not model:
+        return
+    try:
+        record = json.loads(s3.get_object(Bucket=bucket, Key=pending_key(model))["Body"].read())
+    except ClientError as e:
+        if is_missing(e):
+            return
+        raise
+    except json.JSONDecodeError:
+        return
+    if str(record.get("version")) == version and record.get("promoted"):
+        raise ReleaseError(
+            f"release s3://{bucket}/{prefix} is not final: the promotion of {model} v{version} "
+            f"(flow run {record.get('flow_run_id') or 'none'}, started {record.get('started')}) "
+            f"is under way or was interrupted; the model's next promotion completes it or "
+            f"removes the release")
+
+
+def _published_manifest(s3, bucket: str, prefix: str, allow_pending: bool = False) -> dict:
     """The manifest of a published release, checked for format and file names; ReleaseError
-    when there is no release (or only an interrupted one) under the prefix."""
+    when there is no release (or only an interrupted one) under the prefix, or (unless
+    `allow_pending`) when its promotion is still pending."""
     uri = f"s3://{bucket}/{prefix}"
+    if not allow_pending:
+        _refuse_pending(s3, bucket, prefix)
     manifest = _get_manifest(s3, bucket, prefix)
     if manifest is None:
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
@@ -283,12 +318,13 @@ def _fetch_verified(s3, bucket: str, prefix: str, entry: dict, sink=None) -> Non
                            "release is corrupt or was modified: do not use it")
 
 
-def verify_release(s3, uri: str) -> dict:
+def verify_release(s3, uri: str, allow_pending: bool = False) -> dict:
     """Read every file of the release at `uri` as a reader would (through its manifest) and
     check its sha256 and size, keeping nothing; returns the manifest.  Raises ReleaseError
-    naming the first file that is missing or differs."""
+    naming the first file that is missing or differs, or when the release's promotion is
+    pending (`allow_pending`: the promotion itself verifies before it completes)."""
     bucket, prefix = parse_s3_uri(uri)
-    manifest = _published_manifest(s3, bucket, prefix)
+    manifest = _published_manifest(s3, bucket, prefix, allow_pending)
     for entry in manifest["files"]:
         _fetch_verified(s3, bucket, prefix, entry)
     return manifest
@@ -308,6 +344,15 @@ def read_release(s3, uri: str, dest) -> Path:
                 _fetch_verified(s3, bucket, prefix, entry, sink)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return Path(dest)
+
+
+def delete_release(s3, uri: str) -> None:
+    """Remove the release at `uri`, manifest first (so it stops being a release at once), then
+    every object under its prefix.  Only for a release no promotion completed: published
+    releases are immutable."""
+    bucket, prefix = parse_s3_uri(uri)
+    s3.delete_object(Bucket=bucket, Key=prefix + MANIFEST)
+    _delete_prefix(s3, bucket, prefix)
 
 
 # --- what goes into a release ---------------------------------------------------------
