@@ -11,6 +11,13 @@ Layout of a model folder (weights as safetensors, never pickles):
 `build_denoiser(spec)` turns a ModelSpec into a Denoiser; `save_model` and `load_model` write
 and read the folder atomically.  `net` and `precond` stay plain mappings here: they are the
 constructor arguments of nets.build_net and of the preconditionings, validated when built.
+
+Integrity: `save_model` records the sha256 of every other file of the folder (weights and the
+diffusers config) in model.json's `files`, and every load verifies them before a tensor is read
+(`verify_model_folder`): a corrupted copy is refused naming the file, never sampled.  model.json
+itself is not covered here (it cannot hold its own sum, and it is the file a person may edit);
+the registry's `files_sha256` tag and a release's manifest cover it.  A folder saved before
+checksums were recorded loads with a one-line warning.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_folder
+from .checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
 from .nets import UNet, build_net
 from .objectives import (ConsistencyPreconditioning, Denoiser, EDMPreconditioning, Preconditioning,
                          VPPrediction)
@@ -31,6 +40,7 @@ from .provenance import Provenance
 from .schedules import VP_SCHEDULES
 
 FORMAT = "dmops-model/1"
+SPEC_FILE = "model.json"
 
 
 class ModelError(ValueError):
@@ -75,6 +85,9 @@ class ModelSpec(_Record):
     distillation: dict[str, Any] | None = None   # method, round, steps, ... of a student
     served_as: str | None = None           # the evaluation row a registered model is served at
     provenance: Provenance | None = None   # what made its weights (diffusion/provenance.py)
+    # sha256 of every other file of the folder (relative POSIX path -> hex), set by save_model;
+    # None in folders saved before it was recorded
+    files: dict[str, str] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -142,7 +155,7 @@ def read_weights(net: torch.nn.Module, folder: Path):
         path, target = folder / "net.safetensors", net
     if not path.exists():
         raise ModelError(f"{folder} has no weights file {path.relative_to(folder)}")
-    state = load_file(str(path))
+    state = read_safetensors(path)
     try:
         missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches raise even with strict=False
@@ -152,17 +165,32 @@ def read_weights(net: torch.nn.Module, folder: Path):
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def read_safetensors(path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ModelError naming the file when it cannot be parsed
+    (a truncated or damaged header), instead of the library's bare message."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ModelError(f"{path} is not a readable safetensors file ({e}): the file is damaged "
+                         "or not safetensors; restore it from a copy") from None
+
+
 def save_model(net: torch.nn.Module, spec: ModelSpec, folder) -> Path:
-    """Write `spec` as model.json and `net`'s weights to `folder`, atomically."""
+    """Write `net`'s weights to `folder` and `spec` as its model.json, atomically; model.json's
+    `files` records the sha256 of every weights and config file written (whatever `spec`
+    carried there before: a student's spec is derived from its teacher's)."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         write_weights(net, tmp)
-        write_spec(spec, tmp)
+        files = file_sha256s(tmp, folder_files(tmp, exclude=[SPEC_FILE]))
+        write_spec(spec.model_copy(update={"files": files}), tmp)
     return folder
 
 
 def write_spec(spec: ModelSpec, folder) -> None:
-    (Path(folder) / "model.json").write_text(spec.to_json())
+    """model.json of `folder`; its `files` must describe the folder's other files as they are
+    (save_model records them; a copy of a model folder keeps them)."""
+    (Path(folder) / SPEC_FILE).write_text(spec.to_json())
 
 
 def read_spec(folder) -> ModelSpec:
@@ -180,10 +208,31 @@ def read_spec(folder) -> ModelSpec:
     return parse_spec(record, str(path))
 
 
-def load_model(folder, device="cpu") -> tuple[Denoiser, ModelSpec]:
-    """(denoiser in eval mode, spec) from a model folder."""
+def verify_model_folder(folder, spec: ModelSpec | None = None) -> ModelSpec:
+    """Check every file model.json's `files` lists against its recorded sha256 and return the
+    spec (`spec`: the folder's, when already read).  Raises ModelError naming the folder and the
+    first file that is missing or differs; a folder without `files` (saved before they were
+    recorded) passes with a one-line warning on stderr."""
     folder = Path(folder)
-    spec = read_spec(folder)
+    spec = spec if spec is not None else read_spec(folder)
+    if spec.files is None:
+        warn_unverified(f"{folder} was saved without file checksums (its model.json has no "
+                        "'files'): its weights are loaded unverified; save it again to record them")
+        return spec
+    mismatch = find_mismatch(folder, spec.files)
+    if mismatch is not None:
+        raise ModelError(f"{folder}: {mismatch.describe('when the model was saved')}; restore the "
+                         "folder from a good copy (its release or registered version) or train "
+                         "it again")
+    return spec
+
+
+def load_model(folder, device="cpu") -> tuple[Denoiser, ModelSpec]:
+    """(denoiser in eval mode, spec) from a model folder, its files verified first
+    (`verify_model_folder`).  Raises ModelError: no or invalid model.json, a corrupted or
+    unreadable file, weights that do not fit the network."""
+    folder = Path(folder)
+    spec = verify_model_folder(folder)
     denoiser = build_denoiser(spec)
     read_weights(denoiser.net, folder)
     return denoiser.to(device).eval(), spec
@@ -208,22 +257,45 @@ def resolve_model_path(path) -> Path:
 
 def load_for_sampling(path, device="cpu") -> tuple[Denoiser, ModelSpec]:
     """(denoiser, spec) from any folder resolve_model_path accepts; a checkpoint gives its
-    EMA weights, the ones that sample best."""
+    EMA weights, the ones that sample best.  Every file read is verified against the sha256
+    recorded when it was written (model.json's `files`, a checkpoint's state.json `files`);
+    ModelError names a file that differs."""
     folder = resolve_model_path(path)
-    if (folder / "model.json").exists():
+    if (folder / SPEC_FILE).exists():
         return load_model(folder, device)
     state_path = folder / "state.json"
     if not state_path.exists():
         raise ModelError(f"checkpoint {folder} has no state.json; cannot tell which network it holds")
-    record = json.loads(state_path.read_text()).get("model") or {}
+    try:
+        state_record = json.loads(state_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{state_path} is not valid JSON: {e}") from None
+    record = state_record.get("model") or {}
     if not record:
         raise ModelError(f"checkpoint {folder} was written without a model spec; sample from the "
                          "run's model/ folder instead")
     spec = parse_spec(record, f"checkpoint {state_path}")
     denoiser = build_denoiser(spec)
-    state = load_file(str(folder / "ema.safetensors"))
+    _verify_checkpoint_file(folder, state_record.get("files"), "ema.safetensors")
+    state = read_safetensors(folder / "ema.safetensors")
     try:
         denoiser.net.load_state_dict(state)
     except RuntimeError as e:
         raise ModelError(f"EMA weights in {folder} do not fit its model spec: {e}") from None
     return denoiser.to(device).eval(), spec
+
+
+def _verify_checkpoint_file(folder: Path, recorded: dict | None, name: str) -> None:
+    """The one checkpoint file sampling reads, against state.json's `files`
+    (diffusion/checkpoint.py records them)."""
+    if recorded is None:
+        warn_unverified(f"checkpoint {folder} was written without file checksums (its state.json "
+                        "has no 'files'): its weights are loaded unverified")
+        return
+    if name not in recorded:
+        raise ModelError(f"checkpoint {folder}: its state.json records no sha256 for {name}; "
+                         "sample from another checkpoint or the run's model/ folder")
+    mismatch = find_mismatch(folder, {name: recorded[name]})
+    if mismatch is not None:
+        raise ModelError(f"checkpoint {folder}: {mismatch.describe('when it was written')}; sample "
+                         "from another checkpoint or the run's model/ folder")
