@@ -5,6 +5,11 @@ read back with `diffusion.model.load_model`, so no torch object is ever pickled;
 class is (by reference, through cloudpickle), which means the loading environment needs the
 dmops package installed, as it needs torch and diffusers.
 
+Before loading, every file of the folder is checked against the sha256 sums registration put in
+the MLmodel's `model_config` (`files_sha256`, kept apart from the files it describes) and
+load_model checks the weights against model.json's own record: a corrupted stored copy fails
+`mlflow.pyfunc.load_model` with a ModelError naming the file, instead of serving wrong samples.
+
 A request is one row (or several) of `n`, `seed` and optional `sampler` / `steps`; the answer is
 the samples as float32 (N, C, H, W) for images or (N, D) for vectors, drawn with
 `diffusion.samplers.generate`: the same seed gives the same samples as `dmops sample`.
@@ -88,10 +93,20 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
     """Samples from a dmops model folder; deterministic for a given seed."""
 
     def load_context(self, context):
-        from diffusion.model import load_model
+        from diffusion.checksums import find_mismatch
+        from diffusion.model import ModelError, load_model
 
-        device = (context.model_config or {}).get("device", "cpu")
-        self._denoiser, self._spec = load_model(context.artifacts[ARTIFACT], device)
+        config = context.model_config or {}
+        folder = context.artifacts[ARTIFACT]
+        files = config.get("files_sha256")   # tasks.register_model.FILES_TAG; absent before
+        if files is not None:
+            mismatch = find_mismatch(folder, files)
+            if mismatch is not None:
+                raise ModelError(f"pyfunc artifact {ARTIFACT!r} ({folder}): "
+                                 f"{mismatch.describe('at registration', 'the stored copy')}; "
+                                 "re-register the model or restore the file")
+        device = config.get("device", "cpu")
+        self._denoiser, self._spec = load_model(folder, device)
         self._device = device
 
     # The pd.DataFrame hint tells MLflow to take the explicit signature as the schema (dicts

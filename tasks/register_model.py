@@ -6,6 +6,14 @@ result, metrics, Prefect flow-run id) and points the `challenger` alias at it.  
 (tasks.promote) later moves `champion`.  `download_model` returns the plain model folder of a
 version, ready for `diffusion.model.load_for_sampling`.
 
+Integrity: registration records the sha256 of every file of the model folder, model.json
+included, as the version tag `files_sha256` (compact JSON).  Tags live in the tracking database,
+apart from the artifact store that holds the files, so `download_model` can tell a corrupted
+stored copy from the registered one and refuses it naming the file and the version; the pyfunc
+carries the same sums in its MLmodel `model_config` for `mlflow.pyfunc.load_model`
+(tasks.pyfunc_model).  The folder itself is verified against its model.json before it is
+registered, so a damaged local copy never becomes the registered truth.
+
 The tracking server comes from the environment (MLFLOW_TRACKING_URI), as MLflow always reads it.
 
 Transient server errors (tasks.servers): MLflow's client retries each request itself (bounded by
@@ -19,6 +27,7 @@ retried task (Prefect's retries, after e.g. the alias move failed) registers aga
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,16 +41,25 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from diffusion.atomic import atomic_folder
-from diffusion.model import read_spec
+from diffusion.checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
+from diffusion.model import read_spec, verify_model_folder
 
 from .servers import RetryPolicy, mlflow_call
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+FILES_TAG = "files_sha256"
+# Model version tag values may hold 100 000 characters on MLflow 3 (5 000 on older servers):
+# stay within the smaller, about 40 files (a UNet folder has 3).
+MAX_FILES_TAG = 5000
 
 
 class RegistryError(RuntimeError):
     """A registry request that cannot be served; the message says what and what to do."""
+
+
+class CorruptCopyError(RegistryError):
+    """A registered version whose stored files differ from the sha256 recorded at registration."""
 
 
 # --- tags: strings only, and never a secret ----------------------------------------------
@@ -131,32 +149,98 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     Idempotent per flow run: when `tags` name the run (RUN_TAGS) and the weights
     (`weights_sha256`) and that run already registered those weights, that version gets the
     alias and is returned; nothing is logged or registered again.  Raises RegistryError (bad
-    tags, no run), ServerUnavailable (the MLflow server kept failing)."""
+    tags, no run, a model folder too large for the checksum tag), ServerUnavailable (the MLflow
+    server kept failing), diffusion.model.ModelError (`model_dir` is not a model folder, or one
+    of its files differs from the sha256 its model.json recorded).
+
+    The version also gets the tag FILES_TAG: {relative path: sha256} of every file of
+    `model_dir` as compact JSON, what `download_model` verifies."""
     from .pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
 
     check_tags(tags)
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)  # a model folder, not a run or checkpoint: what gets served
+    verify_model_folder(model_dir, spec)  # never register a damaged copy as the truth
     earlier = registered_by_run(name, tags)
     if earlier is not None:
         print(f"{name} version {earlier} holds these weights, registered by this flow run "
               "before (a retried registration): reusing it")
         mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, earlier)
         return earlier
+    files = files_sha256(model_dir)
     with _logging_run(run_id), warnings.catch_warnings():
         # MLflow suggests type hints on predict; the explicit signature below already says it all
         warnings.filterwarnings("ignore", message=".*type hints.*")
         info = mlflow.pyfunc.log_model(
             name=name, python_model=DiffusionSampler(), artifacts={ARTIFACT: str(model_dir)},
             signature=signature(spec.shape), input_example=input_example(),
-            pip_requirements=pip_requirements())
+            pip_requirements=pip_requirements(), model_config=model_config(files))
     # tags travel with the registration itself, so no version is ever seen without its lineage.
     # Not retried here (a second try could make a second version): MLflow's own request
     # retries apply; one try through retry_call only makes a failure name the server.
-    version = str(mlflow_call(mlflow.register_model, info.model_uri, name, tags=tags,
+    version = str(mlflow_call(mlflow.register_model, info.model_uri, name,
+                          tags={**tags, FILES_TAG: files_tag(files)},
                           policy=RetryPolicy(attempts=1)).version)
     mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, version)
     return version
+
+
+def files_sha256(model_dir) -> dict[str, str]:
+    """{relative POSIX path: sha256} of every file of a model folder, model.json included."""
+    return file_sha256s(model_dir, folder_files(model_dir))
+
+
+def files_tag(files: dict[str, str]) -> str:
+    """`files` as the FILES_TAG value: compact JSON, sorted; RegistryError when too long."""
+    text = json.dumps(files, sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_FILES_TAG:
+        raise RegistryError(f"the model folder has {len(files)} files; their sha256 sums take "
+                            f"{len(text)} characters, more than a model version tag holds "
+                            f"({MAX_FILES_TAG}): save the weights in fewer files")
+    return text
+
+
+def model_config(files: dict[str, str]) -> dict:
+    """The pyfunc's MLmodel model_config: its files' sums (checked by load_context) and the
+    device (overridable with mlflow.pyfunc.load_model(..., model_config={"device": "cuda"}))."""
+    return {FILES_TAG: files, "device": "cpu"}
+
+
+def recorded_files(name: str, version: str, tags: dict[str, str]) -> dict[str, str] | None:
+    """The FILES_TAG of a version's `tags` as a dict, or None when it was registered without
+    one; RegistryError when the tag is not what registration writes."""
+    text = tags.get(FILES_TAG)
+    if text is None:
+        return None
+    try:
+        files = json.loads(text)
+    except json.JSONDecodeError:
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise RegistryError(f"models:/{name}/{version} has a {FILES_TAG} tag that is not a JSON "
+                            "object of sha256 sums (edited by hand?): its files cannot be "
+                            "verified; re-register the model")
+    return files
+
+
+def verify_registered_copy(folder, name: str, version: str, tags: dict[str, str] | None = None,
+                           source: str = "MLflow artifact store") -> None:
+    """Check a copy of the model folder of `name`/`version` (downloaded, or the local folder it
+    was registered from) against the sha256 sums recorded at registration (FILES_TAG of
+    `tags`, read from the registry when None).  Raises CorruptCopyError naming the version,
+    `source` and the first file that differs or is missing; a version registered without the
+    tag passes with a one-line warning."""
+    tags = tags if tags is not None else version_tags(name, version)
+    files = recorded_files(name, version, tags)
+    where = f"models:/{name}/{version} ({source})"
+    if files is None:
+        warn_unverified(f"{where} was registered without file checksums (no {FILES_TAG} tag): "
+                        "its files are not verified; re-register it to record them")
+        return
+    mismatch = find_mismatch(folder, files)
+    if mismatch is not None:
+        raise CorruptCopyError(f"{where}: {mismatch.describe('at registration', 'the stored copy')}; "
+                               "re-register the model or restore the file")
 
 
 # --- reading back -------------------------------------------------------------------------
@@ -246,12 +330,16 @@ def registered_sample(name: str) -> tuple[str, str, str] | None:
 
 def download_model(name_or_uri: str, dest) -> Path:
     """Download the model folder of `name@alias` or `name/version` into `dest` (replaced
-    atomically) and return it: model.json + weights, what load_for_sampling reads."""
+    atomically) and return it: model.json + weights, what load_for_sampling reads.  Every file
+    is checked against the sha256 recorded at registration (the FILES_TAG) before anything is
+    kept.  Raises RegistryError (no such version, not a dmops model), CorruptCopyError (a
+    stored file differs from its recorded sha256: nothing is written to `dest`)."""
     from mlflow.models import Model
 
     from .pyfunc_model import ARTIFACT
 
     name, version = resolve_version(name_or_uri)
+    tags = version_tags(name, version)
     with tempfile.TemporaryDirectory(prefix="dmops-download-") as tmp:
         # a fresh download into the temporary folder on each try: safe to repeat
         local = Path(mlflow_call(mlflow.artifacts.download_artifacts,
@@ -261,6 +349,7 @@ def download_model(name_or_uri: str, dest) -> Path:
         except (KeyError, TypeError, MlflowException):
             raise RegistryError(f"{name}/{version} was not registered by dmops: its MLmodel has "
                                 f"no pyfunc artifact {ARTIFACT!r}") from None
+        verify_registered_copy(local / rel, name, version, tags)
         with atomic_folder(dest) as out:
             shutil.copytree(local / rel, out, dirs_exist_ok=True)
             try:
