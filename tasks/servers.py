@@ -10,9 +10,10 @@ busy, or a connection reset. Library retries come first, this helper second:
   streamed S3 body, a sequence of calls, DVC, or an error that outlived the library's retries.
   It retries only transient errors (`is_transient`), waits `base_s`, 2 `base_s`, 4 `base_s`, ...
   (each wait at most `max_wait_s`, all waits together at most `max_total_s`), prints one line
-  per retry, and finally raises `ServerUnavailable`, whose message is one line:
+  per retry, and finally raises `ServerUnavailable`, whose message is one line that ends with
+  what to do about it (`FIXES`):
 
-      S3 store at http://127.0.0.1:8333 did not answer after 5 tries over 15 s: EndpointConnectionError: ...
+      S3 store at http://127.0.0.1:8333 did not answer after 5 tries over 15 s: EndpointConnectionError: ...; check that it runs ...
 
 Settings: RetryPolicy's defaults, or DMOPS_RETRY_ATTEMPTS, DMOPS_RETRY_BASE_S,
 DMOPS_RETRY_MAX_WAIT_S and DMOPS_RETRY_MAX_TOTAL_S through `RetryPolicy.from_env()`.
@@ -39,10 +40,22 @@ ENV = {"attempts": "DMOPS_RETRY_ATTEMPTS", "base_s": "DMOPS_RETRY_BASE_S",
 
 # MLflow's own client retries (read by mlflow.utils.rest_utils on every request): 2 retries with
 # urllib3 backoff 1, 2 s instead of the default 7 with factor 2 (about 4 minutes). Short for the
-# same reason as boto_config: retry_call's waits come on top, and the layers multiply. Export
-# before the first call.
+# same reason as boto_config: retry_call's waits come on top, and the layers multiply. The
+# timeout (connect, and each wait for response bytes; not a whole upload) is 30 s instead of
+# 120 s: a server that accepts connections but never answers then costs 3 x 30 s per request
+# instead of 6 minutes. `bound_client_env()` exports these where the user has not set them.
 MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+# What to do about a server that does not answer: the end of ServerUnavailable's line.
+FIXES = {
+    S3: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
+        "AWS_ENDPOINT_URL_S3 names it",
+    MLFLOW: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
+            "MLFLOW_TRACKING_URI names it",
+    PREFECT: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
+             "PREFECT_API_URL names it",
+}
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
@@ -55,12 +68,17 @@ class ServerUnavailable(RuntimeError):
     """A server kept failing with transient errors for the whole retry budget.
 
     Attributes: server ("S3 store", ...), url, tries (int), seconds (float, first try to last
-    failure), last (the last exception, also chained as __cause__)."""
+    failure; None when unknown), last (the last exception, also chained as __cause__), fix
+    (what to do: `FIXES[server]` unless given; `detail`, when given, goes before it)."""
 
-    def __init__(self, server: str, url: str, tries: int, seconds: float, last: BaseException):
+    def __init__(self, server: str, url: str, tries: int, seconds: Optional[float], last: BaseException,
+                 *, detail: str = "", fix: Optional[str] = None):
         self.server, self.url, self.tries, self.seconds, self.last = server, url, tries, seconds, last
-        super().__init__(f"{server} at {url} did not answer after {tries} {'try' if tries == 1 else 'tries'} "
-                         f"over {seconds:.0f} s: {describe(last)}")
+        self.fix = fix if fix is not None else FIXES.get(server, "")
+        over = "" if seconds is None else f" over {seconds:.0f} s"
+        tail = "".join(f"; {part}" for part in (detail, self.fix) if part)
+        super().__init__(f"{server} at {url} did not answer after {tries} {'try' if tries == 1 else 'tries'}"
+                         f"{over}: {describe(last)}{tail}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,41 @@ def s3_url_from_env() -> str:
 def mlflow_url_from_env() -> str:
     """The MLflow tracking server the environment names (MLFLOW_TRACKING_URI), for messages."""
     return os.environ.get("MLFLOW_TRACKING_URI", "(MLflow default tracking URI)")
+
+
+def bound_client_env(environ=None) -> dict[str, str]:
+    """Export the bounded client settings (`MLFLOW_RETRY_ENV`) into `environ` (default
+    os.environ) where they are not set already (a user's own settings win); returns the ones
+    it set.  Call it before a process's first MLflow request: the flow does, and so do the
+    commands that talk to MLflow."""
+    environ = os.environ if environ is None else environ
+    added = {key: value for key, value in MLFLOW_RETRY_ENV.items() if not environ.get(key)}
+    environ.update(added)
+    return added
+
+
+def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
+    """A ServerUnavailable naming the MLflow server (`url`, default MLFLOW_TRACKING_URI) for `e`,
+    an error of an MLflow client request that already used MLflow's own retries, when it is
+    transient (connection refused or reset, a timeout, HTTP 5xx); None for any other error
+    (including one of another server, and a ServerUnavailable already made)."""
+    if isinstance(e, ServerUnavailable) or not is_transient(e) or not _raised_by_mlflow(e):
+        return None
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1,
+                             None, e)
+
+
+def _raised_by_mlflow(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.split(".")[0] == "mlflow":
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def mlflow_call(fn: Callable[..., T], *args, policy: Optional[RetryPolicy] = None, **kwargs) -> T:

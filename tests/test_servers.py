@@ -164,3 +164,46 @@ def _dummy_credentials():
     from infra.credentials import Credentials
 
     return Credentials("0" * 20, "0" * 40)
+
+
+def test_the_one_line_ends_with_the_fix_and_a_detail_goes_before_it():
+    message = str(ServerUnavailable(MLFLOW, "http://127.0.0.1:5000", 3, None, ConnectionRefusedError("refused"),
+                                    detail="4 metric points were not delivered"))
+    assert message == ("MLflow server at http://127.0.0.1:5000 did not answer after 3 tries: "
+                       "ConnectionRefusedError: refused; 4 metric points were not delivered; "
+                       "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
+                       "MLFLOW_TRACKING_URI names it")
+    s3 = str(ServerUnavailable(S3, "http://127.0.0.1:8333", 1, 2.4, TimeoutError()))
+    assert s3.startswith("S3 store at http://127.0.0.1:8333 did not answer after 1 try over 2 s: TimeoutError; ")
+    assert s3.endswith("AWS_ENDPOINT_URL_S3 names it")
+
+
+def test_client_bounds_are_exported_where_the_user_set_none():
+    from tasks.servers import MLFLOW_RETRY_ENV, bound_client_env
+
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
+    added = bound_client_env(env)
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"            # the user's own setting wins
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in added
+    assert env == {**MLFLOW_RETRY_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
+    assert int(MLFLOW_RETRY_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+
+
+def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks.servers import mlflow_unavailable
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    try:
+        MlflowClient(tracking_uri=url).search_experiments()
+    except MlflowException as e:
+        refused = e
+    converted = mlflow_unavailable(refused, url)
+    assert converted is not None and converted.__class__ is ServerUnavailable
+    assert str(converted).startswith(f"MLflow server at {url} did not answer after 1 try: MlflowException: ")
+    assert mlflow_unavailable(MlflowException("RESOURCE_DOES_NOT_EXIST"), url) is None
+    assert mlflow_unavailable(ConnectionRefusedError("an S3 or Prefect connection"), url) is None
+    assert mlflow_unavailable(converted, url) is None
