@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .atomic import atomic_file
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -53,17 +54,20 @@ def scatter_plot(x: torch.Tensor, path, title: str = "", reference: torch.Tensor
     ax.set_title(title)
     ax.legend(loc="upper right", markerscale=4)
     fig.tight_layout()
-    _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path)
-    plt.close(fig)
+    try:
+        _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path, "sample plot")
+    finally:
+        plt.close(fig)
 
 
 def save_samples(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None) -> Path:
-    """PNG of samples: an image grid for (N, C, H, W), a scatter plot for (N, 2)."""
+    """PNG of samples: an image grid for (N, C, H, W), a scatter plot for (N, 2), written
+    atomically (the parent folder is created).  ValueError for other shapes or non-finite
+    samples; diffusion.atomic.WriteError when the disk refuses the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         grid = image_grid(x)
-        _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path)
+        _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path, "sample grid")
     elif x.ndim == 2 and x.shape[1] == 2:
         scatter_plot(x, path, title, reference)
     else:
@@ -72,13 +76,12 @@ def save_samples(x: torch.Tensor, path, title: str = "", reference: torch.Tensor
     return path
 
 
-def _save_atomic(write, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+def _save_atomic(write, path: Path, what: str = "picture"):
+    """`write(tmp)` then one rename onto `path`: a reader never sees half a PNG.  Raises
+    diffusion.atomic.WriteError (path and cause) when the disk refuses it; `path` keeps its
+    previous picture then."""
+    with atomic_file(path, what) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_filmstrip(strip: torch.Tensor, path) -> Path:
@@ -87,9 +90,8 @@ def save_filmstrip(strip: torch.Tensor, path) -> Path:
         raise ValueError(f"a filmstrip is (n, frames, C, H, W), got shape {tuple(strip.shape)}")
     n, frames = strip.shape[:2]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = image_grid(strip.reshape(n * frames, *strip.shape[2:]), nrow=frames)
-    _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path)
+    _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path, "filmstrip")
     return path
 
 
@@ -101,7 +103,6 @@ def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = 
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for (model, sampler), rows in table.groupby(["model", "sampler"], sort=False):
         rows = rows.sort_values("nfe")
@@ -118,6 +119,8 @@ def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path)
-    plt.close(fig)
+    try:
+        _save_atomic(lambda tmp: fig.savefig(tmp, format="png"), path, "quality-vs-NFE plot")
+    finally:
+        plt.close(fig)
     return path
