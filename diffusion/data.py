@@ -523,7 +523,9 @@ def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
 
     Files go to a hidden sibling folder that is renamed onto `out_dir` only when
     complete.  An existing `out_dir` is replaced only if it holds nothing but these
-    files, so a mistyped path cannot delete unrelated data.
+    files, so a mistyped path cannot delete unrelated data.  DataError for invalid data or
+    such a path; diffusion.atomic.WriteError (path and cause) when the disk refuses a write,
+    with the previous folder left as it was.
     """
     validate(ds, require_finite)
     target = Path(out_dir)
@@ -532,7 +534,7 @@ def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
         raise DataError(f"{target}: exists and is not a processed-dataset folder; refusing to "
                         f"replace it (accepted: a new path or a folder holding only "
                         f"{', '.join(PROCESSED_FILES)})")
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, "processed dataset") as tmp:
         arrays = {"x": ds.x.detach().cpu().numpy(), "split": ds.split.astype(str),
                   "ids": np.array(ds.ids, dtype=str)}
         if ds.y is not None:

@@ -448,10 +448,12 @@ def _write_synced(path: Path, data: bytes):
 
 
 def save_feature_extractor(extractor: FeatureExtractor, report: dict, folder) -> Path:
-    """Write weights.safetensors and extractor.json to `folder`, atomically."""
+    """Write weights.safetensors and extractor.json to `folder`, atomically; raises
+    diffusion.atomic.WriteError (path and cause) when the disk refuses a write, with the
+    previous folder left as it was."""
     target = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in extractor.state_dict().items()}
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, "feature extractor") as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         weights = (tmp / WEIGHTS_FILE).read_bytes()
         _write_synced(tmp / WEIGHTS_FILE, weights)

@@ -117,8 +117,9 @@ def fingerprint(data: DataConfig) -> dict:
 
 def write_fingerprint(data: DataConfig, out) -> Path:
     """Write fingerprint(data) to `out` as canonical JSON; the bytes change only with the
-    record.  Written to a temporary name and renamed, so a reader never sees half a file."""
+    record.  Written to a temporary name and renamed, so a reader never sees half a file;
+    diffusion.atomic.WriteError (path and cause) when the disk refuses it, `out` unchanged."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out, json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n",
+                      "data fingerprint")
     return out

@@ -24,7 +24,7 @@ from diffusion.config import Config
 from diffusion.evaluation import Student, best_rows, denoising_filmstrip, quality_vs_nfe
 from diffusion.features import load_or_train_feature_extractor
 from diffusion.images import plot_quality_vs_nfe, save_filmstrip, save_samples
-from diffusion.atomic import atomic_folder
+from diffusion.atomic import atomic_folder, atomic_write_text, writing
 from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path, write_spec
 from diffusion.samplers import generate, grid_options, nfe_for
 from diffusion.train import resolve_device
@@ -85,18 +85,22 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
 
 def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, device,
                  reference=None, students: list[Student] | None = None) -> EvaluationReport:
+    """The table, its plot and the sample grids into `out_dir` (see the module docstring),
+    each file replaced in one rename.  Raises diffusion.atomic.WriteError (path and cause)
+    when the disk refuses one; the files not yet replaced keep their previous content."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir, "evaluation folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
     shape = spec.shape
     floor = float(table["fid_floor"].median())
     best = best_rows(table)
     files = {"csv": out_dir / "quality_vs_nfe.csv", "json": out_dir / "quality_vs_nfe.json",
              "plot": out_dir / "quality_vs_nfe.png"}
-    table.to_csv(files["csv"], index=False)
-    files["json"].write_text(json.dumps({
+    atomic_write_text(files["csv"], table.to_csv(index=False), "evaluation table")
+    atomic_write_text(files["json"], json.dumps({
         "n_samples": n, "fid_floor": floor, "feature_extractor": extractor_report,
         "best": best.iloc[0].to_dict(), "rows": table.to_dict(orient="records")},
-        indent=2, default=float))
+        indent=2, default=float), "evaluation table")
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
     models = {"teacher": (denoiser, spec.sampling.model_dump())}
     models.update({s.name: (s.denoiser, s.sampling) for s in students or ()})
@@ -157,10 +161,11 @@ def choose_candidate(table: pd.DataFrame, folders: dict[str, Path], max_fid_rati
 
 
 def write_candidate(candidate: Candidate, dest) -> Path:
-    """A copy of the candidate's model folder whose model.json serves it at the chosen setting."""
+    """A copy of the candidate's model folder whose model.json serves it at the chosen setting,
+    replaced atomically; diffusion.atomic.WriteError (path and cause) when the disk refuses it."""
     dest = Path(dest)
     source = resolve_model_path(candidate.source)
-    with atomic_folder(dest) as tmp:
+    with atomic_folder(dest, "model folder") as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         spec = read_spec(tmp)
         sampling = spec.sampling.model_copy(update={"sampler": candidate.sampler,
