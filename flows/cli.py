@@ -24,7 +24,10 @@ SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
 
 @contextmanager
 def _friendly_errors():
-    """Known, user-fixable errors become `error: ...` and exit code 2 (no traceback)."""
+    """Known, user-fixable errors become `error: ...` and exit code 2 (no traceback); so does
+    a write the operating system refused (full disk, quota, read-only filesystem, ...): one
+    line naming the path and the cause, whichever layer met it."""
+    from diffusion.atomic import WriteError, write_error
     from diffusion.config import ConfigError
     from diffusion.data import DataError
     from diffusion.model import ModelError
@@ -32,8 +35,15 @@ def _friendly_errors():
 
     try:
         yield
-    except (ConfigError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError,
+            WriteError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except Exception as e:  # a write that no atomic_* helper wrapped: still one line
+        error = write_error(e)
+        if error is None:
+            raise
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 
