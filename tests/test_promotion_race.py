@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -23,56 +20,23 @@ from diffusion.config import load_config
 from flows.cli import app
 from tasks.evaluate import score_model
 from tasks.prepare_dataset import prepare_dataset
-from tasks.promote import Challenger, apply, decide, promote, sample_shape
+from tasks.promote import apply, decide, sample_shape
 from tasks.promotion_history import append_entry, champion_at, read_history
 from tasks.promotion_lock import PromotionLock, PromotionLockLost, PromotionLockTimeout, lease_key
-from tasks.register_model import champion_version, register_model, version_tags
+from tasks.register_model import champion_version, version_tags
 from tasks.release import prepare_release_files, verify_release
-from tasks.settings import PromoteSettings
 from tasks.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SETTINGS = PromoteSettings(metric="fid", tolerance=0.02)
+from promotion_setup import PARAMS, model_name, promote_version, promotion_setup, register  # noqa: F401
 
 pytestmark = pytest.mark.stack
-
-
-def _name() -> str:
-    return f"digits-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def setup(stack, tmp_path_factory, one_torch_thread):
-    """A tiny digits model, the versioned dataset folder it is evaluated on, its score there."""
-    root = tmp_path_factory.mktemp("promotion")
-    cfg = load_config(PARAMS, "tiny", [f"out_dir={root / 'run'}",
-                                       f"evaluate.feature_cache={root / 'features'}"])
-    model_dir = train_teacher(cfg, resume=False).model_dir
-    data_dir = prepare_dataset(cfg.data, root / "processed")
-    metrics = score_model(model_dir, cfg, root / "score", data_dir=data_dir)
-    mlflow.set_experiment(f"test-promotion-{uuid.uuid4().hex[:6]}")
-    return {"cfg": cfg, "model_dir": model_dir, "data_dir": data_dir, "metrics": metrics,
-            "root": root}
-
-
-def _register(model_dir: Path, name: str) -> str:
-    with mlflow.start_run():
-        return register_model(model_dir, name, {"git_commit": "0123abc"})
-
-
-def _promote(setup, name: str, version: str, metrics: dict, work: Path, bucket: str, log=print,
-             **kwargs):
-    return promote(Challenger(version, setup["model_dir"], metrics), name, SETTINGS, bucket,
-                   setup["data_dir"], setup["cfg"], work, {"git_commit": "0123abc"},
-                   f"flow-run-{version}", log=log, **kwargs)
 
 
 # --- the lease ------------------------------------------------------------------------------
 
 def test_a_crashed_holder_blocks_only_until_its_lease_expires(stack):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     crashed = PromotionLock(s3, bucket, name, flow_run_id="run-a", ttl_s=2).acquire()
     crashed._stop.set()                  # its process died: the heartbeat stops, nothing released
     crashed._heartbeat.join()
@@ -95,7 +59,7 @@ def test_a_crashed_holder_blocks_only_until_its_lease_expires(stack):
 
 
 def test_a_live_holder_keeps_its_lease_past_the_lease_length(stack):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     with PromotionLock(s3, bucket, name, flow_run_id="run-a", ttl_s=2) as holder:
         with pytest.raises(PromotionLockTimeout, match=r"promotion lock of .* held by owner "
                                                        rf"{holder.owner}.*run-a"):
@@ -107,7 +71,7 @@ def test_lease_writes_retried_after_a_lost_response_keep_the_lease(stack):
     """The store takes (or renews) the lease, the answer is lost, botocore sends the
     conditional PUT again and it fails its condition on our own write: the holder must see
     its own lease, not wait for it to expire nor give it up."""
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     lost = LostResponses(s3, "PutObject", which=lambda url: url.endswith(lease_key(name)), times=2)
     lock = PromotionLock(s3, bucket, name, flow_run_id="run-a", ttl_s=60, wait_s=3, poll_s=0.2,
                          log=lambda _: None)
@@ -124,7 +88,7 @@ def test_lease_writes_retried_after_a_lost_response_keep_the_lease(stack):
 
 
 def test_a_history_entry_retried_after_a_lost_response_is_stored_once(stack):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     lost = LostResponses(s3, "PutObject", which=lambda url: "/_history/" in url)
     entry = {"model": name, "version": "1", "previous_champion": None, "champion": "1",
              "decision": "promoted", "reason": "no champion yet", "comparable": True,
@@ -139,18 +103,19 @@ def test_a_history_entry_retried_after_a_lost_response_is_stored_once(stack):
 
 # --- racing promotions --------------------------------------------------------------------------
 
-def test_two_promotions_racing_leave_one_champion_and_both_decisions(setup, stack, tmp_path):
+def test_two_promotions_racing_leave_one_champion_and_both_decisions(promotion_setup, stack, tmp_path):
     """Without the lease both saw "no champion yet", both were promoted and the alias ended on
     whichever moved it last; with it the second decides against the first one's champion."""
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
-    versions = [_register(setup["model_dir"], name) for _ in range(2)]
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
+    versions = [register(promotion_setup["model_dir"], name) for _ in range(2)]
     start, results, logs = threading.Barrier(2), {}, {v: [] for v in versions}
 
     def promoter(version):
         start.wait()
-        results[version] = _promote(setup, name, version, setup["metrics"], tmp_path / version,
-                                    bucket, log=logs[version].append,
-                                    lease={"poll_s": 0.2, "report_s": 1})
+        results[version] = promote_version(promotion_setup, name, version,
+                                           promotion_setup["metrics"], tmp_path / version,
+                                           bucket, log=logs[version].append,
+                                           lease={"poll_s": 0.2, "report_s": 1})
 
     threads = [threading.Thread(target=promoter, args=(v,)) for v in versions]
     for t in threads:
@@ -179,12 +144,12 @@ def test_two_promotions_racing_leave_one_champion_and_both_decisions(setup, stac
     assert s3.list_objects_v2(Bucket=bucket, Prefix=lease_key(name))["KeyCount"] == 0
 
 
-def test_a_losing_challenger_is_recorded_and_moves_nothing(setup, stack, tmp_path):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
-    v1, v2 = (_register(setup["model_dir"], name) for _ in range(2))
-    _promote(setup, name, v1, setup["metrics"], tmp_path / v1, bucket)
-    worse = {**setup["metrics"], "fid": setup["metrics"]["fid"] * 1.5}
-    result = _promote(setup, name, v2, worse, tmp_path / v2, bucket)
+def test_a_losing_challenger_is_recorded_and_moves_nothing(promotion_setup, stack, tmp_path):
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
+    v1, v2 = (register(promotion_setup["model_dir"], name) for _ in range(2))
+    promote_version(promotion_setup, name, v1, promotion_setup["metrics"], tmp_path / v1, bucket)
+    worse = {**promotion_setup["metrics"], "fid": promotion_setup["metrics"]["fid"] * 1.5}
+    result = promote_version(promotion_setup, name, v2, worse, tmp_path / v2, bucket)
     assert not result.decision.promoted and result.previous_champion == v1
     assert champion_version(name) == v1
     entry = read_history(s3, bucket, name)[-1]
@@ -215,11 +180,11 @@ def test_the_champion_is_scored_on_the_challengers_versioned_data(stack, tmp_pat
     metrics = score_model(model_dir, cfg, tmp_path / "score", data_dir=data_dir)
     np.savez(source, x=-x)      # the source changes after the data was versioned
 
-    bucket, name = stack.settings.releases_bucket, _name()
+    bucket, name = stack.settings.releases_bucket, model_name()
     setup = {"cfg": cfg, "model_dir": model_dir, "data_dir": data_dir}
-    v1, v2 = (_register(model_dir, name) for _ in range(2))
-    _promote(setup, name, v1, metrics, tmp_path / v1, bucket)
-    result = _promote(setup, name, v2, metrics, tmp_path / v2, bucket)
+    v1, v2 = (register(model_dir, name) for _ in range(2))
+    promote_version(setup, name, v1, metrics, tmp_path / v1, bucket)
+    result = promote_version(setup, name, v2, metrics, tmp_path / v2, bucket)
     # one model, one dataset folder, one feature extractor, n and seed: one number
     assert result.champion_metrics["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
     assert result.decision.promoted and champion_version(name) == v2
@@ -227,20 +192,21 @@ def test_the_champion_is_scored_on_the_challengers_versioned_data(stack, tmp_pat
 
 # --- a champion of another shape --------------------------------------------------------------
 
-def test_a_champion_of_another_shape_is_a_recorded_non_promotion(setup, stack, tmp_path,
+def test_a_champion_of_another_shape_is_a_recorded_non_promotion(promotion_setup, stack, tmp_path,
                                                                  one_torch_thread):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     points = load_config(PARAMS, "tiny", [f"out_dir={tmp_path / 'points'}", "data.name=gmm8",
                                           "data.n=256", "model.net.kind=mlp"])
     points_dir = train_teacher(points, resume=False).model_dir
-    assert sample_shape(points_dir) == (2,) and sample_shape(setup["model_dir"]) == (1, 8, 8)
-    v1 = _register(points_dir, name)
+    assert sample_shape(points_dir) == (2,) and sample_shape(promotion_setup["model_dir"]) == (1, 8, 8)
+    v1 = register(points_dir, name)
     apply(decide({"fid": 0.1}, None, "fid", 0.02), name, v1,
           prepare_release_files(points_dir, "# points\n", {"fid": 0.1}, tmp_path / "r1"), s3, bucket)
     assert champion_version(name) == v1
 
-    v2 = _register(setup["model_dir"], name)
-    result = _promote(setup, name, v2, setup["metrics"], tmp_path / v2, bucket)
+    v2 = register(promotion_setup["model_dir"], name)
+    result = promote_version(promotion_setup, name, v2, promotion_setup["metrics"],
+                             tmp_path / v2, bucket)
     assert not result.decision.promoted and not result.comparable
     assert champion_version(name) == v1
     reason = result.decision.reason
@@ -255,7 +221,7 @@ def test_a_champion_of_another_shape_is_a_recorded_non_promotion(setup, stack, t
 # --- the history ------------------------------------------------------------------------------
 
 def test_history_is_ordered_and_answers_which_version_was_serving(stack):
-    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, _name()
+    s3, bucket, name = stack.s3_client(), stack.settings.releases_bucket, model_name()
     night = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
     base = {"model": name, "comparable": True, "metric": "fid", "challenger_metrics": {},
             "champion_metrics": None, "release": None}
@@ -298,5 +264,5 @@ def test_history_is_ordered_and_answers_which_version_was_serving(stack):
     assert "had no champion" in before.stdout
     fails_cleanly(runner.invoke(app, ["history", name, "--bucket", bucket, "--at", "last tuesday"]),
                   2, "is not a time")
-    empty = runner.invoke(app, ["history", _name(), "--bucket", bucket])
+    empty = runner.invoke(app, ["history", model_name(), "--bucket", bucket])
     assert empty.exit_code == 0 and "no promotion history" in empty.stdout
