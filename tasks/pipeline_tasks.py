@@ -134,8 +134,10 @@ def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
     cfg = _config({**cfg_json, "out_dir": str(Path(work_dir) / "teacher")})
     with tracking.step_run("train_teacher", parent_run_id, {"dataset_md5": dataset["md5"]}) as run:
         mlflow.log_params(tracking.flatten({"model": cfg_json["model"], "train": cfg_json["train"]}))
-        result = train_teacher(cfg, resume=True, on_log=tracking.metric_logger("train/"),
-                               data_dir=dataset["path"], dataset_md5=dataset["md5"])
+        losses = tracking.metric_logger("train/")
+        result = train_teacher(cfg, resume=True, on_log=losses, data_dir=dataset["path"],
+                               dataset_md5=dataset["md5"])
+        losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
         out = Path(cfg.out_dir)
         mlflow.log_metrics({"parameters": float(result.parameters),
                             "final_loss": float(result.result.loss),
@@ -164,9 +166,11 @@ def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: 
     cfg = _config(cfg_json)
     with tracking.step_run(f"distill_{method}", parent_run_id, {"method": method}) as run:
         mlflow.log_params(tracking.flatten(cfg_json["distill"][method], f"{method}."))
+        losses = tracking.metric_logger(f"{method}/")
         students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir, resume=True,
-                                   on_log=tracking.metric_logger(f"{method}/"),
-                                   data_dir=dataset["path"], dataset_md5=dataset["md5"])
+                                   on_log=losses, data_dir=dataset["path"],
+                                   dataset_md5=dataset["md5"])
+        losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
         folders, weights = {}, {}
         for folder in students:
             name = student_name(read_spec(folder))

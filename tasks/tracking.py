@@ -1,18 +1,33 @@
-"""MLflow adapter for the pipeline's steps: nested runs, flattened params, metric callbacks.
+"""MLflow adapter for the pipeline's steps: nested runs, flattened params, metric loggers.
 
 Every step of a flow run logs into its own MLflow run, nested under the flow's parent run. The
 parent's id is passed explicitly rather than taken from MLflow's active-run stack, because that
 stack is per thread and Prefect may run a task on another thread than its flow.
+
+An outage of the MLflow server is never hidden and never waited out without a bound: a run of
+`tracked_run` / `step_run` fails with one line naming the server, its URL and the fix
+(tasks.servers.ServerUnavailable) when the run cannot be started or ended, when an MLflow
+request of the step still fails after MLflow's own bounded retries (MLFLOW_RETRY_ENV), or when
+one of its metric loggers (`metric_logger`, tasks/metric_logger.py) cannot deliver its points
+within their bound; on success every logged point is in MLflow before the run ends.  A step
+that fails for another reason keeps its own error; ending its run is then best effort, and
+points that could not be delivered are reported on stderr.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
+import sys
+import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import mlflow
+
+from .metric_logger import MetricLogger, numeric
+from .servers import mlflow_unavailable
+
+__all__ = ["flatten", "step_run", "tracked_run", "metric_logger", "numeric", "log_json"]
 
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value (6000 on recent servers); keep it short
 
@@ -33,28 +48,113 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 @contextmanager
 def step_run(step: str, parent_run_id: str | None, tags: dict[str, str] | None = None
              ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one pipeline step, nested under the flow's run when one is given."""
-    with mlflow.start_run(run_name=step, nested=parent_run_id is not None,
-                          parent_run_id=parent_run_id, tags={"step": step, **(tags or {})}) as run:
+    """An MLflow run for one pipeline step, nested under the flow's run when one is given,
+    tagged `step`; see `tracked_run` for how it ends and what it raises."""
+    with tracked_run(step, parent_run_id, {"step": step, **(tags or {})}) as run:
         yield run
 
 
-def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The entries of `values` that MLflow can log as metrics (numbers, numpy's included, not
-    booleans), as floats, their keys prefixed."""
-    return {f"{prefix}{k}": float(v) for k, v in values.items()
-            if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+# the metric loggers of each open run, closed when it ends
+_loggers: dict[str, list[MetricLogger]] = {}
+_loggers_lock = threading.Lock()
 
 
-def metric_logger(prefix: str = ""):
+@contextmanager
+def tracked_run(run_name: str, parent_run_id: Optional[str] = None,
+                tags: Optional[dict[str, str]] = None) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run` (nested under `parent_run_id` when given) that ends as the module
+    docstring says: on success its metric loggers deliver every point and the run is marked
+    FINISHED; on an error it is marked FAILED as far as the server allows, and the error is
+    raised -- as ServerUnavailable naming the MLflow server when it was a transient failure of
+    an MLflow request.  Raises ServerUnavailable, or MetricsRefused (tasks/metric_logger.py)."""
+    url = mlflow.get_tracking_uri()
+    try:
+        run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
+                               parent_run_id=parent_run_id, tags=tags or {})
+    except Exception as e:
+        _raise_as_unavailable(e, url)
+    run_id = run.info.run_id
+    with _loggers_lock:
+        _loggers[run_id] = []
+    try:
+        yield run
+    except BaseException as e:
+        _abandon_loggers(run_id)
+        _end_run(run_id, "FAILED", url, quiet=True)
+        if isinstance(e, Exception):
+            _raise_as_unavailable(e, url)
+        raise
+    try:
+        _close_loggers(run_id)
+    except BaseException:
+        _end_run(run_id, "FAILED", url, quiet=True)
+        raise
+    _end_run(run_id, "FINISHED", url, quiet=False)
+
+
+def metric_logger(prefix: str = "", run_id: Optional[str] = None) -> MetricLogger:
     """An `on_log(step, metrics)` callback for diffusion's loops: numeric values become MLflow
-    metrics at that step (asynchronously, so a slow server never stalls training)."""
-    def on_log(step: int, metrics: dict[str, Any]) -> None:
-        values = numeric(metrics, prefix)
-        if values:
-            mlflow.log_metrics(values, step=int(step), synchronous=False)
-    return on_log
+    metrics of run `run_id` (default: the active run) at that step, keys prefixed.  Points are
+    sent in the background and kept across a short outage (tasks/metric_logger.py); call its
+    `close()` where the step needs them delivered -- a `tracked_run` of that run closes it at
+    its end anyway.  RuntimeError when there is no run to log into."""
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            raise RuntimeError("metric_logger needs an MLflow run: call it inside step_run or pass run_id")
+        run_id = active.info.run_id
+    logger = MetricLogger(run_id, prefix)
+    with _loggers_lock:
+        if run_id in _loggers:
+            _loggers[run_id].append(logger)
+    return logger
 
 
 def log_json(data: Any, artifact_file: str) -> None:
     mlflow.log_dict(json.loads(json.dumps(data, default=str)), artifact_file)
+
+
+def _close_loggers(run_id: str) -> None:
+    with _loggers_lock:
+        loggers = _loggers.pop(run_id, [])
+    try:
+        for logger in loggers:
+            logger.close()
+    except BaseException:
+        for logger in loggers:
+            logger.abandon(0)
+        raise
+
+
+def _abandon_loggers(run_id: str) -> None:
+    with _loggers_lock:
+        loggers = _loggers.pop(run_id, [])
+    for logger in loggers:
+        lost = logger.abandon()
+        if lost:
+            print(f"note: {lost} metric points of MLflow run {run_id} were not delivered to "
+                  f"{logger.url} before the step failed", file=sys.stderr, flush=True)
+
+
+def _end_run(run_id: str, status: str, url: str, quiet: bool) -> None:
+    """End `run_id` if it is still the active run.  mlflow.end_run leaves the active-run stack
+    first and then tells the server, so a failure here never leaves the run active locally."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return
+    try:
+        mlflow.end_run(status)
+    except Exception as e:
+        if not quiet:
+            _raise_as_unavailable(e, url)
+        print(f"note: MLflow run {run_id} could not be marked {status} at {url}: "
+              f"{' '.join(str(e).split())[:300]}", file=sys.stderr, flush=True)
+
+
+def _raise_as_unavailable(e: Exception, url: str) -> None:
+    """Raise `e` as ServerUnavailable naming the MLflow server when it is a transient failure
+    of an MLflow request, else unchanged."""
+    unavailable = mlflow_unavailable(e, url)
+    if unavailable is not None:
+        raise unavailable from e
+    raise e
