@@ -26,8 +26,9 @@ from diffusion.config import DataConfig, load_config
 from infra.stack import StackSettings
 from tasks import pipeline_tasks as steps
 from tasks.lineage import git_commit
-from tasks.servers import MLFLOW_RETRY_ENV
+from tasks.servers import bound_client_env, mlflow_call
 from tasks.settings import check_data_is_versioned, pipeline_settings
+from tasks.tracking import tracked_run
 
 from flows.summary import summary_markdown
 
@@ -86,13 +87,14 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     cfg_json["evaluate"]["feature_cache"] = str(cache if cache.is_absolute() else repo_path / cache)
     opts = {"refresh_cache": True} if refresh else {}
 
-    # MLflow's client retries bounded (about 30 s, not 4 minutes) before its first request;
-    # a user's own settings win
-    for key, value in MLFLOW_RETRY_ENV.items():
-        os.environ.setdefault(key, value)
-    mlflow.set_experiment(settings.experiment)
+    # MLflow's client retries and timeout bounded (a dead server is reported in seconds, not
+    # 4 minutes) before its first request, in whichever process runs the flow; a user's own
+    # settings win
+    bound_client_env()
+    mlflow_call(mlflow.set_experiment, settings.experiment)
     run_name = flow_run.get_name() or "training-pipeline"
-    with mlflow.start_run(run_name=run_name, tags={
+    # tracked_run: an MLflow server gone at the end does not replace the step's one-line error
+    with tracked_run(run_name, tags={
             "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile)}) as parent:
         pid = parent.info.run_id
         dataset = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
