@@ -72,6 +72,9 @@ class WriteError(OSError):
         head = f"cannot write {subject}" if subject else "a write failed"
         return f"{head}: {cause}; {_HINTS.get(self.errno, 'write elsewhere')}"
 
+    def __repr__(self) -> str:  # Prefect's retry lines show the repr
+        return f"{type(self).__name__}({str(self)!r})"
+
     def __reduce__(self):  # pickled by process pools and Prefect like any exception
         return type(self), (self.path, self.errno, self.what, self.filesystem)
 
