@@ -44,7 +44,8 @@ from diffusion.model import ModelError, read_spec
 from .promotion_lock import PromotionLock, PromotionLockLost
 from .promotion_transaction import (PROMOTED, Completion, PendingPromotion, PromotionInterrupted,
                                     complete, recover, write_pending)
-from .register_model import champion_version, download_model, version_tags
+from .register_model import (champion_version, download_model, verify_registered_copy,
+                             version_tags)
 from .release import model_card, pending_key, prepare_release_files, release_uri, s3_client_from_env
 from .servers import ServerUnavailable
 
@@ -262,6 +263,9 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
                               settings.tolerance, settings.lower_is_better)
         files = {}
         if decision.promoted:
+            # the release is made from the local folder: it must be the registered bytes
+            verify_registered_copy(challenger.model_dir, model_name, version,
+                                   source=f"local folder {challenger.model_dir}")
             uri = release_uri(bucket, model_name, version)
             card = model_card(model_name, version, challenger.metrics, release_meta,
                               spec=read_spec(challenger.model_dir), uri=uri)
