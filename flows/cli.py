@@ -349,12 +349,20 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
     except HistoryError as e:
         typer.secho(f"error: --at: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    from tasks.promotion_transaction import read_pending
+
     with _remote_errors(f"the promotion history of {model}"):
         try:
-            entries = read_history(s3_client_from_env(), bucket, model)
+            s3 = s3_client_from_env()
+            entries = read_history(s3, bucket, model)
+            pending = read_pending(s3, bucket, model)
         except HistoryError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
+    if pending is not None and not as_json:
+        # on stderr: a note about the store's state, not one of the entries
+        typer.echo(f"pending: the {pending.describe()} is unfinished; the model's next "
+                   "promotion completes it or rolls it back", err=True)
     if when is not None:
         version, entry = champion_at(entries, when)
         answer = {"model": model, "at": when.isoformat(), "champion": version,

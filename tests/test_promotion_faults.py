@@ -78,6 +78,8 @@ def _interrupted(promotion_setup, stack, tmp_path) -> tuple[str, str, str, str]:
                                           str(tmp_path / "pending.png")])
         fails_cleanly(result, 1, "is not final", f"{name} v{v2}")
         assert read_pending(s3, bucket, name).version == v2
+        shown = CliRunner().invoke(app, ["history", name, "--bucket", bucket])
+        assert shown.exit_code == 0 and f"pending: the promotion of {name} v{v2}" in shown.stderr
     finally:
         down.restore()
     # the registry never heard of it: champion unchanged, no promotion tags on v2
