@@ -106,7 +106,7 @@ def save_checkpoint(ckpt_dir, step: int, weights: dict[str, dict | nn.Module], o
     state.json's `files` records the sha256 of every safetensors file written."""
     ckpt_dir = Path(ckpt_dir)
     target = ckpt_dir / f"step_{step:08d}"
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, "checkpoint") as tmp:
         for name, state in weights.items():
             save_file(tensor_state(state), str(tmp / f"{name}.safetensors"))
         opt_tensors, opt_plain = _optimizer_state(opt)
@@ -117,7 +117,7 @@ def save_checkpoint(ckpt_dir, step: int, weights: dict[str, dict | nn.Module], o
         state = {"step": step, "loss": loss, "optimizer": opt_plain, "rng": rng_plain, **meta,
                  "files": files}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
-    atomic_write_text(ckpt_dir / "latest", target.name)  # only after the folder is complete
+    atomic_write_text(ckpt_dir / "latest", target.name, "checkpoint pointer")  # only after the folder is complete
     done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
     for p in done[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)

@@ -180,7 +180,7 @@ def save_model(net: torch.nn.Module, spec: ModelSpec, folder) -> Path:
     `files` records the sha256 of every weights and config file written (whatever `spec`
     carried there before: a student's spec is derived from its teacher's)."""
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, "model folder") as tmp:
         write_weights(net, tmp)
         files = file_sha256s(tmp, folder_files(tmp, exclude=[SPEC_FILE]))
         write_spec(spec.model_copy(update={"files": files}), tmp)

@@ -164,12 +164,16 @@ def _remote_errors(what: str):
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
     from mlflow.exceptions import MlflowException
 
+    from diffusion.atomic import WriteError
     from tasks.register_model import RegistryError
     from tasks.release import ReleaseError
     from tasks.servers import ServerUnavailable
 
     try:
         yield
+    except WriteError as e:   # the local copy could not be written: the user's disk, exit 2
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     except (RegistryError, ReleaseError, ServerUnavailable) as e:
         message = str(e)
     except MlflowException as e:

@@ -100,8 +100,11 @@ def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     cmd = [str(Path(sys.executable).parent / "dvc"), *args]
     proc = subprocess.run(cmd, cwd=repo, env=full_env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise DVCError(f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode}):\n"
-                       f"{(proc.stdout + proc.stderr).strip()[-3000:]}")
+        output = (proc.stdout + proc.stderr).strip()
+        # a stage's `dmops` command says what went wrong in one `error: ...` line: lead with it
+        said = [line[len("error: "):] for line in output.splitlines() if line.startswith("error: ")]
+        raise DVCError(f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode})"
+                       f"{': ' + said[-1] if said else ''}:\n{output[-3000:]}")
     return proc.stdout
 
 

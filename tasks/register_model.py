@@ -350,7 +350,7 @@ def download_model(name_or_uri: str, dest) -> Path:
             raise RegistryError(f"{name}/{version} was not registered by dmops: its MLmodel has "
                                 f"no pyfunc artifact {ARTIFACT!r}") from None
         verify_registered_copy(local / rel, name, version, tags)
-        with atomic_folder(dest) as out:
+        with atomic_folder(dest, "model folder") as out:
             shutil.copytree(local / rel, out, dirs_exist_ok=True)
             try:
                 read_spec(out)  # fail here, naming the version, rather than later when sampling

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import ClientError
 
-from diffusion.atomic import atomic_folder
+from diffusion.atomic import atomic_folder, atomic_write_text
 
 if TYPE_CHECKING:  # model.py imports torch; a release's readers need not
     from diffusion.model import ModelSpec
@@ -336,7 +336,7 @@ def read_release(s3, uri: str, dest) -> Path:
     `diffusion.model.load_for_sampling` reads."""
     bucket, prefix = parse_s3_uri(uri)
     manifest = _published_manifest(s3, bucket, prefix)
-    with atomic_folder(dest) as tmp:
+    with atomic_folder(dest, "release copy") as tmp:
         for entry in manifest["files"]:
             local = tmp / entry["path"]
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -427,9 +427,9 @@ def prepare_release_files(model_dir, card: str, metrics: dict, workdir=None) -> 
     if "model.json" not in files:
         raise ReleaseError(f"{model_dir} is not a model folder: it has no model.json")
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="dmops-release-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "README.md").write_text(card)
-    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    atomic_write_text(workdir / "README.md", card, "model card")
+    atomic_write_text(workdir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True),
+                      "release metrics")
     files.update({"README.md": workdir / "README.md", "metrics.json": workdir / "metrics.json"})
     return files
 

@@ -126,7 +126,7 @@ def test_train_on_a_full_disk_names_the_checkpoint_keeps_the_last_one_and_resume
 
     result = dmops("train", "-c", PARAMS, "--profile", "tiny", "--set", f"out_dir={run}")
 
-    one_line(result, f"error: cannot write {run / 'checkpoints' / 'step_00000020'}: "
+    one_line(result, f"error: cannot write checkpoint {run / 'checkpoints' / 'step_00000020'}: "
                      f"no space left on device (errno 28, filesystem {fs})",
              "free space on that filesystem")
     assert (run / "checkpoints" / "latest").read_text() == "step_00000010"
@@ -158,7 +158,7 @@ def test_train_beyond_the_file_size_limit_names_the_checkpoint_and_keeps_the_las
     with file_size_limit(biggest // 2):
         result = dmops("train", "-c", PARAMS, "--profile", "tiny", "--set", f"out_dir={run}")
 
-    one_line(result, f"error: cannot write {run / 'checkpoints' / 'step_00000020'}: "
+    one_line(result, f"error: cannot write checkpoint {run / 'checkpoints' / 'step_00000020'}: "
                      "file too large (errno 27)", "ulimit -f")
     assert tree(run) == before
     assert leftovers(tmp_path) == []
@@ -333,7 +333,7 @@ def test_the_pipelines_training_task_fails_with_the_same_line(stack, trained, tm
 
     seen = pipeline()
 
-    line = (f"cannot write {fs / 'work' / 'teacher' / 'checkpoints' / 'step_00000020'}: no space "
+    line = (f"cannot write checkpoint {fs / 'work' / 'teacher' / 'checkpoints' / 'step_00000020'}: no space "
             f"left on device (errno 28, filesystem {fs}); free space on that filesystem or write "
             "to another one")
     assert seen["failed"] and seen.get("error") == line, seen
