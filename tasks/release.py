@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from botocore.exceptions import ClientError
 
 from diffusion.atomic import atomic_folder, atomic_write_text
+from diffusion.checksums import sha256_file
 
 if TYPE_CHECKING:  # model.py imports torch; a release's readers need not
     from diffusion.model import ModelSpec
@@ -55,15 +56,6 @@ class ReleaseError(RuntimeError):
 
 
 # --- helpers ------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB weights do not need the memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def release_uri(bucket: str, model: str, version: str) -> str:
     return f"s3://{bucket}/{model}/{version}/"
