@@ -1,5 +1,8 @@
 """Assertions shared by the tests of CLI commands run through Typer's CliRunner."""
 
+import hashlib
+from pathlib import Path
+
 
 def fails_cleanly(result, code: int, *fragments):
     """A user-facing failure: exit `code`, one line on stderr naming each fragment, no traceback."""
@@ -8,3 +11,11 @@ def fails_cleanly(result, code: int, *fragments):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
+
+
+def digest(folder: Path) -> str:
+    """sha256 over every file under `folder` (names and bytes): 'nothing was written'."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli_assertions import fails_cleanly
+from cli_assertions import digest, fails_cleanly
 from diffusion.model import ModelError, load_for_sampling, load_model, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
@@ -71,13 +71,6 @@ EXPONENT = {"tensor": "conv_in.weight", "byte": 3, "mask": 0x40}
 
 def flip_file(path: Path, **where) -> None:
     path.write_bytes(flip(path.read_bytes(), **where))
-
-
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

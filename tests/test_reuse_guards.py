@@ -4,7 +4,6 @@ code, teacher -- matches the request; otherwise one line names the difference, e
 and nothing is written.  Unchanged inputs still reuse.  The code hash follows every project
 module a step imports, and only those."""
 
-import hashlib
 import sys
 import textwrap
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli_assertions import fails_cleanly
+from cli_assertions import digest, fails_cleanly
 from diffusion.model import ModelSpec, build_denoiser, read_spec
 from diffusion.provenance import Lineage, ProvenanceError, code_files, code_sha256
 from diffusion.train import TrainConfig, train
@@ -31,14 +30,6 @@ def dmops(*args):
 def ok(result):
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     return result
-
-
-def digest(folder: Path) -> str:
-    """sha256 over every file under `folder` (names and bytes): 'nothing was written'."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 # --- training resume (issue item 3) --------------------------------------------------------
