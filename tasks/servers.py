@@ -78,7 +78,7 @@ class ServerUnavailable(RuntimeError):
         over = "" if seconds is None else f" over {seconds:.0f} s"
         tail = "".join(f"; {part}" for part in (detail, self.fix) if part)
         super().__init__(f"{server} at {url} did not answer after {tries} {'try' if tries == 1 else 'tries'}"
-                         f"{over}: {describe(last)}{tail}")
+                         f"{over}: {describe(_root_of_mlflow_error(last))}{tail}")
 
 
 @dataclass(frozen=True)
@@ -284,6 +284,19 @@ def _http_library_transient(e: BaseException) -> bool:
                       urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)):
         return True
     return isinstance(e, (http.client.IncompleteRead, http.client.RemoteDisconnected))
+
+
+def _root_of_mlflow_error(e: BaseException) -> BaseException:
+    """MLflow's client error embeds the whole urllib3 chain in one long message ("API request to
+    ... failed with exception HTTPConnectionPool(...): Max retries exceeded ..."); the innermost
+    error (e.g. ConnectionRefusedError) says the same in a few words.  Other errors unchanged."""
+    if type(e).__module__.split(".")[0] != "mlflow":
+        return e
+    seen = {id(e)}
+    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+        e = e.__cause__ or e.__context__
+        seen.add(id(e))
+    return e
 
 
 def describe(e: BaseException) -> str:

@@ -203,7 +203,7 @@ def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(mo
         refused = e
     converted = mlflow_unavailable(refused, url)
     assert converted is not None and converted.__class__ is ServerUnavailable
-    assert str(converted).startswith(f"MLflow server at {url} did not answer after 1 try: MlflowException: ")
+    assert str(converted).startswith(f"MLflow server at {url} did not answer after 1 try: ConnectionRefusedError: ")
     assert mlflow_unavailable(MlflowException("RESOURCE_DOES_NOT_EXIST"), url) is None
     assert mlflow_unavailable(ConnectionRefusedError("an S3 or Prefect connection"), url) is None
     assert mlflow_unavailable(converted, url) is None
