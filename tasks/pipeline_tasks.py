@@ -32,7 +32,7 @@ from .evaluate import Candidate, choose_candidate, evaluate_model, write_candida
 from .lineage import STEP_MODULES, model_weights_sha256, step_code_sha256
 from .prepare_dataset import DatasetVersion, dvc_prepare
 from .release import s3_client_from_env
-from .servers import S3, mlflow_call, retry_call, s3_url_from_env
+from .servers import S3, ServerUnavailable, mlflow_call, retry_call, s3_url_from_env
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
@@ -59,6 +59,14 @@ def pipeline_code() -> dict[str, str]:
     return {step: step_code_sha256(step) for step in STEP_MODULES}
 
 
+def unless_server_unavailable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: a step that failed because a server stayed away for its whole
+    retry budget (ServerUnavailable) is not run again -- its bounds are spent, a retry would
+    only add their time again and replace the error (which already names the server and the
+    fix) with its own.  Every other failure goes to the task's retries."""
+    return not isinstance(getattr(state, "data", None), ServerUnavailable)
+
+
 def _config(cfg_json: dict) -> Config:
     return Config.model_validate(cfg_json)
 
@@ -71,7 +79,7 @@ def _log_folder_files(folder: Path, artifact_path: str, pattern: str = "*.png") 
 # --- data ---------------------------------------------------------------------------------
 
 @task(name="prepare-dataset", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
-      cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
+      retry_condition_fn=unless_server_unavailable, cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
 def prepare_dataset_task(repo: str, data_name: str, remote: str, endpoint_url: str,
                          parent_run_id: str | None = None) -> dict:
     with tracking.step_run("prepare_dataset", parent_run_id):
@@ -127,7 +135,7 @@ class StepOutput:
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      cache_policy=cached("train"), persist_result=True)
+      retry_condition_fn=unless_server_unavailable, cache_policy=cached("train"), persist_result=True)
 def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
                        parent_run_id: str | None = None) -> StepOutput:
     """Train the teacher on the validated dataset; a retry resumes from the last checkpoint."""
@@ -155,7 +163,7 @@ def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
 
 
 @task(name="distill-sampler", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      cache_policy=cached("distill"), persist_result=True)
+      retry_condition_fn=unless_server_unavailable, cache_policy=cached("distill"), persist_result=True)
 def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: str,
                  dataset: dict, work_dir: str, parent_run_id: str | None = None) -> StepOutput:
     """Distil the teacher with `method`; every student (each progressive round's) is logged.
@@ -185,7 +193,7 @@ def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: 
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=3 * HOUR,
-      cache_policy=cached("evaluate"), persist_result=True)
+      retry_condition_fn=unless_server_unavailable, cache_policy=cached("evaluate"), persist_result=True)
 def evaluate_task(cfg_json: dict, teacher_dir: str, students: dict[str, str], dataset: dict,
                   work_dir: str, weights: dict[str, str], parent_run_id: str | None = None) -> dict:
     """Quality versus NFE of the teacher and every student; logs the table, plot and grids.
@@ -229,7 +237,7 @@ def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
-      cache_policy=NO_CACHE)
+      retry_condition_fn=unless_server_unavailable, cache_policy=NO_CACHE)
 def register_task(evaluation: dict, folders: dict[str, str], weights: dict[str, str],
                   work_dir: str, model_name: str, max_fid_ratio: float, tags: dict[str, str],
                   config: dict, parent_run_id: str | None = None) -> dict:

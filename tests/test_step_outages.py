@@ -177,3 +177,25 @@ def test_a_step_delivers_its_points_before_its_run_ends(bounded):
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "m/loss")
     assert len(history) == 2500 and log.delivered == 2500 and log.pending == 0
     assert set(mlflow.MlflowClient().get_run(run.info.run_id).data.metrics) == {"m/loss"}
+
+
+def test_a_step_that_spent_its_server_budget_is_not_retried_by_prefect(stack):
+    from prefect import flow, task
+
+    from tasks.pipeline_tasks import unless_server_unavailable
+
+    calls = []
+
+    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=unless_server_unavailable)
+    def step(error: str):
+        calls.append(error)
+        raise (ServerUnavailable("MLflow server", "http://x", 3, None, ConnectionRefusedError())
+               if error == "server" else RuntimeError("another failure"))
+
+    @flow
+    def two_steps():
+        for error in ("server", "other"):
+            step(error, return_state=True)
+
+    two_steps()
+    assert calls == ["server", "other", "other"]
