@@ -30,9 +30,10 @@ from . import tracking
 from .distill import distill_sampler
 from .evaluate import Candidate, choose_candidate, evaluate_model, write_candidate
 from .lineage import STEP_MODULES, model_weights_sha256, step_code_sha256
-from .prepare_dataset import DatasetVersion, dvc_prepare
+from .prepare_dataset import DatasetVersion, DVCError, dvc_prepare
 from .release import s3_client_from_env
-from .servers import S3, ServerUnavailable, mlflow_call, retry_call, s3_url_from_env
+from .servers import (S3, ServerUnavailable, boto_config, dvc_client_env, mlflow_call, retry_call,
+                      s3_url_from_env)
 from .train_teacher import train_teacher
 from .validate_data import ValidationSettings, require_valid, validate_dataset
 
@@ -78,17 +79,41 @@ def _log_folder_files(folder: Path, artifact_path: str, pattern: str = "*.png") 
 
 # --- data ---------------------------------------------------------------------------------
 
+def s3_client(endpoint_url: str):
+    """A boto3 S3 client of `endpoint_url` (credentials from the environment), with the bounded
+    retries of tasks.servers.boto_config."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint_url, config=boto_config())
+
+
 @task(name="prepare-dataset", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
       retry_condition_fn=unless_server_unavailable, cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
 def prepare_dataset_task(repo: str, data_name: str, remote: str, endpoint_url: str,
                          parent_run_id: str | None = None) -> dict:
     with tracking.step_run("prepare_dataset", parent_run_id):
-        version = dvc_prepare(repo, data_name, remote, endpoint_url)
+        try:
+            version = dvc_prepare(repo, data_name, remote, endpoint_url, env=dvc_client_env())
+        except DVCError as e:
+            _raise_if_store_down(endpoint_url, e)
+            raise
         mlflow.log_params({"dataset": data_name, "dataset_md5": version.md5, "dvc_remote": remote})
         manifest = Path(version.path) / "manifest.csv"
         if manifest.exists():
             mlflow.log_artifact(str(manifest), "dataset")
         return asdict(version)
+
+
+def _raise_if_store_down(endpoint_url: str, error: DVCError) -> None:
+    """DVC reports a store that is down as a many-line "unexpected error": ask the store itself,
+    with the bounded retries, and raise ServerUnavailable naming it (chained to DVC's error)
+    when it does not answer.  A store that answers, even with a refusal, leaves DVC's error."""
+    try:
+        retry_call(s3_client(endpoint_url).list_buckets, server=S3, url=endpoint_url)
+    except ServerUnavailable as down:
+        raise down from error
+    except Exception:  # noqa: BLE001 - the store answered; DVC's own error says what went wrong
+        pass
 
 
 @dataclass

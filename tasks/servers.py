@@ -163,6 +163,19 @@ def bound_client_env(environ=None) -> dict[str, str]:
     return added
 
 
+# DVC's S3 client (s3fs over aiobotocore) retries each request 5 times itself, and botocore's
+# legacy mode 5 times under that; botocore's standard mode with 3 tries in all keeps a dead store
+# from costing minutes per command.  Passed to DVC's commands, where the user has not set them.
+DVC_RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "3"}
+
+
+def dvc_client_env(environ=None) -> dict[str, str]:
+    """The variables of DVC_RETRY_ENV that `environ` (default os.environ) does not set, for a
+    DVC subprocess's environment."""
+    environ = os.environ if environ is None else environ
+    return {key: value for key, value in DVC_RETRY_ENV.items() if not environ.get(key)}
+
+
 def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
     """A ServerUnavailable naming the MLflow server (`url`, default MLFLOW_TRACKING_URI) for `e`,
     an error of an MLflow client request that already used MLflow's own retries, when it is
@@ -172,8 +185,22 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
         return None
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
-    return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1,
-                             None, e)
+    tries = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() + 1
+    if "/mlflow-artifacts/" in str(e) and not _is_connection_failure(_root_of_mlflow_error(e)):
+        # the server answered (HTTP 5xx) on its artifact proxy: what failed is most likely the
+        # store it writes artifacts to
+        return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), tries, None, e,
+                                 detail="it answers, but could not store or serve artifacts",
+                                 fix=f"check its artifact store (for the local stack the {S3} at "
+                                     f"{s3_url_from_env()}: `dmops status`; `dmops up` starts it)")
+    return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), tries, None, e)
+
+
+def _is_connection_failure(e: BaseException) -> bool:
+    if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    return type(e).__name__ in ("NewConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                                "ProtocolError")
 
 
 def _raised_by_mlflow(exc: BaseException) -> bool:

@@ -199,3 +199,36 @@ def test_a_step_that_spent_its_server_budget_is_not_retried_by_prefect(stack):
 
     two_steps()
     assert calls == ["server", "other", "other"]
+
+
+@pytest.mark.slow    # DVC runs the prepare stage first (about 20 s here)
+def test_a_store_down_when_dvc_pushes_fails_the_step_with_one_line_naming_it(bounded, tmp_path,
+                                                                           monkeypatch):
+    from infra.ports import free_ports
+    from tasks.pipeline_tasks import prepare_dataset_task
+    from user_repo import make_user_repo, params_for
+
+    monkeypatch.setenv("DMOPS_RETRY_ATTEMPTS", "2")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    make_user_repo(repo, bounded.settings.data_bucket, params_for("outage-test", "outage-test"))
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"       # nothing listens there
+    with pytest.raises(ServerUnavailable) as info:
+        prepare_dataset_task.fn(str(repo), "digits", "dmops", dead)
+    message = str(info.value)
+    assert message.startswith(f"S3 store at {dead} did not answer after 2 tries over ")
+    assert "\n" not in message and "AWS_ENDPOINT_URL_S3" in message
+    assert "dvc push" in str(info.value.__cause__)      # DVC's own report stays chained
+
+
+@pytest.mark.slow    # the server's own S3 retries before each 500, then the store's restart
+def test_an_artifact_store_down_behind_mlflow_is_named_as_such(bounded):
+    s3_url = bounded.settings.s3_url
+    with outage(bounded, "seaweedfs"):
+        with pytest.raises(ServerUnavailable) as info:
+            with tracking.step_run("artifacts", None):
+                mlflow.log_text("kept", "notes/a.txt")
+    message = str(info.value)
+    assert message.startswith(f"MLflow server at {mlflow.get_tracking_uri()} did not answer after 3 tries")
+    assert "it answers, but could not store or serve artifacts" in message
+    assert f"check its artifact store (for the local stack the S3 store at {s3_url}" in message
