@@ -47,6 +47,13 @@ ENV = {"attempts": "DMOPS_RETRY_ATTEMPTS", "base_s": "DMOPS_RETRY_BASE_S",
 MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
+# Prefect's client retries a failed request 5 times with waits of 2, 4, 8, 16, 32 s (+ up to 20 %)
+# and a 60 s timeout: about 75 s for each request to a dead server, 7 minutes to a hung one; a
+# flow whose server went away makes several (the summary artifact, its final state).  4
+# retries still ride out a server restart (waits of 2 + 4 + 8 + 16 s); timeout as for MLflow.
+# Prefect reads these when it is imported: `bound_client_env()` must run before that.
+PREFECT_RETRY_ENV = {"PREFECT_CLIENT_MAX_RETRIES": "4", "PREFECT_API_REQUEST_TIMEOUT": "30"}
+
 # What to do about a server that does not answer: the end of ServerUnavailable's line.
 FIXES = {
     S3: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
@@ -153,12 +160,15 @@ def mlflow_url_from_env() -> str:
 
 
 def bound_client_env(environ=None) -> dict[str, str]:
-    """Export the bounded client settings (`MLFLOW_RETRY_ENV`) into `environ` (default
-    os.environ) where they are not set already (a user's own settings win); returns the ones
-    it set.  Call it before a process's first MLflow request: the flow does, and so do the
-    commands that talk to MLflow."""
+    """Export the bounded client settings (`MLFLOW_RETRY_ENV`, `PREFECT_RETRY_ENV`) into
+    `environ` (default os.environ) where they are not set already (a user's own settings win);
+    returns the ones it set.  MLflow reads its settings at every request, so calling this
+    before the first one suffices (the flow does); Prefect reads its settings when it is
+    imported, so for those to apply a process must call this before importing prefect (and a
+    worker passes its environment on to the flow runs it starts)."""
     environ = os.environ if environ is None else environ
-    added = {key: value for key, value in MLFLOW_RETRY_ENV.items() if not environ.get(key)}
+    added = {key: value for key, value in {**MLFLOW_RETRY_ENV, **PREFECT_RETRY_ENV}.items()
+             if not environ.get(key)}
     environ.update(added)
     return added
 
@@ -181,7 +191,7 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
     an error of an MLflow client request that already used MLflow's own retries, when it is
     transient (connection refused or reset, a timeout, HTTP 5xx); None for any other error
     (including one of another server, and a ServerUnavailable already made)."""
-    if isinstance(e, ServerUnavailable) or not is_transient(e) or not _raised_by_mlflow(e):
+    if isinstance(e, ServerUnavailable) or not is_transient(e) or not _raised_by(e, ("mlflow",)):
         return None
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
@@ -196,6 +206,19 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
     return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), tries, None, e)
 
 
+def prefect_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
+    """A ServerUnavailable naming the Prefect server (`url`, default PREFECT_API_URL) for `e`,
+    an error of a Prefect client request (httpx) that already used Prefect's own retries, when
+    it is transient; None for any other error."""
+    if (isinstance(e, ServerUnavailable) or not is_transient(e)
+            or not _raised_by(e, ("httpx", "httpcore", "prefect"))):
+        return None
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    return ServerUnavailable(PREFECT, url or os.environ.get("PREFECT_API_URL", "(PREFECT_API_URL not set)"),
+                             PREFECT_CLIENT_MAX_RETRIES.value() + 1, None, e)
+
+
 def _is_connection_failure(e: BaseException) -> bool:
     if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
         return True
@@ -203,12 +226,13 @@ def _is_connection_failure(e: BaseException) -> bool:
                                 "ProtocolError")
 
 
-def _raised_by_mlflow(exc: BaseException) -> bool:
+def _raised_by(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """True when `exc` or an exception in its chain comes from one of `packages`."""
     seen: set[int] = set()
     e: Optional[BaseException] = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__module__.split(".")[0] == "mlflow":
+        if type(e).__module__.split(".")[0] in packages:
             return True
         e = e.__cause__ or e.__context__
     return False

@@ -179,14 +179,15 @@ def test_the_one_line_ends_with_the_fix_and_a_detail_goes_before_it():
 
 
 def test_client_bounds_are_exported_where_the_user_set_none():
-    from tasks.servers import MLFLOW_RETRY_ENV, bound_client_env
+    from tasks.servers import MLFLOW_RETRY_ENV, PREFECT_RETRY_ENV, bound_client_env
 
     env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
     added = bound_client_env(env)
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"            # the user's own setting wins
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in added
-    assert env == {**MLFLOW_RETRY_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
+    assert env == {**MLFLOW_RETRY_ENV, **PREFECT_RETRY_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
     assert int(MLFLOW_RETRY_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+    assert int(PREFECT_RETRY_ENV["PREFECT_API_REQUEST_TIMEOUT"]) <= 30
 
 
 def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(monkeypatch):
@@ -207,3 +208,20 @@ def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(mo
     assert mlflow_unavailable(MlflowException("RESOURCE_DOES_NOT_EXIST"), url) is None
     assert mlflow_unavailable(ConnectionRefusedError("an S3 or Prefect connection"), url) is None
     assert mlflow_unavailable(converted, url) is None
+
+
+def test_a_failed_prefect_request_names_the_prefect_server(monkeypatch):
+    import httpx
+
+    from tasks.servers import mlflow_unavailable, prefect_unavailable
+
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    with pytest.raises(httpx.ConnectError) as info:
+        httpx.get(f"{url}/health")
+    converted = prefect_unavailable(info.value)
+    assert converted is not None
+    assert str(converted).startswith(f"Prefect server at {url} did not answer after ")
+    assert str(converted).endswith("PREFECT_API_URL names it")
+    assert mlflow_unavailable(info.value) is None
+    assert prefect_unavailable(ValueError("not a server error")) is None
