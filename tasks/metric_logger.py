@@ -170,6 +170,16 @@ class MetricLogger:
     # --- the sender thread ------------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        try:
+            self._send_until_done()
+        except BaseException as e:  # a bug here must not look like an outage to the caller
+            with self._cond:
+                self._failed = RuntimeError(f"the metric sender of run {self.run_id} stopped with "
+                                            f"{len(self._pending)} points unsent: {describe(e)}")
+                self._cond.notify_all()
+            raise
+
+    def _send_until_done(self) -> None:
         waits = None            # the backoff of the current outage (None: no outage)
         while True:
             with self._cond:
