@@ -10,6 +10,12 @@ the flow's MLflow run id.  Inputs are plain JSON-able values -- the config as a 
 dataset's content hash, and the sha256 of every model's weights a step consumes -- so a rerun
 reuses a step only when its settings, data, upstream weights and code are all unchanged; the
 flow's `refresh` switch bypasses it.
+
+Server outages: a step's MLflow run (tracking.step_run) keeps its loss points across a short
+MLflow outage and fails the step with one line naming the server (ServerUnavailable) when the
+outage outlasts the bounds (tasks/tracking.py, tasks/metric_logger.py); DVC's S3 requests are
+bounded the same way (tasks.servers.DVC_RETRY_ENV).  A step that failed with ServerUnavailable
+is not retried by Prefect: its retry budget is spent (`unless_server_unavailable`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ busy, or a connection reset. Library retries come first, this helper second:
 
 - boto3 clients: `boto_config()` (botocore's "standard" retry mode: connection errors, timeouts,
   throttling and HTTP 500/502/503/504 are retried with exponential backoff and jitter);
-- MLflow's client: `MLFLOW_RETRY_ENV` (its own urllib3 retries of connection errors and 429/5xx);
+- MLflow's client: `MLFLOW_RETRY_ENV` (its own urllib3 retries of connection errors and 429/5xx,
+  and its request timeout); Prefect's client: `PREFECT_RETRY_ENV`; both exported by
+  `bound_client_env()`.  DVC's S3 client: `DVC_RETRY_ENV` in a DVC command's environment;
+- `mlflow_unavailable` / `prefect_unavailable`: a request that failed after those retries, as
+  `ServerUnavailable` naming the server;
 - `retry_call` for what those do not cover, or to bound a whole idempotent operation: reading a
   streamed S3 body, a sequence of calls, DVC, or an error that outlived the library's retries.
   It retries only transient errors (`is_transient`), waits `base_s`, 2 `base_s`, 4 `base_s`, ...
