@@ -15,12 +15,14 @@ Server outages: a step's MLflow run (tracking.step_run) keeps its loss points ac
 MLflow outage and fails the step with one line naming the server (ServerUnavailable) when the
 outage outlasts the bounds (tasks/tracking.py, tasks/metric_logger.py); DVC's S3 requests are
 bounded the same way (tasks.servers.DVC_RETRY_ENV).  A step that failed with ServerUnavailable
-is not retried by Prefect: its retry budget is spent (`unless_server_unavailable`).
+is not retried by Prefect: its retry budget is spent (`retry_may_help`, which also spares a
+retry against a full disk).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
+from diffusion.atomic import WriteError
 from diffusion.config import Config, ConfigError
 
 from . import tracking
@@ -66,12 +69,17 @@ def pipeline_code() -> dict[str, str]:
     return {step: step_code_sha256(step) for step in STEP_MODULES}
 
 
-def unless_server_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: a step that failed because a server stayed away for its whole
-    retry budget (ServerUnavailable) is not run again -- its bounds are spent, a retry would
-    only add their time again and replace the error (which already names the server and the
-    fix) with its own.  Every other failure goes to the task's retries."""
-    return not isinstance(getattr(state, "data", None), ServerUnavailable)
+def retry_may_help(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: a step is not run again after a failure a retry cannot mend --
+    a server that stayed away for its whole retry budget (ServerUnavailable: its bounds are
+    spent, a retry would only add their time again and replace the error, which already names
+    the server and the fix, with its own) or a disk that refused a write for lack of room or
+    permission to grow (WriteError with ENOSPC, EDQUOT, EFBIG or EROFS: a retry seconds later
+    meets the same disk).  Every other failure goes to the task's retries."""
+    error = getattr(state, "data", None)
+    if isinstance(error, WriteError):
+        return error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    return not isinstance(error, ServerUnavailable)
 
 
 def _config(cfg_json: dict) -> Config:
@@ -94,7 +102,7 @@ def s3_client(endpoint_url: str):
 
 
 @task(name="prepare-dataset", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
-      retry_condition_fn=unless_server_unavailable, cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
+      retry_condition_fn=retry_may_help, cache_policy=NO_CACHE)  # DVC itself skips an unchanged stage; its hash must be fresh
 def prepare_dataset_task(repo: str, data_name: str, remote: str, endpoint_url: str,
                          parent_run_id: str | None = None) -> dict:
     with tracking.step_run("prepare_dataset", parent_run_id):
@@ -166,7 +174,7 @@ class StepOutput:
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      retry_condition_fn=unless_server_unavailable, cache_policy=cached("train"), persist_result=True)
+      retry_condition_fn=retry_may_help, cache_policy=cached("train"), persist_result=True)
 def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
                        parent_run_id: str | None = None) -> StepOutput:
     """Train the teacher on the validated dataset; a retry resumes from the last checkpoint."""
@@ -194,7 +202,7 @@ def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
 
 
 @task(name="distill-sampler", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
-      retry_condition_fn=unless_server_unavailable, cache_policy=cached("distill"), persist_result=True)
+      retry_condition_fn=retry_may_help, cache_policy=cached("distill"), persist_result=True)
 def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: str,
                  dataset: dict, work_dir: str, parent_run_id: str | None = None) -> StepOutput:
     """Distil the teacher with `method`; every student (each progressive round's) is logged.
@@ -224,7 +232,7 @@ def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: 
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=3 * HOUR,
-      retry_condition_fn=unless_server_unavailable, cache_policy=cached("evaluate"), persist_result=True)
+      retry_condition_fn=retry_may_help, cache_policy=cached("evaluate"), persist_result=True)
 def evaluate_task(cfg_json: dict, teacher_dir: str, students: dict[str, str], dataset: dict,
                   work_dir: str, weights: dict[str, str], parent_run_id: str | None = None) -> dict:
     """Quality versus NFE of the teacher and every student; logs the table, plot and grids.
@@ -268,7 +276,7 @@ def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
-      retry_condition_fn=unless_server_unavailable, cache_policy=NO_CACHE)
+      retry_condition_fn=retry_may_help, cache_policy=NO_CACHE)
 def register_task(evaluation: dict, folders: dict[str, str], weights: dict[str, str],
                   work_dir: str, model_name: str, max_fid_ratio: float, tags: dict[str, str],
                   config: dict, parent_run_id: str | None = None) -> dict:

@@ -179,26 +179,35 @@ def test_a_step_delivers_its_points_before_its_run_ends(bounded):
     assert set(mlflow.MlflowClient().get_run(run.info.run_id).data.metrics) == {"m/loss"}
 
 
-def test_a_step_that_spent_its_server_budget_is_not_retried_by_prefect(stack):
+def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_by_prefect(stack):
+    import errno
+
     from prefect import flow, task
 
-    from tasks.pipeline_tasks import unless_server_unavailable
+    from diffusion.atomic import WriteError
+    from tasks.pipeline_tasks import retry_may_help
 
     calls = []
+    errors = {"server": ServerUnavailable("MLflow server", "http://x", 3, None,
+                                          ConnectionRefusedError()),
+              "full disk": WriteError("/x/step_00000020", errno.ENOSPC, "checkpoint"),
+              "denied": WriteError("/x/step_00000020", errno.EACCES, "checkpoint"),
+              "other": RuntimeError("another failure")}
 
-    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=unless_server_unavailable)
+    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=retry_may_help)
     def step(error: str):
         calls.append(error)
-        raise (ServerUnavailable("MLflow server", "http://x", 3, None, ConnectionRefusedError())
-               if error == "server" else RuntimeError("another failure"))
+        raise errors[error]
 
     @flow
-    def two_steps():
-        for error in ("server", "other"):
+    def steps():
+        for error in errors:
             step(error, return_state=True)
 
-    two_steps()
-    assert calls == ["server", "other", "other"]
+    steps()
+    # a retry may mend a permission (fixed meanwhile) or another failure, not a spent budget
+    # or a disk without room
+    assert calls == ["server", "full disk", "denied", "denied", "other", "other"]
 
 
 @pytest.mark.slow    # DVC runs the prepare stage first (about 20 s here)
