@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from tasks.servers import bound_client_env
+
 WORK_POOL = "dmops-process"
 PREFECT_FILE = Path("infra/prefect.yaml")
 
@@ -65,6 +67,7 @@ def register(app: typer.Typer) -> None:
         except typer.BadParameter as e:
             _fail(str(e))
         os.environ.update(env)
+        bound_client_env()   # before Prefect is imported: it reads its client settings then
         from diffusion.config import ConfigError
         from flows.pipeline import load_pipeline_config, training_pipeline
 
@@ -80,7 +83,9 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:  # found only once the data is known (its sample shape)
             _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
-            _fail(f"the pipeline failed: {e}")
+            from tasks.servers import mlflow_unavailable, prefect_unavailable
+
+            _fail(f"the pipeline failed: {prefect_unavailable(e) or mlflow_unavailable(e) or e}")
         minutes = (time.perf_counter() - t0) / 60
         mlflow_ui = env["MLFLOW_TRACKING_URI"].rstrip("/")
         prefect_ui = env["PREFECT_API_URL"].removesuffix("/api")
@@ -103,6 +108,7 @@ def register(app: typer.Typer) -> None:
         Prefect server, and their process work pool. Serve them with `dmops worker`."""
         try:
             env = stack_env()
+            bound_client_env(env)   # the flow runs it starts inherit the bounds
         except typer.BadParameter as e:
             _fail(str(e))
         if not prefect_file.exists():
@@ -119,6 +125,7 @@ def register(app: typer.Typer) -> None:
         """Serve the deployments: a Prefect process worker that runs scheduled and on-demand flow runs."""
         try:
             env = stack_env()
+            bound_client_env(env)   # the flow runs it starts inherit the bounds
         except typer.BadParameter as e:
             _fail(str(e))
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]

@@ -118,6 +118,10 @@ def configure_remote(repo: Path, remote: str, endpoint_url: str) -> None:
                        f"{listed.strip() or 'none'}); add it with `dvc remote add -d {remote} "
                        "s3://<bucket>/<prefix>` and commit .dvc/config")
     run_dvc(repo, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
+    # bounded like every other request to the store: a hung store costs a push seconds, not
+    # botocore's default 60 s per connection attempt
+    run_dvc(repo, "remote", "modify", "--local", remote, "connect_timeout", "5")
+    run_dvc(repo, "remote", "modify", "--local", remote, "read_timeout", "60")
 
 
 def stage_md5(repo: Path, out: str) -> str:
