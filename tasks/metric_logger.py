@@ -29,13 +29,15 @@ whose answer was lost can be repeated.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import os
 import threading
 import time
 from typing import Any, Callable, Optional
 
-from .servers import MLFLOW, FIXES, RetryPolicy, ServerUnavailable, describe, is_transient
+from .servers import (MLFLOW, FIXES, RetryPolicy, ServerUnavailable, _to_stderr, describe,
+                      is_transient)
 
 BATCH = 1000                  # MLflow's limit of metrics in one log_batch request
 MAX_OUTAGE_ENV = "DMOPS_METRICS_MAX_OUTAGE_S"
@@ -223,13 +225,5 @@ class MetricLogger:
                 self._cond.notify_all()
 
     def _backoff(self):
-        i = 0
-        while True:
-            yield min(self.policy.base_s * 2 ** i, self.policy.max_wait_s)
-            i += 1
-
-
-def _to_stderr(line: str) -> None:
-    import sys
-
-    print(line, file=sys.stderr, flush=True)
+        # the retry policy's waits, without its limit on tries: max_outage_s is the bound here
+        return (self.policy.wait(i) for i in itertools.count())

@@ -124,12 +124,17 @@ class RetryPolicy:
                 raise ValueError(f"{var}={raw!r} is out of range ({'>= 1' if field == 'attempts' else '>= 0'})")
         return cls(**values)
 
+    def wait(self, i: int) -> float:
+        """The wait in seconds after the (i+1)-th failure, unbounded in count: base_s x 2^i,
+        at most max_wait_s."""
+        return min(self.base_s * 2 ** i, self.max_wait_s)
+
     def waits(self) -> Iterator[float]:
         """The waits between tries, in seconds: at most attempts - 1 of them, summing to at
         most max_total_s (a wait that would pass the budget ends the series)."""
         spent = 0.0
         for i in range(self.attempts - 1):
-            wait = min(self.base_s * 2 ** i, self.max_wait_s)
+            wait = self.wait(i)
             if spent + wait > self.max_total_s:
                 return
             spent += wait
