@@ -72,11 +72,11 @@ def _race(tmp: Path, env: dict, stack: Stack, runs: int) -> int:
 
 
 def _check(stack: Stack, model: str, runs: int, failed: int) -> int:
-    from tasks.promotion_history import read_history
-    from tasks.promotion_lock import lease_key
-    from tasks.promotion_transaction import read_pending
-    from tasks.register_model import champion_version
-    from tasks.release import verify_release
+    from tasks.adapters.promotion_history import read_history
+    from tasks.adapters.promotion_lock import lease_key
+    from tasks.steps.promotion_transaction import read_pending
+    from tasks.adapters.registry import champion_version
+    from tasks.adapters.release import verify_release
 
     s3, bucket = stack.s3_client(), stack.settings.releases_bucket
     history = read_history(s3, bucket, model)

@@ -27,9 +27,9 @@ from diffusion.config import load_config  # noqa: E402
 from diffusion.evaluation import student_name  # noqa: E402
 from diffusion.model import load_for_sampling, read_spec, resolve_model_path  # noqa: E402
 from diffusion.samplers import generate, grid_options  # noqa: E402
-from tasks.distill import METHODS, distill_dir, distill_sampler, find_students  # noqa: E402
-from tasks.evaluate import evaluate_model  # noqa: E402
-from tasks.train_teacher import train_teacher  # noqa: E402
+from tasks.steps.distill import METHODS, distill_dir, distill_sampler, find_students  # noqa: E402
+from tasks.steps.evaluate import evaluate_model  # noqa: E402
+from tasks.steps.train_teacher import train_teacher  # noqa: E402
 
 # issue 4: FID of a 4-step student <= 1.15x and of a 1-step student <= 1.6x the teacher's best
 # FID; the 1-step student >= 30x the teacher's images/s at its best-quality setting

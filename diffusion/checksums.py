@@ -3,7 +3,7 @@
 A model folder records the sums of its weights and configuration in its model.json
 (diffusion/model.py), a checkpoint those of its safetensors files in its state.json
 (diffusion/checkpoint.py), and the registry records those of a registered folder as a version
-tag (tasks/register_model.py).  A copy whose bytes changed since (a flipped bit on a disk or in
+tag (tasks/adapters/registry.py).  A copy whose bytes changed since (a flipped bit on a disk or in
 an object store) is then refused by name before a single tensor is read from it, instead of
 being sampled with wrong weights.
 

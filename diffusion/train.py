@@ -15,69 +15,21 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, ClassVar, Literal
+from typing import Callable
 
 import torch
 import torch.distributed as dist
-from pydantic import ConfigDict, Field
-from pydantic.dataclasses import dataclass as validated_dataclass
 from torch import nn
 
 from .checkpoint import load_into, resume_checkpoint, save_checkpoint
 from .loop import TrainingError, optimise
 from .model import ModelSpec, save_model
+from .train_settings import ObjectiveConfig, TrainConfig
 from .provenance import Lineage, Provenance, code_sha256, tensor_sha256
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
-
-
-# Plain dataclasses, validated by pydantic on construction: an unknown key, a wrong type or an
-# impossible value fails at once with the field's name (config.py formats the message).
-_STRICT = ConfigDict(extra="forbid")
-Positive = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]  # resolve_device reads it
-
-
-@validated_dataclass(config=_STRICT)
-class ObjectiveConfig:
-    weighting: Literal["eps_mse", "v_mse", "x0_mse", "min_snr", "truncated_snr", "edm"] = "edm"
-    gamma: Annotated[float, Field(gt=0)] = 5.0      # for min_snr
-    # 'lognormal': EDM's ln sigma ~ N(p_mean, p_std^2); 'vp': t ~ U(0, 1); 'auto': by preconditioning
-    sigma_sampling: Literal["auto", "lognormal", "vp"] = "auto"
-    p_mean: float = -1.2
-    p_std: Annotated[float, Field(gt=0)] = 1.2
-
-
-@validated_dataclass(config=_STRICT)
-class TrainConfig:
-    steps: Positive = 1000
-    batch_size: Positive = 128       # global: split evenly over data-parallel ranks
-    lr: Annotated[float, Field(gt=0)] = 2e-3
-    lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0   # 0 disables clipping
-    ema_decay: Fraction = 0.999
-    ema_warmup: bool = True          # decay_k = min(decay, (1 + k)/(10 + k))
-    checkpoint_every: Positive = 500
-    keep_checkpoints: Positive = 2
-    log_every: Positive = 50
-    seed: Annotated[int, Field(ge=0)] = 0
-    device: Device = "auto"
-    amp: Literal["auto", "bf16", "off"] = "auto"   # auto: bf16 autocast on CUDA only
-    progress: bool = True
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-
-    # how often to log and save, and where to run: they do not change the weights (resume is
-    # exact), so they are not part of a run's provenance; `steps` is checked on its own
-    CADENCE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "device")
-
-    def result_settings(self) -> dict:
-        """The settings that determine the trained weights (for provenance)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.CADENCE}
 
 
 def training_provenance(spec: ModelSpec | None, cfg: TrainConfig, data: torch.Tensor,
@@ -269,7 +221,7 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
             return loss_module(x0, sigma, eps, _weight(denoiser, cfg.objective, sigma))
 
     meta = {"model": spec.model_dump(mode="json") if spec is not None else None,
-            "train": asdict(cfg), "provenance": provenance.model_dump(mode="json")}
+            "train": cfg.model_dump(), "provenance": provenance.model_dump(mode="json")}
 
     def save(step: int, loss: float):
         save_checkpoint(ckpt_dir, step, {"model": net, "ema": ema.shadow}, opt, meta, loss=loss,

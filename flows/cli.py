@@ -76,7 +76,7 @@ def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
                            "it): refuse a source that no longer matches it.")):
     """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC
     stage). Prints how many files were read, skipped (by reason) and altered (by kind)."""
-    from tasks.prepare_dataset import prepare_dataset
+    from tasks.steps.prepare_dataset import prepare_dataset
 
     with _friendly_errors():
         prepare_dataset(_load(config, profile, set_, None).data, root, require_finite=finite_check,
@@ -91,7 +91,7 @@ def fingerprint(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
     """Write the dataset source's fingerprint (every file's sha256, the settings, the preparing
     code's hash, library versions): the DVC prepare stage depends on it, so it reruns when any
     of them changes."""
-    from tasks.data_fingerprint import write_fingerprint
+    from tasks.steps.data_fingerprint import write_fingerprint
 
     with _friendly_errors():
         data = _load(config, profile, set_, None).data
@@ -107,7 +107,7 @@ def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
     """Train a diffusion model (the teacher) and write its EMA weights and a sample grid.
 
     Launch with `torchrun --nproc_per_node N -m flows.cli train ...` for data-parallel training."""
-    from tasks.train_teacher import train_teacher
+    from tasks.steps.train_teacher import train_teacher
 
     with _friendly_errors():
         cfg = _load(config, profile, set_, out)
@@ -144,7 +144,7 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
     Each student is saved as a model folder carrying the sampler and step count it was distilled
     for, with a sample grid beside it; `dmops sample -m <student>` draws from it and
     `dmops evaluate -m <teacher> --students <run>/distill` compares students and teacher."""
-    from tasks.distill import METHODS, distill_dir, distill_sampler
+    from tasks.steps.distill import METHODS, distill_dir, distill_sampler
 
     with _friendly_errors():
         if method not in METHODS:
@@ -165,9 +165,9 @@ def _remote_errors(what: str):
     from mlflow.exceptions import MlflowException
 
     from diffusion.atomic import WriteError
-    from tasks.register_model import RegistryError
-    from tasks.release import ReleaseError
-    from tasks.servers import ServerUnavailable
+    from tasks.adapters.registry import RegistryError
+    from tasks.adapters.release import ReleaseError
+    from tasks.adapters.servers import ServerUnavailable
 
     try:
         yield
@@ -208,21 +208,21 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
     import os
 
     if model is not None:
-        from tasks.register_model import RegistryError, download_model, parse_model_ref
+        from tasks.adapters.registry import RegistryError, download_model, parse_model_ref
 
         parse_model_ref(model)  # a malformed reference is reported before the missing server
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             raise RegistryError("MLFLOW_TRACKING_URI is not set: point it at the MLflow server "
                                 "that holds the registry, e.g. export "
                                 "MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
-        from tasks.servers import MLFLOW_RETRY_ENV
+        from tasks.adapters.servers import MLFLOW_RETRY_ENV
 
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
         # server that is down; the pipeline's bounded retries (tasks.servers) instead.
         with _env_defaults(**MLFLOW_RETRY_ENV, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             return download_model(model, dest)
-    from tasks.release import read_release, s3_client_from_env
-    from tasks.servers import S3, retry_call, s3_url_from_env
+    from tasks.adapters.release import read_release, s3_client_from_env
+    from tasks.adapters.servers import S3, retry_call, s3_url_from_env
 
     # safe to repeat: the folder is replaced atomically, a ReleaseError is never retried
     return retry_call(read_release, s3_client_from_env(), release, dest, server=S3,
@@ -253,7 +253,7 @@ def sample(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
     (--release); the same seed gives the same picture from all three."""
     import tempfile
 
-    from tasks.sample import sample_to_png
+    from tasks.steps.sample import sample_to_png
 
     given = [flag for flag, value in (("-m", checkpoint), ("--model", model), ("--release", release))
              if value is not None]
@@ -305,8 +305,8 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
     """Quality versus NFE on held-out data: FID (with its real-data floor), KID, precision /
     recall / density / coverage, memorisation; writes CSV, JSON, a plot, grids and a filmstrip.
     With --students, distilled students are rows of the same table and lines of the same plot."""
-    from tasks.distill import find_students
-    from tasks.evaluate import evaluate_model
+    from tasks.steps.distill import find_students
+    from tasks.steps.evaluate import evaluate_model
 
     with _friendly_errors():
         cfg = _load(config, profile, set_, None)
@@ -345,15 +345,15 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
     previous champion, the reason, the metric compared, the release and the flow run."""
     import json
 
-    from tasks.promotion_history import HistoryError, champion_at, parse_time, read_history
-    from tasks.release import s3_client_from_env
+    from tasks.adapters.promotion_history import HistoryError, champion_at, parse_time, read_history
+    from tasks.adapters.release import s3_client_from_env
 
     try:
         when = parse_time(at) if at is not None else None
     except HistoryError as e:
         typer.secho(f"error: --at: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    from tasks.promotion_transaction import read_pending
+    from tasks.steps.promotion_transaction import read_pending
 
     with _remote_errors(f"the promotion history of {model}"):
         try:

@@ -5,7 +5,7 @@
 
 MLflow gets one parent run per flow run and a nested run per step; Prefect gets a markdown
 summary. Steps are cached on their inputs (settings, dataset md5, the sha256 of every model's
-weights they consume) and the code they run (tasks/pipeline_tasks.py), so a rerun skips only
+weights they consume) and the code they run (tasks/prefect_tasks.py), so a rerun skips only
 what nothing has changed for; `refresh=True` recomputes everything.
 """
 
@@ -17,18 +17,19 @@ import os
 from pathlib import Path
 
 import mlflow
-import yaml
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from diffusion.config import DataConfig, load_config
 from infra.stack import StackSettings
-from tasks import pipeline_tasks as steps
-from tasks.lineage import git_commit
-from tasks.servers import bound_client_env, mlflow_call
-from tasks.settings import check_data_is_versioned, pipeline_settings
-from tasks.tracking import tracked_run
+from tasks import prefect_tasks as steps
+from tasks.adapters.drift_reference import load_reference, save_reference
+from tasks.adapters.servers import bound_client_env, mlflow_call
+from tasks.adapters.tracking import cached_steps, tracked_run
+from tasks.pipeline_settings import load_pipeline_config
+from tasks.step_result import StepResult
+from tasks.steps.lineage import git_commit
+from tasks.steps.register import check_comparable
 
 from flows.summary import summary_markdown
 
@@ -54,22 +55,12 @@ def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str, code: dict[str, str]
     return repo / "runs" / "pipeline" / key[:12]
 
 
-def _fresh(task, output, folders, **kwargs):
+def _fresh(task, output: StepResult, **kwargs) -> StepResult:
     """A cached step whose model folders were deleted since is run again."""
-    if all(Path(p).exists() for p in folders(output)):
+    if all(Path(p).exists() for p in output.folders.values()):
         return output
     print(f"{task.name}: cached outputs are gone from this machine; running it again")
     return task.with_options(refresh_cache=True)(**kwargs)
-
-
-def load_pipeline_config(repo_path: Path, config: str, profile: str | None,
-                         overrides: list[str]):
-    """(config, pipeline settings) of a run, validated: ConfigError names what to fix.  `dmops
-    run` calls it before the flow starts, so a bad setting is one line, not a failed run."""
-    cfg = load_config(repo_path / config, profile, overrides)
-    raw = yaml.safe_load((repo_path / config).read_text()) or {}
-    check_data_is_versioned(cfg.data, DataConfig.model_validate(raw.get("data") or {}))
-    return cfg, pipeline_settings(cfg)
 
 
 @flow(name="training-pipeline", log_prints=True)
@@ -80,8 +71,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     decision and the release path."""
     _require_stack_env()
     repo_path = Path(repo).resolve()
-    cfg, settings = load_pipeline_config(repo_path, config, profile, overrides or [])
+    cfg = load_pipeline_config(repo_path / config, profile, overrides or [])
+    settings = cfg.pipeline
     stack = StackSettings.from_env()
+    # the model steps' settings (their cache key): not the run's name, folder or orchestration
     cfg_json = cfg.model_dump(mode="json", exclude={"out_dir", "pipeline", "profile"})
     cache = Path(cfg_json["evaluate"]["feature_cache"])  # relative to the repo, not to the cwd
     cfg_json["evaluate"]["feature_cache"] = str(cache if cache.is_absolute() else repo_path / cache)
@@ -97,27 +90,28 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     with tracked_run(run_name, tags={
             "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile)}) as parent:
         pid = parent.info.run_id
-        dataset = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
-                                             os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
+        prepared = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
+                                              os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
+        dataset = prepared.details
         code = steps.pipeline_code()
         work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
         mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work),
                          **{f"code_sha256.{step}": sha for step, sha in code.items()}})
 
         gate = settings.validate_data.model_dump(mode="json")
-        reference = steps.load_reference(stack.data_bucket, cfg.data.name)
+        reference = load_reference(stack.data_bucket, cfg.data.name)
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
-        steps.save_reference(stack.data_bucket, cfg.data.name, validation.statistics)
+        save_reference(stack.data_bucket, cfg.data.name, validation.details["statistics"])
         # before any training: a model of this data must be comparable with the registered one
-        steps.check_comparable(settings.model_name, dataset)
+        check_comparable(settings.model_name, dataset)
 
         train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
-        teacher = _fresh(steps.train_teacher_task, teacher, lambda o: o.folders.values(), **train_args)
+        teacher = _fresh(steps.train_teacher_task, teacher, **train_args)
 
-        students: dict[str, str] = {}
-        weights = dict(teacher.weights)
+        models = StepResult(step="models", run_id=pid, folders=dict(teacher.folders),
+                            weights=dict(teacher.weights))
         step_runs = {"validate_data": validation.run_id, "train_teacher": teacher.run_id}
         for method in settings.methods:
             # the distillation folder sits under the teacher's weights: another teacher never
@@ -126,36 +120,35 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                         teacher_sha256=teacher.weights["teacher"], dataset=dataset,
                         work_dir=str(work / "students" / teacher.weights["teacher"][:12]),
                         parent_run_id=pid)
-            out = steps.distill_task.with_options(**opts)(**args)
-            out = _fresh(steps.distill_task, out, lambda o: o.folders.values(), **args)
-            students.update(out.folders)
-            weights.update(out.weights)
-            step_runs[f"distill_{method}"] = out.run_id
+            students = steps.distill_task.with_options(**opts)(**args)
+            students = _fresh(steps.distill_task, students, **args)
+            models.folders.update(students.folders)
+            models.weights.update(students.weights)
+            step_runs[students.step] = students.run_id
 
         evaluation = steps.evaluate_task.with_options(**opts)(
-            cfg_json, teacher.folders["teacher"], students, dataset, str(work), weights,
-            parent_run_id=pid)
-        step_runs["evaluate"] = evaluation["run_id"]
+            cfg_json, models.folders, models.weights, dataset, str(work), parent_run_id=pid)
+        step_runs["evaluate"] = evaluation.run_id
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
-                "git_commit": git_commit(repo_path), "validation": validation.summary.splitlines()[0],
+                "git_commit": git_commit(repo_path),
+                "validation": validation.details["summary"].splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
                 "profile": str(cfg.profile)}
-        challenger = steps.register_task(evaluation, {**teacher.folders, **students}, weights,
-                                         str(work), settings.model_name, settings.max_fid_ratio,
-                                         tags, cfg.model_dump(mode="json"), parent_run_id=pid)
-        decision = steps.promote_task(cfg_json, challenger, settings.model_name,
-                                      settings.promote.model_dump(), stack.releases_bucket,
-                                      str(work), {**tags, "version": challenger["version"]},
-                                      parent_run_id=pid, data_dir=dataset["path"],
-                                      flow_run_id=str(flow_run.get_id()))
-        result = {"model": settings.model_name, "version": challenger["version"],
-                  "candidate": challenger["candidate"], "promoted": decision["promoted"],
-                  "reason": decision["reason"], "release": decision["release"],
+        config_json = cfg.model_dump(mode="json")
+        challenger = steps.register_task(config_json, evaluation, models, str(work), tags,
+                                         parent_run_id=pid)
+        decision = steps.promote_task(config_json, challenger, dataset, stack.releases_bucket,
+                                      str(work), tags, parent_run_id=pid)
+        version = challenger.details["version"]
+        result = {"model": settings.model_name, "version": version,
+                  "candidate": challenger.details["candidate"],
+                  "promoted": decision.details["promoted"], "reason": decision.details["reason"],
+                  "release": decision.details["release"],
                   "mlflow_run_id": pid, "mlflow_experiment_id": parent.info.experiment_id,
-                  "dataset_md5": dataset["md5"],
-                  "cached_steps": steps.cached_steps(pid, step_runs)}
-        mlflow.set_tags({"promoted": str(decision["promoted"]), "registered_version": challenger["version"]})
+                  "dataset_md5": dataset["md5"], "cached_steps": cached_steps(pid, step_runs)}
+        mlflow.set_tags({"promoted": str(decision.details["promoted"]),
+                         "registered_version": version})
         create_markdown_artifact(summary_markdown(result, evaluation, challenger, decision),
                                  key="training-pipeline-summary",
                                  description="metrics and promotion decision")

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from tasks.servers import bound_client_env
+from tasks.adapters.servers import bound_client_env
 
 WORK_POOL = "dmops-process"
 PREFECT_FILE = Path("infra/prefect.yaml")
@@ -69,10 +69,11 @@ def register(app: typer.Typer) -> None:
         os.environ.update(env)
         bound_client_env()   # before Prefect is imported: it reads its client settings then
         from diffusion.config import ConfigError
-        from flows.pipeline import load_pipeline_config, training_pipeline
+        from flows.pipeline import training_pipeline
+        from tasks.pipeline_settings import load_pipeline_config
 
         try:  # settings are checked before the flow starts: a typo is one line, exit code 2
-            load_pipeline_config(repo.resolve(), config, profile, list(set_ or []))
+            load_pipeline_config(repo.resolve() / config, profile, list(set_ or []))
         except ConfigError as e:
             _fail(" ".join(str(e).split()), 2)
 
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:  # found only once the data is known (its sample shape)
             _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
-            from tasks.servers import mlflow_unavailable, prefect_unavailable
+            from tasks.adapters.servers import mlflow_unavailable, prefect_unavailable
 
             _fail(f"the pipeline failed: {prefect_unavailable(e) or mlflow_unavailable(e) or e}")
         minutes = (time.perf_counter() - t0) / 60

@@ -1,5 +1,5 @@
 """`dmops reproduce MODEL@ALIAS | MODEL/VERSION`: rebuild a registered version from its lineage
-(tasks/reproduce.py) and say whether its weights and metrics come out the same.
+(tasks/steps/reproduce.py) and say whether its weights and metrics come out the same.
 
 Exit codes: 0 reproduced (identical weights, equal metrics), 1 differences (listed) or a server
 or run failure, 2 a lineage or repository that cannot support a reproduction."""
@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
         the DVC remote by md5, train, distil and evaluate again with the recorded settings and the
         commit's code, and print the registered and reproduced metrics and weights' sha256 side by
         side. Exit 0 when they agree, 1 with the differences listed."""
-        from tasks.register_model import RegistryError, parse_model_ref
-        from tasks.reproduce import ReproduceError, reproduce as reproduce_version
-        from tasks.reproduce_compare import render
+        from tasks.adapters.registry import RegistryError, parse_model_ref
+        from tasks.steps.reproduce import ReproduceError, reproduce as reproduce_version
+        from tasks.steps.reproduce_compare import render
 
         def fail(message: str, code: int) -> None:
             typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             fail(str(e), 1)
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
         # server that is down; the project's bounded settings (user settings win)
-        from tasks.servers import MLFLOW_RETRY_ENV
+        from tasks.adapters.servers import MLFLOW_RETRY_ENV
 
         for key, value in {**MLFLOW_RETRY_ENV, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
             os.environ.setdefault(key, value)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from tasks.step_result import StepResult
+
 
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def summary_markdown(result: dict, evaluation: dict, challenger: dict, decision: dict) -> str:
+def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResult,
+                     decision: StepResult) -> str:
+    """The summary of one flow run: its result (the flow's return value) and the StepResults of
+    the evaluate, register and promote steps."""
+    evaluation, challenger, decision = evaluation.details, challenger.details, decision.details
     rows = sorted(evaluation["table"], key=lambda r: (r["model"] != "teacher", r["model"], r["nfe"]))
     lines = [f"# {result['model']} version {result['version']}", "",
              f"**Promotion:** {'promoted to champion' if decision['promoted'] else 'not promoted'}: "

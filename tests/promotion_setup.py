@@ -11,12 +11,12 @@ import mlflow
 import pytest
 
 from diffusion.config import load_config
-from tasks.evaluate import score_model
-from tasks.prepare_dataset import prepare_dataset
-from tasks.promote import Challenger, promote
-from tasks.register_model import register_model
-from tasks.settings import PromoteSettings
-from tasks.train_teacher import train_teacher
+from tasks.steps.evaluate import score_model
+from tasks.steps.prepare_dataset import prepare_dataset
+from tasks.steps.promote import Challenger, promote
+from tasks.adapters.registry import register_model
+from tasks.steps.promote_settings import PromoteSettings
+from tasks.steps.train_teacher import train_teacher
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SETTINGS = PromoteSettings(metric="fid", tolerance=0.02)

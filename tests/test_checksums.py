@@ -31,9 +31,9 @@ from cli_assertions import digest, fails_cleanly
 from diffusion.model import ModelError, load_for_sampling, load_model, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
-from tasks.register_model import (FILES_TAG, CorruptCopyError, RegistryError, download_model,
+from tasks.adapters.registry import (FILES_TAG, CorruptCopyError, RegistryError, download_model,
                                   files_tag, register_model, version_tags)
-from tasks.release import model_card, prepare_release_files, write_release
+from tasks.adapters.release import model_card, prepare_release_files, write_release
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusion.distill import DistillationError, load_teacher
+from diffusion.distill.shared import DistillationError, load_teacher
 from diffusion.distill.consistency import (ConsistencyConfig, consistency_distillation,
                                            pseudo_huber, training_grid)
 from diffusion.distill.progressive import (ProgressiveConfig, ddim_step, progressive_distillation,

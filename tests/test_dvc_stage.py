@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.prepare_dataset import stage_md5
+from tasks.adapters.dvc import stage_md5
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

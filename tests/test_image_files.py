@@ -17,7 +17,7 @@ from PIL import Image
 from diffusion.config import DataConfig
 from diffusion.data import DataError, load_image_folder, load_processed, save_processed
 from diffusion.image_files import IMAGE_EXTENSIONS
-from tasks.prepare_dataset import prepare_dataset
+from tasks.steps.prepare_dataset import prepare_dataset
 
 FLAT = {"val_fraction": 0.0, "test_fraction": 0.0}
 

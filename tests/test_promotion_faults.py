@@ -15,12 +15,12 @@ from diffusion.model import load_model, save_model
 from flows.cli import app
 from outages import Outage
 from promotion_setup import model_name, promote_version, promotion_setup, register  # noqa: F401
-from tasks.evaluate import score_model
-from tasks.promotion_history import read_history
-from tasks.promotion_lock import lease_key
-from tasks.promotion_transaction import PromotionInterrupted, read_pending
-from tasks.register_model import champion_version, version_tags
-from tasks.release import ReleaseError, pending_key, read_manifest, verify_release
+from tasks.steps.evaluate import score_model
+from tasks.adapters.promotion_history import read_history
+from tasks.adapters.promotion_lock import lease_key
+from tasks.steps.promotion_transaction import PromotionInterrupted, read_pending
+from tasks.adapters.registry import champion_version, version_tags
+from tasks.adapters.release import ReleaseError, pending_key, read_manifest, verify_release
 from cli_assertions import fails_cleanly
 
 pytestmark = pytest.mark.stack

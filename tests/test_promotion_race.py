@@ -18,14 +18,14 @@ from typer.testing import CliRunner
 
 from diffusion.config import load_config
 from flows.cli import app
-from tasks.evaluate import score_model
-from tasks.prepare_dataset import prepare_dataset
-from tasks.promote import apply, decide, sample_shape
-from tasks.promotion_history import append_entry, champion_at, read_history
-from tasks.promotion_lock import PromotionLock, PromotionLockLost, PromotionLockTimeout, lease_key
-from tasks.register_model import champion_version, version_tags
-from tasks.release import prepare_release_files, verify_release
-from tasks.train_teacher import train_teacher
+from tasks.steps.evaluate import score_model
+from tasks.steps.prepare_dataset import prepare_dataset
+from tasks.steps.promote import apply, decide, sample_shape
+from tasks.adapters.promotion_history import append_entry, champion_at, read_history
+from tasks.adapters.promotion_lock import PromotionLock, PromotionLockLost, PromotionLockTimeout, lease_key
+from tasks.adapters.registry import champion_version, version_tags
+from tasks.adapters.release import prepare_release_files, verify_release
+from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses
 from promotion_setup import PARAMS, model_name, promote_version, promotion_setup, register  # noqa: F401

@@ -23,12 +23,12 @@ from diffusion.config import load_config
 from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
-from tasks.promote import Decision, PromotionError, apply, decide
-from tasks.pyfunc_model import SampleRequestError, parse_requests
-from tasks.register_model import (FILES_TAG, RegistryError, champion_version, check_tags,
+from tasks.steps.promote import Decision, PromotionError, apply, decide
+from tasks.adapters.pyfunc_model import SampleRequestError, parse_requests
+from tasks.adapters.registry import (FILES_TAG, RegistryError, champion_version, check_tags,
                                   download_model, register_model, version_tags)
-from tasks.release import folder_files, model_card, prepare_release_files
-from tasks.train_teacher import train_teacher
+from tasks.adapters.release import folder_files, model_card, prepare_release_files
+from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -22,9 +22,9 @@ from diffusion.config import load_config
 from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
-from tasks.release import (ReleaseError, folder_files, model_card, prepare_release_files,
+from tasks.adapters.release import (ReleaseError, folder_files, model_card, prepare_release_files,
                            read_manifest, read_release, verify_release, write_release)
-from tasks.train_teacher import train_teacher
+from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses
 
@@ -294,7 +294,7 @@ def test_a_manifest_write_retried_after_its_lost_response_keeps_the_release(stac
 
 
 def test_the_environments_client_retries_transient_errors_with_path_style_addressing(monkeypatch):
-    from tasks.release import s3_client_from_env
+    from tasks.adapters.release import s3_client_from_env
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

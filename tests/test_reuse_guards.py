@@ -171,9 +171,9 @@ def test_code_hash_follows_every_imported_project_module_and_nothing_else(tmp_pa
 
 
 def test_the_training_steps_code_hash_covers_the_loss_weighting():
-    modules = code_files(["tasks.train_teacher"])
+    modules = code_files(["tasks.steps.train_teacher"])
     assert {"diffusion.objectives", "diffusion.train", "diffusion.nets", "diffusion.data"} <= set(modules)
-    assert "tasks.release" not in modules
+    assert "tasks.adapters.release" not in modules
 
 
 def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
@@ -192,7 +192,7 @@ def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
                        check=True, capture_output=True)
 
     def commit_tag() -> str:  # run where `diffusion` and `tasks` import from the repository
-        return subprocess.run([sys.executable, "-c", "from tasks.lineage import git_commit; "
+        return subprocess.run([sys.executable, "-c", "from tasks.steps.lineage import git_commit; "
                                "print(git_commit('.'))"], cwd=tmp_path, capture_output=True,
                               text=True, check=True).stdout.strip()
 
@@ -206,7 +206,7 @@ def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
     assert not commit_tag().endswith("-dirty")
     (tmp_path / "tasks" / "sample.py").write_text("# edited\n")
     assert commit_tag().endswith("-dirty")
-    git("checkout", "tasks/sample.py")
+    git("checkout", "tasks/steps/sample.py")
     (tmp_path / "diffusion" / "weighting_extra.py").write_text("SCALE = 2.0\n")
     with open(tmp_path / "diffusion" / "objectives.py", "a") as f:
         f.write("\nfrom . import weighting_extra  # noqa: E402,F401\n")

@@ -1,4 +1,4 @@
-"""Retries of transient server errors (tasks/servers.py) against real servers: an S3 store that
+"""Retries of transient server errors (tasks/adapters/servers.py) against real servers: an S3 store that
 is stopped and started again within the backoff window, and servers that stay down."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from infra import Stack, StackSettings
 from infra.credentials import load_credentials
 from infra.ports import free_ports
 from infra.s3 import s3_client
-from tasks.servers import (MLFLOW, S3, RetryPolicy, ServerUnavailable, is_transient, retry_call)
+from tasks.adapters.servers import (MLFLOW, S3, RetryPolicy, ServerUnavailable, is_transient, retry_call)
 
 pytestmark = pytest.mark.stack
 
@@ -179,7 +179,7 @@ def test_the_one_line_ends_with_the_fix_and_a_detail_goes_before_it():
 
 
 def test_client_bounds_are_exported_where_the_user_set_none():
-    from tasks.servers import MLFLOW_RETRY_ENV, PREFECT_RETRY_ENV, bound_client_env
+    from tasks.adapters.servers import MLFLOW_RETRY_ENV, PREFECT_RETRY_ENV, bound_client_env
 
     env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300"}
     added = bound_client_env(env)
@@ -194,7 +194,7 @@ def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(mo
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks.servers import mlflow_unavailable
+    from tasks.adapters.servers import mlflow_unavailable
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     url = f"http://127.0.0.1:{free_ports(1)[0]}"
@@ -213,7 +213,7 @@ def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(mo
 def test_a_failed_prefect_request_names_the_prefect_server(monkeypatch):
     import httpx
 
-    from tasks.servers import mlflow_unavailable, prefect_unavailable
+    from tasks.adapters.servers import mlflow_unavailable, prefect_unavailable
 
     url = f"http://127.0.0.1:{free_ports(1)[0]}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)

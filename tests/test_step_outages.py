@@ -20,11 +20,11 @@ import pytest
 
 from diffusion.config import load_config
 from outages import outage
-from tasks import tracking
-from tasks.metric_logger import MetricLogger, MetricsRefused
-from tasks.pipeline_tasks import train_teacher_task
-from tasks.prepare_dataset import prepare_dataset
-from tasks.servers import MLFLOW_RETRY_ENV, ServerUnavailable
+from tasks.adapters import tracking
+from tasks.adapters.metric_logger import MetricLogger, MetricsRefused
+from tasks.prefect_tasks import train_teacher_task
+from tasks.steps.prepare_dataset import prepare_dataset
+from tasks.adapters.servers import MLFLOW_RETRY_ENV, ServerUnavailable
 
 pytestmark = pytest.mark.stack
 
@@ -185,7 +185,7 @@ def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_b
     from prefect import flow, task
 
     from diffusion.atomic import WriteError
-    from tasks.pipeline_tasks import retry_may_help
+    from tasks.prefect_tasks import retry_may_help
 
     calls = []
     errors = {"server": ServerUnavailable("MLflow server", "http://x", 3, None,
@@ -214,7 +214,7 @@ def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_b
 def test_a_store_down_when_dvc_pushes_fails_the_step_with_one_line_naming_it(bounded, tmp_path,
                                                                            monkeypatch):
     from infra.ports import free_ports
-    from tasks.pipeline_tasks import prepare_dataset_task
+    from tasks.prefect_tasks import prepare_dataset_task
     from user_repo import make_user_repo, params_for
 
     monkeypatch.setenv("DMOPS_RETRY_ATTEMPTS", "2")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from diffusion.data import Dataset, load_dataset, load_image_folder, save_processed
-from tasks.validate_data import (
+from tasks.steps.validate_data import (
     DataValidationError,
     ValidationReport,
     ValidationSettings,

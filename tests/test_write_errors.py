@@ -321,7 +321,7 @@ def test_the_pipelines_training_task_fails_with_the_same_line(stack, trained, tm
     from prefect import flow
 
     from diffusion.config import load_config
-    from tasks.pipeline_tasks import train_teacher_task
+    from tasks.prefect_tasks import train_teacher_task
 
     assert dmops("prepare", "-c", PARAMS, "--root", tmp_path).exit_code == 0
     dataset = {"path": str(tmp_path / "digits"), "md5": "test-write-errors"}

@@ -18,11 +18,9 @@ import copy
 import shutil
 import math
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable
 
 import torch
-from pydantic import Field
-from pydantic.dataclasses import dataclass as validated_dataclass
 
 from ..checkpoint import save_checkpoint
 from ..loop import optimise
@@ -30,23 +28,12 @@ from ..model import ModelSpec, SamplingSpec, save_model
 from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
 from ..provenance import Lineage, Provenance, tensor_sha256
 from ..schedules import karras_sigmas
-from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
-               freeze, resume_run)
+from ..train import EMA, resolve_device, step_generator
+from .settings import ConsistencyConfig
+from .shared import (check_data, check_teacher, distillation_provenance, finished_student, freeze,
+                     resume_run)
 
 SUPPORTED_STEPS = (1, 2, 4)
-
-
-@validated_dataclass(config=_STRICT)
-class ConsistencyConfig(DistillRunConfig):
-    steps: Positive = 4000
-    levels: Annotated[int, Field(ge=2)] = 18     # N: Karras noise levels from sigma_min to sigma_max
-    batch_size: Positive = 128
-    lr: Annotated[float, Field(gt=0)] = 1e-4
-    target_decay: Fraction = 0.95              # mu: the EMA target network f_theta^-
-    ema_decay: Fraction = 0.999                # slow EMA (with warm-up) that is exported and sampled
-    huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
-    sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:

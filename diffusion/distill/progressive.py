@@ -19,11 +19,9 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Callable
 
 import torch
-from pydantic import Field, model_validator
-from pydantic.dataclasses import dataclass as validated_dataclass
 
 from ..checkpoint import save_checkpoint
 from ..loop import optimise
@@ -31,30 +29,10 @@ from ..model import ModelSpec, SamplingSpec, load_model, save_model
 from ..objectives import Denoiser, weight_truncated_snr
 from ..provenance import Lineage, Provenance, tensor_sha256
 from ..schedules import nested_karras_sigmas
-from ..train import _STRICT, EMA, Fraction, Positive, resolve_device, step_generator
-from . import (DistillRunConfig, check_data, check_teacher, distillation_provenance, finished_student,
-               freeze, resume_run)
-
-
-@validated_dataclass(config=_STRICT)
-class ProgressiveConfig(DistillRunConfig):
-    start_steps: Positive = 64        # the teacher's DDIM steps in round 1 (a power of 2)
-    end_steps: Positive = 1           # the last student's steps (a power of 2, < start_steps)
-    steps_per_round: Positive = 2000  # optimiser steps per round
-    batch_size: Positive = 128
-    lr: Annotated[float, Field(gt=0)] = 2e-4
-    ema_decay: Fraction = 0.999       # with warm-up min(decay, (1+k)/(10+k)), restarted per round
-
-    @model_validator(mode="after")
-    def _check(self):
-        for name in ("start_steps", "end_steps"):
-            v = getattr(self, name)
-            if v & (v - 1):
-                raise ValueError(f"{name} must be a power of 2, got {v}")
-        if self.end_steps >= self.start_steps:
-            raise ValueError(f"end_steps ({self.end_steps}) must be below start_steps "
-                             f"({self.start_steps})")
-        return self
+from ..train import EMA, resolve_device, step_generator
+from .settings import ProgressiveConfig
+from .shared import (check_data, check_teacher, distillation_provenance, finished_student, freeze,
+                     resume_run)
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
-from .release import is_precondition_failed
+from tasks.adapters.release import is_precondition_failed
 
 HISTORY = "_history"
 DECISIONS = ("promoted", "rejected", "rolled_back")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.config import Config
-from diffusion.distill import load_teacher
+from diffusion.distill.shared import load_teacher
 from diffusion.distill.consistency import consistency_distillation
 from diffusion.distill.progressive import progressive_distillation
 from diffusion.evaluation import student_name
@@ -26,9 +26,9 @@ from diffusion.model import ModelError, read_spec, resolve_model_path
 from diffusion.samplers import nfe_for
 from diffusion.train import resolve_device
 
-from .lineage import step_lineage
-from .prepare_dataset import load_data
-from .sample import sample_to_png
+from tasks.steps.lineage import step_lineage
+from tasks.steps.prepare_dataset import load_data
+from tasks.steps.sample import sample_to_png
 
 METHODS = ("progressive", "consistency")
 

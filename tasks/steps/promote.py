@@ -41,13 +41,13 @@ from pathlib import Path
 
 from diffusion.model import ModelError, read_spec
 
-from .promotion_lock import PromotionLock, PromotionLockLost
-from .promotion_transaction import (PROMOTED, Completion, PendingPromotion, PromotionInterrupted,
+from tasks.adapters.promotion_lock import PromotionLock, PromotionLockLost
+from tasks.steps.promotion_transaction import (PROMOTED, Completion, PendingPromotion, PromotionInterrupted,
                                     complete, recover, write_pending)
-from .register_model import (champion_version, download_model, verify_registered_copy,
+from tasks.adapters.registry import (champion_version, download_model, verify_registered_copy,
                              version_tags)
-from .release import model_card, pending_key, prepare_release_files, release_uri, s3_client_from_env
-from .servers import ServerUnavailable
+from tasks.adapters.release import model_card, pending_key, prepare_release_files, release_uri, s3_client_from_env
+from tasks.adapters.servers import ServerUnavailable
 
 
 READ_NOW = object()   # apply(previous=...): read the champion from the registry
@@ -213,7 +213,7 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
             log=print) -> PromotionResult:
     """Promote `challenger` of `model_name` when it beats the current champion.
 
-    settings: tasks.settings.PromoteSettings (or its dict): metric, tolerance, lower_is_better.
+    settings: tasks.steps.promote_settings.PromoteSettings (or its dict): metric, tolerance, lower_is_better.
     bucket: the releases bucket; data_dir: the versioned dataset folder the challenger was
     evaluated on; cfg: the run's diffusion.config.Config (its `evaluate` section scores the
     champion); work_dir: scratch space (champion download, score report, release files);
@@ -227,11 +227,11 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
     first; when it was this same version's, its outcome is returned.
     Raises PromotionError (a metric missing), ReleaseError, PromotionLockError, RegistryError,
     PromotionInterrupted (a server failed part-way; the decision stays pending)."""
-    from .evaluate import score_model   # torch and the evaluation stack only when promoting
+    from tasks.steps.evaluate import score_model   # torch and the evaluation stack only when promoting
 
     s3 = s3 if s3 is not None else s3_client_from_env()
     if isinstance(settings, dict):
-        from .settings import PromoteSettings
+        from tasks.steps.promote_settings import PromoteSettings
 
         settings = PromoteSettings.model_validate(settings)
     version, work = str(challenger.version), Path(work_dir)

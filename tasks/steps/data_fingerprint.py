@@ -14,7 +14,7 @@ stage, `fingerprint` (always run: it only reads and hashes), writes this small J
                 size and sha256; `sha256` over all of it.  null for the built-in sets.
     code        sha256 of the source of the project code that loads and prepares data
                 (diffusion.data and every diffusion module it imports, this module,
-                tasks/prepare_dataset.py, the DataConfig class), per module and in all
+                tasks/steps/prepare_dataset.py, the DataConfig class), per module and in all
                 (diffusion.provenance.code_files finds the imports; see CODE_MODULES)
     libraries   versions of the libraries that make the data: numpy and torch always, Pillow
                 for folders (decoding, resizing), scikit-learn for digits, moons, swiss_roll
@@ -46,7 +46,7 @@ FORMAT = 1
 # re-read a large folder); of diffusion.config, the DataConfig class that maps settings to the
 # loader's options.
 CODE_MODULES = {"diffusion": ("diffusion.data",),
-                "tasks": ("tasks.data_fingerprint", "tasks.prepare_dataset")}
+                "tasks": ("tasks.steps.data_fingerprint", "tasks.steps.prepare_dataset")}
 _LIBRARIES = {"folder": ("Pillow",), "digits": ("scikit-learn",), "moons": ("scikit-learn",),
               "swiss_roll": ("scikit-learn",)}
 

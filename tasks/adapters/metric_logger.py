@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .servers import (MLFLOW, FIXES, RetryPolicy, ServerUnavailable, _to_stderr, describe,
+from tasks.adapters.servers import (MLFLOW, FIXES, RetryPolicy, ServerUnavailable, _to_stderr, describe,
                       is_transient)
 
 BATCH = 1000                  # MLflow's limit of metrics in one log_batch request

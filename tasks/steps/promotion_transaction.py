@@ -37,11 +37,11 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from mlflow.tracking import MlflowClient
 
-from .promotion_history import append_entry, find_entry
-from .register_model import CHAMPION, champion_version, check_tags
-from .release import (ReleaseError, delete_release, is_missing, is_precondition_failed,
+from tasks.adapters.promotion_history import append_entry, find_entry
+from tasks.adapters.registry import CHAMPION, champion_version, check_tags
+from tasks.adapters.release import (ReleaseError, delete_release, is_missing, is_precondition_failed,
                       pending_key, read_manifest, sha256_file, verify_release, write_release)
-from .servers import S3, mlflow_call, retry_call, s3_url_from_env
+from tasks.adapters.servers import S3, mlflow_call, retry_call, s3_url_from_env
 
 PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from diffusion.settings import Settings
 
 
-class ValidationSettings(BaseModel):
+class ValidationSettings(Settings):
     """What a processed dataset must satisfy to be trained on.
 
     drift_tolerance is a standardised mean difference: the average of a per-sample statistic
@@ -22,7 +24,7 @@ class ValidationSettings(BaseModel):
     one of ten classes going missing gives ln(10/9) = 0.105.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)  # extra="forbid" comes from Settings
 
     min_rows: Annotated[int, Field(ge=1)] = 100
     value_low: float = -1.0

@@ -1,83 +1,21 @@
-"""Pipeline step: turn the configured dataset into data/processed/<name>/ (arrays + manifest).
+"""DVC: the dataset's `prepare` stage run through DVC in the project's git repository, its
+output pushed to the DVC remote in S3, and its version (DVC's md5 of the output folder).
 
-`prepare_dataset` is the work itself (what `dmops prepare`, the DVC stage's command, calls);
-tasks/data_fingerprint.py writes what the stage depends on (the raw source, the code, the
-settings: see dvc.yaml), so the stage reruns whenever any of them changes.
-`dvc_prepare` is what the pipeline calls: it runs the stage through DVC in the project's git
-repo, pushes the result to the DVC remote in S3 and returns the dataset's content hash (the
-md5 DVC records for the output folder in dvc.lock), which every later step records as lineage.
+The stage's own command is `dmops prepare` (tasks/steps/prepare_dataset.py); dvc.yaml says
+what it depends on, so DVC reruns it only when the source, the code or the settings changed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import yaml
 
-from diffusion.config import DataConfig
-from diffusion.data import DataError, Dataset, load_dataset, load_processed, save_processed
-from diffusion.image_files import describe
-
-from .data_fingerprint import source_files
-
-
-def prepare_dataset(data: DataConfig, root="data/processed", require_finite: bool = True,
-                    fingerprint=None, log=partial(print, flush=True)) -> Path:
-    """Load the dataset, check its structure, then write it atomically; returns the folder.
-
-    With `require_finite=False` NaN/inf values are stored as they are (and counted in the
-    manifest) so the data-quality gate reports them; only .npz files can carry them.
-
-    The source's identity (data_fingerprint.source_files' sha256, taken after loading) goes
-    into meta.json's ingestion record as `source_sha256`.  With `fingerprint` (the file the
-    DVC fingerprint stage wrote) a source that no longer matches it -- changed between the two
-    stages or while loading -- is a DataError, so a version never pairs one source's record
-    with another's data.  Prints what was read, skipped (by reason) and altered."""
-    options = data.loader_options()
-    if data.name == "npz":
-        options["require_finite"] = require_finite
-    ds = load_dataset(data.name, **options)
-    source = source_files(data)
-    if source is not None:
-        ds.ingestion = {**(ds.ingestion or {}), "source_sha256": source["sha256"]}
-    if fingerprint is not None:
-        _require_fingerprint(Path(fingerprint), data, source)
-    out = save_processed(ds, Path(root) / data.name, require_finite=require_finite)
-    counts = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
-    log(f"{data.name}: {len(ds.ids)} samples of shape {tuple(ds.sample_shape)} "
-        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}) -> {out}")
-    if ds.ingestion is not None and ds.ingestion.get("source") != "builtin":
-        for line in describe(ds.ingestion):
-            log(f"{data.name}: {line}")
-    return out
-
-
-def _require_fingerprint(path: Path, data: DataConfig, source: dict | None) -> None:
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the source fingerprint ({exc}); run "
-                        "`dvc repro prepare` (its fingerprint stage writes it)") from None
-    if recorded.get("data") != data.model_dump(mode="json"):
-        raise DataError(f"{path}: records other dataset settings than params.yaml's data "
-                        "section; run `dvc repro prepare` again")
-    if (recorded.get("source") or {}).get("sha256") != (source or {}).get("sha256"):
-        raise DataError(f"data.path {data.path}: changed since {path} was written (files added, "
-                        "removed or modified while preparing); run `dvc repro prepare` again")
-
-
-def load_data(data: DataConfig, data_dir=None) -> Dataset:
-    """The dataset a step works on: the processed folder the pipeline versioned and validated
-    when `data_dir` is given, else the configured source loaded directly (the plain CLI)."""
-    if data_dir is not None:
-        return load_processed(data_dir)
-    return load_dataset(data.name, **data.loader_options())
+from .servers import S3, ServerUnavailable, boto_config, retry_call
 
 
 class DVCError(RuntimeError):
@@ -149,3 +87,18 @@ def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
     run_dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
     log(f"dataset {data_name}: md5 {md5}, pushed to DVC remote {remote!r}")
     return DatasetVersion(data_name, str(repo / out), md5, remote)
+
+
+def raise_if_store_down(endpoint_url: str, error: DVCError) -> None:
+    """DVC reports a store that is down as a many-line "unexpected error": ask the store itself,
+    with the bounded retries, and raise ServerUnavailable naming it (chained to DVC's error)
+    when it does not answer.  A store that answers, even with a refusal, leaves DVC's error."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, config=boto_config())
+    try:
+        retry_call(s3.list_buckets, server=S3, url=endpoint_url)
+    except ServerUnavailable as down:
+        raise down from error
+    except Exception:  # noqa: BLE001 - the store answered; DVC's own error says what went wrong
+        pass

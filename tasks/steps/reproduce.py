@@ -5,9 +5,9 @@
        names no commit that holds the code and params)
     -> the dataset version from the DVC remote, by the md5 the version is tagged with
     -> training, distillation and evaluation with the recorded settings, run by the commit's
-       own code (tasks/reproduce_steps.py in a subprocess inside the worktree), with a fresh
+       own code (tasks/steps/reproduce_steps.py in a subprocess inside the worktree), with a fresh
        feature cache
-    -> the registered and the reproduced served model side by side (tasks/reproduce_compare.py)
+    -> the registered and the reproduced served model side by side (tasks/steps/reproduce_compare.py)
 
 The dataset is fetched by its md5 rather than through the worktree's dvc.lock: the first run of
 a repository writes dvc.lock after its commit, so the recorded commit may hold none, while the
@@ -34,9 +34,9 @@ from typing import Callable, Iterator
 
 import yaml
 
-from . import reproduce_steps
-from .prepare_dataset import DVCError, configure_remote, run_dvc
-from .reproduce_compare import Verdict, compare
+from tasks.steps import reproduce_steps
+from tasks.adapters.dvc import DVCError, configure_remote, run_dvc
+from tasks.steps.reproduce_compare import Verdict, compare
 
 REQUIRED_TAGS = ("git_commit", "dataset", "dataset_md5", "served_as", "sampler", "nfe",
                  "weights_sha256", "weights_code_sha256")
@@ -78,7 +78,7 @@ def read_lineage(ref: str) -> RegisteredVersion:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .register_model import RegistryError, resolve_version
+    from tasks.adapters.registry import RegistryError, resolve_version
 
     try:
         name, version = resolve_version(ref)
@@ -174,7 +174,7 @@ def _installed_roots() -> list[str]:
 def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] = print) -> None:
     """For a commit without its own code: the installed code must be the code that made the
     served weights (`weights_code_sha256`), else the run would prove nothing."""
-    from .lineage import step_code_sha256
+    from tasks.steps.lineage import step_code_sha256
 
     step = "train" if version.tags["served_as"] == "teacher" else "distill"
     installed = step_code_sha256(step)
@@ -242,7 +242,7 @@ def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url
 
 def run_steps(worktree: Path, version: RegisteredVersion, data_dir: Path, work: Path,
               own_code: bool, stdout=None) -> dict:
-    """tasks/reproduce_steps.py with the commit's code, cwd the worktree; returns its result.
+    """tasks/steps/reproduce_steps.py with the commit's code, cwd the worktree; returns its result.
     The child's progress goes to `stdout` (default: this process's)."""
     request = {"config": version.config, "data_dir": str(data_dir),
                "dataset_md5": version.tags["dataset_md5"], "work_dir": str(work / "run"),

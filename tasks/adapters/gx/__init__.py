@@ -1,4 +1,4 @@
-"""The data-validation gate's parts; the public entry point is `tasks.validate_data`.
+"""The data-validation gate's parts; the gate step itself is tasks/steps/validate_data.py.
 
 settings.py      ValidationSettings, the gate's thresholds
 table.py         a processed folder -> the table the suite runs on, and its reference statistics

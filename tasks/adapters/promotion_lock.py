@@ -43,7 +43,7 @@ from email.utils import parsedate_to_datetime
 
 from botocore.exceptions import ClientError
 
-from .release import is_missing, is_precondition_failed
+from tasks.adapters.release import is_missing, is_precondition_failed
 
 DEFAULT_TTL_S = 120.0
 LEASE = "_promotion/lease.json"

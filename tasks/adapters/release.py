@@ -132,7 +132,7 @@ def s3_client_from_env():
     transient errors are retried by botocore (`tasks.servers.boto_config`)."""
     import boto3
 
-    from .servers import boto_config
+    from tasks.adapters.servers import boto_config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
     # boto_config: path-style addressing (a loopback or self-hosted endpoint has no per-bucket
@@ -403,7 +403,7 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
               "", "```python",
               "from diffusion.model import load_for_sampling",
               "from diffusion.samplers import generate",
-              "from tasks.release import read_release, s3_client_from_env", "",
+              "from tasks.adapters.release import read_release, s3_client_from_env", "",
               f"folder = read_release(s3_client_from_env(), \"{where}\", \"{model}-{version}\")",
               "denoiser, spec = load_for_sampling(folder)",
               "x = generate(denoiser, spec.shape, 16, seed=0, **spec.sampling.model_dump()).x",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from .expectations import ExpectColumnValueCountRatioToBeBetween
-from .settings import ValidationSettings
-from .table import HARMLESS_SKIPS, SKIPPED_COLUMN, UNLABELLED, ProcessedTable
+from tasks.adapters.gx.expectations import ExpectColumnValueCountRatioToBeBetween
+from tasks.adapters.gx.settings import ValidationSettings
+from tasks.adapters.gx.table import HARMLESS_SKIPS, SKIPPED_COLUMN, UNLABELLED, ProcessedTable
 
 SPLITS = ["train", "val", "test"]
 FLOAT32 = "float32"  # what training feeds the network; anything else is a wrong dataset

@@ -44,7 +44,7 @@ from diffusion.atomic import atomic_folder
 from diffusion.checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
 from diffusion.model import read_spec, verify_model_folder
 
-from .servers import RetryPolicy, mlflow_call
+from tasks.adapters.servers import RetryPolicy, mlflow_call
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -155,7 +155,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
 
     The version also gets the tag FILES_TAG: {relative path: sha256} of every file of
     `model_dir` as compact JSON, what `download_model` verifies."""
-    from .pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
+    from tasks.adapters.pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
 
     check_tags(tags)
     model_dir = Path(model_dir)
@@ -336,7 +336,7 @@ def download_model(name_or_uri: str, dest) -> Path:
     stored file differs from its recorded sha256: nothing is written to `dest`)."""
     from mlflow.models import Model
 
-    from .pyfunc_model import ARTIFACT
+    from tasks.adapters.pyfunc_model import ARTIFACT
 
     name, version = resolve_version(name_or_uri)
     tags = version_tags(name, version)

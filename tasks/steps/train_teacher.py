@@ -13,9 +13,9 @@ from diffusion.model import build_denoiser
 from diffusion.nets import count_parameters
 from diffusion.train import TrainResult, train
 
-from .lineage import step_lineage
-from .prepare_dataset import load_data
-from .sample import sample_to_png
+from tasks.steps.lineage import step_lineage
+from tasks.steps.prepare_dataset import load_data
+from tasks.steps.sample import sample_to_png
 
 
 @dataclass

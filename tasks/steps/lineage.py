@@ -1,7 +1,7 @@
 """The lineage of a pipeline step: which project code it runs and which commit that came from.
 
 A step's code hash (`step_code_sha256`) is diffusion.provenance.code_sha256 over the step's
-module and every project module it imports, transitively: `train` covers tasks/train_teacher.py,
+module and every project module it imports, transitively: `train` covers tasks/steps/train_teacher.py,
 the trainer, the networks, objectives.py and the data loaders; a change to any of them changes
 the hash, so the teacher is retrained, while a change to, say, the release code does not.  The
 hash goes into each model's provenance (model.json), the Prefect cache key and the pipeline's
@@ -18,11 +18,11 @@ from diffusion.provenance import Lineage, code_files, code_sha256
 
 # the module that does each step's work (what `dmops <command>` and the Prefect task call)
 STEP_MODULES = {
-    "prepare": "tasks.prepare_dataset",
-    "validate": "tasks.validate_data",
-    "train": "tasks.train_teacher",
-    "distill": "tasks.distill",
-    "evaluate": "tasks.evaluate",
+    "prepare": "tasks.steps.prepare_dataset",
+    "validate": "tasks.steps.validate_data",
+    "train": "tasks.steps.train_teacher",
+    "distill": "tasks.steps.distill",
+    "evaluate": "tasks.steps.evaluate",
 }
 
 

@@ -9,7 +9,7 @@ The suite runs on the manifest (one row per sample) joined with what data.npz ho
 row count, ids, manifest-matches-data (sha256, shape), dtype float32, NaN/inf, value range,
 shape, class balance, duplicates, and -- given the last validated version's statistics --
 drift of the per-sample mean and std, the shape and the label shares.  The thresholds are
-ValidationSettings; tasks/validation/ holds the parts (see its __init__).
+ValidationSettings; tasks/adapters/gx/ holds the parts (see its __init__).
 
 No MLflow or Prefect here: the caller logs report.result (JSON-able) and report.docs_dir.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .validation.report import DataValidationError, ValidationReport, failure_lines, jsonable
-from .validation.settings import ValidationSettings
-from .validation.table import StructureError, read_processed_table, reference_statistics
+from tasks.adapters.gx.report import DataValidationError, ValidationReport, failure_lines, jsonable
+from tasks.adapters.gx.settings import ValidationSettings
+from tasks.adapters.gx.table import StructureError, read_processed_table, reference_statistics
 
 __all__ = ["DataValidationError", "ValidationReport", "ValidationSettings", "require_valid",
            "validate_dataset"]
@@ -46,8 +46,8 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
                                 statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
 
     # Great Expectations takes seconds to import: only when a validation runs
-    from .validation.checkpoint import run_checkpoint
-    from .validation.suite import build_expectations
+    from tasks.adapters.gx.checkpoint import run_checkpoint
+    from tasks.adapters.gx.suite import build_expectations
 
     expectations = build_expectations(table, settings, reference)
     if docs_dir is not None:

@@ -8,7 +8,7 @@ An outage of the MLflow server is never hidden and never waited out without a bo
 `tracked_run` / `step_run` fails with one line naming the server, its URL and the fix
 (tasks.servers.ServerUnavailable) when the run cannot be started or ended, when an MLflow
 request of the step still fails after MLflow's own bounded retries (MLFLOW_RETRY_ENV), or when
-one of its metric loggers (`metric_logger`, tasks/metric_logger.py) cannot deliver its points
+one of its metric loggers (`metric_logger`, tasks/adapters/metric_logger.py) cannot deliver its points
 within their bound; on success every logged point is in MLflow before the run ends.  A step
 that fails for another reason keeps its own error; ending its run is then best effort, and
 points that could not be delivered are reported on stderr.
@@ -24,8 +24,8 @@ from typing import Any, Iterator, Optional
 
 import mlflow
 
-from .metric_logger import MetricLogger, numeric
-from .servers import mlflow_unavailable
+from tasks.adapters.metric_logger import MetricLogger, numeric
+from tasks.adapters.servers import mlflow_call, mlflow_unavailable
 
 __all__ = ["flatten", "step_run", "tracked_run", "metric_logger", "numeric", "log_json"]
 
@@ -66,7 +66,7 @@ def tracked_run(run_name: str, parent_run_id: Optional[str] = None,
     docstring says: on success its metric loggers deliver every point and the run is marked
     FINISHED; on an error it is marked FAILED as far as the server allows, and the error is
     raised -- as ServerUnavailable naming the MLflow server when it was a transient failure of
-    an MLflow request.  Raises ServerUnavailable, or MetricsRefused (tasks/metric_logger.py)."""
+    an MLflow request.  Raises ServerUnavailable, or MetricsRefused (tasks/adapters/metric_logger.py)."""
     url = mlflow.get_tracking_uri()
     try:
         run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
@@ -95,7 +95,7 @@ def tracked_run(run_name: str, parent_run_id: Optional[str] = None,
 def metric_logger(prefix: str = "", run_id: Optional[str] = None) -> MetricLogger:
     """An `on_log(step, metrics)` callback for diffusion's loops: numeric values become MLflow
     metrics of run `run_id` (default: the active run) at that step, keys prefixed.  Points are
-    sent in the background and kept across a short outage (tasks/metric_logger.py); call its
+    sent in the background and kept across a short outage (tasks/adapters/metric_logger.py); call its
     `close()` where the step needs them delivered -- a `tracked_run` of that run closes it at
     its end anyway.  RuntimeError when there is no run to log into."""
     if run_id is None:
@@ -158,3 +158,13 @@ def _raise_as_unavailable(e: Exception, url: str) -> None:
     if unavailable is not None:
         raise unavailable from e
     raise e
+
+
+def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
+    """Steps (name -> MLflow run id) whose run belongs to an earlier flow run than
+    `parent_run_id`: Prefect reused their cached result.  Reads only, retried on transient
+    MLflow errors."""
+    client = mlflow.MlflowClient()
+    return [step for step, run_id in step_runs.items()
+            if mlflow_call(client.get_run, run_id)
+            .data.tags.get("mlflow.parentRunId") != parent_run_id]

@@ -1,7 +1,7 @@
 """The model steps of one pipeline run, replayed by `dmops reproduce` inside a git worktree of
 the recorded commit.
 
-tasks/reproduce.py runs a copy of this file in a subprocess whose working folder is the
+tasks/steps/reproduce.py runs a copy of this file in a subprocess whose working folder is the
 worktree and whose PYTHONPATH starts with it, so `import diffusion` / `import tasks` find the
 commit's own packages (the recorded commit need not contain this file).  It does
 what flows/pipeline.py does between the data gate and the registry, without Prefect or MLflow:
@@ -42,15 +42,16 @@ def replay(request: dict) -> dict:
     from diffusion.config import Config
     from diffusion.evaluation import student_name
     from diffusion.model import read_spec
-    from tasks.distill import distill_sampler
-    from tasks.evaluate import choose_candidate, evaluate_model, write_candidate
-    from tasks.lineage import model_weights_sha256
-    from tasks.settings import pipeline_settings
-    from tasks.train_teacher import train_teacher
+    from tasks.steps.distill import distill_sampler
+    from tasks.steps.evaluate import evaluate_model
+    from tasks.steps.lineage import model_weights_sha256
+    from tasks.pipeline_settings import PipelineConfig
+    from tasks.steps.select_candidate import choose_candidate, write_candidate
+    from tasks.steps.train_teacher import train_teacher
 
     config, work = request["config"], Path(request["work_dir"])
     data_dir, md5 = request["data_dir"], request["dataset_md5"]
-    settings = pipeline_settings(Config.model_validate(config))
+    settings = PipelineConfig.model_validate(config).pipeline
     cfg_json = step_settings(config, request["feature_cache"])
 
     def say(text: str) -> None:

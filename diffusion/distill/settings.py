@@ -1,0 +1,74 @@
+"""The `distill` section: the settings every distillation run shares, and one subsection per
+method (progressive.py and consistency.py read them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Optional
+
+from pydantic import Field, model_validator
+
+from ..settings import Device, Fraction, Positive, Settings
+
+
+class DistillRunConfig(Settings):
+    """Settings every distillation run shares; the methods' configs add their own."""
+
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    sigma_min: Annotated[float, Field(gt=0)] = 0.002
+    sigma_max: Annotated[float, Field(gt=0)] = 80.0
+    rho: Annotated[float, Field(gt=0)] = 7.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Device = "auto"
+    checkpoint_every: Positive = 500
+    log_every: Positive = 100
+    progress: bool = True
+
+    # they do not change the student (resume is exact): not part of its provenance
+    CADENCE: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every", "progress", "device")
+
+    def result_settings(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if k not in self.CADENCE}
+
+    @model_validator(mode="after")
+    def _sigma_range(self):
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+class ProgressiveConfig(DistillRunConfig):
+    start_steps: Positive = 64        # the teacher's DDIM steps in round 1 (a power of 2)
+    end_steps: Positive = 1           # the last student's steps (a power of 2, < start_steps)
+    steps_per_round: Positive = 2000  # optimiser steps per round
+    batch_size: Positive = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    ema_decay: Fraction = 0.999       # with warm-up min(decay, (1+k)/(10+k)), restarted per round
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("start_steps", "end_steps"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"{name} must be a power of 2, got {v}")
+        if self.end_steps >= self.start_steps:
+            raise ValueError(f"end_steps ({self.end_steps}) must be below start_steps "
+                             f"({self.start_steps})")
+        return self
+
+
+class ConsistencyConfig(DistillRunConfig):
+    steps: Positive = 4000
+    levels: Annotated[int, Field(ge=2)] = 18     # N: Karras noise levels from sigma_min to sigma_max
+    batch_size: Positive = 128
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    target_decay: Fraction = 0.95              # mu: the EMA target network f_theta^-
+    ema_decay: Fraction = 0.999                # slow EMA (with warm-up) that is exported and sampled
+    huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
+    sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
+
+
+class DistillConfig(Settings):
+    """`dmops distill`: one section per method (the library's own validated configs)."""
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)

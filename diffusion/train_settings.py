@@ -1,0 +1,47 @@
+"""The `train` section: how diffusion/train.py trains the teacher (optimiser, EMA, loss
+weighting, checkpoints, device)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from .settings import Device, Fraction, Positive, Settings
+
+
+class ObjectiveConfig(Settings):
+    weighting: Literal["eps_mse", "v_mse", "x0_mse", "min_snr", "truncated_snr", "edm"] = "edm"
+    gamma: Annotated[float, Field(gt=0)] = 5.0      # for min_snr
+    # 'lognormal': EDM's ln sigma ~ N(p_mean, p_std^2); 'vp': t ~ U(0, 1); 'auto': by preconditioning
+    sigma_sampling: Literal["auto", "lognormal", "vp"] = "auto"
+    p_mean: float = -1.2
+    p_std: Annotated[float, Field(gt=0)] = 1.2
+
+
+class TrainConfig(Settings):
+    steps: Positive = 1000
+    batch_size: Positive = 128       # global: split evenly over data-parallel ranks
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0   # 0 disables clipping
+    ema_decay: Fraction = 0.999
+    ema_warmup: bool = True          # decay_k = min(decay, (1 + k)/(10 + k))
+    checkpoint_every: Positive = 500
+    keep_checkpoints: Positive = 2
+    log_every: Positive = 50
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Device = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"   # auto: bf16 autocast on CUDA only
+    progress: bool = True
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+
+    # how often to log and save, and where to run: they do not change the weights (resume is
+    # exact), so they are not part of a run's provenance; `steps` is checked on its own
+    CADENCE: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "progress", "device")
+
+    def result_settings(self) -> dict:
+        """The settings that determine the trained weights (for provenance)."""
+        return {k: v for k, v in self.model_dump().items() if k not in self.CADENCE}

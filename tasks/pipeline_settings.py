@@ -1,0 +1,46 @@
+"""The `pipeline` section of params.yaml: what the flow itself reads (the registered model's
+name, the MLflow experiment, the students to distil, the candidate rule, the DVC remote), with
+the sections of the steps that read their own (the data gate's, the promotion rule's).
+
+`PipelineConfig` is the whole file as the pipeline and `dmops` load it: diffusion's `Config`,
+whose `pipeline` section the core keeps opaque, with that section typed here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from diffusion.config import Config, load_config
+from diffusion.settings import Settings
+
+from .adapters.gx.settings import ValidationSettings
+from .steps.promote_settings import PromoteSettings
+
+
+class PipelineSettings(Settings):
+    model_name: str = "digits-diffusion"    # the registered model's name in MLflow
+    experiment: str = "dmops"               # MLflow experiment of the flow's runs
+    methods: list[Literal["progressive", "consistency"]] = ["progressive", "consistency"]
+    # Which model is registered: the student with the fewest network evaluations whose FID is
+    # within `max_fid_ratio` x the teacher's best FID, else the teacher at its best setting.
+    max_fid_ratio: Annotated[float, Field(ge=1)] = 2.5
+    promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    validate_data: ValidationSettings = Field(default_factory=ValidationSettings)
+    dvc_remote: str = "dmops"               # defined in .dvc/config; its endpoint comes from the stack
+
+
+class PipelineConfig(Config):
+    """params.yaml with its `pipeline` section typed."""
+
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+
+def load_pipeline_config(path, profile: str | None = None,
+                         overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """The pipeline's configuration, validated in one read of the file.  Its `data` section is
+    pinned to what the file writes: the DVC stage `prepare` reads it there, so a profile or
+    --set that changed it would train on data DVC never versioned.  Raises ConfigError naming
+    every offending key (diffusion.config.load_config)."""
+    return load_config(path, profile, overrides, schema=PipelineConfig, pinned=("data",))

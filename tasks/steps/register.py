@@ -1,0 +1,94 @@
+"""Pipeline step: register the model to serve as the `challenger` of the registered model, and
+the check, before any training, that this run's data can make a model comparable with it.
+
+The served model is chosen by tasks/steps/select_candidate.py; the registry itself is
+tasks/adapters/registry.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from diffusion.config import ConfigError
+from diffusion.model import read_spec
+
+from tasks.adapters.metric_logger import numeric
+from tasks.adapters.registry import register_model, registered_sample
+from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
+
+
+def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
+    """Tags that say what made the served weights -- read from their own model.json, so a
+    version whose weights a later run reused still names the commit and code that made them."""
+    spec = read_spec(model_dir)
+    p = spec.provenance
+    if p is None:
+        raise RuntimeError(f"{model_dir}/model.json records no provenance; it cannot be registered")
+    tags = {"weights_sha256": weights_sha256, "weights_git_commit": p.git_commit or "unknown",
+            "weights_code_sha256": p.code_sha256, "weights_settings_sha256": p.settings_sha256,
+            "training_data_sha256": p.data_sha256,
+            "sample_shape": "x".join(map(str, spec.shape)), "data_kind": spec.data.kind or "unknown"}
+    if p.teacher_sha256:
+        tags["teacher_sha256"] = p.teacher_sha256
+    return tags
+
+
+@dataclass
+class Registered:
+    version: str
+    model_dir: Path        # the served copy: the candidate's folder at its chosen setting
+    candidate: Candidate
+
+
+def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
+                       work_dir, model_name: str, max_fid_ratio: float, tags: dict[str, str],
+                       run_id: str, log=print) -> Registered:
+    """Choose the model to serve from the evaluation `table` (select_candidate.choose_candidate),
+    write its served copy under `work_dir`, and register it as `model_name`'s `challenger`,
+    logged in MLflow run `run_id`.  Its tags: `tags`, what made its weights (`lineage_tags`), the
+    served setting and its headline metrics.  Raises RegistryError (tasks.adapters.registry)."""
+    candidate = choose_candidate(pd.DataFrame(table), {k: Path(v) for k, v in folders.items()},
+                                 max_fid_ratio)
+    model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
+    log(f"candidate: {candidate.describe()}")
+    numbers = numeric(candidate.row)
+    all_tags = {**tags, **lineage_tags(model_dir, weights[candidate.name]),
+                "served_as": candidate.name, "sampler": candidate.sampler,
+                "nfe": str(int(candidate.row["nfe"])),
+                "metrics": json.dumps({k: round(numbers[k], 5) for k in
+                                       ("fid", "fid_floor", "kid_mean", "images_per_s")
+                                       if k in numbers})}
+    version = register_model(model_dir, model_name, all_tags, run_id=run_id)
+    log(f"registered {model_name} version {version} (alias challenger)")
+    return Registered(version, model_dir, candidate)
+
+
+def dataset_sample(dataset: dict) -> tuple[str, str]:
+    """(sample shape as '1x8x8', kind 'image' | 'vector') of a processed dataset folder, read
+    from its manifest and meta.json without loading the arrays."""
+    folder = Path(dataset["path"])
+    kind = json.loads((folder / "meta.json").read_text()).get("kind", "unknown")
+    with open(folder / "manifest.csv", newline="") as f:
+        first = next(csv.DictReader(f), None)
+    return (first or {}).get("shape", "unknown"), kind
+
+
+def check_comparable(model_name: str, dataset: dict) -> None:
+    """Refuse, before any training, a run whose data cannot give a model comparable with the
+    versions already registered under `model_name` (another sample shape or modality): its
+    challenger could never be scored against the champion.  ConfigError names the setting."""
+    registered = registered_sample(model_name)
+    if registered is None:
+        return
+    shape, kind = dataset_sample(dataset)
+    if (shape, kind) != registered[:2]:
+        raise ConfigError(
+            f"pipeline.model_name {model_name!r} holds models of {registered[1]} samples of shape "
+            f"{registered[0]} (version {registered[2]}), but dataset {dataset['name']!r} has "
+            f"{kind} samples of shape {shape}: a model of this data cannot be compared with its "
+            f"champion; set pipeline.model_name to a name of its own")

@@ -1,0 +1,223 @@
+"""Each pipeline step as the flow runs it: the plain step of tasks/steps/, inside an MLflow run
+nested under the flow's run (tasks/adapters/tracking.py), with its settings, metrics and files
+logged there, returning a StepResult.  No Prefect: tasks/prefect_tasks.py wraps each function
+in one task.
+
+Why apart from tasks/steps/: a step's code hash (tasks/steps/lineage.py) covers its module and
+every project module it imports, and it keys the step's cache and the provenance of every model
+it makes.  The MLflow logging here does not change what a step makes, so it stays out of that
+hash (and `dmops train` and friends do not import MLflow).
+
+Server outages: a step's MLflow run keeps its loss points across a short MLflow outage and
+fails the step with one line naming the server (ServerUnavailable) when the outage outlasts the
+bounds (tasks/adapters/tracking.py, tasks/adapters/metric_logger.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+
+from diffusion.config import Config
+
+from tasks.adapters import tracking
+from tasks.adapters.dvc import DatasetVersion, DVCError, dvc_prepare, raise_if_store_down
+from tasks.adapters.servers import dvc_client_env
+from tasks.pipeline_settings import PipelineConfig
+from tasks.step_result import StepResult
+from tasks.steps.lineage import model_weights_sha256
+
+
+def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
+                    parent_run_id: str | None = None) -> StepResult:
+    """DVC runs the `prepare` stage when its inputs changed and pushes the folder to `remote`
+    (S3 at `endpoint_url`).  details: the DatasetVersion (name, path, md5, remote).  A store
+    that does not answer raises ServerUnavailable naming it; another DVC failure, DVCError."""
+    with tracking.step_run("prepare_dataset", parent_run_id) as run:
+        try:
+            version = dvc_prepare(repo, data_name, remote, endpoint_url, env=dvc_client_env())
+        except DVCError as e:
+            raise_if_store_down(endpoint_url, e)
+            raise
+        mlflow.log_params({"dataset": data_name, "dataset_md5": version.md5, "dvc_remote": remote})
+        manifest = Path(version.path) / "manifest.csv"
+        if manifest.exists():
+            mlflow.log_artifact(str(manifest), "dataset")
+        return StepResult(step="prepare_dataset", run_id=run.info.run_id, details=asdict(version))
+
+
+def validate_data(dataset: dict, settings: dict, reference: dict | None,
+                  parent_run_id: str | None = None) -> StepResult:
+    """The data-quality gate on `dataset` (a DatasetVersion as a dict) with the gate's
+    `settings` against the last validated version's statistics (`reference`, None at first).
+    Logs the result JSON and the Data Docs either way; a failure raises DataValidationError
+    naming the failed expectations.  details: summary (text), statistics (the next reference)."""
+    from tasks.adapters.gx.settings import ValidationSettings
+    from tasks.steps.validate_data import require_valid, validate_dataset
+
+    version = DatasetVersion(**dataset)
+    with tracking.step_run("validate_data", parent_run_id, {"dataset_md5": version.md5}) as run:
+        docs = Path(version.path).parent.parent / "validation" / version.name / version.md5
+        report = validate_dataset(version.path, ValidationSettings.model_validate(settings),
+                                  reference=reference, docs_dir=docs)
+        metrics = {"validation_success": float(report.success),
+                   "failed_expectations": float(len(report.failures))}
+        mlflow.log_params(tracking.flatten(settings, "gate."))
+        mlflow.log_metrics(metrics)
+        tracking.log_json(report.result, "validation/result.json")
+        if report.docs_dir is not None and Path(report.docs_dir).exists():
+            mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
+        mlflow.set_tag("validation", "passed" if report.success else "failed")
+        print(report.summary())
+        require_valid(report)
+        return StepResult(step="validate_data", run_id=run.info.run_id, metrics=metrics,
+                          details={"summary": report.summary(), "statistics": report.statistics})
+
+
+def train_teacher(cfg: Config, dataset: dict, work_dir: str,
+                  parent_run_id: str | None = None) -> StepResult:
+    """Train the teacher of `cfg` on the versioned `dataset` into `work_dir`/teacher, resuming
+    from its last checkpoint; loss points go to MLflow as `train/*`.  folders and weights:
+    {"teacher": ...}."""
+    from tasks.steps.train_teacher import train_teacher as train
+
+    cfg = cfg.model_copy(update={"out_dir": str(Path(work_dir) / "teacher")})
+    with tracking.step_run("train_teacher", parent_run_id, {"dataset_md5": dataset["md5"]}) as run:
+        mlflow.log_params(tracking.flatten({"model": cfg.model.model_dump(mode="json"),
+                                            "train": cfg.train.model_dump(mode="json")}))
+        losses = tracking.metric_logger("train/")
+        result = train(cfg, resume=True, on_log=losses, data_dir=dataset["path"],
+                       dataset_md5=dataset["md5"])
+        losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
+        metrics = {"parameters": float(result.parameters), "final_loss": float(result.result.loss),
+                   "train_seconds": float(result.result.seconds)}
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(result.model_dir), "model")
+        checkpoints = Path(cfg.out_dir) / "checkpoints"
+        if (checkpoints / "latest").exists():
+            latest = (checkpoints / "latest").read_text().strip()
+            mlflow.log_artifacts(str(checkpoints / latest), "checkpoints/latest")
+        if result.samples_png:
+            mlflow.log_artifact(str(result.samples_png), "samples")
+        sha = model_weights_sha256(result.model_dir)
+        mlflow.set_tag("weights_sha256", sha)
+        return StepResult(step="train_teacher", run_id=run.info.run_id, metrics=metrics,
+                          folders={"teacher": str(result.model_dir)}, weights={"teacher": sha})
+
+
+def distill(cfg: Config, method: str, teacher_dir: str, teacher_sha256: str, dataset: dict,
+            work_dir: str, parent_run_id: str | None = None) -> StepResult:
+    """Distil the teacher at `teacher_dir` (weights `teacher_sha256`) with `method` into `work_dir`; every student (each progressive
+    round's) is logged with its sample grid.  folders and weights: one entry per student,
+    named as the evaluation table names it ('consistency', 'progressive-4', ...)."""
+    from diffusion.evaluation import student_name
+    from diffusion.model import read_spec
+    from tasks.steps.distill import distill_sampler
+
+    step = f"distill_{method}"
+    with tracking.step_run(step, parent_run_id, {"method": method}) as run:
+        mlflow.log_params(tracking.flatten(getattr(cfg.distill, method).model_dump(mode="json"),
+                                           f"{method}."))
+        losses = tracking.metric_logger(f"{method}/")
+        students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir,
+                                   resume=True, on_log=losses, data_dir=dataset["path"],
+                                   dataset_md5=dataset["md5"])
+        losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
+        folders, weights = {}, {}
+        for folder in students:
+            name = student_name(read_spec(folder))
+            folders[name] = str(folder)
+            weights[name] = model_weights_sha256(folder)
+            mlflow.log_artifacts(str(folder), f"students/{name}/model")
+            png = folder.parent / "samples.png"
+            if png.exists():
+                mlflow.log_artifact(str(png), f"students/{name}")
+        mlflow.set_tag("teacher_sha256", teacher_sha256)
+        return StepResult(step=step, run_id=run.info.run_id, folders=folders, weights=weights)
+
+
+def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
+             parent_run_id: str | None = None) -> StepResult:
+    """Quality versus NFE of the teacher and every student (`models`: name -> folder, with a
+    "teacher") on `dataset`'s test split; logs the table, plot and grids.  metrics: fid_floor
+    and one fid/images_per_s per (model, sampler, NFE); details: table (rows), floor."""
+    from tasks.steps.evaluate import evaluate_model
+
+    out = Path(work_dir) / "evaluation"
+    students = [Path(folder) for name, folder in models.items() if name != "teacher"]
+    with tracking.step_run("evaluate", parent_run_id) as run:
+        mlflow.log_params(tracking.flatten(cfg.evaluate.model_dump(mode="json"), "evaluate."))
+        report = evaluate_model(models["teacher"], cfg, out, students=students,
+                                data_dir=dataset["path"])
+        metrics = {"fid_floor": float(report.floor)}
+        for row in report.table.to_dict(orient="records"):
+            key = f"{row['model']}.{row['sampler']}.nfe{int(row['nfe'])}"
+            metrics.update({f"fid/{key}": float(row["fid"]),
+                            f"images_per_s/{key}": float(row["images_per_s"])})
+        mlflow.log_metrics(metrics)
+        for name in ("csv", "json", "plot"):
+            mlflow.log_artifact(str(report.files[name]), "quality_vs_nfe")
+        for png in sorted(out.glob("*.png")):
+            mlflow.log_artifact(str(png), "samples")
+        return StepResult(step="evaluate", run_id=run.info.run_id, metrics=metrics,
+                          details={"table": report.table.to_dict(orient="records"),
+                                   "floor": float(report.floor)})
+
+
+def register(config: PipelineConfig, evaluation: StepResult, models: StepResult, work_dir: str,
+             tags: dict[str, str], parent_run_id: str | None = None) -> StepResult:
+    """Register the model to serve (tasks/steps/register.py) as `challenger` of
+    pipeline.model_name.  `models` holds every evaluated model's folder and weights hash.  Its
+    metrics are its row of the evaluation: the same n, seed and feature space that the promote
+    step scores the champion with.  The effective configuration is logged as
+    lineage/config.json.  details: version, model_dir (the served copy), candidate (text)."""
+    from tasks.steps.register import register_candidate
+
+    settings = config.pipeline
+    with tracking.step_run("register_model", parent_run_id) as run:
+        tracking.log_json(config.model_dump(mode="json"), "lineage/config.json")
+        registered = register_candidate(evaluation.details["table"], models.folders,
+                                        models.weights, work_dir, settings.model_name,
+                                        settings.max_fid_ratio, tags, run.info.run_id)
+        metrics = tracking.numeric(registered.candidate.row)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("served_as", registered.candidate.name)
+        return StepResult(step="register_model", run_id=run.info.run_id, metrics=metrics,
+                          folders={registered.candidate.name: str(registered.model_dir)},
+                          details={"version": registered.version,
+                                   "model_dir": str(registered.model_dir),
+                                   "candidate": registered.candidate.describe()})
+
+
+def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, releases_bucket: str,
+            work_dir: str, tags: dict[str, str], parent_run_id: str | None = None) -> StepResult:
+    """tasks/steps/promote.py under an MLflow step run: the champion scored on `dataset` (the
+    versioned folder the challenger was evaluated on), the decision, the release and the alias
+    move under the model's promotion lock, one promotion-history entry.  `tags` (lineage of the
+    run, with its prefect_flow_run_id) go on the model card.  metrics: the champion's scores
+    (champion_*); details: promoted, reason, release, previous_champion, comparable."""
+    from tasks.steps.promote import Challenger, promote as promote_challenger
+
+    version = str(challenger.details["version"])
+    with tracking.step_run("promote", parent_run_id) as run:
+        result = promote_challenger(
+            Challenger(version, Path(challenger.details["model_dir"]), challenger.metrics),
+            config.pipeline.model_name, config.pipeline.promote, releases_bucket,
+            dataset["path"], config, work_dir, {**tags, "version": version},
+            tags.get("prefect_flow_run_id"))
+        decision = result.decision
+        metrics = tracking.numeric(result.champion_metrics or {}, "champion_")
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
+                         "challenger_version": version,
+                         "previous_champion": str(result.previous_champion),
+                         "comparable": str(result.comparable),
+                         "promotion_history": f"s3://{releases_bucket}/{result.history_key}"})
+        return StepResult(step="promote", run_id=run.info.run_id, metrics=metrics,
+                          details={"promoted": decision.promoted, "reason": decision.reason,
+                                   "release": decision.release_uri,
+                                   "previous_champion": result.previous_champion,
+                                   "comparable": result.comparable,
+                                   "champion_metrics": result.champion_metrics})
