@@ -11,15 +11,17 @@ from typing import Optional
 import typer
 import yaml
 
+from flows.cli_options import (ConfigOpt, ModelDirOpt, ProfileOpt, RegisteredModelOpt, ReleaseOpt,
+                               RequiredModelDirOpt, SetOpt)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, distil, sample and ship diffusion models. Every command has --help.")
 
-ConfigOpt = typer.Option("params.yaml", "--config", "-c", help="Config file (params.yaml).")
-ProfileOpt = typer.Option(None, "--profile", "-p",
-                          help="Named profile from the config, e.g. quick (2 CPU cores) or full (GPU). "
-                               "Default: the file's `profile` key.")
-SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
-                      help="Override one setting, e.g. --set train.steps=200 (repeatable).")
+
+
+# user-fixable errors of the library, by module: caught by _friendly_errors when imported
+USER_ERRORS = (("diffusion.config", "ConfigError"), ("diffusion.data", "DataError"),
+               ("diffusion.model", "ModelError"), ("diffusion.loop", "TrainingError"))
 
 
 @contextmanager
@@ -28,30 +30,34 @@ def _friendly_errors():
     a write the operating system refused (full disk, quota, read-only filesystem, ...): one
     line naming the path and the cause, whichever layer met it."""
     from diffusion.atomic import WriteError, write_error
-    from diffusion.config import ConfigError
-    from diffusion.data import DataError
-    from diffusion.model import ModelError
-    from diffusion.train import TrainingError
 
     try:
         yield
-    except (ConfigError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError,
-            WriteError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except Exception as e:  # a write that no atomic_* helper wrapped: still one line
-        error = write_error(e)
-        if error is None:
-            raise
+    except Exception as e:
+        if isinstance(e, (*_imported_user_errors(), ValueError, FileNotFoundError, WriteError)):
+            error = e
+        else:  # a write that no atomic_* helper wrapped: still one line
+            error = write_error(e)
+            if error is None:
+                raise
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 
+def _imported_user_errors() -> tuple[type, ...]:
+    """The USER_ERRORS of the modules imported so far: one never imported cannot have been
+    raised, and importing it to look would cost `dmops config` torch's import."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS
+                 if module in sys.modules)
+
+
 def _load(config: Path, profile: Optional[str], overrides: Optional[list[str]], out: Optional[Path]):
     from diffusion.config import load_config
+    from tasks.pipeline_settings import PipelineConfig
 
+    # the whole file, its `pipeline` section too: a typo anywhere is reported by any command
     extra = list(overrides or []) + ([f"out_dir={out}"] if out else [])
-    return load_config(config, profile, extra)
+    return load_config(config, profile, extra, schema=PipelineConfig)
 
 
 @app.command()
@@ -142,8 +148,8 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
     """Distil a trained teacher into a few-step sampler (settings: the config's `distill` section).
 
     Each student is saved as a model folder carrying the sampler and step count it was distilled
-    for, with a sample grid beside it; `dmops sample -m <student>` draws from it and
-    `dmops evaluate -m <teacher> --students <run>/distill` compares students and teacher."""
+    for, with a sample grid beside it; `dmops sample -d <student>` draws from it and
+    `dmops evaluate -d <teacher> --students <run>/distill` compares students and teacher."""
     from tasks.steps.distill import METHODS, distill_dir, distill_sampler
 
     with _friendly_errors():
@@ -230,16 +236,8 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
 
 
 @app.command()
-def sample(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
-                                                     help="A model folder, a training run folder or a checkpoint folder."),
-           model: Optional[str] = typer.Option(None, "--model", metavar="NAME@ALIAS|NAME/VERSION",
-                                               help="A registered model version, e.g. digits@champion or "
-                                                    "digits/3, from the MLflow registry at "
-                                                    "MLFLOW_TRACKING_URI."),
-           release: Optional[str] = typer.Option(None, "--release", metavar="S3_URI",
-                                                 help="A release, e.g. s3://dmops-releases/digits/3/, "
-                                                      "every file checked against its manifest "
-                                                      "(endpoint and credentials: AWS_* variables)."),
+def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = RegisteredModelOpt,
+           release: Optional[str] = ReleaseOpt,
            out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
            seed: int = typer.Option(0, "--seed", min=0, help="Seed of the starting noise."),
@@ -249,23 +247,23 @@ def sample(checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
            device: str = typer.Option("cpu", help="cpu or cuda.")):
     """Draw samples from a trained model and write them as a PNG grid (or scatter plot).
 
-    The model is one of: a local folder (-m), a registered version (--model) or an S3 release
-    (--release); the same seed gives the same picture from all three."""
+    The model is one of: a local folder (--model-dir), a registered version (--model) or an S3
+    release (--release); the same seed gives the same picture from all three."""
     import tempfile
 
     from tasks.steps.sample import sample_to_png
 
-    given = [flag for flag, value in (("-m", checkpoint), ("--model", model), ("--release", release))
-             if value is not None]
+    given = [flag for flag, value in (("--model-dir", model_dir), ("--model", model),
+                                      ("--release", release)) if value is not None]
     if len(given) != 1:
-        typer.secho("error: give exactly one of -m/--checkpoint PATH, --model NAME@ALIAS|NAME/VERSION "
+        typer.secho("error: give exactly one of --model-dir PATH, --model NAME@ALIAS|NAME/VERSION "
                     f"or --release S3_URI (got {', '.join(given) or 'none'})",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
-    if checkpoint is not None:
+    if model_dir is not None:
         with _friendly_errors():
-            sample_to_png(checkpoint, out, **options)
+            sample_to_png(model_dir, out, **options)
         return
     with tempfile.TemporaryDirectory(prefix="dmops-sample-") as tmp:
         with _remote_errors(model or release):
@@ -287,8 +285,7 @@ def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:
 
 
 @app.command()
-def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
-                                             help="A model folder, a training run folder or a checkpoint folder."),
+def evaluate(model_dir: Path = RequiredModelDirOpt,
              config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
              set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -318,10 +315,10 @@ def evaluate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m",
             if unknown:
                 raise ValueError(f"unknown sampler(s) {unknown}; allowed: {sorted(SAMPLERS)}")
         if out is None:
-            base = checkpoint.parent if (checkpoint / "model.json").exists() else checkpoint
+            base = model_dir.parent if (model_dir / "model.json").exists() else model_dir
             out = base / "evaluation"
         student_list = find_students(students) if students is not None else None
-        report = evaluate_model(checkpoint, cfg, out, samplers=sampler_list,
+        report = evaluate_model(model_dir, cfg, out, samplers=sampler_list,
                                 nfes=_int_list(nfe, "nfe"), n=n, students=student_list)
     b = report.best
     who = b["sampler"] if b["model"] in ("teacher", b["sampler"]) else f"{b['model']} ({b['sampler']})"

@@ -15,7 +15,9 @@ from typing import Optional
 
 import typer
 
-from tasks.adapters.servers import bound_client_env
+from flows.cli_options import ConfigOpt, ProfileOpt, SetOpt
+from tasks.adapters.servers import (PREFECT, ServerUnavailable, bound_client_env, is_transient,
+                                    raised_by)
 
 WORK_POOL = "dmops-process"
 PREFECT_FILE = Path("infra/prefect.yaml")
@@ -50,13 +52,23 @@ def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.
     return proc
 
 
+def prefect_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
+    """A ServerUnavailable naming the Prefect server (`url`, default PREFECT_API_URL) for `e`,
+    an error of a Prefect client request (httpx) that already used Prefect's own retries, when
+    it is transient; None for any other error."""
+    if (isinstance(e, ServerUnavailable) or not is_transient(e)
+            or not raised_by(e, ("httpx", "httpcore", "prefect"))):
+        return None
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    return ServerUnavailable(PREFECT, url or os.environ.get("PREFECT_API_URL", "(PREFECT_API_URL not set)"),
+                             PREFECT_CLIENT_MAX_RETRIES.value() + 1, None, e)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def run(config: str = typer.Option("params.yaml", "--config", "-c", help="Config file in the repo."),
-            profile: Optional[str] = typer.Option(None, "--profile", "-p",
-                                                  help="Profile, e.g. quick (2 CPU cores) or full (GPU)."),
-            set_: Optional[list[str]] = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
-                                                     help="Override one setting (repeatable)."),
+    def run(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
+            set_: Optional[list[str]] = SetOpt,
             repo: Path = typer.Option(Path("."), help="The git + DVC repo holding params.yaml and dvc.yaml."),
             refresh: bool = typer.Option(False, "--refresh",
                                          help="Recompute every step instead of reusing cached results.")):
@@ -79,12 +91,12 @@ def register(app: typer.Typer) -> None:
 
         t0 = time.perf_counter()
         try:
-            result = training_pipeline(config=config, profile=profile, overrides=list(set_ or []),
+            result = training_pipeline(config=str(config), profile=profile, overrides=list(set_ or []),
                                        repo=str(repo), refresh=refresh)
         except ConfigError as e:  # found only once the data is known (its sample shape)
             _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
-            from tasks.adapters.servers import mlflow_unavailable, prefect_unavailable
+            from tasks.adapters.servers import mlflow_unavailable
 
             _fail(f"the pipeline failed: {prefect_unavailable(e) or mlflow_unavailable(e) or e}")
         minutes = (time.perf_counter() - t0) / 60

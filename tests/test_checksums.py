@@ -105,26 +105,26 @@ def test_model_json_and_checkpoints_record_every_file(run):
 
 def test_a_local_model_with_a_flipped_bit_is_refused_by_name(copy, tmp_path):
     flip_file(copy / "model" / WEIGHTS)
-    result = dmops("sample", "-m", copy / "model", "--out", tmp_path / "x.png")
+    result = dmops("sample", "-d", copy / "model", "--out", tmp_path / "x.png")
     fails_cleanly(result, 2, f"{copy / 'model'}: {WEIGHTS} has sha256", "was recorded when the "
                   "model was saved", "corrupted")
     assert not (tmp_path / "x.png").exists()
     # the run folder resolves to the same model folder, and every loader goes through the check
-    fails_cleanly(dmops("sample", "-m", copy, "--out", tmp_path / "x.png"), 2, WEIGHTS, "corrupted")
+    fails_cleanly(dmops("sample", "-d", copy, "--out", tmp_path / "x.png"), 2, WEIGHTS, "corrupted")
     with pytest.raises(ModelError, match=f"{WEIGHTS} has sha256 .* corrupted"):
         load_model(copy / "model")
 
 
 def test_an_exponent_bit_flip_is_corruption_not_nan_samples(copy, tmp_path):
     flip_file(copy / "model" / WEIGHTS, **EXPONENT)
-    fails_cleanly(dmops("sample", "-m", copy / "model", "--out", tmp_path / "x.png"), 2,
+    fails_cleanly(dmops("sample", "-d", copy / "model", "--out", tmp_path / "x.png"), 2,
                   WEIGHTS, "corrupted")
     # the same folder without its record (as every folder was before): the flip is only seen
     # as what it does to the samples, after a one-line warning
     spec = json.loads((copy / "model" / "model.json").read_text())
     del spec["files"]
     (copy / "model" / "model.json").write_text(json.dumps(spec))
-    result = dmops("sample", "-m", copy / "model", "--out", tmp_path / "x.png")
+    result = dmops("sample", "-d", copy / "model", "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "NaN or inf" in result.stderr, result.stderr
     assert "saved without file checksums" in result.stderr
 
@@ -139,7 +139,7 @@ def test_a_checkpoint_with_a_flipped_bit_refuses_to_resume_and_to_sample(copy, t
     fails_cleanly(result, 2, f"checkpoint {ckpts / latest}: ema.safetensors has sha256",
                   "corrupted", "step_00000010")   # names the earlier checkpoint to go back to
     assert digest(copy) == before
-    fails_cleanly(dmops("sample", "-m", ckpts / latest, "--out", tmp_path / "x.png"), 2,
+    fails_cleanly(dmops("sample", "-d", ckpts / latest, "--out", tmp_path / "x.png"), 2,
                   "ema.safetensors", "corrupted")
     # the way out the message gives: resume from the checkpoint before it
     (ckpts / "latest").write_text("step_00000010")
@@ -152,12 +152,12 @@ def test_a_checkpoint_with_a_flipped_bit_refuses_to_resume_and_to_sample(copy, t
 def test_an_unreadable_safetensors_header_is_a_model_error_naming_the_file(copy, tmp_path):
     weights = copy / "model" / WEIGHTS
     weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])   # the header length itself
-    fails_cleanly(dmops("sample", "-m", copy / "model", "--out", tmp_path / "x.png"), 2,
+    fails_cleanly(dmops("sample", "-d", copy / "model", "--out", tmp_path / "x.png"), 2,
                   WEIGHTS, "corrupted")
     spec = json.loads((copy / "model" / "model.json").read_text())
     del spec["files"]   # unchecked: the library's parse error, as one line naming the file
     (copy / "model" / "model.json").write_text(json.dumps(spec))
-    result = dmops("sample", "-m", copy / "model", "--out", tmp_path / "x.png")
+    result = dmops("sample", "-d", copy / "model", "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     warning, error = result.stderr.strip().splitlines()
     assert "saved without file checksums" in warning
@@ -302,7 +302,7 @@ def test_an_intact_model_samples_the_same_from_folder_registry_release_and_pyfun
     uri = write_release(stack.s3_client(), stack.settings.releases_bucket, name, version,
                         prepare_release_files(model_dir, card, {"fid": 1.0}, tmp_path / "r"), {})
     pictures = {}
-    for label, source in (("local", ["-m", model_dir]), ("registry", ["--model", f"{name}/{version}"]),
+    for label, source in (("local", ["-d", model_dir]), ("registry", ["--model", f"{name}/{version}"]),
                           ("release", ["--release", uri])):
         result = dmops("sample", *source, "--n", "9", "--seed", "7", "--out", tmp_path / f"{label}.png")
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)

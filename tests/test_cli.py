@@ -46,7 +46,7 @@ def test_sample_is_reproducible_for_a_seed(tiny_run, tmp_path):
     out, _ = tiny_run
     pictures = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        result = dmops("sample", "--checkpoint", out, "--out", tmp_path / f"{name}.png", "--n", 9,
+        result = dmops("sample", "--model-dir", out, "--out", tmp_path / f"{name}.png", "--n", 9,
                        "--seed", seed, "--sampler", "dpmpp_2m", "--steps", 3)
         assert result.returncode == 0, result.stderr
         assert "3 NFE" in result.stdout
@@ -57,7 +57,7 @@ def test_sample_is_reproducible_for_a_seed(tiny_run, tmp_path):
 
 def test_sampling_from_a_checkpoint_folder_uses_its_ema_weights(tiny_run, tmp_path):
     out, _ = tiny_run
-    result = dmops("sample", "-m", out / "checkpoints" / "step_00000020", "--out", tmp_path / "c.png",
+    result = dmops("sample", "-d", out / "checkpoints" / "step_00000020", "--out", tmp_path / "c.png",
                    "--n", 4, "--steps", 2)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c.png").exists()
@@ -103,7 +103,7 @@ def test_nan_dataset_never_trains(tmp_path):
 def test_unknown_config_key_and_bad_model_folder(tmp_path):
     _fails_cleanly(dmops("train", "-p", "tiny", "--set", "train.learning_rate=1"),
                    "train.learning_rate", "unknown key", "lr")
-    _fails_cleanly(dmops("sample", "-m", tmp_path, "--out", tmp_path / "x.png"), "holds no model")
+    _fails_cleanly(dmops("sample", "-d", tmp_path, "--out", tmp_path / "x.png"), "holds no model")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -116,7 +116,7 @@ def test_labelled_npz_without_class_names_evaluates(tiny_run, tmp_path):
     x = (digits.images[:400, None].astype(np.float32) / 8.0 - 1.0)
     np.savez(tmp_path / "d.npz", x=x, y=digits.target[:400].astype(np.int64))
     out, _ = tiny_run
-    result = dmops("evaluate", "-p", "tiny", "-m", out, "--out", tmp_path / "eval",
+    result = dmops("evaluate", "-p", "tiny", "-d", out, "--out", tmp_path / "eval",
                    "--set", "data.name=npz", "--set", f"data.path={tmp_path / 'd.npz'}",
                    "--set", f"evaluate.feature_cache={tmp_path / 'features'}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

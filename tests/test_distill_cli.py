@@ -92,12 +92,12 @@ def test_consistency_student_carries_its_sampling(run):
 def test_sample_from_students_uses_their_own_sampling(run, tmp_path):
     out, _, _ = run
     work = out / "distill"
-    result = _ok(dmops("sample", "-m", work / "progressive" / "round_01_4_to_2" / "model",
+    result = _ok(dmops("sample", "-d", work / "progressive" / "round_01_4_to_2" / "model",
                        "--out", tmp_path / "p.png", "--n", 4))
     assert "ddim, 2 NFE" in result.stdout and (tmp_path / "p.png").exists()
-    result = _ok(dmops("sample", "-m", work / "consistency", "--out", tmp_path / "c.png", "--n", 4))
+    result = _ok(dmops("sample", "-d", work / "consistency", "--out", tmp_path / "c.png", "--n", 4))
     assert "consistency, 1 NFE" in result.stdout
-    result = _ok(dmops("sample", "-m", work / "consistency", "--out", tmp_path / "c4.png", "--n", 4,
+    result = _ok(dmops("sample", "-d", work / "consistency", "--out", tmp_path / "c4.png", "--n", 4,
                        "--steps", 4))
     assert "consistency, 4 NFE" in result.stdout
 
@@ -105,7 +105,7 @@ def test_sample_from_students_uses_their_own_sampling(run, tmp_path):
 def test_evaluate_puts_students_in_the_teachers_table(run, tmp_path):
     out, _, _ = run
     report = tmp_path / "report"
-    result = _ok(dmops("evaluate", "-m", out, "-p", "tiny", "--students", out / "distill",
+    result = _ok(dmops("evaluate", "-d", out, "-p", "tiny", "--students", out / "distill",
                        "--nfe", "1,2", "--n", 60, "--samplers", "heun", "--out", report,
                        "--set", f"evaluate.feature_cache={tmp_path / 'features'}"))
     table = pd.read_csv(report / "quality_vs_nfe.csv")
@@ -137,6 +137,6 @@ def test_bad_method_and_bad_teachers_fail_with_one_line(run, tmp_path):
     _fails_cleanly(dmops("distill", "--method", "progressive", "--teacher",
                          out / "distill" / "consistency", "-p", "tiny", "--out", tmp_path / "z"),
                    "cannot be distilled further")
-    _fails_cleanly(dmops("evaluate", "-m", out, "-p", "tiny", "--students", tmp_path),
+    _fails_cleanly(dmops("evaluate", "-d", out, "-p", "tiny", "--students", tmp_path),
                    "no distilled students")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

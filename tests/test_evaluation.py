@@ -72,7 +72,7 @@ def test_cli_evaluate_writes_table_plot_grids_and_filmstrip(tmp_path):
     env_args = dict(cwd=ROOT, capture_output=True, text=True, timeout=600)
     trained = subprocess.run(cmd + ["train", "-p", "tiny", "--out", str(run)], **env_args)
     assert trained.returncode == 0, trained.stderr
-    result = subprocess.run(cmd + ["evaluate", "-m", str(run), "-p", "tiny", "--samplers", "heun,ddim",
+    result = subprocess.run(cmd + ["evaluate", "-d", str(run), "-p", "tiny", "--samplers", "heun,ddim",
                                    "--nfe", "1,3", "--n", "60",
                                    "--set", f"evaluate.feature_cache={tmp_path / 'features'}"],
                             **env_args)

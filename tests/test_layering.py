@@ -1,9 +1,14 @@
-"""The rule that keeps the core reusable: nothing under diffusion/ imports an orchestration,
-tracking, data-versioning or storage library, at module level or inside a function."""
+"""The layering rules, checked on every import statement (module level or inside a function):
+nothing under diffusion/ imports an orchestration, tracking, data-versioning or storage library;
+under tasks/ only the Prefect wrappers (tasks/prefect_tasks.py) import Prefect; the plain steps
+(tasks/steps/) import no Prefect either; and `dmops config` runs without importing torch."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +42,32 @@ def test_the_scan_sees_imports_inside_functions(tmp_path):
 def test_the_diffusion_core_imports_no_orchestration(path):
     found = imported_top_levels(path) & ORCHESTRATION
     assert not found, f"{path.relative_to(ROOT)} imports {sorted(found)}: keep diffusion/ free of them"
+
+
+PREFECT_WRAPPERS = ROOT / "tasks" / "prefect_tasks.py"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tasks").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_prefect_wrappers_import_prefect_under_tasks(path):
+    if path == PREFECT_WRAPPERS:
+        assert "prefect" in imported_top_levels(path)  # the rule's one exception is still real
+        return
+    assert "prefect" not in imported_top_levels(path), (
+        f"{path.relative_to(ROOT)} imports Prefect: only tasks/prefect_tasks.py may")
+
+
+def test_dmops_config_does_not_import_torch():
+    # a fresh interpreter: what `dmops config -p quick` imports, and nothing it did not
+    code = ("import sys, json\n"
+            "from typer.testing import CliRunner\n"
+            "from flows.cli import app\n"
+            "result = CliRunner().invoke(app, ['config', '-p', 'quick'])\n"
+            "print(json.dumps({'exit': result.exit_code, 'output': result.output,\n"
+            "                  'heavy': sorted(m for m in ('torch', 'diffusers', 'mlflow', 'prefect')\n"
+            "                                  if m in sys.modules)}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["exit"] == 0 and "profile: quick" in report["output"], report
+    assert report["heavy"] == [], f"`dmops config` imported {report['heavy']}"

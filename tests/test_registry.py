@@ -299,7 +299,7 @@ def test_cli_samples_the_champion_exactly_like_the_local_model(stack, tiny_model
           stack.s3_client(), stack.settings.releases_bucket)
     runner = CliRunner()
     pictures = {}
-    for label, source in (("local", ["-m", str(tiny_model)]), ("champion", ["--model", f"{name}@champion"]),
+    for label, source in (("local", ["-d", str(tiny_model)]), ("champion", ["--model", f"{name}@champion"]),
                           ("version", ["--model", f"{name}/{version}"])):
         result = runner.invoke(app, ["sample", *source, "--n", "9", "--seed", "7",
                                      "--out", str(tmp_path / f"{label}.png")])

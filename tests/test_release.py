@@ -311,7 +311,7 @@ def test_cli_samples_a_release_exactly_like_the_local_model(stack, bucket, relea
     uri = write_release(s3, bucket, name, "1", release_files, {})
     runner = CliRunner()
     pictures = {}
-    for label, source, seed in (("local", ["-m", tiny_model], 5), ("release", ["--release", uri], 5),
+    for label, source, seed in (("local", ["-d", tiny_model], 5), ("release", ["--release", uri], 5),
                                 ("other_seed", ["--release", uri], 6)):
         result = runner.invoke(app, ["sample", *map(str, source), "--n", "9", "--seed", str(seed),
                                      "--out", str(tmp_path / f"{label}.png")])
@@ -324,6 +324,6 @@ def test_cli_samples_a_release_exactly_like_the_local_model(stack, bucket, relea
     s3.upload_file(str(release_files["model.json"]), bucket, f"{name}/2/model.json")
     fails_cleanly(runner.invoke(app, ["sample", "--release", f"s3://{bucket}/{name}/2/",
                                        "--out", str(tmp_path / "no.png")]), 1, "incomplete release")
-    fails_cleanly(runner.invoke(app, ["sample", "--release", uri, "-m", str(tiny_model)]), 2,
+    fails_cleanly(runner.invoke(app, ["sample", "--release", uri, "-d", str(tiny_model)]), 2,
                    "exactly one of")
     assert not (tmp_path / "no.png").exists()

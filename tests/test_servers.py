@@ -213,7 +213,8 @@ def test_only_transient_failures_of_mlflow_requests_become_server_unavailable(mo
 def test_a_failed_prefect_request_names_the_prefect_server(monkeypatch):
     import httpx
 
-    from tasks.adapters.servers import mlflow_unavailable, prefect_unavailable
+    from flows.pipeline_cli import prefect_unavailable
+    from tasks.adapters.servers import mlflow_unavailable
 
     url = f"http://127.0.0.1:{free_ports(1)[0]}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)

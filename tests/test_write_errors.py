@@ -209,7 +209,7 @@ def test_sample_to_a_full_disk_keeps_the_previous_picture(trained, tmpfs):
     png.write_bytes(b"previous picture")
     fill(fs)
 
-    result = dmops("sample", "-m", trained, "--n", 16, "-o", png)
+    result = dmops("sample", "-d", trained, "--n", 16, "-o", png)
 
     one_line(result, f"error: cannot write sample grid {png}: no space left on device (errno 28")
     assert png.read_bytes() == b"previous picture"

@@ -8,7 +8,8 @@ busy, or a connection reset. Library retries come first, this helper second:
 - MLflow's client: `MLFLOW_RETRY_ENV` (its own urllib3 retries of connection errors and 429/5xx,
   and its request timeout); Prefect's client: `PREFECT_RETRY_ENV`; both exported by
   `bound_client_env()`.  DVC's S3 client: `DVC_RETRY_ENV` in a DVC command's environment;
-- `mlflow_unavailable` / `prefect_unavailable`: a request that failed after those retries, as
+- `mlflow_unavailable` (flows/pipeline_cli.py has `prefect_unavailable`, since only the Prefect
+  wrappers and flows import Prefect): a request that failed after those retries, as
   `ServerUnavailable` naming the server;
 - `retry_call` for what those do not cover, or to bound a whole idempotent operation: reading a
   streamed S3 body, a sequence of calls, DVC, or an error that outlived the library's retries.
@@ -200,7 +201,7 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
     an error of an MLflow client request that already used MLflow's own retries, when it is
     transient (connection refused or reset, a timeout, HTTP 5xx); None for any other error
     (including one of another server, and a ServerUnavailable already made)."""
-    if isinstance(e, ServerUnavailable) or not is_transient(e) or not _raised_by(e, ("mlflow",)):
+    if isinstance(e, ServerUnavailable) or not is_transient(e) or not raised_by(e, ("mlflow",)):
         return None
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
@@ -215,19 +216,6 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
     return ServerUnavailable(MLFLOW, url or mlflow_url_from_env(), tries, None, e)
 
 
-def prefect_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
-    """A ServerUnavailable naming the Prefect server (`url`, default PREFECT_API_URL) for `e`,
-    an error of a Prefect client request (httpx) that already used Prefect's own retries, when
-    it is transient; None for any other error."""
-    if (isinstance(e, ServerUnavailable) or not is_transient(e)
-            or not _raised_by(e, ("httpx", "httpcore", "prefect"))):
-        return None
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
-
-    return ServerUnavailable(PREFECT, url or os.environ.get("PREFECT_API_URL", "(PREFECT_API_URL not set)"),
-                             PREFECT_CLIENT_MAX_RETRIES.value() + 1, None, e)
-
-
 def _is_connection_failure(e: BaseException) -> bool:
     if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
         return True
@@ -235,7 +223,7 @@ def _is_connection_failure(e: BaseException) -> bool:
                                 "ProtocolError")
 
 
-def _raised_by(exc: BaseException, packages: tuple[str, ...]) -> bool:
+def raised_by(exc: BaseException, packages: tuple[str, ...]) -> bool:
     """True when `exc` or an exception in its chain comes from one of `packages`."""
     seen: set[int] = set()
     e: Optional[BaseException] = exc

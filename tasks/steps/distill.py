@@ -10,7 +10,7 @@ Students are written under <run>/distill/<method>/:
 
 Each model folder is a model like the teacher's (model.json + safetensors) whose `sampling`
 block is the procedure and step count it was distilled for, and whose `distillation` block
-says how; `dmops sample -m <folder>` and `dmops evaluate --students <run>/distill` use them.
+says how; `dmops sample -d <folder>` and `dmops evaluate --students <run>/distill` use them.
 """
 
 from __future__ import annotations
