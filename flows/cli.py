@@ -224,7 +224,7 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
         from tasks.adapters.servers import MLFLOW_RETRY_ENV
 
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
-        # server that is down; the pipeline's bounded retries (tasks.servers) instead.
+        # server that is down; the pipeline's bounded retries (tasks.adapters.servers) instead.
         with _env_defaults(**MLFLOW_RETRY_ENV, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
             return download_model(model, dest)
     from tasks.adapters.release import read_release, s3_client_from_env

@@ -399,7 +399,7 @@ def test_validation_error_survives_pickling():
 
 
 def test_importing_the_step_does_not_import_great_expectations():
-    code = ("import sys, tasks.validate_data; "
+    code = ("import sys, tasks.steps.validate_data; "
             "print('great_expectations' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=60).stdout

@@ -7,7 +7,7 @@ its queue without a bound.  A `MetricLogger` instead
 
 - keeps every (step, metrics) point in memory until MLflow has acknowledged it;
 - sends them from one background thread with `MlflowClient.log_batch` (each request bounded by
-  MLflow's own short retries and timeout, `tasks.servers.MLFLOW_RETRY_ENV`), every
+  MLflow's own short retries and timeout, `tasks.adapters.servers.MLFLOW_RETRY_ENV`), every
   `interval_s` seconds or as soon as `BATCH` points wait; the training loop never waits on the
   network, only appends to a list.  (Sending synchronously at each log interval would stall
   training for every slow or failed request: during an outage, tens of seconds per log call.)

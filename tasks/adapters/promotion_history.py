@@ -6,13 +6,13 @@ Every promotion decision, won or lost, is one JSON object
 
 created with a conditional write (If-None-Match: *), so no entry is ever overwritten; nothing in
 dmops deletes one.  Keys begin with the time as YYYYMMDDTHHMMSS.ffffffZ, so listing order is
-time order; promotions of one model are serialized (tasks.promotion_lock), so it is also the
+time order; promotions of one model are serialized (tasks.adapters.promotion_lock), so it is also the
 order in which they happened.  An entry's `time` is when the decision took effect: for a
 promotion the moment right after `champion` moved.
 
 Entry fields: time, model, version, previous_champion, champion (the champion after it),
 decision ("promoted" | "rejected" | "rolled_back": a promotion interrupted and undone by the
-next run, tasks.promotion_transaction), reason, comparable (False when the champion could not be
+next run, tasks.steps.promotion_transaction), reason, comparable (False when the champion could not be
 scored on the challenger's data), metric, challenger_value, champion_value, challenger_metrics,
 champion_metrics, release (URI or None), flow_run_id; and, for a decision another run
 finished after an interruption, completed_by (that run).  The key ends with the decision's id,

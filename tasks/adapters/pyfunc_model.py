@@ -98,7 +98,7 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
 
         config = context.model_config or {}
         folder = context.artifacts[ARTIFACT]
-        files = config.get("files_sha256")   # tasks.register_model.FILES_TAG; absent before
+        files = config.get("files_sha256")   # tasks.adapters.registry.FILES_TAG; absent before
         if files is not None:
             mismatch = find_mismatch(folder, files)
             if mismatch is not None:

@@ -1,9 +1,9 @@
-"""Pipeline step: put a model folder in the MLflow model registry, and get one back out.
+"""The MLflow model registry adapter: put a model folder in the registry, and get one back out.
 
-`register_model` logs the folder as a pyfunc (tasks.pyfunc_model) under an MLflow run, registers
+`register_model` logs the folder as a pyfunc (tasks.adapters.pyfunc_model) under an MLflow run, registers
 it as a new version of `name` carrying the caller's lineage tags (data hash, git commit, validation
 result, metrics, Prefect flow-run id) and points the `challenger` alias at it.  Promotion
-(tasks.promote) later moves `champion`.  `download_model` returns the plain model folder of a
+(tasks.steps.promote) later moves `champion`.  `download_model` returns the plain model folder of a
 version, ready for `diffusion.model.load_for_sampling`.
 
 Integrity: registration records the sha256 of every file of the model folder, model.json
@@ -11,12 +11,12 @@ included, as the version tag `files_sha256` (compact JSON).  Tags live in the tr
 apart from the artifact store that holds the files, so `download_model` can tell a corrupted
 stored copy from the registered one and refuses it naming the file and the version; the pyfunc
 carries the same sums in its MLmodel `model_config` for `mlflow.pyfunc.load_model`
-(tasks.pyfunc_model).  The folder itself is verified against its model.json before it is
+(tasks.adapters.pyfunc_model).  The folder itself is verified against its model.json before it is
 registered, so a damaged local copy never becomes the registered truth.
 
 The tracking server comes from the environment (MLFLOW_TRACKING_URI), as MLflow always reads it.
 
-Transient server errors (tasks.servers): MLflow's client retries each request itself (bounded by
+Transient server errors (tasks.adapters.servers): MLflow's client retries each request itself (bounded by
 MLFLOW_RETRY_ENV); reads and alias moves, safe to repeat, are retried again by `retry_call`,
 and a failure names the MLflow server.  Registration is not safe to repeat blindly: each call
 of `mlflow.register_model` makes a new version.  So `register_model` is idempotent per flow run

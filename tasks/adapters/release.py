@@ -17,7 +17,7 @@ hand the folder to `diffusion.model.load_for_sampling`; `verify_release` does th
 keeping the files, and the promotion runs it before it moves `champion`.
 
 A release is final only once its promotion is complete: while the model's pending-promotion
-record (`<model>/_promotion/pending.json`, tasks.promotion_transaction) names the version,
+record (`<model>/_promotion/pending.json`, tasks.steps.promotion_transaction) names the version,
 readers refuse it, because the registry may not know it yet.
 
 Releases written before this layout (format dmops-release/1: files directly under the version
@@ -96,7 +96,7 @@ def folder_files(folder, prefix: str = "") -> dict[str, Path]:
 
 
 def pending_key(model: str) -> str:
-    """Key of the model's pending-promotion record (tasks.promotion_transaction)."""
+    """Key of the model's pending-promotion record (tasks.steps.promotion_transaction)."""
     return f"{model}/{PENDING}"
 
 
@@ -129,7 +129,7 @@ def read_manifest(s3, uri: str) -> dict | None:
 def s3_client_from_env():
     """A boto3 S3 client configured by the environment alone (AWS_ENDPOINT_URL_S3,
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), as the stack's `client_env()` sets it;
-    transient errors are retried by botocore (`tasks.servers.boto_config`)."""
+    transient errors are retried by botocore (`tasks.adapters.servers.boto_config`)."""
     import boto3
 
     from tasks.adapters.servers import boto_config

@@ -6,7 +6,7 @@ stack is per thread and Prefect may run a task on another thread than its flow.
 
 An outage of the MLflow server is never hidden and never waited out without a bound: a run of
 `tracked_run` / `step_run` fails with one line naming the server, its URL and the fix
-(tasks.servers.ServerUnavailable) when the run cannot be started or ended, when an MLflow
+(tasks.adapters.servers.ServerUnavailable) when the run cannot be started or ended, when an MLflow
 request of the step still fails after MLflow's own bounded retries (MLFLOW_RETRY_ENV), or when
 one of its metric loggers (`metric_logger`, tasks/adapters/metric_logger.py) cannot deliver its points
 within their bound; on success every logged point is in MLflow before the run ends.  A step

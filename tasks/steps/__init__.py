@@ -1,3 +1,3 @@
 """The pipeline's steps as plain functions, one module per step: what `dmops <command>` runs
 and what each Prefect task (tasks/prefect_tasks.py) wraps.  A step that the flow runs returns
-a `StepResult` (result.py)."""
+a `StepResult` (tasks/step_result.py)."""

@@ -1,12 +1,12 @@
 """Pipeline step: decide whether the challenger beats the champion, and act on it.
 
 `promote` is the whole step, and the Prefect task only wraps it.  Holding the model's promotion
-lock (tasks.promotion_lock) from start to end, it scores the current champion on the challenger's
+lock (tasks.adapters.promotion_lock) from start to end, it scores the current champion on the challenger's
 own terms, decides, releases, verifies, moves `champion` and appends to the model's promotion
-history (tasks.promotion_history), so a second promotion of the same model waits and then
+history (tasks.adapters.promotion_history), so a second promotion of the same model waits and then
 decides against the champion as the first one left it.
 
-Equal terms: the champion is scored with `tasks.evaluate.score_model` on the versioned dataset
+Equal terms: the champion is scored with `tasks.steps.evaluate.score_model` on the versioned dataset
 folder the challenger was evaluated on (`data_dir`), hence the same test split, the same feature
 extractor (cached by the training split's hash), n and seed (the config's `evaluate` section).
 
@@ -19,7 +19,7 @@ with `comparable: false`.  Never a crash, never a silent win.
 
 `decide` is pure: it compares one metric of the two, with a relative tolerance that lets a
 challenger as good as the champion up to noise win (fresh data, fresh code), and says why in
-words.  `apply` makes it true, as one transaction (tasks.promotion_transaction): the decision is
+words.  `apply` makes it true, as one transaction (tasks.steps.promotion_transaction): the decision is
 stored as the model's pending promotion first; on a win the immutable S3 release is written and
 read back verifying every checksum, and only THEN `champion` moves, so whatever champion points
 at always has a release that readers accept; either way the decision is recorded on the
@@ -28,7 +28,7 @@ record goes last.  A promotion interrupted part-way (a server down, a crash) lea
 record, readers refuse its release meanwhile, and the model's next promotion finishes it or rolls
 it back before deciding anything, and says so.
 
-Transient server errors: every request is retried within bounds (tasks.servers); a server that
+Transient server errors: every request is retried within bounds (tasks.adapters.servers); a server that
 stays down fails the step with one line naming it, and what the promotion left pending.
 """
 
@@ -113,7 +113,7 @@ def apply(decision: Decision, name: str, version: str, release_files: dict[str, 
           bucket: str, lock: PromotionLock | None = None, entry: dict | None = None,
           flow_run_id: str | None = None, previous: str | None | object = READ_NOW) -> Decision:
     """Act on `decision` for model `name` version `version` as one transaction
-    (tasks.promotion_transaction): the decision is stored as pending first; then, on a win, the
+    (tasks.steps.promotion_transaction): the decision is stored as pending first; then, on a win, the
     release (`release_files`: release-relative name -> local file) is written and verified,
     `lock` (when given) checked, and `champion` moved; the decision is recorded as version tags
     and a history entry (`entry`: its extra fields) either way; the pending record goes last.

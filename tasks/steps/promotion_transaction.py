@@ -6,14 +6,14 @@ the two used to leave a release, published as final, that the registry never hea
 
 1. before anything changes, the whole decision is stored as the model's *pending promotion*,
    `s3://<bucket>/<model>/_promotion/pending.json` (a conditional create; promotions of one
-   model hold its lease, tasks.promotion_lock, so there is at most one);
+   model hold its lease, tasks.adapters.promotion_lock, so there is at most one);
 2. `complete` carries it out.  Each step looks at what is there first, so running it again
    after an interruption is harmless: the release is written (or found), verified, `champion`
    moved when it still points at the champion the decision was made against, the tags set, and
    the history entry appended once (its key ends with the decision id);
 3. the pending record is deleted last.
 
-Until step 3 the release is not final: readers (tasks.release `read_release`, `verify_release`)
+Until step 3 the release is not final: readers (tasks.adapters.release `read_release`, `verify_release`)
 refuse a release whose version is the pending one.  The next promotion of the model finds a
 record left by a run that failed (`recover`, under the lease) and finishes it:
 

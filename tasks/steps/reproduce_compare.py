@@ -75,7 +75,7 @@ def _close(a: float, b: float, abs_tol: float) -> bool:
 def compare(model: str, version: str, tags: dict[str, str], run_metrics: dict[str, float],
             tag_metrics: dict[str, float], result: dict) -> Verdict:
     """The verdict for version `version` of `model` (its `tags`, the metrics its registering run
-    logged, the rounded `metrics` tag) against a reproduction `result` (tasks/reproduce_steps)."""
+    logged, the rounded `metrics` tag) against a reproduction `result` (tasks/steps/reproduce_steps)."""
     served_as, sampler, nfe = tags["served_as"], tags["sampler"], int(tags["nfe"])
     differences: list[str] = []
     notes: list[str] = []
