@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,7 @@ from torch import nn
 
 from .atomic import atomic_folder
 from .data import Dataset
+from .loop import TrainingError, optimise
 from .provenance import code_sha256
 
 FORMAT = "dmops-feature-extractor/1"
@@ -71,6 +74,8 @@ LR = 2e-3
 WEIGHT_DECAY = 1e-2
 DENOISE_SIGMA = 0.1    # the autoencoder sees x + 0.1 eps and rebuilds x
 CHUNK = 1024           # rows per forward pass at inference
+
+logger = logging.getLogger(__name__)
 
 
 class FeatureError(ValueError):
@@ -361,9 +366,14 @@ def _evaluate(extractor: FeatureExtractor, split: Dataset) -> dict:
 
 
 def train_feature_extractor(ds: Dataset, *, seed: int = 0, steps: int | None = None,
-                            device="cpu", progress: bool = False) -> tuple[FeatureExtractor, dict]:
+                            device="cpu", progress: bool = False,
+                            on_log: Callable[[int, dict], None] | None = None
+                            ) -> tuple[FeatureExtractor, dict]:
     """Train the extractor for `ds` on its training split (see the module docstring for which
-    kind) and report how good it is on val and test.  Returns (extractor, report)."""
+    kind) through diffusion.loop.optimise, and report how good it is on val and test.
+    `progress` shows a progress bar; `on_log(step, metrics)` gets the loop's numbers ten times
+    per run.  Returns (extractor, report).  Raises FeatureError for a bad seed or step count,
+    an empty or single-class train split, or a loss that stops being finite."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise FeatureError(f"seed={seed!r}; accepted: an integer")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -395,34 +405,33 @@ def train_feature_extractor(ds: Dataset, *, seed: int = 0, steps: int | None = N
     n, batch = len(x), min(BATCH_SIZE, len(x))
     max_shift = max(1, min(arch["image_size"]) // 8)
     optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    warmup = max(1, steps // 20)
+    # epochs of shuffled batches from one generator drawn in step order: deterministic, as
+    # this training is never resumed (the extractor is retrained, not continued)
+    epoch = {"order": torch.randperm(n, generator=generator), "pos": 0}
+
+    def loss_at(step: int) -> torch.Tensor:
+        if epoch["pos"] + batch > n:
+            epoch.update(order=torch.randperm(n, generator=generator), pos=0)
+        index = epoch["order"][epoch["pos"]:epoch["pos"] + batch].to(device)
+        epoch["pos"] += batch
+        xb = _shift(x[index], max_shift, generator)
+        if kind == "classifier":
+            return F.cross_entropy(net(xb), y[index])
+        noise = torch.randn(xb.shape, generator=generator).to(device)
+        return F.mse_loss(net(xb + DENOISE_SIGMA * noise), xb)
 
     start = time.perf_counter()
-    with _deterministic_cudnn():
-        order, pos = torch.randperm(n, generator=generator), 0
-        for step in range(steps):
-            if pos + batch > n:
-                order, pos = torch.randperm(n, generator=generator), 0
-            index = order[pos:pos + batch].to(device)
-            pos += batch
-            for group in optimizer.param_groups:   # linear warm-up, cosine decay
-                group["lr"] = LR * min(1.0, (step + 1) / warmup) * 0.5 * (
-                    1 + math.cos(math.pi * step / steps))
-            xb = _shift(x[index], max_shift, generator)
-            if kind == "classifier":
-                loss = F.cross_entropy(net(xb), y[index])
-            else:
-                noise = torch.randn(xb.shape, generator=generator).to(device)
-                loss = F.mse_loss(net(xb + DENOISE_SIGMA * noise), xb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if not torch.isfinite(loss):
-                raise FeatureError(f"{ds.name}: the {kind} loss became {loss.item()} at step "
-                                   f"{step}; check the data scale (images in [-1, 1])")
-            if progress and (step + 1) % max(1, steps // 10) == 0:
-                print(f"feature extractor ({kind}): step {step + 1}/{steps} loss "
-                      f"{loss.item():.4f}", flush=True)
+    try:
+        with _deterministic_cudnn():
+            optimise(net, optimizer, None, step=0, total=steps, loss_at=loss_at, lr=LR,
+                     lr_warmup_steps=max(1, steps // 20),
+                     lr_decay=lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)),
+                     grad_clip=0.0, log_every=max(1, steps // 10), checkpoint_every=steps,
+                     samples_per_step=batch, on_log=on_log, progress=progress,
+                     desc=f"feature extractor ({kind})",
+                     what=f"{ds.name}: the feature extractor ({kind})")
+    except TrainingError as exc:
+        raise FeatureError(f"{exc} Images are accepted in [-1, 1].") from None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -508,7 +517,7 @@ def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, de
     """The extractor for `ds` from cache_dir/<fingerprint[:16]>/ when one trained on the same
     training rows with the same seed, steps, architecture and code (this module and what it
     imports) is there; otherwise train it and save it there.  Returns (extractor, report,
-    reused) and prints one line saying which."""
+    reused) and logs one info record saying which (and one when a cached copy is unusable)."""
     fingerprint = dataset_fingerprint(ds)
     folder = Path(cache_dir) / fingerprint[:16]
     kind, arch = default_architecture(ds)
@@ -518,18 +527,18 @@ def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, de
         try:
             extractor, report = load_feature_extractor(folder, device=device)
         except FeatureError as exc:
-            print(f"feature extractor: cached copy unusable ({exc}); retraining", flush=True)
+            logger.info("feature extractor: cached copy unusable (%s); retraining", exc)
         else:
             if (report.get("fingerprint") == fingerprint and report.get("seed") == seed
                     and report.get("steps") == want_steps and extractor.kind == kind
                     and report.get("code_sha256") == code_sha256([__name__])
                     and extractor.architecture == arch):
-                print(f"feature extractor: reused {folder} ({_summary(report)})", flush=True)
+                logger.info("feature extractor: reused %s (%s)", folder, _summary(report))
                 return extractor, report, True
     extractor, report = train_feature_extractor(ds, seed=seed, steps=steps, device=device)
     save_feature_extractor(extractor, report, folder)
-    print(f"feature extractor: trained in {report['seconds']:.1f} s, saved to {folder} "
-          f"({_summary(report)})", flush=True)
+    logger.info("feature extractor: trained in %.1f s, saved to %s (%s)", report["seconds"],
+                folder, _summary(report))
     return extractor, report, False
 
 
