@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffusion.config import load_config  # noqa: E402
 from diffusion.evaluation import student_name  # noqa: E402
+from diffusion.messages import show_messages  # noqa: E402
 from diffusion.model import load_for_sampling, read_spec, resolve_model_path  # noqa: E402
 from diffusion.samplers import generate, grid_options  # noqa: E402
 from tasks.steps.distill import METHODS, distill_dir, distill_sampler, find_students  # noqa: E402
@@ -135,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. distill.consistency.steps=8000 (repeatable)")
     args = p.parse_args(argv)
+    show_messages(info="stderr")   # the core's progress lines; stdout carries the table
 
     cfg = load_config(args.config, args.profile, args.overrides)
     checkpoint = args.checkpoint
@@ -161,8 +163,7 @@ def main(argv=None) -> int:
     report = evaluate_model(
         checkpoint, cfg, out, students=students,
         samplers=args.samplers.split(",") if args.samplers else None,
-        nfes=[int(v) for v in args.nfe.split(",")] if args.nfe else None, n=args.n,
-        log=lambda line: print(line, file=sys.stderr, flush=True))
+        nfes=[int(v) for v in args.nfe.split(",")] if args.nfe else None, n=args.n)
     table = report.table.sort_values(["model", "sampler", "nfe"])
     best = report.best
     text = [f"# Quality versus NFE ({args.profile} profile, {cfg.data.name})", "",

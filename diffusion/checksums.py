@@ -13,10 +13,12 @@ Files are hashed in 1 MiB chunks, so multi-GB weights never need the memory at o
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -90,9 +92,10 @@ _warned: set[str] = set()
 
 
 def warn_unverified(what: str) -> None:
-    """One line on stderr, once per `what` and process: a copy written before checksums were
-    recorded is still read (refusing it would strand every older model), but the user is told
-    that its bytes are not checked."""
+    """A warning record on this module's logger, once per `what` and process (shown as one
+    "warning: ..." line on stderr by diffusion.messages.show_messages): a copy written before
+    checksums were recorded is still read (refusing it would strand every older model), but
+    the user is told that its bytes are not checked."""
     if what not in _warned:
         _warned.add(what)
-        print(f"warning: {what}", file=sys.stderr, flush=True)
+        logger.warning(what)

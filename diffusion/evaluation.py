@@ -14,10 +14,11 @@ are compared on one plot.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -25,6 +26,8 @@ import torch
 from .metrics import extract_features, sample_quality
 from .model import ModelSpec
 from .samplers import generate, grid_options, nfe_for, steps_for_nfe
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NFES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -86,13 +89,12 @@ def settings_for(samplers, nfes) -> list[Setting]:
 def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfes=DEFAULT_NFES,
                    n: int = 1000, seed: int = 0, sampling: dict | None = None,
                    test_labels=None, n_classes: int | None = None, kid_subsets: int = 50,
-                   device="cpu", log: Callable[[str], None] = print,
-                   extra_rows: list[dict] | None = None,
+                   device="cpu", extra_rows: list[dict] | None = None,
                    students: list[Student] | None = None) -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
-    time, images/s."""
+    time, images/s.  One info record per row on this module's logger as it is measured."""
     sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
@@ -118,8 +120,9 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                "images_per_s": n / seconds if seconds > 0 else math.inf}
         rows.append(row)
         who = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
-        log(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
-            f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, {row['images_per_s']:.0f} img/s")
+        logger.info(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
+                    f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, "
+                    f"{row['images_per_s']:.0f} img/s")
     return pd.DataFrame(rows)
 
 

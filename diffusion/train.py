@@ -14,6 +14,7 @@ data and code (diffusion/provenance.py), and never one already past the requeste
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from .train_settings import ObjectiveConfig, TrainConfig
 from .provenance import Lineage, Provenance, code_sha256, tensor_sha256
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
+
+logger = logging.getLogger(__name__)
 
 
 def training_provenance(spec: ModelSpec | None, cfg: TrainConfig, data: torch.Tensor,
@@ -208,7 +211,7 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
         ema.load(resumed.weights["ema"])
         step, last_loss = resumed.step, resumed.loss
         if ddp.main:
-            print(f"resuming from {resumed.path} (step {step})", flush=True)
+            logger.info("resuming from %s (step %d)", resumed.path, step)
 
     data = data.to(device)
 
