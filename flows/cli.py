@@ -408,6 +408,15 @@ from flows.pipeline_cli import register as _register_pipeline  # noqa: E402
 from flows.reproduce_cli import register as _register_reproduce  # noqa: E402
 from flows.stack_cli import register as _register_stack  # noqa: E402
 
+@app.callback()
+def _show_core_messages():
+    """Train, distil, sample and ship diffusion models. Every command has --help."""
+    # the core reports through `logging`: shown as plain lines, warnings on stderr
+    from diffusion.messages import show_messages
+
+    show_messages()
+
+
 _register_stack(app)
 _register_pipeline(app)
 _register_reproduce(app)

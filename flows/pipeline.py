@@ -17,11 +17,16 @@ import os
 from pathlib import Path
 
 import mlflow
-from prefect import flow
-from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
-from infra.stack import StackSettings
+# the core's messages (the `diffusion` logger) in the flow run's Prefect logs; Prefect reads it
+# when it is imported, and a user's own setting wins
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "diffusion")
+from prefect import flow  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from diffusion.messages import show_messages  # noqa: E402
+from infra.stack import StackSettings  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
 from tasks.adapters.servers import bound_client_env, mlflow_call
@@ -70,6 +75,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     """Versioned data to a promoted model; returns the registered version, the promotion
     decision and the release path."""
     _require_stack_env()
+    show_messages()
     repo_path = Path(repo).resolve()
     cfg = load_pipeline_config(repo_path / config, profile, overrides or [])
     settings = cfg.pipeline

@@ -70,3 +70,12 @@ def _drain_prefect_clients():
         EventsWorker.drain_all(timeout=10)
     except Exception as e:   # best effort: never hide the test result behind a flush error
         print(f"note: could not flush Prefect clients before stopping the stack: {e}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _core_messages_on_the_console():
+    """The core's messages (diffusion/messages.py) shown as `dmops` shows them: tests that call
+    the core directly read them from the console (capsys) as the CLI's tests do."""
+    from diffusion.messages import show_messages
+
+    show_messages()

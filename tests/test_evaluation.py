@@ -40,7 +40,7 @@ def _gmm_table(samplers, nfes, n=2000):
     train, _ = MIX.sample(4000, g)
     test, _ = MIX.sample(2000, g)
     return quality_vs_nfe(MIX.denoiser, (2,), Identity(), train_x=train.float(), test_x=test.float(),
-                          samplers=samplers, nfes=nfes, n=n, seed=1, log=lambda _: None)
+                          samplers=samplers, nfes=nfes, n=n, seed=1)
 
 
 def test_exact_denoiser_reaches_the_real_data_floor_and_one_step_does_not():
@@ -88,7 +88,7 @@ def test_cli_evaluate_writes_table_plot_grids_and_filmstrip(tmp_path):
 
 
 def test_cli_evaluate_rejects_bad_arguments(tmp_path):
-    cmd = [sys.executable, "-m", "flows.cli", "evaluate", "-m", str(tmp_path)]
+    cmd = [sys.executable, "-m", "flows.cli", "evaluate", "-d", str(tmp_path)]
     for extra, fragment in ((["--nfe", "1,x"], "comma-separated integers"),
                             (["--samplers", "euler"], "unknown sampler"),
                             ([], "holds no model")):

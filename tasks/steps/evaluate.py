@@ -41,7 +41,7 @@ class EvaluationReport:
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
-                   students: list[Path] | None = None, log=print, data_dir=None) -> EvaluationReport:
+                   students: list[Path] | None = None, data_dir=None) -> EvaluationReport:
     """The teacher at `model_path` with every sampler at every NFE budget, plus one row group per
     student model folder in `students` at its own sampler and step count(s)."""
     ev = cfg.evaluate
@@ -120,12 +120,12 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
     return EvaluationReport(out_dir, table, floor, best.iloc[0].to_dict(), files)
 
 
-def score_model(model_path, cfg: Config, out_dir, *, data_dir=None, log=print) -> dict:
+def score_model(model_path, cfg: Config, out_dir, *, data_dir=None) -> dict:
     """One model at its own stored setting (the sampler and steps in its model.json) on the
     held-out evaluation: the row the promotion step compares, computed the same way (same
     data, feature extractor, sample count and seed) for the challenger and the champion."""
     spec = read_spec(resolve_model_path(model_path))
     sampler, steps = spec.sampling.sampler, spec.sampling.steps
     report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
-                            nfes=[nfe_for(sampler, steps)], data_dir=data_dir, log=log)
+                            nfes=[nfe_for(sampler, steps)], data_dir=data_dir)
     return report.best

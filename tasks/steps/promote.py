@@ -249,7 +249,7 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
             if reason is None:
                 try:
                     champion_metrics = score_model(champion_dir, cfg, work / "champion" / "score",
-                                                   data_dir=data_dir, log=log)
+                                                   data_dir=data_dir)
                 except ModelError as e:
                     reason = (f"champion v{previous} cannot be scored on the challenger's data "
                               f"({e}): not comparable, so not promoted; register models of other "
