@@ -197,15 +197,22 @@ def read_spec(folder) -> ModelSpec:
     """The ModelSpec of a model folder; ModelError when it has none or it is not valid."""
     folder = Path(folder)
     path = folder / "model.json"
+    record = _read_json_object(path, f"{folder} is not a model folder: it has no model.json")
+    return parse_spec(record, str(path))
+
+
+def _read_json_object(path: Path, missing: str) -> dict:
+    """The JSON object stored in `path`.  ModelError: `missing` when there is no such file; one
+    naming the file when it is not valid JSON or holds something other than an object."""
     if not path.exists():
-        raise ModelError(f"{folder} is not a model folder: it has no model.json")
+        raise ModelError(missing)
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(record, dict):
         raise ModelError(f"{path} must hold a JSON object")
-    return parse_spec(record, str(path))
+    return record
 
 
 def verify_model_folder(folder, spec: ModelSpec | None = None) -> ModelSpec:
@@ -264,12 +271,8 @@ def load_for_sampling(path, device="cpu") -> tuple[Denoiser, ModelSpec]:
     if (folder / SPEC_FILE).exists():
         return load_model(folder, device)
     state_path = folder / "state.json"
-    if not state_path.exists():
-        raise ModelError(f"checkpoint {folder} has no state.json; cannot tell which network it holds")
-    try:
-        state_record = json.loads(state_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{state_path} is not valid JSON: {e}") from None
+    state_record = _read_json_object(
+        state_path, f"checkpoint {folder} has no state.json; cannot tell which network it holds")
     record = state_record.get("model") or {}
     if not record:
         raise ModelError(f"checkpoint {folder} was written without a model spec; sample from the "
