@@ -36,7 +36,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dmops-concurrent-"))
     s3_port, mlflow_port, prefect_port = free_ports(3)
     stack = Stack(StackSettings(state_dir=tmp / "state", s3_port=s3_port, mlflow_port=mlflow_port,
-                                prefect_port=prefect_port), echo=lambda line: None)
+                                prefect_port=prefect_port), log=lambda line: None)
     stack.up()
     try:
         env = {**os.environ, **stack.client_env(), "PREFECT_HOME": str(tmp / "prefect-home")}

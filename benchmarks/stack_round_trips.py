@@ -36,7 +36,7 @@ def main() -> int:
     root = args.state_dir or Path(tempfile.mkdtemp(prefix="dmops-round-trips-")) / "state"
     s3, mlflow, prefect = free_ports(3)
     stack = Stack(StackSettings(state_dir=root, s3_port=s3, mlflow_port=mlflow, prefect_port=prefect),
-                  echo=lambda line: None)
+                  log=lambda line: None)
     written: dict[str, str] = {}
     passed = 0
     try:

@@ -44,7 +44,7 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
 
     overrides = {k: v for k, v in {"state_dir": state_dir, "s3_port": s3_port, "mlflow_port": mlflow_port,
                                    "prefect_port": prefect_port}.items() if v is not None}
-    return Stack(replace(StackSettings.from_env(), **overrides), echo=typer.echo)
+    return Stack(replace(StackSettings.from_env(), **overrides), log=typer.echo)
 
 
 def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,

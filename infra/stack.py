@@ -50,12 +50,12 @@ class ServiceStatus:
 class Stack:
     """Start, stop and inspect the local servers described by `settings`."""
 
-    def __init__(self, settings: StackSettings, echo: Callable[[str], None] = print):
+    def __init__(self, settings: StackSettings, log: Callable[[str], None] = print):
         self.settings = settings
         # Absolute, so the servers (each with its own working folder) and later calls from
         # another folder all mean the same place.
         self.layout = StateLayout(Path(settings.state_dir).expanduser().resolve())
-        self._echo = echo
+        self._log = log
 
     @property
     def state_dir(self) -> Path:
@@ -120,13 +120,13 @@ class Stack:
     def _print_urls(self, started: dict[str, PidRecord], services: Sequence[str], seconds: float) -> None:
         s = self.settings
         what = f"started {', '.join(started)} in {seconds:.1f} s" if started else "already running"
-        self._echo(f"stack   {self.state_dir} ({what}; ready)")
+        self._log(f"stack   {self.state_dir} ({what}; ready)")
         lines = {"seaweedfs": f"s3      {s.s3_url}  buckets: {', '.join(s.buckets)}",
                  "mlflow": f"mlflow  {s.mlflow_url}",
                  "prefect": f"prefect {s.prefect_url}  (API {s.prefect_api_url})"}
         for name in SERVICES:
             if name in services:
-                self._echo(lines[name])
+                self._log(lines[name])
 
     # ---- stop ----------------------------------------------------------------------------
 
@@ -135,12 +135,12 @@ class Stack:
         the pid files. Data, credentials and logs stay for the next up(). `services` limits
         the call to some servers."""
         if not self.layout.root.is_dir():
-            self._echo(f"no stack state in {self.state_dir}; nothing to stop")
+            self._log(f"no stack state in {self.state_dir}; nothing to stop")
             return
         with self._locked():
             running = {name: r for name, r in self._live_records().items() if name in services}
             if not running:
-                self._echo(f"stack in {self.state_dir} is not running")
+                self._log(f"stack in {self.state_dir} is not running")
                 return
             self._stop(running)
 
@@ -156,7 +156,7 @@ class Stack:
             self.layout.pid_file(name).unlink(missing_ok=True)
             if not quiet:
                 how = f"killed after {STOP_GRACE[name]:.0f} s" if killed else "stopped"
-                self._echo(f"{how} {name} (pid {records[name].pid}) at {time.monotonic() - t0:.1f} s")
+                self._log(f"{how} {name} (pid {records[name].pid}) at {time.monotonic() - t0:.1f} s")
         if "seaweedfs" in records:
             remove_weed_sockets([records["seaweedfs"].port, *self._weed_ports()])
 
@@ -233,7 +233,7 @@ class Stack:
                 live[name] = record
             else:
                 gone = f"process {record.pid} is gone" if record else "unreadable"
-                self._echo(f"removed stale pid file {path} ({gone})")
+                self._log(f"removed stale pid file {path} ({gone})")
                 path.unlink(missing_ok=True)
         return live
 
@@ -244,6 +244,6 @@ class Stack:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                self._echo(f"waiting for another `dmops up/down` on {self.state_dir} ...")
+                self._log(f"waiting for another `dmops up/down` on {self.state_dir} ...")
                 fcntl.flock(f, fcntl.LOCK_EX)
             yield

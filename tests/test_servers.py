@@ -57,7 +57,7 @@ def test_read_succeeds_when_the_store_comes_back_within_the_backoff_window(store
     try:
         t0 = time.monotonic()
         got = retry_call(lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(),
-                         server=S3, url=store.settings.s3_url, echo=lines.append,
+                         server=S3, url=store.settings.s3_url, log=lines.append,
                          policy=RetryPolicy(attempts=12, base_s=0.5, max_wait_s=8, max_total_s=120))
         elapsed = time.monotonic() - t0
     finally:
@@ -82,7 +82,7 @@ def test_store_down_for_good_fails_with_one_line_naming_it():
         return client.get_object(Bucket="b", Key="k")
 
     with pytest.raises(ServerUnavailable) as info:
-        retry_call(read, server=S3, url=url, echo=lambda line: None,
+        retry_call(read, server=S3, url=url, log=lambda line: None,
                    policy=RetryPolicy(attempts=3, base_s=0.05))
     message = str(info.value)
     assert re.match(rf"S3 store at {url} did not answer after 3 tries over \d+ s: EndpointConnectionError: ", message)
@@ -99,7 +99,7 @@ def test_mlflow_down_for_good_names_the_server_after_mlflows_own_retries(monkeyp
     url = f"http://127.0.0.1:{free_ports(1)[0]}"
     with pytest.raises(ServerUnavailable) as info:
         retry_call(MlflowClient(tracking_uri=url).search_experiments, server=MLFLOW, url=url,
-                   echo=lambda line: None, policy=RetryPolicy(attempts=2, base_s=0.05))
+                   log=lambda line: None, policy=RetryPolicy(attempts=2, base_s=0.05))
     assert str(info.value).startswith(f"MLflow server at {url} did not answer after 2 tries")
 
 

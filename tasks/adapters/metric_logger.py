@@ -76,12 +76,12 @@ class MetricLogger:
     Arguments: tracking_uri (default: MLflow's current one), interval_s (seconds between
     sends, default 2), max_outage_s (seconds a point may wait for MLflow; default
     `max_outage_from_env()`), policy (waits between failed sends; default
-    `RetryPolicy.from_env()`), echo (progress lines; default stderr).
+    `RetryPolicy.from_env()`), log (progress lines; default stderr).
     Attributes: delivered (points MLflow acknowledged), pending (points waiting)."""
 
     def __init__(self, run_id: str, prefix: str = "", *, tracking_uri: Optional[str] = None,
                  interval_s: float = 2.0, max_outage_s: Optional[float] = None,
-                 policy: Optional[RetryPolicy] = None, echo: Optional[Callable[[str], None]] = None):
+                 policy: Optional[RetryPolicy] = None, log: Optional[Callable[[str], None]] = None):
         import mlflow
         from mlflow import MlflowClient
 
@@ -89,7 +89,7 @@ class MetricLogger:
         self.url = tracking_uri or mlflow.get_tracking_uri()
         self.max_outage_s = max_outage_from_env() if max_outage_s is None else max_outage_s
         self.policy = policy or RetryPolicy.from_env()
-        self._echo = echo or _to_stderr
+        self._log = log or _to_stderr
         self._client = MlflowClient(tracking_uri=self.url)
         self._pending: list[tuple[Any, float]] = []      # (mlflow Metric, monotonic time logged)
         self._cond = threading.Condition()
@@ -209,7 +209,7 @@ class MetricLogger:
                     if self._failures == 0:
                         self._outage_t0 = time.monotonic()
                         waits = self._backoff()
-                        self._echo(f"{MLFLOW} at {self.url}: {describe(e)}; keeping "
+                        self._log(f"{MLFLOW} at {self.url}: {describe(e)}; keeping "
                                    f"{len(self._pending)} metric points and sending them again "
                                    f"(for at most {self.max_outage_s:.0f} s)")
                     self._failures += 1
@@ -219,7 +219,7 @@ class MetricLogger:
                 del self._pending[:len(batch)]   # new points are only ever appended
                 self.delivered += len(batch)
                 if self._failures:
-                    self._echo(f"{MLFLOW} at {self.url} answers again after "
+                    self._log(f"{MLFLOW} at {self.url} answers again after "
                                f"{time.monotonic() - self._outage_t0:.0f} s: metric points delivered")
                 self._failures, self._last_error, waits = 0, None, None
                 self._cond.notify_all()

@@ -242,17 +242,17 @@ def mlflow_call(fn: Callable[..., T], *args, policy: Optional[RetryPolicy] = Non
 
 
 def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optional[RetryPolicy] = None,
-               echo: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
+               log: Optional[Callable[[str], None]] = None, sleep: Callable[[float], None] = time.sleep,
                **kwargs) -> T:
     """`fn(*args, **kwargs)`, tried again after each transient error (`is_transient`) with the
     waits of `policy` (default `RetryPolicy.from_env()`).
 
-    `server` and `url` name the server in progress lines (through `echo`, default: stderr) and
+    `server` and `url` name the server in progress lines (through `log`, default: stderr) and
     in the final error. Returns fn's result. Raises ServerUnavailable (chained to the last
     error) once the tries or the time budget are used up; any other error is raised at once,
     unchanged."""
     policy = policy or RetryPolicy.from_env()
-    echo = echo or _to_stderr
+    log = log or _to_stderr
     waits = policy.waits()
     t0 = time.monotonic()
     tries = 0
@@ -266,7 +266,7 @@ def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optio
             wait = next(waits, None)
             if wait is None:
                 raise ServerUnavailable(server, url, tries, time.monotonic() - t0, e) from e
-            echo(f"{server} at {url}: {describe(e)} (try {tries} of {policy.attempts}); "
+            log(f"{server} at {url}: {describe(e)} (try {tries} of {policy.attempts}); "
                  f"retrying in {wait:.1f} s")
             sleep(wait)
 
