@@ -74,7 +74,7 @@ def _race(tmp: Path, env: dict, stack: Stack, runs: int) -> int:
 def _check(stack: Stack, model: str, runs: int, failed: int) -> int:
     from tasks.adapters.promotion_history import read_history
     from tasks.adapters.promotion_lock import lease_key
-    from tasks.steps.promotion_transaction import read_pending
+    from tasks.adapters.pending_promotion import read_pending
     from tasks.adapters.registry import champion_version
     from tasks.adapters.release import verify_release
 

@@ -350,7 +350,7 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
     except HistoryError as e:
         typer.secho(f"error: --at: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    from tasks.steps.promotion_transaction import read_pending
+    from tasks.adapters.pending_promotion import read_pending
 
     with _remote_errors(f"the promotion history of {model}"):
         try:

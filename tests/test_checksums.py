@@ -32,7 +32,7 @@ from diffusion.model import ModelError, load_for_sampling, load_model, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
 from tasks.adapters.registry import (FILES_TAG, CorruptCopyError, RegistryError, download_model,
-                                  files_tag, register_model, version_tags)
+                                     files_tag, register_model, version_tags)
 from tasks.adapters.release import model_card, prepare_release_files, write_release
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -1,7 +1,8 @@
 """The layering rules, checked on every import statement (module level or inside a function):
 nothing under diffusion/ imports an orchestration, tracking, data-versioning or storage library;
 under tasks/ only the Prefect wrappers (tasks/prefect_tasks.py) import Prefect; the plain steps
-(tasks/steps/) import no Prefect either; and `dmops config` runs without importing torch."""
+(tasks/steps/) reach every server and tool through tasks/adapters/, never a client library of
+their own; and `dmops config` runs without importing torch."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def test_only_the_prefect_wrappers_import_prefect_under_tasks(path):
         return
     assert "prefect" not in imported_top_levels(path), (
         f"{path.relative_to(ROOT)} imports Prefect: only tasks/prefect_tasks.py may")
+
+
+# what only tasks/adapters/ talks to (Prefect: only tasks/prefect_tasks.py, above)
+SERVER_CLIENTS = {"mlflow", "great_expectations", "dvc", "dvc_data", "dvc_objects", "boto3",
+                  "botocore", "s3fs"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tasks" / "steps").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_steps_reach_servers_only_through_the_adapters(path):
+    found = imported_top_levels(path) & SERVER_CLIENTS
+    assert not found, (f"{path.relative_to(ROOT)} imports {sorted(found)}: talk to that server "
+                       "through a module of tasks/adapters/")
 
 
 def test_dmops_config_does_not_import_torch():

@@ -18,7 +18,7 @@ from promotion_setup import model_name, promote_version, promotion_setup, regist
 from tasks.steps.evaluate import score_model
 from tasks.adapters.promotion_history import read_history
 from tasks.adapters.promotion_lock import lease_key
-from tasks.steps.promotion_transaction import PromotionInterrupted, read_pending
+from tasks.adapters.pending_promotion import PromotionInterrupted, read_pending
 from tasks.adapters.registry import champion_version, version_tags
 from tasks.adapters.release import ReleaseError, pending_key, read_manifest, verify_release
 from cli_assertions import fails_cleanly

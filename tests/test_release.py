@@ -23,7 +23,7 @@ from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
 from tasks.adapters.release import (ReleaseError, folder_files, model_card, prepare_release_files,
-                           read_manifest, read_release, verify_release, write_release)
+                                    read_manifest, read_release, verify_release, write_release)
 from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses

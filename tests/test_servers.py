@@ -14,7 +14,8 @@ from infra import Stack, StackSettings
 from infra.credentials import load_credentials
 from infra.ports import free_ports
 from infra.s3 import s3_client
-from tasks.adapters.servers import (MLFLOW, S3, RetryPolicy, ServerUnavailable, is_transient, retry_call)
+from tasks.adapters.servers import (MLFLOW, S3, RetryPolicy, ServerUnavailable, is_transient,
+                                    retry_call)
 
 pytestmark = pytest.mark.stack
 

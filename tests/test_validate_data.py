@@ -21,13 +21,8 @@ import pytest
 import torch
 
 from diffusion.data import Dataset, load_dataset, load_image_folder, save_processed
-from tasks.steps.validate_data import (
-    DataValidationError,
-    ValidationReport,
-    ValidationSettings,
-    require_valid,
-    validate_dataset,
-)
+from tasks.steps.validate_data import (DataValidationError, ValidationReport, ValidationSettings,
+                                       require_valid, validate_dataset)
 
 ROOT = Path(__file__).resolve().parents[1]
 

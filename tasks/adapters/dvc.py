@@ -102,3 +102,15 @@ def raise_if_store_down(endpoint_url: str, error: DVCError) -> None:
         raise down from error
     except Exception:  # noqa: BLE001 - the store answered; DVC's own error says what went wrong
         pass
+
+
+def dir_md5(folder: Path) -> str:
+    """DVC's md5 of a folder ('<md5>.dir', as dvc.lock records it), computed from its files."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    # an in-memory object store without DVC's state database: every file is hashed anew
+    _, _, obj = build(HashFileDB(MemoryFileSystem(), "/objects"), str(folder), LocalFileSystem(), "md5")
+    return obj.hash_info.value

@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from tasks.adapters.servers import (MLFLOW, FIXES, RetryPolicy, ServerUnavailable, _to_stderr, describe,
-                      is_transient)
+from tasks.adapters.servers import (MLFLOW, FIXES, RetryPolicy, ServerUnavailable, _to_stderr,
+                                    describe, is_transient)
 
 BATCH = 1000                  # MLflow's limit of metrics in one log_batch request
 MAX_OUTAGE_ENV = "DMOPS_METRICS_MAX_OUTAGE_S"

@@ -58,6 +58,10 @@ class RegistryError(RuntimeError):
     """A registry request that cannot be served; the message says what and what to do."""
 
 
+class RegistryServerError(RegistryError):
+    """The MLflow server answered a registry request with an error (not a missing name)."""
+
+
 class CorruptCopyError(RegistryError):
     """A registered version whose stored files differ from the sha256 recorded at registration."""
 
@@ -357,3 +361,53 @@ def download_model(name_or_uri: str, dest) -> Path:
             except ValueError as e:
                 raise RegistryError(f"{name}/{version} holds no usable model folder: {e}") from None
     return Path(dest)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str],
+                     where: str = "model version tags") -> None:
+    """Set `tags` on version `version` of `name` (checked by `check_tags`, named by `where`);
+    each request retried on transient errors, ServerUnavailable when MLflow stays away."""
+    client = MlflowClient()
+    for key, value in check_tags(tags, where).items():
+        mlflow_call(client.set_model_version_tag, name, version, key, value)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point `alias` (e.g. champion) of `name` at `version`, retried like every MLflow request."""
+    mlflow_call(MlflowClient().set_registered_model_alias, name, alias, version)
+
+
+def version_record(ref: str) -> tuple[str, str, dict[str, str], str]:
+    """(name, version, tags, run id) of the version `ref` (NAME@ALIAS or NAME/VERSION) names.
+    RegistryError when it names nothing; RegistryServerError when MLflow answers with an error."""
+    try:
+        name, version = resolve_version(ref)
+        mv = MlflowClient().get_model_version(name, version)
+    except MlflowException as e:
+        raise RegistryServerError(f"the MLflow registry could not serve {ref}: {e.message}") from None
+    return name, version, dict(mv.tags), mv.run_id
+
+
+def run_json_artifact(run_id: str, artifact_path: str) -> dict | None:
+    """The JSON document `artifact_path` that run `run_id` logged, or None when it logged none.
+    RegistryServerError when MLflow answers with another error; OSError or ValueError when the
+    file cannot be read as JSON."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="dmops-artifact-") as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                       dst_path=tmp)
+            return json.loads(Path(path).read_text())
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "No such file" in e.message:
+            return None
+        raise RegistryServerError(f"the MLflow server could not serve {artifact_path} of run "
+                                  f"{run_id}: {e.message}") from None
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric of run `run_id`; RegistryServerError on a server error."""
+    try:
+        return dict(MlflowClient().get_run(run_id).data.metrics)
+    except MlflowException as e:
+        raise RegistryServerError(f"the MLflow server could not serve run {run_id}: "
+                                  f"{e.message}") from None

@@ -41,13 +41,14 @@ from pathlib import Path
 
 from diffusion.model import ModelError, read_spec
 
+from tasks.adapters.pending_promotion import PendingPromotion, PromotionInterrupted, write_pending
 from tasks.adapters.promotion_lock import PromotionLock, PromotionLockLost
-from tasks.steps.promotion_transaction import (PROMOTED, Completion, PendingPromotion, PromotionInterrupted,
-                                    complete, recover, write_pending)
 from tasks.adapters.registry import (champion_version, download_model, verify_registered_copy,
-                             version_tags)
-from tasks.adapters.release import model_card, pending_key, prepare_release_files, release_uri, s3_client_from_env
+                                     version_tags)
+from tasks.adapters.release import (model_card, pending_key, prepare_release_files, release_uri,
+                                    s3_client_from_env)
 from tasks.adapters.servers import ServerUnavailable
+from tasks.steps.promotion_transaction import PROMOTED, Completion, complete, recover
 
 
 READ_NOW = object()   # apply(previous=...): read the champion from the registry

@@ -5,7 +5,7 @@ the history) and MLflow (the `champion` alias, the version's tags).  An outage o
 the two used to leave a release, published as final, that the registry never heard of.  So:
 
 1. before anything changes, the whole decision is stored as the model's *pending promotion*,
-   `s3://<bucket>/<model>/_promotion/pending.json` (a conditional create; promotions of one
+   `s3://<bucket>/<model>/_promotion/pending.json` (a conditional create, tasks/adapters/pending_promotion.py; promotions of one
    model hold its lease, tasks.adapters.promotion_lock, so there is at most one);
 2. `complete` carries it out.  Each step looks at what is there first, so running it again
    after an interruption is harmless: the release is written (or found), verified, `champion`
@@ -28,50 +28,18 @@ Either way the run says so in one line.
 
 from __future__ import annotations
 
-import json
-import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-from botocore.exceptions import ClientError
-from mlflow.tracking import MlflowClient
-
+from tasks.adapters.pending_promotion import (PendingPromotion, PromotionInterrupted, clear_pending,
+                                              read_pending)
 from tasks.adapters.promotion_history import append_entry, find_entry
-from tasks.adapters.registry import CHAMPION, champion_version, check_tags
-from tasks.adapters.release import (ReleaseError, delete_release, is_missing, is_precondition_failed,
-                      pending_key, read_manifest, sha256_file, verify_release, write_release)
-from tasks.adapters.servers import S3, mlflow_call, retry_call, s3_url_from_env
+from tasks.adapters.registry import CHAMPION, champion_version, set_alias, set_version_tags
+from tasks.adapters.release import (ReleaseError, delete_release, read_manifest, sha256_file,
+                                    verify_release, write_release)
+from tasks.adapters.servers import S3, retry_call, s3_url_from_env
 
 PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
-
-
-class PromotionInterrupted(RuntimeError):
-    """Acting on a decision failed part-way; the pending record stays for the next promotion.
-    The message is one line: the cause, then what was left and who finishes it."""
-
-
-@dataclass(frozen=True)
-class PendingPromotion:
-    """One decision about `version` of `model`, as stored before it is carried out.
-
-    entry: the promotion-history fields that do not change when it is carried out (metric,
-    values, metrics, comparable, flow_run_id); release: the release URI a win writes."""
-    model: str
-    version: str
-    promoted: bool
-    reason: str
-    previous_champion: str | None
-    release: str | None
-    entry: dict
-    flow_run_id: str | None = None
-    decision_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc)
-                         .isoformat(timespec="seconds"))
-
-    def describe(self) -> str:
-        return (f"{'promotion' if self.promoted else 'rejection'} of {self.model} v{self.version} "
-                f"(flow run {self.flow_run_id or 'none'}, started {self.started})")
 
 
 @dataclass(frozen=True)
@@ -84,52 +52,6 @@ class Completion:
     release: str | None
     reason: str
     history_key: str
-
-
-# --- the record --------------------------------------------------------------------------
-
-def write_pending(s3, bucket: str, record: PendingPromotion) -> None:
-    """Store `record` as the model's pending promotion (conditional create).  Raises
-    PromotionInterrupted when another decision is pending (finish it first: `recover`)."""
-    body = json.dumps(asdict(record), sort_keys=True).encode()
-    key = pending_key(record.model)
-    # read first: a missing bucket is an error here (SeaweedFS creates one on a PUT), and
-    # another pending decision is named before anything is written
-    other = read_pending(s3, bucket, record.model)
-    if other is not None and other.decision_id != record.decision_id:
-        raise PromotionInterrupted(
-            f"{record.model} already has a pending decision ({other.describe()}) at "
-            f"s3://{bucket}/{key}; the model's next promotion finishes it first")
-    try:
-        retry_call(s3.put_object, Bucket=bucket, Key=key, Body=body,
-                   ContentType="application/json", IfNoneMatch="*", server=S3,
-                   url=s3_url_from_env())
-    except ClientError as e:
-        if not is_precondition_failed(e):
-            raise
-        other = read_pending(s3, bucket, record.model)
-        if other is None or other.decision_id != record.decision_id:  # not our own lost retry
-            raise PromotionInterrupted(
-                f"{record.model} already has a pending decision ({other.describe() if other else '?'}) "
-                f"at s3://{bucket}/{key}; the model's next promotion finishes it first") from None
-
-
-def read_pending(s3, bucket: str, model: str) -> PendingPromotion | None:
-    """The model's pending promotion, or None."""
-    def read():
-        try:
-            return s3.get_object(Bucket=bucket, Key=pending_key(model))["Body"].read()
-        except ClientError as e:
-            if is_missing(e):
-                return None
-            raise
-    body = retry_call(read, server=S3, url=s3_url_from_env())
-    return None if body is None else PendingPromotion(**json.loads(body))
-
-
-def _clear(s3, bucket: str, record: PendingPromotion) -> None:
-    retry_call(s3.delete_object, Bucket=bucket, Key=pending_key(record.model), server=S3,
-               url=s3_url_from_env())
 
 
 # --- carrying it out -----------------------------------------------------------------------
@@ -172,9 +94,8 @@ def _set_tags(record: PendingPromotion, outcome: str, reason: str, release: str 
     tags = {"promotion": outcome, "promotion_reason": reason}
     if release:
         tags["release"] = release
-    client = MlflowClient()
-    for key, value in check_tags(tags, f"promotion tags of {record.model}/{record.version}").items():
-        mlflow_call(client.set_model_version_tag, record.model, record.version, key, value)
+    set_version_tags(record.model, record.version, tags,
+                     f"promotion tags of {record.model}/{record.version}")
 
 
 def _record(s3, bucket: str, record: PendingPromotion, outcome: str, champion: str | None,
@@ -190,7 +111,7 @@ def _record(s3, bucket: str, record: PendingPromotion, outcome: str, champion: s
         if completed_by is not None:
             entry["completed_by"] = completed_by
         key = append_entry(s3, bucket, entry, entry_id=record.decision_id)
-    _clear(s3, bucket, record)
+    clear_pending(s3, bucket, record)
     return Completion(outcome, champion, release, reason, key)
 
 
@@ -229,8 +150,7 @@ def complete(s3, bucket: str, record: PendingPromotion, files: dict[str, Path] |
     if current != record.version:
         if lock is not None:
             lock.check()
-        mlflow_call(MlflowClient().set_registered_model_alias, record.model, CHAMPION,
-                    record.version)
+        set_alias(record.model, CHAMPION, record.version)
     return _record(s3, bucket, record, PROMOTED, record.version, record.reason, record.release,
                    completed_by)
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import yaml
 
 from tasks.steps import reproduce_steps
-from tasks.adapters.dvc import DVCError, configure_remote, run_dvc
+from tasks.adapters.dvc import DVCError, configure_remote, dir_md5, run_dvc
 from tasks.steps.reproduce_compare import Verdict, compare
 
 REQUIRED_TAGS = ("git_commit", "dataset", "dataset_md5", "served_as", "sampler", "nfe",
@@ -75,20 +75,15 @@ class RegisteredVersion:
 def read_lineage(ref: str) -> RegisteredVersion:
     """The version `ref` (NAME@ALIAS or NAME/VERSION) with everything a reproduction needs;
     ReproduceError naming what is missing otherwise."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from tasks.adapters.registry import RegistryError, resolve_version
+    from tasks.adapters.registry import RegistryError, RegistryServerError, version_record
 
     try:
-        name, version = resolve_version(ref)
-        mv = mlflow.MlflowClient().get_model_version(name, version)
+        name, version, tags, run_id = version_record(ref)
+    except RegistryServerError as e:
+        raise ReproduceError(str(e), SERVER) from None
     except RegistryError as e:
         raise ReproduceError(str(e), USER) from None
-    except MlflowException as e:
-        raise ReproduceError(f"the MLflow registry could not serve {ref}: {e.message}", SERVER) from None
     where = f"{name}/{version}"
-    tags = dict(mv.tags)
     missing = [t for t in REQUIRED_TAGS if not tags.get(t)]
     if missing:
         raise ReproduceError(f"{where} has no lineage tag {', '.join(missing)}: it was not "
@@ -104,26 +99,25 @@ def read_lineage(ref: str) -> RegisteredVersion:
                              f"(git_commit {commit}): the code and params that made it are in no "
                              "commit, so it cannot be reproduced; commit them and run the "
                              "pipeline again")
+    from tasks.adapters.registry import run_json_artifact, run_metrics
+
     try:
-        with tempfile.TemporaryDirectory(prefix="dmops-lineage-") as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=CONFIG_ARTIFACT,
-                                                       dst_path=tmp)
-            config = json.loads(Path(path).read_text())
-        run_metrics = dict(mlflow.MlflowClient().get_run(mv.run_id).data.metrics)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "No such file" in e.message:
-            raise ReproduceError(f"{where}: its run {mv.run_id} holds no {CONFIG_ARTIFACT}, the "
-                                 "configuration it was made with, so it cannot be reproduced") from None
-        raise ReproduceError(f"the MLflow server could not serve the lineage of {where}: "
-                             f"{e.message}", SERVER) from None
-    except OSError as e:
-        raise ReproduceError(f"{where}: its run {mv.run_id} holds no readable {CONFIG_ARTIFACT} "
+        config = run_json_artifact(run_id, CONFIG_ARTIFACT)
+        metrics = run_metrics(run_id)
+    except RegistryServerError as e:
+        raise ReproduceError(f"the MLflow server could not serve the lineage of {where}: {e}",
+                             SERVER) from None
+    except (OSError, ValueError) as e:
+        raise ReproduceError(f"{where}: its run {run_id} holds no readable {CONFIG_ARTIFACT} "
                              f"({e}), so it cannot be reproduced") from None
+    if config is None:
+        raise ReproduceError(f"{where}: its run {run_id} holds no {CONFIG_ARTIFACT}, the "
+                             "configuration it was made with, so it cannot be reproduced")
     try:
         tag_metrics = {k: float(v) for k, v in json.loads(tags.get("metrics") or "{}").items()}
     except (ValueError, TypeError, AttributeError):
         tag_metrics = {}
-    return RegisteredVersion(name, version, tags, config, run_metrics, tag_metrics)
+    return RegisteredVersion(name, version, tags, config, metrics, tag_metrics)
 
 
 # --- the code -----------------------------------------------------------------------------
@@ -190,18 +184,6 @@ def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] 
 
 
 # --- the data -----------------------------------------------------------------------------
-
-def dir_md5(folder: Path) -> str:
-    """DVC's md5 of a folder ('<md5>.dir', as dvc.lock records it), computed from its files."""
-    from dvc_data.hashfile.build import build
-    from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-    from dvc_objects.fs.memory import MemoryFileSystem
-
-    # an in-memory object store without DVC's state database: every file is hashed anew
-    _, _, obj = build(HashFileDB(MemoryFileSystem(), "/objects"), str(folder), LocalFileSystem(), "md5")
-    return obj.hash_info.value
-
 
 def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url: str,
                   log: Callable[[str], None] = print) -> Path:
