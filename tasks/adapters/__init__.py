@@ -7,6 +7,7 @@
     release.py              immutable S3 releases and their manifests
     promotion_lock.py       the per-model promotion lease in S3
     promotion_history.py    the append-only promotion history in S3
+    pending_promotion.py    a promotion decision stored before it is carried out
     drift_reference.py      the data gate's reference statistics in S3
     dvc.py                  the DVC stage and remote
     gx/                     the data gate's Great Expectations suite, checkpoint and report
