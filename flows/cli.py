@@ -214,9 +214,8 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
     import os
 
     if model is not None:
-        from tasks.adapters.registry import RegistryError, download_model, parse_model_ref
+        from tasks.adapters.registry import RegistryError, download_model
 
-        parse_model_ref(model)  # a malformed reference is reported before the missing server
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             raise RegistryError("MLFLOW_TRACKING_URI is not set: point it at the MLflow server "
                                 "that holds the registry, e.g. export "
@@ -260,6 +259,15 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
                     f"or --release S3_URI (got {', '.join(given) or 'none'})",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    if model is not None:
+        from tasks.adapters.registry import RegistryError, parse_model_ref
+
+        try:  # a malformed reference is the user's to fix (exit 2), before any server is asked
+            parse_model_ref(model)
+        except RegistryError as e:
+            typer.secho(f"error: --model {e}; a model folder on this machine is --model-dir PATH",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
     options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
     if model_dir is not None:
         with _friendly_errors():

@@ -107,6 +107,12 @@ def test_unknown_config_key_and_bad_model_folder(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_folder_given_as_a_registry_reference_is_a_user_error_pointing_to_model_dir(tmp_path):
+    result = dmops("sample", "--model", "runs/x", "--out", tmp_path / "x.png")
+    _fails_cleanly(result, "--model 'runs/x' names no model version", "--model-dir")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+
+
 def test_labelled_npz_without_class_names_evaluates(tiny_run, tmp_path):
     """An .npz with 'y' but no 'class_names' (valid input) crashed the evaluation with
     `len(None)` after training; the classes are the labels' range."""

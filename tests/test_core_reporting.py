@@ -14,6 +14,7 @@ import torch
 
 from diffusion.checksums import warn_unverified
 from diffusion.data import load_digits
+from diffusion.distill.progressive import ProgressiveConfig, progressive_distillation
 from diffusion.evaluation import quality_vs_nfe
 from diffusion.features import load_or_train_feature_extractor, train_feature_extractor
 from diffusion.gmm import GaussianMixture
@@ -115,6 +116,35 @@ def test_resuming_is_an_info_record_of_the_trainer(tmp_path, core_records):
     train(build_denoiser(TINY_MLP), data, cfg(4), tmp_path, spec=TINY_MLP, resume=True)
     assert _records(core_records, "diffusion.train") == [
         (logging.INFO, f"resuming from {tmp_path / 'checkpoints' / 'step_00000002'} (step 2)")]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_distillation_says_when_it_resumes_and_when_it_reuses_a_round(tmp_path, core_records):
+    data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    cfg = ProgressiveConfig(start_steps=4, end_steps=2, steps_per_round=4, batch_size=8, lr=1e-3,
+                            device="cpu", progress=False, checkpoint_every=2, log_every=1)
+
+    def teacher():
+        torch.manual_seed(0)
+        return build_denoiser(TINY_MLP).eval()
+
+    def stop_at_3(step, metrics):
+        if step == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):  # interrupted after its checkpoint at step 2
+        progressive_distillation(teacher(), TINY_MLP, data, cfg, tmp_path, on_log=stop_at_3)
+    [folder] = progressive_distillation(teacher(), TINY_MLP, data, cfg, tmp_path)
+    progressive_distillation(teacher(), TINY_MLP, data, cfg, tmp_path)
+    round_dir = folder.parent
+    assert _records(core_records, "diffusion.distill.shared") == [
+        (logging.INFO, f"progressive round 1: resuming from "
+                       f"{round_dir / 'checkpoints' / 'step_00000002'} (step 2)"),
+        (logging.INFO, f"progressive round 1: reusing the finished student in {folder} "
+                       "(made from the same inputs)")]
 
 
 @pytest.fixture(scope="module")

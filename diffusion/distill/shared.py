@@ -10,6 +10,7 @@ code -- matches the request (diffusion/provenance.py).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from ..checkpoint import FRESH_START, Resumed, load_into, resume_checkpoint
 from ..model import ModelError, ModelSpec, load_for_sampling, read_spec
 from ..objectives import Denoiser
 from ..provenance import Lineage, Provenance, code_sha256, stored_provenance, weights_sha256
+
+logger = logging.getLogger(__name__)
 
 class DistillationError(ModelError):
     """A teacher or data that cannot be distilled; the message says why."""
@@ -93,6 +96,7 @@ def finished_student(folder: Path, requested: Provenance, what: str) -> bool:
     spec = read_spec(folder)
     stored = spec.provenance or stored_provenance({}, f"{what} {folder}", FRESH_START)
     stored.require_same(requested, f"{what} {folder}", FRESH_START)
+    logger.info("%s: reusing the finished student in %s (made from the same inputs)", what, folder)
     return True
 
 
@@ -105,4 +109,5 @@ def resume_run(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module], requeste
         for name, module in modules.items():
             load_into(module, resumed.weights[name], resumed.path)
         ema.load(resumed.weights["ema"])
+        logger.info("%s: resuming from %s (step %d)", what, resumed.path, resumed.step)
     return resumed

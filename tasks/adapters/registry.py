@@ -260,8 +260,8 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
         name, version = text.rsplit("/", 1)
         if name and version.isdigit():
             return name, None, version
-    raise RegistryError(f"{ref!r} names no model version; use NAME@ALIAS (e.g. digits@champion) "
-                        "or NAME/VERSION (e.g. digits/3)")
+    raise RegistryError(f"{ref!r} names no model version; use NAME@ALIAS (e.g. "
+                        "digits-diffusion@champion) or NAME/VERSION (e.g. digits-diffusion/3)")
 
 
 def _not_found(e: MlflowException) -> bool:

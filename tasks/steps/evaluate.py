@@ -14,6 +14,7 @@ Writes into the output folder:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from diffusion.features import load_or_train_feature_extractor
 from diffusion.images import plot_quality_vs_nfe, save_filmstrip, save_samples
 from diffusion.atomic import atomic_write_text, writing
 from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path
+from diffusion.provenance import weights_sha256
 from diffusion.samplers import generate, grid_options, nfe_for
 from diffusion.train import resolve_device
 
@@ -52,7 +54,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     if shape != tuple(ds.sample_shape):
         raise ModelError(f"the model generates samples of shape {shape} but data '{cfg.data.name}' "
                          f"has {tuple(ds.sample_shape)}: evaluate with the dataset it was trained on")
-    loaded = []
+    loaded, lineage = [], {}
     for path in students or ():
         s_denoiser, s_spec = load_for_sampling(path, device)
         if s_spec.shape != shape:
@@ -66,6 +68,9 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
             raise ModelError(f"two students are both named {student.name!r} (second: {path}); "
                              "pass a folder holding one distillation run")
         loaded.append(student)
+        lineage[Path(path)] = (weights_sha256(s_denoiser.net),
+                               s_spec.provenance.teacher_sha256 if s_spec.provenance else None)
+    require_students_of(weights_sha256(denoiser.net), lineage, model_path)
     train, test = ds.subset("train"), ds.subset("test")
     n = min(n or ev.n_samples, len(train.ids))  # the floor compares n training samples with test
     extractor, extractor_report, reused = load_or_train_feature_extractor(
@@ -118,6 +123,33 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
                                     sampler=spec.sampling.sampler, steps=spec.sampling.steps)
         files["filmstrip"] = save_filmstrip(strip, out_dir / "filmstrip.png")
     return EvaluationReport(out_dir, table, floor, best.iloc[0].to_dict(), files)
+
+
+def require_students_of(teacher_sha256: str, students: dict[Path, tuple[str, str | None]],
+                        teacher_path) -> None:
+    """Refuse students that were not distilled from the evaluated teacher: a table that put
+    another teacher's students beside this one would compare models of other inputs.
+
+    students: folder -> (its weights sha256, the teacher_sha256 its provenance records).  A
+    student descends from the teacher when its recorded teacher is the teacher or another
+    student that does (progressive round k is distilled from round k-1).  Raises ModelError
+    naming the first other student; one that records no teacher (made before dmops recorded
+    provenance) is named in a warning and kept."""
+    ours, pending = {teacher_sha256}, dict(students)
+    while True:
+        found = {path for path, (_, teacher) in pending.items() if teacher in ours}
+        if not found:
+            break
+        ours |= {pending.pop(path)[0] for path in found}
+    for path, (_, teacher) in pending.items():
+        if teacher is None:
+            print(f"warning: student {path} records no teacher; it is evaluated beside "
+                  f"{teacher_path} unchecked", file=sys.stderr)
+            continue
+        raise ModelError(f"student {path} was distilled from another teacher (weights sha256 "
+                         f"{teacher[:12]}) than {teacher_path} ({teacher_sha256[:12]}): evaluate "
+                         "it with its own teacher, or distill this one (dmops distill --out "
+                         "<its run folder>)")
 
 
 def score_model(model_path, cfg: Config, out_dir, *, data_dir=None) -> dict:
