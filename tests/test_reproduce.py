@@ -133,3 +133,18 @@ def test_a_version_without_its_recorded_config_is_a_clear_error(registered, repo
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "holds no lineage/config.json" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_commit_s_own_replay_script_is_used_whatever_its_layout(tmp_path):
+    from tasks.steps.reproduce import ReproduceError, replay_script
+
+    with pytest.raises(ReproduceError, match="predates `dmops reproduce`"):
+        replay_script(tmp_path)
+    old = tmp_path / "tasks" / "reproduce_steps.py"   # a commit from before tasks/steps/
+    old.parent.mkdir()
+    old.write_text("# old layout\n")
+    assert replay_script(tmp_path) == old
+    new = tmp_path / "tasks" / "steps" / "reproduce_steps.py"
+    new.parent.mkdir()
+    new.write_text("# new layout\n")
+    assert replay_script(tmp_path) == new

@@ -204,7 +204,7 @@ def test_a_commit_missing_imported_code_is_marked_dirty(tmp_path):
     # the run's own `dvc repro` rewrites dvc.lock: the data version, tagged as dataset_md5
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     assert not commit_tag().endswith("-dirty")
-    (tmp_path / "tasks" / "sample.py").write_text("# edited\n")
+    (tmp_path / "tasks" / "steps" / "sample.py").write_text("# edited\n")
     assert commit_tag().endswith("-dirty")
     git("checkout", "tasks/steps/sample.py")
     (tmp_path / "diffusion" / "weighting_extra.py").write_text("SCALE = 2.0\n")

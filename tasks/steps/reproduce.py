@@ -222,6 +222,21 @@ def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url
 
 # --- the run ------------------------------------------------------------------------------
 
+# where a commit keeps the replay script, newest layout first
+REPLAY_SCRIPTS = ("tasks/steps/reproduce_steps.py", "tasks/reproduce_steps.py")
+
+
+def replay_script(worktree: Path) -> Path:
+    """The replay script of the commit checked out in `worktree`; ReproduceError when it has
+    none (a commit older than `dmops reproduce`)."""
+    for relative in REPLAY_SCRIPTS:
+        if (Path(worktree) / relative).is_file():
+            return Path(worktree) / relative
+    raise ReproduceError(f"the commit in {worktree} holds no replay script ({' or '.join(REPLAY_SCRIPTS)}): "
+                         "it predates `dmops reproduce`; reproduce it with the dmops version it "
+                         "was made with")
+
+
 def run_steps(worktree: Path, version: RegisteredVersion, data_dir: Path, work: Path,
               own_code: bool, stdout=None) -> dict:
     """tasks/steps/reproduce_steps.py with the commit's code, cwd the worktree; returns its result.
@@ -234,9 +249,11 @@ def run_steps(worktree: Path, version: RegisteredVersion, data_dir: Path, work: 
     # the worktree's packages (own code) or exactly the ones this process runs (installed)
     paths = [str(worktree)] if own_code else _installed_roots()
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
-    # a copy outside the worktree: its folder, first on the child's sys.path, holds no package
+    # a copy outside the worktree: its folder, first on the child's sys.path, holds no package.
+    # With the commit's own code, the commit's own replay script: it imports that code's
+    # layout (a commit from before tasks/steps/ existed has tasks/reproduce_steps.py)
     script = work / "reproduce_steps.py"
-    shutil.copyfile(reproduce_steps.__file__, script)
+    shutil.copyfile(replay_script(worktree) if own_code else reproduce_steps.__file__, script)
     proc = subprocess.run([sys.executable, str(script), str(work / "request.json"),
                            str(work / "result.json")], cwd=worktree, env=env,
                           stdout=stdout or sys.stdout, stderr=subprocess.PIPE, text=True)
