@@ -116,8 +116,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
         teacher = _fresh(steps.train_teacher_task, teacher, **train_args)
 
-        models = StepResult(step="models", run_id=pid, folders=dict(teacher.folders),
-                            weights=dict(teacher.weights))
+        # every model the evaluation compares, by the name its table gives it
+        folders, weights = dict(teacher.folders), dict(teacher.weights)
         step_runs = {"validate_data": validation.run_id, "train_teacher": teacher.run_id}
         for method in settings.methods:
             # the distillation folder sits under the teacher's weights: another teacher never
@@ -128,12 +128,12 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                         parent_run_id=pid)
             students = steps.distill_task.with_options(**opts)(**args)
             students = _fresh(steps.distill_task, students, **args)
-            models.folders.update(students.folders)
-            models.weights.update(students.weights)
+            folders.update(students.folders)
+            weights.update(students.weights)
             step_runs[students.step] = students.run_id
 
         evaluation = steps.evaluate_task.with_options(**opts)(
-            cfg_json, models.folders, models.weights, dataset, str(work), parent_run_id=pid)
+            cfg_json, folders, weights, dataset, str(work), parent_run_id=pid)
         step_runs["evaluate"] = evaluation.run_id
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
@@ -142,8 +142,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
                 "profile": str(cfg.profile)}
         config_json = cfg.model_dump(mode="json")
-        challenger = steps.register_task(config_json, evaluation, models, str(work), tags,
-                                         parent_run_id=pid)
+        challenger = steps.register_task(config_json, evaluation, folders, weights, str(work),
+                                         tags, parent_run_id=pid)
         decision = steps.promote_task(config_json, challenger, dataset, stack.releases_bucket,
                                       str(work), tags, parent_run_id=pid)
         version = challenger.details["version"]

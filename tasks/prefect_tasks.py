@@ -117,11 +117,12 @@ def evaluate_task(cfg_json: dict, models: dict[str, str], weights: dict[str, str
 
 @task(name="register-model", retries=2, retry_delay_seconds=10, timeout_seconds=HOUR,
       retry_condition_fn=retry_may_help, cache_policy=NO_CACHE)
-def register_task(config: dict, evaluation: StepResult, models: StepResult, work_dir: str,
-                  tags: dict[str, str], parent_run_id: str | None = None) -> StepResult:
+def register_task(config: dict, evaluation: StepResult, folders: dict[str, str],
+                  weights: dict[str, str], work_dir: str, tags: dict[str, str],
+                  parent_run_id: str | None = None) -> StepResult:
     """The served model, registered with alias `challenger`."""
-    return tracked_steps.register(PipelineConfig.model_validate(config), evaluation, models,
-                                  work_dir, tags, parent_run_id)
+    return tracked_steps.register(PipelineConfig.model_validate(config), evaluation, folders,
+                                  weights, work_dir, tags, parent_run_id)
 
 
 @task(name="promote", retries=0, timeout_seconds=HOUR, cache_policy=NO_CACHE)

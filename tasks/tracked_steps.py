@@ -166,10 +166,12 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
                                    "floor": float(report.floor)})
 
 
-def register(config: PipelineConfig, evaluation: StepResult, models: StepResult, work_dir: str,
-             tags: dict[str, str], parent_run_id: str | None = None) -> StepResult:
+def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, str],
+             weights: dict[str, str], work_dir: str, tags: dict[str, str],
+             parent_run_id: str | None = None) -> StepResult:
     """Register the model to serve (tasks/steps/register.py) as `challenger` of
-    pipeline.model_name.  `models` holds every evaluated model's folder and weights hash.  Its
+    pipeline.model_name.  `folders` and `weights`: every evaluated model's folder and weights
+    sha256, by the name the evaluation table gives it.  Its
     metrics are its row of the evaluation: the same n, seed and feature space that the promote
     step scores the champion with.  The effective configuration is logged as
     lineage/config.json.  details: version, model_dir (the served copy), candidate (text)."""
@@ -178,10 +180,10 @@ def register(config: PipelineConfig, evaluation: StepResult, models: StepResult,
     settings = config.pipeline
     with tracking.step_run("register_model", parent_run_id) as run:
         tracking.log_json(config.model_dump(mode="json"), "lineage/config.json")
-        registered = register_candidate(evaluation.details["table"], models.folders,
-                                        models.weights, work_dir, settings.model_name,
-                                        settings.max_fid_ratio, tags, run.info.run_id)
-        metrics = tracking.numeric(registered.candidate.row)
+        registered = register_candidate(evaluation.details["table"], folders, weights, work_dir,
+                                        settings.model_name, settings.max_fid_ratio, tags,
+                                        run.info.run_id)
+        metrics = registered.metrics
         mlflow.log_metrics(metrics)
         mlflow.set_tag("served_as", registered.candidate.name)
         return StepResult(step="register_model", run_id=run.info.run_id, metrics=metrics,

@@ -169,7 +169,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     if earlier is not None:
         print(f"{name} version {earlier} holds these weights, registered by this flow run "
               "before (a retried registration): reusing it")
-        mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, earlier)
+        set_alias(name, CHALLENGER, earlier)
         return earlier
     files = files_sha256(model_dir)
     with _logging_run(run_id), warnings.catch_warnings():
@@ -185,7 +185,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     version = str(mlflow_call(mlflow.register_model, info.model_uri, name,
                           tags={**tags, FILES_TAG: files_tag(files)},
                           policy=RetryPolicy(attempts=1)).version)
-    mlflow_call(MlflowClient().set_registered_model_alias, name, CHALLENGER, version)
+    set_alias(name, CHALLENGER, version)
     return version
 
 

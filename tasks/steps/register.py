@@ -43,6 +43,7 @@ class Registered:
     version: str
     model_dir: Path        # the served copy: the candidate's folder at its chosen setting
     candidate: Candidate
+    metrics: dict[str, float]   # the numeric entries of its evaluation row
 
 
 def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
@@ -65,7 +66,7 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
                                        if k in numbers})}
     version = register_model(model_dir, model_name, all_tags, run_id=run_id)
     log(f"registered {model_name} version {version} (alias challenger)")
-    return Registered(version, model_dir, candidate)
+    return Registered(version, model_dir, candidate, numbers)
 
 
 def dataset_sample(dataset: dict) -> tuple[str, str]:
