@@ -1,5 +1,8 @@
 """`dmops`: the command line.  Each command reads the config, calls one pipeline step from
-tasks/, and turns the library's errors into one readable line and exit code 2."""
+tasks/, and turns the library's errors into one readable line and exit code 2.
+
+Every command checks its arguments (and the config) before it imports torch, diffusers, MLflow
+or Prefect: a typo is answered at once (tests/test_cli_arguments.py, benchmarks/cli_latency.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from typing import Optional
 import typer
 import yaml
 
+from flows.client_env import MLFLOW, S3, server_env_or_exit
 from flows.cli_options import (ConfigOpt, ModelDirOpt, ProfileOpt, RegisteredModelOpt, ReleaseOpt,
-                               RequiredModelDirOpt, SetOpt)
+                               RequiredModelDirOpt, SetOpt, check_device, check_exists,
+                               check_samplers, model_ref_problem, usage_error)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train, distil, sample and ship diffusion models. Every command has --help.")
@@ -82,11 +87,14 @@ def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
                            "it): refuse a source that no longer matches it.")):
     """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC
     stage). Prints how many files were read, skipped (by reason) and altered (by kind)."""
-    from tasks.steps.prepare_dataset import prepare_dataset
-
+    if fingerprint is not None:
+        check_exists(fingerprint, "--fingerprint", "the source fingerprint",
+                     "write it with `dmops fingerprint`, or leave the option out")
     with _friendly_errors():
-        prepare_dataset(_load(config, profile, set_, None).data, root, require_finite=finite_check,
-                        fingerprint=fingerprint)
+        data = _load(config, profile, set_, None).data
+        from tasks.steps.prepare_dataset import prepare_dataset
+
+        prepare_dataset(data, root, require_finite=finite_check, fingerprint=fingerprint)
 
 
 @app.command()
@@ -97,10 +105,10 @@ def fingerprint(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
     """Write the dataset source's fingerprint (every file's sha256, the settings, the preparing
     code's hash, library versions): the DVC prepare stage depends on it, so it reruns when any
     of them changes."""
-    from tasks.steps.data_fingerprint import write_fingerprint
-
     with _friendly_errors():
         data = _load(config, profile, set_, None).data
+        from tasks.steps.data_fingerprint import write_fingerprint
+
         write_fingerprint(data, out or Path("data/source") / f"{data.name}.json")
 
 
@@ -113,13 +121,13 @@ def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
     """Train a diffusion model (the teacher) and write its EMA weights and a sample grid.
 
     Launch with `torchrun --nproc_per_node N -m flows.cli train ...` for data-parallel training."""
-    from tasks.steps.train_teacher import train_teacher
-
     with _friendly_errors():
         cfg = _load(config, profile, set_, out)
         if not resume and (Path(cfg.out_dir) / "checkpoints" / "latest").exists():
             raise ValueError(f"{cfg.out_dir} already holds a training run; pass --resume to continue "
                              "it or --out to start a new one elsewhere")
+        from tasks.steps.train_teacher import train_teacher
+
         run = train_teacher(cfg, resume=resume)
     if run.model_dir is not None:
         r = run.result
@@ -150,18 +158,25 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
     Each student is saved as a model folder carrying the sampler and step count it was distilled
     for, with a sample grid beside it; `dmops sample -d <student>` draws from it and
     `dmops evaluate -d <teacher> --students <run>/distill` compares students and teacher."""
-    from tasks.steps.distill import METHODS, distill_dir, distill_sampler
-
+    if method not in DISTILL_METHODS:
+        usage_error(f"--method must be one of {', '.join(DISTILL_METHODS)}; got {method!r}")
+    check_exists(teacher, "--teacher", "a teacher's model, run or checkpoint folder",
+                 "train one with `dmops train --out DIR` and pass DIR")
     with _friendly_errors():
-        if method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
         cfg = _load(config, profile, set_, out)
+        from tasks.steps.distill import distill_dir, distill_sampler
+
         work = distill_dir(cfg, method)
         if not resume and work.exists() and any(work.iterdir()):
             raise ValueError(f"{work} already holds a {method} distillation; pass --resume to "
                              "continue it or --out to start a new one elsewhere")
         students = distill_sampler(cfg, method, teacher, resume=resume)
     typer.echo(f"{len(students)} student(s) in {distill_dir(cfg, method)}")
+
+
+# the methods `dmops distill` offers: tasks/steps/distill.py's METHODS, spelled here so that
+# a typo is refused before torch is imported (a test holds the two equal)
+DISTILL_METHODS = ("progressive", "consistency")
 
 
 @contextmanager
@@ -171,6 +186,7 @@ def _remote_errors(what: str):
     from mlflow.exceptions import MlflowException
 
     from diffusion.atomic import WriteError
+    from flows.client_env import fix_for_missing
     from tasks.adapters.registry import RegistryError
     from tasks.adapters.release import ReleaseError
     from tasks.adapters.servers import ServerUnavailable
@@ -185,8 +201,8 @@ def _remote_errors(what: str):
     except MlflowException as e:
         message = f"the MLflow registry could not serve {what}: {e.message}"
     except NoCredentialsError:
-        message = (f"no S3 credentials to read {what}: set AWS_ACCESS_KEY_ID and "
-                   "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3 for a self-hosted store)")
+        message = (f"no S3 credentials to read {what}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                   f"are not set; {fix_for_missing(['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'], partial=True)}")
     except (BotoCoreError, ClientError) as e:
         message = f"the S3 store could not serve {what}: {e}"
     else:
@@ -210,16 +226,10 @@ def _env_defaults(**values: str):
 
 
 def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Path:
-    """The model folder of a registered version (--model) or a verified S3 release (--release)."""
-    import os
-
+    """The model folder of a registered version (--model) or a verified S3 release (--release),
+    from the servers the environment names (else the running local stack: flows.client_env)."""
     if model is not None:
-        from tasks.adapters.registry import RegistryError, download_model
-
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            raise RegistryError("MLFLOW_TRACKING_URI is not set: point it at the MLflow server "
-                                "that holds the registry, e.g. export "
-                                "MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        from tasks.adapters.registry import download_model
         from tasks.adapters.servers import MLFLOW_RETRY_ENV
 
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
@@ -250,33 +260,41 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
     release (--release); the same seed gives the same picture from all three."""
     import tempfile
 
-    from tasks.steps.sample import sample_to_png
-
     given = [flag for flag, value in (("--model-dir", model_dir), ("--model", model),
                                       ("--release", release)) if value is not None]
     if len(given) != 1:
-        typer.secho("error: give exactly one of --model-dir PATH, --model NAME@ALIAS|NAME/VERSION "
-                    f"or --release S3_URI (got {', '.join(given) or 'none'})",
-                    fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    if model is not None:
-        from tasks.adapters.registry import RegistryError, parse_model_ref
+        usage_error("give exactly one of --model-dir PATH, --model NAME@ALIAS|NAME/VERSION "
+                    f"or --release S3_URI (got {', '.join(given) or 'none'})")
+    # what was typed is checked before torch or a server: a typo is answered at once (exit 2)
+    if model is not None and (problem := model_ref_problem(model)) is not None:
+        usage_error(f"--model {problem}; a model folder on this machine is --model-dir PATH")
+    if release is not None:
+        from tasks.adapters.release import ReleaseError, parse_s3_uri
 
-        try:  # a malformed reference is the user's to fix (exit 2), before any server is asked
-            parse_model_ref(model)
-        except RegistryError as e:
-            typer.secho(f"error: --model {e}; a model folder on this machine is --model-dir PATH",
-                        fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+        try:
+            parse_s3_uri(release)
+        except ReleaseError as e:
+            usage_error(f"--release {e}")
+    if model_dir is not None:
+        check_exists(model_dir, "--model-dir", "a model, training run or checkpoint folder",
+                     "give a folder that `dmops train` or `dmops distill` wrote")
+    if sampler is not None:
+        check_samplers([sampler], "--sampler")
+    check_device(device)
     options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
     if model_dir is not None:
         with _friendly_errors():
+            from tasks.steps.sample import sample_to_png
+
             sample_to_png(model_dir, out, **options)
         return
-    with tempfile.TemporaryDirectory(prefix="dmops-sample-") as tmp:
+    servers = server_env_or_exit(MLFLOW if model is not None else S3)
+    with tempfile.TemporaryDirectory(prefix="dmops-sample-") as tmp, _env_defaults(**servers):
         with _remote_errors(model or release):
             folder = _fetch_model(model, release, Path(tmp) / "model")
         with _friendly_errors():
+            from tasks.steps.sample import sample_to_png
+
             sample_to_png(folder, out, **options)
 
 
@@ -310,24 +328,29 @@ def evaluate(model_dir: Path = RequiredModelDirOpt,
     """Quality versus NFE on held-out data: FID (with its real-data floor), KID, precision /
     recall / density / coverage, memorisation; writes CSV, JSON, a plot, grids and a filmstrip.
     With --students, distilled students are rows of the same table and lines of the same plot."""
-    from tasks.steps.distill import find_students
-    from tasks.steps.evaluate import evaluate_model
-
+    check_exists(model_dir, "--model-dir", "a model, training run or checkpoint folder",
+                 "give a folder that `dmops train` or `dmops distill` wrote")
+    if students is not None:
+        check_exists(students, "--students", "a folder of distilled students",
+                     "run `dmops distill` first, or leave the option out")
+    sampler_list = [v.strip() for v in samplers.split(",") if v.strip()] if samplers else None
+    if sampler_list:
+        check_samplers(sampler_list, "--samplers")
+    try:
+        nfes = _int_list(nfe, "nfe")
+    except ValueError as e:
+        usage_error(str(e))
     with _friendly_errors():
         cfg = _load(config, profile, set_, None)
-        sampler_list = [v.strip() for v in samplers.split(",")] if samplers else None
-        if sampler_list:
-            from diffusion.samplers import SAMPLERS
-
-            unknown = [v for v in sampler_list if v not in SAMPLERS]
-            if unknown:
-                raise ValueError(f"unknown sampler(s) {unknown}; allowed: {sorted(SAMPLERS)}")
         if out is None:
             base = model_dir.parent if (model_dir / "model.json").exists() else model_dir
             out = base / "evaluation"
+        from tasks.steps.distill import find_students
+        from tasks.steps.evaluate import evaluate_model
+
         student_list = find_students(students) if students is not None else None
         report = evaluate_model(model_dir, cfg, out, samplers=sampler_list,
-                                nfes=_int_list(nfe, "nfe"), n=n, students=student_list)
+                                nfes=nfes, n=n, students=student_list)
     b = report.best
     who = b["sampler"] if b["model"] in ("teacher", b["sampler"]) else f"{b['model']} ({b['sampler']})"
     typer.echo(f"best: {who} at {int(b['nfe'])} NFE, FID {b['fid']:.3f} = "
@@ -350,17 +373,21 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
     previous champion, the reason, the metric compared, the release and the flow run."""
     import json
 
+    # light (botocore's exception classes only): checks what was typed before boto3 is imported
     from tasks.adapters.promotion_history import HistoryError, champion_at, parse_time, read_history
-    from tasks.adapters.release import s3_client_from_env
 
+    if not model or "/" in model or "@" in model or model.startswith("_"):
+        usage_error(f"{model!r} is not a registered model's name: give the name alone, e.g. "
+                    "digits-diffusion (no @ALIAS or /VERSION)")
     try:
         when = parse_time(at) if at is not None else None
     except HistoryError as e:
-        typer.secho(f"error: --at: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        usage_error(f"--at: {e}")
+    servers = server_env_or_exit(S3)
     from tasks.adapters.pending_promotion import read_pending
+    from tasks.adapters.release import s3_client_from_env
 
-    with _remote_errors(f"the promotion history of {model}"):
+    with _env_defaults(**servers), _remote_errors(f"the promotion history of {model}"):
         try:
             s3 = s3_client_from_env()
             entries = read_history(s3, bucket, model)

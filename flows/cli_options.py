@@ -33,3 +33,64 @@ ReleaseOpt = typer.Option(None, "--release", metavar="S3_URI",
                           help="A release, e.g. s3://dmops-releases/digits-diffusion/3/, every file "
                                "checked against its manifest (endpoint and credentials: AWS_* "
                                "variables).")
+
+
+# --- argument checks that run before any heavy import ---------------------------------------
+# A command checks what the user typed first, then imports torch / MLflow / Prefect: a typo is
+# answered in a fraction of a second, not after seconds of imports (benchmarks/cli_latency.py).
+
+def usage_error(message: str) -> None:
+    """Print `error: <message>` (one line) on stderr and exit with code 2: the user's input."""
+    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def model_ref_problem(ref: str) -> str | None:
+    """Why `ref` is not NAME@ALIAS or NAME/VERSION (optionally after "models:/"), or None when it
+    is one: the grammar of tasks.adapters.registry.parse_model_ref, checked without importing
+    MLflow (tests/test_cli_arguments.py holds the two to the same answers)."""
+    text = ref[len("models:/"):] if ref.startswith("models:/") else ref
+    if "@" in text:
+        name, alias = text.rsplit("@", 1)
+        if name and alias:
+            return None
+    elif "/" in text:
+        name, version = text.rsplit("/", 1)
+        if name and version.isdigit():
+            return None
+    return (f"{ref!r} names no model version; use NAME@ALIAS (e.g. digits-diffusion@champion) "
+            "or NAME/VERSION (e.g. digits-diffusion/3)")
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The samplers a model folder may name (the `sample.sampler` setting's choices)."""
+    from typing import get_args
+
+    from diffusion.sampler_settings import SampleConfig
+
+    return get_args(SampleConfig.model_fields["sampler"].annotation)
+
+
+def check_samplers(names: list[str], option: str) -> None:
+    """Exit 2 naming the allowed samplers when one of `names` is none of them."""
+    allowed = sampler_names()
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        usage_error(f"{option}: unknown sampler(s) {', '.join(map(repr, unknown))}; use one of "
+                    f"{', '.join(allowed)}")
+
+
+def check_device(device: str) -> None:
+    """Exit 2 unless `device` is a torch device this command can use: cpu, cuda, cuda:N, mps."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        usage_error(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+
+
+def check_exists(path, option: str, what: str, fix: str) -> None:
+    """Exit 2 when `path` does not exist: `<option> <path> does not exist: <fix>`."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        usage_error(f"{option} {path} does not exist ({what}); {fix}")
+

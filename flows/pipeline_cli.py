@@ -1,7 +1,12 @@
 """`dmops run`, `dmops deploy`, `dmops worker`: the pipeline from the command line.
 
 They talk to the servers named in the environment (MLFLOW_TRACKING_URI, PREFECT_API_URL,
-AWS_*): a team stack when those are set, else the local stack that `dmops up` started.
+AWS_*): a team stack when those are set, else the local stack that `dmops up` started
+(flows/client_env.py).  Each checks its arguments and the config before Prefect or torch is
+imported.
+
+`dmops worker` becomes the Prefect worker (exec): killing its pid, with any signal, stops the
+worker itself, so none is left polling the work pool (tests/test_worker.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Optional
 
 import typer
 
-from flows.cli_options import ConfigOpt, ProfileOpt, SetOpt
+from flows.cli_options import ConfigOpt, ProfileOpt, SetOpt, usage_error
+from flows.client_env import MLFLOW, S3, server_env_or_exit
+from flows.client_env import PREFECT as PREFECT_ENV
 from tasks.adapters.servers import (PREFECT, ServerUnavailable, bound_client_env, is_transient,
                                     raised_by)
 
@@ -23,20 +30,8 @@ WORK_POOL = "dmops-process"
 PREFECT_FILE = Path("infra/prefect.yaml")
 
 
-def stack_env() -> dict[str, str]:
-    """The client environment: the caller's own when it names a tracking server, else the
-    running local stack's (with a clear error when it is not running)."""
-    if os.environ.get("MLFLOW_TRACKING_URI") and os.environ.get("PREFECT_API_URL"):
-        return dict(os.environ)
-    from infra.stack import Stack, StackSettings
-
-    stack = Stack(StackSettings.from_env())
-    status = stack.status()
-    down = [name for name, s in status.items() if not s.healthy]
-    if down:
-        raise typer.BadParameter(f"the local stack is not running ({', '.join(down)} down): "
-                                 "start it with `dmops up` (or `make run`)")
-    return {**os.environ, **stack.client_env()}
+# what a flow run needs: the pipeline talks to all three servers
+PIPELINE_SERVERS = (MLFLOW, PREFECT_ENV, S3)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -44,11 +39,18 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _tail_lines(text: str, lines: int = 30) -> str:
+    """The last `lines` whole lines of `text`: a transcript is never cut inside a line."""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
 def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env,
+    # COLUMNS: Prefect's console wraps at the terminal's width, else 80 columns, which breaks
+    # names and ids across lines of a transcript shown on failure
+    proc = subprocess.run([sys.executable, "-m", "prefect", *args], env={**env, "COLUMNS": "200"},
                           capture_output=True, text=True)
     if check and proc.returncode != 0:
-        _fail(f"`prefect {' '.join(args)}` failed:\n{(proc.stdout + proc.stderr).strip()[-2000:]}")
+        _fail(f"`prefect {' '.join(args)}` failed:\n{_tail_lines(proc.stdout + proc.stderr)}")
     return proc
 
 
@@ -74,20 +76,20 @@ def register(app: typer.Typer) -> None:
                                          help="Recompute every step instead of reusing cached results.")):
         """Run the training pipeline once: dataset -> gate -> teacher -> students -> evaluation ->
         registry -> promotion + S3 release. Prints the outcome and where to look at it."""
-        try:
-            env = stack_env()
-        except typer.BadParameter as e:
-            _fail(str(e))
-        os.environ.update(env)
-        bound_client_env()   # before Prefect is imported: it reads its client settings then
+        if not repo.is_dir():
+            usage_error(f"--repo {repo} is not a folder: give the git + DVC repository that holds "
+                        "params.yaml and dvc.yaml (default: the current folder)")
         from diffusion.config import ConfigError
-        from flows.pipeline import training_pipeline
         from tasks.pipeline_settings import load_pipeline_config
 
-        try:  # settings are checked before the flow starts: a typo is one line, exit code 2
+        try:  # settings are checked before servers or the flow: a typo is one line, exit code 2
             load_pipeline_config(repo.resolve() / config, profile, list(set_ or []))
         except ConfigError as e:
             _fail(" ".join(str(e).split()), 2)
+        env = server_env_or_exit(*PIPELINE_SERVERS)
+        os.environ.update(env)
+        bound_client_env()   # before Prefect is imported: it reads its client settings then
+        from flows.pipeline import training_pipeline
 
         t0 = time.perf_counter()
         try:
@@ -116,32 +118,58 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def deploy(prefect_file: Path = typer.Option(PREFECT_FILE, help="The deployments file."),
-               pool: str = typer.Option(WORK_POOL, help="Process work pool to create / use.")):
+               pool: Optional[str] = typer.Option(
+                   None, help="Process work pool to create / use: the one the deployments file "
+                              f"names ({WORK_POOL}); another name is refused.")):
         """Create the nightly (cron) and on-demand deployments from infra/prefect.yaml on the
         Prefect server, and their process work pool. Serve them with `dmops worker`."""
+        from flows.deployments import DeploymentsFileError, planned_deployments
+
         try:
-            env = stack_env()
-            bound_client_env(env)   # the flow runs it starts inherit the bounds
-        except typer.BadParameter as e:
-            _fail(str(e))
-        if not prefect_file.exists():
-            _fail(f"{prefect_file} not found; run from the repository root")
-        if _prefect("work-pool", "inspect", pool, env=env, check=False).returncode != 0:
-            _prefect("work-pool", "create", pool, "--type", "process", env=env)
-        out = _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
-        typer.echo(out.stdout.strip()[-1500:])
-        typer.echo(f"deployments created; start a worker with `dmops worker` (pool {pool})")
+            planned = planned_deployments(prefect_file)
+        except DeploymentsFileError as e:
+            usage_error(str(e))
+        pools = sorted({d.pool for d in planned})
+        if pool is not None and pools != [pool]:
+            usage_error(f"--pool {pool!r}: {prefect_file}'s deployments use work pool "
+                        f"{', '.join(map(repr, pools))}; leave --pool out, or change work_pool.name "
+                        "in that file")
+        env = server_env_or_exit(PREFECT_ENV)
+        bound_client_env(env)   # Prefect's bounded client retries for the `prefect` calls below
+        for name in pools:
+            if _prefect("work-pool", "inspect", name, env=env, check=False).returncode != 0:
+                _prefect("work-pool", "create", name, "--type", "process", env=env)
+        _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
+        # Prefect's own transcript is boxes wrapped at 80 columns and advice to start a bare
+        # `prefect worker` (without the bounded client settings): say what the server now holds
+        from flows.deployments import describe_deployments
+
+        os.environ.update(env)
+        typer.echo(f"deployed to the Prefect server at {env[PREFECT_ENV]}:")
+        for line in describe_deployments(planned, env[PREFECT_ENV]):
+            typer.echo(f"  {line}")
+        typer.echo(f"deployments created; serve them with `dmops worker` (pool {', '.join(pools)})")
 
     @app.command()
     def worker(pool: str = typer.Option(WORK_POOL, help="Work pool to serve."),
                run_once: bool = typer.Option(False, "--run-once", help="Exit after one round of runs.")):
-        """Serve the deployments: a Prefect process worker that runs scheduled and on-demand flow runs."""
-        try:
-            env = stack_env()
-            bound_client_env(env)   # the flow runs it starts inherit the bounds
-        except typer.BadParameter as e:
-            _fail(str(e))
+        """Serve the deployments: a Prefect process worker that runs scheduled and on-demand flow
+        runs. This process becomes the worker: Ctrl-C or `kill PID` stops it (a flow run in
+        progress is finished first; a second signal stops at once), and nothing is left behind."""
+        if not pool.strip():
+            usage_error(f"--pool {pool!r} is not a work pool name; leave it out for {WORK_POOL}")
+        env = server_env_or_exit(*PIPELINE_SERVERS)
+        bound_client_env(env)   # the flow runs it starts inherit the bounds
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
         if run_once:
             cmd.append("--run-once")
-        raise typer.Exit(subprocess.call(cmd, env=env))
+        typer.echo(f"Prefect process worker for pool {pool} at {env[PREFECT_ENV]}, pid {os.getpid()}; "
+                   f"stop it with Ctrl-C or `kill {os.getpid()}`")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exec, not a child process: a child outlives a parent killed with SIGKILL (no handler
+        # runs), re-parented and still polling, and would run the 02:00 deployment; with exec the
+        # pid the user kills is the worker, and Prefect's own handlers stop it cleanly on
+        # SIGTERM / SIGINT.  (PR_SET_PDEATHSIG would also cover SIGKILL, but Linux only, racy at
+        # start, and signalled on the death of the thread that forked, not of the process.)
+        os.execve(sys.executable, cmd, env)

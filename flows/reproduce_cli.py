@@ -13,15 +13,8 @@ from pathlib import Path
 
 import typer
 
-
-def _client_env() -> dict[str, str]:
-    """The caller's environment when it names the registry and the S3 store, else the running
-    local stack's (as `dmops env` prints it)."""
-    if os.environ.get("MLFLOW_TRACKING_URI") and os.environ.get("AWS_ENDPOINT_URL_S3"):
-        return dict(os.environ)
-    from flows.pipeline_cli import stack_env
-
-    return stack_env()
+from flows.cli_options import model_ref_problem, usage_error
+from flows.client_env import MLFLOW, S3, server_env_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +30,13 @@ def register(app: typer.Typer) -> None:
         the DVC remote by md5, train, distil and evaluate again with the recorded settings and the
         commit's code, and print the registered and reproduced metrics and weights' sha256 side by
         side. Exit 0 when they agree, 1 with the differences listed."""
-        from tasks.adapters.registry import RegistryError, parse_model_ref
+        # what was typed is checked first: before any server is asked, before MLflow or torch
+        if (problem := model_ref_problem(ref)) is not None:
+            usage_error(problem)
+        if not repo.is_dir():
+            usage_error(f"--repo {repo} is not a folder: give the git repository the pipeline ran "
+                        "in (default: the current folder)")
+        os.environ.update(server_env_or_exit(MLFLOW, S3))
         from tasks.steps.reproduce import ReproduceError, reproduce as reproduce_version
         from tasks.steps.reproduce_compare import render
 
@@ -45,14 +44,6 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code)
 
-        try:
-            parse_model_ref(ref)  # a malformed reference is reported before any server is asked
-        except RegistryError as e:
-            fail(str(e), 2)
-        try:
-            os.environ.update(_client_env())
-        except typer.BadParameter as e:
-            fail(str(e), 1)
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
         # server that is down; the project's bounded settings (user settings win)
         from tasks.adapters.servers import MLFLOW_RETRY_ENV

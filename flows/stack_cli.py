@@ -15,9 +15,12 @@ import typer
 
 StateDirOpt = typer.Option(None, "--state-dir", help="Folder of the stack's state "
                            "(default: $DMOPS_STACK_DIR or .stack).")
-S3PortOpt = typer.Option(None, "--s3-port", help="S3 port (default: $DMOPS_S3_PORT or 8333).")
-MlflowPortOpt = typer.Option(None, "--mlflow-port", help="MLflow port (default: $DMOPS_MLFLOW_PORT or 5000).")
-PrefectPortOpt = typer.Option(None, "--prefect-port",
+# a port out of range is the user's to fix (exit 2) before anything is read or started
+S3PortOpt = typer.Option(None, "--s3-port", min=1, max=65535,
+                         help="S3 port (default: $DMOPS_S3_PORT or 8333).")
+MlflowPortOpt = typer.Option(None, "--mlflow-port", min=1, max=65535,
+                             help="MLflow port (default: $DMOPS_MLFLOW_PORT or 5000).")
+PrefectPortOpt = typer.Option(None, "--prefect-port", min=1, max=65535,
                               help="Prefect port (default: $DMOPS_PREFECT_PORT or 4200).")
 
 
@@ -44,7 +47,15 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
 
     overrides = {k: v for k, v in {"state_dir": state_dir, "s3_port": s3_port, "mlflow_port": mlflow_port,
                                    "prefect_port": prefect_port}.items() if v is not None}
-    return Stack(replace(StackSettings.from_env(), **overrides), log=typer.echo)
+    settings = replace(StackSettings.from_env(), **overrides)
+    ports = {"--s3-port": settings.s3_port, "--mlflow-port": settings.mlflow_port,
+             "--prefect-port": settings.prefect_port}
+    if len(set(ports.values())) < len(ports):
+        from flows.cli_options import usage_error
+
+        usage_error(f"two servers cannot share a port ({', '.join(f'{k} {v}' for k, v in ports.items())}): "
+                    "give each its own")
+    return Stack(settings, log=typer.echo)
 
 
 def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
@@ -91,7 +102,7 @@ def register(app: typer.Typer) -> None:
         app.command(command.__name__)(command)
 
 
-if __name__ == "__main__":   # python -m flows.stack_cli up, until flows/cli.py registers these
+if __name__ == "__main__":   # python -m flows.stack_cli up: the four commands without the rest
     _app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
     register(_app)
     _app()

@@ -1,0 +1,92 @@
+"""What `dmops deploy` creates: the deployments a Prefect deployments file (infra/prefect.yaml)
+plans, checked before anything is sent, and a summary of what the Prefect server then holds.
+
+`planned_deployments` reads the file alone (yaml; no Prefect import): a missing or malformed
+file is a DeploymentsFileError naming the fix.  `describe_deployments` reads each deployment
+back through Prefect's client and returns one complete line per deployment (flow/name, work
+pool, schedule, parameters, its page in the UI), so the user sees what the server holds rather
+than a transcript of `prefect deploy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DeploymentsFileError(ValueError):
+    """The deployments file cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PlannedDeployment:
+    name: str    # the deployment's name, e.g. nightly
+    pool: str    # its work pool
+
+
+def planned_deployments(path: Path) -> list[PlannedDeployment]:
+    """The deployments `path` (a prefect.yaml) declares, each with a name and a work pool.
+    Raises DeploymentsFileError when the file is missing, is not YAML, or declares none or one
+    without a name or work pool."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeploymentsFileError(f"{path} not found: run from the repository root (it holds "
+                                   "infra/prefect.yaml) or pass --prefect-file PATH")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DeploymentsFileError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    entries = spec.get("deployments") if isinstance(spec, dict) else None
+    if not entries or not isinstance(entries, list):
+        raise DeploymentsFileError(f"{path} declares no deployments: add a `deployments:` list "
+                                   "(see infra/prefect.yaml)")
+    planned = []
+    for i, entry in enumerate(entries):
+        entry = entry if isinstance(entry, dict) else {}
+        pool = (entry.get("work_pool") or {}).get("name") if isinstance(entry.get("work_pool"), dict) else None
+        if not entry.get("name") or not pool:
+            raise DeploymentsFileError(f"{path}: deployment {i + 1} needs a `name` and a "
+                                       "`work_pool: {name: ...}`")
+        planned.append(PlannedDeployment(str(entry["name"]), str(pool)))
+    return planned
+
+
+def _schedule(deployment) -> str:
+    parts = []
+    for s in deployment.schedules or []:
+        inner = s.schedule
+        what = (f"cron {inner.cron} ({inner.timezone or 'UTC'})" if getattr(inner, "cron", None)
+                else f"every {inner.interval}" if getattr(inner, "interval", None)
+                else f"rrule {inner.rrule}" if getattr(inner, "rrule", None) else str(inner))
+        parts.append(what + ("" if s.active else ", inactive"))
+    return "; ".join(parts) or "no schedule (run on demand)"
+
+
+def describe_deployments(planned: list[PlannedDeployment], api_url: str) -> list[str]:
+    """One line per planned deployment as the Prefect server at `api_url` now holds it:
+    `flow/name  pool P  schedule  params k=v  <UI URL>`, the lines aligned; a deployment the
+    server does not hold is a line saying so.  Imports Prefect: the caller has put the server's
+    settings (PREFECT_API_URL, ...) into os.environ before."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    names = [d.name for d in planned]
+    ui = api_url.rstrip("/").removesuffix("/api")
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)))
+        flows = {d.flow_id: client.read_flow(d.flow_id).name for d in found}
+    rows = []
+    for plan in planned:
+        held = [d for d in found if d.name == plan.name and d.work_pool_name == plan.pool]
+        if not held:
+            rows.append((plan.name, f"pool {plan.pool}", "not found on the server after deploying", "", ""))
+            continue
+        for d in held:
+            params = " ".join(f"{k}={v}" for k, v in sorted((d.parameters or {}).items())) or "-"
+            rows.append((f"{flows[d.flow_id]}/{d.name}", f"pool {d.work_pool_name}", _schedule(d),
+                         f"params {params}", f"{ui}/deployments/deployment/{d.id}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
