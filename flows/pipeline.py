@@ -30,9 +30,10 @@ from infra.stack import StackSettings  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
 from tasks.adapters.servers import bound_client_env, mlflow_call
-from tasks.adapters.tracking import cached_steps, tracked_run
+from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
 from tasks.pipeline_settings import load_pipeline_config
 from tasks.step_result import StepResult
+from tasks.steps.headline import headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
 
@@ -92,9 +93,11 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     bound_client_env()
     mlflow_call(mlflow.set_experiment, settings.experiment)
     run_name = flow_run.get_name() or "training-pipeline"
+    commit = git_commit(repo_path)
     # tracked_run: an MLflow server gone at the end does not replace the step's one-line error
     with tracked_run(run_name, tags={
-            "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile)}) as parent:
+            "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile),
+            **source_commit_tag(commit)}) as parent:
         pid = parent.info.run_id
         prepared = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
                                               os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
@@ -103,6 +106,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
         mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work),
                          **{f"code_sha256.{step}": sha for step, sha in code.items()}})
+        mlflow.log_params(headline_params(cfg.profile, cfg.data.name, dataset["md5"], commit, code))
 
         gate = settings.validate_data.model_dump(mode="json")
         reference = load_reference(stack.data_bucket, cfg.data.name)
@@ -137,7 +141,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         step_runs["evaluate"] = evaluation.run_id
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
-                "git_commit": git_commit(repo_path),
+                "git_commit": commit,
                 "validation": validation.details["summary"].splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
                 "profile": str(cfg.profile)}
@@ -152,9 +156,12 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                   "promoted": decision.details["promoted"], "reason": decision.details["reason"],
                   "release": decision.details["release"],
                   "mlflow_run_id": pid, "mlflow_experiment_id": parent.info.experiment_id,
+                  "prefect_flow_run_id": str(flow_run.get_id()),
                   "dataset_md5": dataset["md5"], "cached_steps": cached_steps(pid, step_runs)}
         mlflow.set_tags({"promoted": str(decision.details["promoted"]),
-                         "registered_version": version})
+                         "registered_version": version, "served_as": challenger.details["candidate"]})
+        mlflow.log_metrics(headline_metrics(evaluation.details["table"], challenger.metrics,
+                                            evaluation.details["floor"], decision.details["promoted"]))
         create_markdown_artifact(summary_markdown(result, evaluation, challenger, decision),
                                  key="training-pipeline-summary",
                                  description="metrics and promotion decision")

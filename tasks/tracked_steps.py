@@ -23,7 +23,9 @@ import mlflow
 from diffusion.config import Config
 
 from tasks.adapters import tracking
-from tasks.adapters.dvc import DatasetVersion, DVCError, dvc_prepare, raise_if_store_down
+from tasks.adapters.dataset_input import log_dataset_input
+from tasks.adapters.dvc import (DatasetVersion, DVCError, dvc_prepare, raise_if_store_down,
+                                remote_object_uri)
 from tasks.adapters.servers import dvc_client_env
 from tasks.pipeline_settings import PipelineConfig
 from tasks.step_result import StepResult
@@ -42,6 +44,10 @@ def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
             raise_if_store_down(endpoint_url, e)
             raise
         mlflow.log_params({"dataset": data_name, "dataset_md5": version.md5, "dvc_remote": remote})
+        # the Dataset column of the runs list: on this step's run and on the flow's
+        log_dataset_input([run.info.run_id] + ([parent_run_id] if parent_run_id else []),
+                          data_name, version.md5,
+                          remote_object_uri(Path(repo), remote, version.md5))
         manifest = Path(version.path) / "manifest.csv"
         if manifest.exists():
             mlflow.log_artifact(str(manifest), "dataset")
@@ -199,7 +205,8 @@ def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, relea
     versioned folder the challenger was evaluated on), the decision, the release and the alias
     move under the model's promotion lock, one promotion-history entry.  `tags` (lineage of the
     run, with its prefect_flow_run_id) go on the model card.  metrics: the champion's scores
-    (champion_*); details: promoted, reason, release, previous_champion, comparable."""
+    (champion_*, when there is a champion), the challenger's score on the rule's metric
+    (challenger_<metric>) and promoted (1 or 0); params: the rule (promote.*); details: promoted, reason, release, previous_champion, comparable."""
     from tasks.steps.promote import Challenger, promote as promote_challenger
 
     version = str(challenger.details["version"])
@@ -210,7 +217,15 @@ def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, relea
             dataset["path"], config, work_dir, {**tags, "version": version},
             tags.get("prefect_flow_run_id"))
         decision = result.decision
+        rule = config.pipeline.promote
+        mlflow.log_params({"model_name": config.pipeline.model_name,
+                           "challenger_version": version,
+                           **tracking.flatten(rule.model_dump(mode="json"), "promote.")})
+        # the decision as numbers: the runs list sorts and compares promote runs by them
         metrics = tracking.numeric(result.champion_metrics or {}, "champion_")
+        metrics.update({f"challenger_{k}": v for k, v in challenger.metrics.items()
+                        if k == rule.metric})
+        metrics["promoted"] = 1.0 if decision.promoted else 0.0
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
                          "challenger_version": version,

@@ -152,6 +152,51 @@ def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):
     assert any(p.endswith("index.html") for p in files(steps["validate_data"].info.run_id))
 
 
+def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(first, repo):
+    """What the runs list shows first: the served model's numbers and what defines the run on
+    the parent run, the decision on the promote run, the commit on every run, the dataset as
+    the parent's input."""
+    import mlflow
+
+    from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS
+
+    c = client()
+    version = c.get_model_version(MODEL, "1")
+    parent = c.get_run(version.tags["mlflow_parent_run_id"])
+    params, metrics = parent.data.params, parent.data.metrics
+    assert set(HEADLINE_PARAMS) <= set(params), params
+    assert set(HEADLINE_METRICS) <= set(metrics), metrics
+    assert params["dataset_md5"] == version.tags["dataset_md5"]
+    assert params["git_commit"] == version.tags["git_commit"] and params["profile"] == "tiny"
+    served = json.loads(version.tags["metrics"])
+    assert metrics["fid"] == pytest.approx(served["fid"], abs=1e-5)   # the tag is rounded to 5
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  output_format="list")
+    steps = {r.data.tags["step"]: r for r in children}
+    evaluated = steps["evaluate"].data.metrics
+    teacher_best = min(v for k, v in evaluated.items() if k.startswith("fid/teacher."))
+    assert metrics["fid_vs_teacher_best"] == pytest.approx(metrics["fid"] / teacher_best, rel=1e-9)
+    assert metrics["fid_vs_floor"] == pytest.approx(metrics["fid"] / evaluated["fid_floor"], rel=1e-9)
+    assert metrics["promoted"] == 1.0 and metrics["nfe"] == float(version.tags["nfe"])
+
+    head = git(repo, "rev-parse", "HEAD").strip()
+    for run in [parent, *children]:
+        assert run.data.tags.get("mlflow.source.git.commit") == head, run.data.tags.get("step")
+
+    promote = steps["promote"].data
+    assert promote.metrics["promoted"] == 1.0 and promote.metrics["challenger_fid"] > 0
+    assert float(promote.params["promote.tolerance"]) >= 0 and promote.params["challenger_version"] == "1"
+
+    inputs = parent.inputs.dataset_inputs
+    data_name = yaml.safe_load((repo / "params.yaml").read_text())["data"]["name"]
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == \
+        [(data_name, version.tags["dataset_md5"])], inputs
+    # the object DVC pushed: <remote url>/files/md5/<2>/<rest>
+    md5 = version.tags["dataset_md5"]
+    assert f"/files/md5/{md5[:2]}/{md5[2:]}" in inputs[0].dataset.source
+
+
 def test_release_checksums_match_and_sample_reproduces_images(first, repo, stack, tmp_path):
     release = outcome(first)["release"]
     bucket, _, prefix = release.removeprefix("s3://").partition("/")

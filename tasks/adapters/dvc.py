@@ -62,6 +62,17 @@ def configure_remote(repo: Path, remote: str, endpoint_url: str) -> None:
     run_dvc(repo, "remote", "modify", "--local", remote, "read_timeout", "60")
 
 
+def remote_object_uri(repo: Path, remote: str, md5: str) -> str:
+    """Where DVC 3 keeps the object of content hash `md5` on `remote` (<url>/files/md5/<2>/<rest>,
+    a folder's being its `.dir` listing), e.g. s3://dmops-dvc/datasets/files/md5/3f/1c...dir.
+    DVCError when the remote is not defined."""
+    for line in run_dvc(repo, "remote", "list").splitlines():
+        parts = line.split()   # "<name> <url> [(default)]"
+        if len(parts) >= 2 and parts[0] == remote:
+            return f"{parts[1].rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
+    raise DVCError(f"{repo}: DVC remote {remote!r} is not defined")
+
+
 def stage_md5(repo: Path, out: str) -> str:
     """The md5 that dvc.lock records for output `out` of the prepare stage."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -377,6 +377,20 @@ def set_alias(name: str, alias: str, version: str) -> None:
     mlflow_call(MlflowClient().set_registered_model_alias, name, alias, version)
 
 
+def set_descriptions(name: str, version: str, model_description: str | None = None,
+                     version_description: str | None = None) -> None:
+    """The registry's description of model `name` (left alone when it already reads so) and
+    of its version `version` (markdown: the UI renders it); None leaves one unchanged.
+    Retried like every MLflow request; ServerUnavailable when MLflow stays away."""
+    client = MlflowClient()
+    if model_description is not None:
+        current = mlflow_call(client.get_registered_model, name).description or ""
+        if current != model_description:
+            mlflow_call(client.update_registered_model, name, model_description)
+    if version_description is not None:
+        mlflow_call(client.update_model_version, name, version, version_description)
+
+
 def version_record(ref: str) -> tuple[str, str, dict[str, str], str]:
     """(name, version, tags, run id) of the version `ref` (NAME@ALIAS or NAME/VERSION) names.
     RegistryError when it names nothing; RegistryServerError when MLflow answers with an error."""

@@ -29,6 +29,7 @@ from tasks.adapters.servers import mlflow_call, mlflow_unavailable
 
 __all__ = ["flatten", "step_run", "tracked_run", "metric_logger", "numeric", "log_json"]
 
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value (6000 on recent servers); keep it short
 
 
@@ -68,9 +69,12 @@ def tracked_run(run_name: str, parent_run_id: Optional[str] = None,
     raised -- as ServerUnavailable naming the MLflow server when it was a transient failure of
     an MLflow request.  Raises ServerUnavailable, or MetricsRefused (tasks/adapters/metric_logger.py)."""
     url = mlflow.get_tracking_uri()
+    tags = dict(tags or {})
+    if parent_run_id is not None and GIT_COMMIT_TAG not in tags:
+        tags.update(_inherited_commit(parent_run_id, url))
     try:
         run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
-                               parent_run_id=parent_run_id, tags=tags or {})
+                               parent_run_id=parent_run_id, tags=tags)
     except Exception as e:
         _raise_as_unavailable(e, url)
     run_id = run.info.run_id
@@ -90,6 +94,24 @@ def tracked_run(run_name: str, parent_run_id: Optional[str] = None,
         _end_run(run_id, "FAILED", url, quiet=True)
         raise
     _end_run(run_id, "FINISHED", url, quiet=False)
+
+
+def source_commit_tag(commit: str) -> dict[str, str]:
+    """MLflow's own git-commit tag, which its run page shows, for `commit` as
+    tasks.steps.lineage.git_commit gives it (a '-dirty' mark stays in the run's `git_commit`
+    param: the tag holds a commit id).  Nested runs of `tracked_run` inherit it from their
+    parent.  {} for 'unknown' (no repository)."""
+    sha = commit.removesuffix("-dirty")
+    return {GIT_COMMIT_TAG: sha} if sha and sha != "unknown" else {}
+
+
+def _inherited_commit(parent_run_id: str, url: str) -> dict[str, str]:
+    try:
+        parent = mlflow_call(mlflow.get_run, parent_run_id)
+    except Exception as e:
+        _raise_as_unavailable(e, url)
+    commit = parent.data.tags.get(GIT_COMMIT_TAG)
+    return {GIT_COMMIT_TAG: commit} if commit else {}
 
 
 def metric_logger(prefix: str = "", run_id: Optional[str] = None) -> MetricLogger:

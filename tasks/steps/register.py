@@ -18,7 +18,7 @@ from diffusion.config import ConfigError
 from diffusion.model import read_spec
 
 from tasks.adapters.metric_logger import numeric
-from tasks.adapters.registry import register_model, registered_sample
+from tasks.adapters.registry import register_model, registered_sample, set_descriptions
 from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
 
 
@@ -36,6 +36,23 @@ def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
     if p.teacher_sha256:
         tags["teacher_sha256"] = p.teacher_sha256
     return tags
+
+
+def model_description(model_name: str, dataset: str | None, model_dir: Path) -> str:
+    """The registered model's description in the registry (markdown): what it is and how its
+    aliases and versions are to be read."""
+    spec = read_spec(model_dir)
+    shape = "x".join(map(str, spec.shape))
+    return (f"Diffusion model of the `{dataset or spec.data.dataset or '?'}` dataset "
+            f"({spec.data.kind or 'unknown'} samples of shape {shape}), trained, distilled, "
+            "evaluated and promoted by the dmops pipeline.\n\n"
+            "- alias `champion`: the version being served; its release (weights, model card, "
+            "checksums) is in the S3 releases bucket\n"
+            f"- alias `challenger`: the latest registered version; it becomes `champion` when it "
+            f"scores at least as well on the champion's evaluation (`dmops history {model_name}` "
+            "lists every decision)\n\n"
+            "Each version's description is its model card; its tags record its lineage (dataset "
+            "md5, git commit, weights sha256, settings and code hashes).")
 
 
 @dataclass
@@ -65,6 +82,7 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
                                        ("fid", "fid_floor", "kid_mean", "images_per_s")
                                        if k in numbers})}
     version = register_model(model_dir, model_name, all_tags, run_id=run_id)
+    set_descriptions(model_name, version, model_description(model_name, tags.get("dataset"), model_dir))
     log(f"registered {model_name} version {version} (alias challenger)")
     return Registered(version, model_dir, candidate, numbers)
 

@@ -1,0 +1,68 @@
+"""The numbers a flow run is judged by, for the top of its MLflow parent run: what was served,
+how good it is against the teacher and the real-data floor, how fast, and what the promotion
+decided -- so the runs list has columns to sort and compare runs by.
+
+Pure functions of the evaluation table and the register / promote results; the flow logs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pandas as pd
+
+# the parent run's metric names, in the order a reader wants them (the MLflow UI test looks
+# for these columns)
+HEADLINE_METRICS = ("fid", "fid_vs_teacher_best", "fid_vs_floor", "nfe", "images_per_s", "promoted")
+# the parent run's params: what defines the run
+HEADLINE_PARAMS = ("profile", "dataset", "dataset_md5", "git_commit", "code_sha256")
+
+
+def teacher_best_fid(table: list[dict]) -> float:
+    """The teacher's lowest FID over its sampler settings in the evaluation `table` (rows with
+    model, fid, ...).  ValueError when the table has no teacher row."""
+    frame = pd.DataFrame(table)
+    if frame.empty or "model" not in frame or not (frame["model"] == "teacher").any():
+        raise ValueError("the evaluation table has no teacher row")
+    return float(frame.loc[frame["model"] == "teacher", "fid"].min())
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 and math.isfinite(b) else math.inf
+
+
+def headline_metrics(table: list[dict], served: dict[str, float], floor: float,
+                     promoted: bool) -> dict[str, float]:
+    """The parent run's metrics: the served model's FID (`served`: the numeric entries of its
+    evaluation row), its ratio to the teacher's best FID and to the floor (`floor`: the FID of
+    held-out real images against the test split, the best any model can score), its NFE and
+    images/s, and 1.0 when it was promoted to champion, else 0.0.  KID is added when the row
+    has it.  The two ratios are dimensionless; FID in the feature space of the evaluation."""
+    fid = float(served["fid"])
+    metrics = {"fid": fid,
+               "fid_vs_teacher_best": _ratio(fid, teacher_best_fid(table)),
+               "fid_vs_floor": _ratio(fid, floor),
+               "nfe": float(served["nfe"]),
+               "images_per_s": float(served["images_per_s"]),
+               "promoted": 1.0 if promoted else 0.0,
+               "teacher_best_fid": teacher_best_fid(table),
+               "fid_floor": float(floor)}
+    if "kid_mean" in served:
+        metrics["kid_mean"] = float(served["kid_mean"])
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def code_sha256(step_code: dict[str, str]) -> str:
+    """One hash over every step's code hash (`step_code`: step -> sha256, as
+    tasks.steps.lineage.pipeline_code gives them): equal exactly when all of them are."""
+    return hashlib.sha256(json.dumps(step_code, sort_keys=True).encode()).hexdigest()
+
+
+def headline_params(profile: str | None, dataset: str, dataset_md5: str, git_commit: str,
+                    step_code: dict[str, str]) -> dict[str, str]:
+    """The parent run's params: profile, dataset name and DVC md5, git commit (with '-dirty'
+    when the tree differed from it) and the hash over every step's code."""
+    return {"profile": str(profile), "dataset": dataset, "dataset_md5": dataset_md5,
+            "git_commit": git_commit, "code_sha256": code_sha256(step_code)}
