@@ -1,9 +1,10 @@
 """The model as MLflow serves it: a pyfunc that draws samples from a dmops model folder.
 
 The folder (model.json + safetensors weights) travels as the pyfunc artifact "model" and is
-read back with `diffusion.model.load_model`, so no torch object is ever pickled; only this small
-class is (by reference, through cloudpickle), which means the loading environment needs the
-dmops package installed, as it needs torch and diffusers.
+read back with `diffusion.model.load_model`.  Nothing is pickled: the model is logged from code
+(tasks/adapters/pyfunc_entry.py builds a DiffusionSampler at load time), and this module with
+the diffusion/ modules it imports travels in the model as code (tasks.adapters.pyfunc_package),
+so the loading environment needs only the pinned third-party packages, not dmops.
 
 Before loading, every file of the folder is checked against the sha256 sums registration put in
 the MLmodel's `model_config` (`files_sha256`, kept apart from the files it describes) and
@@ -143,12 +144,3 @@ def signature(sample_shape) -> ModelSignature:
 def input_example() -> pd.DataFrame:
     return pd.DataFrame({"n": [4], "seed": [0]})
 
-
-def pip_requirements() -> list[str]:
-    """Pinned to what is installed: listing them skips MLflow's slow dependency inference."""
-    from importlib.metadata import version
-
-    def pin(name: str) -> str:
-        return f"{name}=={version(name).split('+')[0]}"
-
-    return [pin(name) for name in ("mlflow", "torch", "diffusers", "safetensors", "numpy", "pandas")]

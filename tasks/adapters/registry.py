@@ -159,7 +159,8 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
 
     The version also gets the tag FILES_TAG: {relative path: sha256} of every file of
     `model_dir` as compact JSON, what `download_model` verifies."""
-    from tasks.adapters.pyfunc_model import ARTIFACT, DiffusionSampler, input_example, pip_requirements, signature
+    from tasks.adapters.pyfunc_model import ARTIFACT, input_example, signature
+    from tasks.adapters.pyfunc_package import ENTRY, code_paths, pip_requirements
 
     check_tags(tags)
     model_dir = Path(model_dir)
@@ -172,11 +173,14 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
         set_alias(name, CHALLENGER, earlier)
         return earlier
     files = files_sha256(model_dir)
-    with _logging_run(run_id), warnings.catch_warnings():
+    with _logging_run(run_id), warnings.catch_warnings(), code_paths() as code:
         # MLflow suggests type hints on predict; the explicit signature below already says it all
         warnings.filterwarnings("ignore", message=".*type hints.*")
+        # models from code: the entry file and the project code it imports travel with the
+        # model and nothing is pickled, so it loads where dmops is not installed
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=DiffusionSampler(), artifacts={ARTIFACT: str(model_dir)},
+            name=name, python_model=str(ENTRY), code_paths=code,
+            artifacts={ARTIFACT: str(model_dir)},
             signature=signature(spec.shape), input_example=input_example(),
             pip_requirements=pip_requirements(), model_config=model_config(files))
     # tags travel with the registration itself, so no version is ever seen without its lineage.
