@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -19,11 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from diffusion.config import load_config
-from diffusion.model import load_for_sampling, read_spec
+from diffusion.model import ModelSpec, load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
-from tasks.adapters.release import (ReleaseError, folder_files, model_card, prepare_release_files,
-                                    read_manifest, read_release, verify_release, write_release)
+from tasks.adapters.model_card import model_card
+from tasks.adapters.release import (ReleaseError, folder_files, prepare_release_files, read_manifest,
+                                    read_release, verify_release, write_release)
 from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses
@@ -72,17 +74,67 @@ def test_folder_files_keep_the_diffusers_sub_folder(tiny_model):
 
 
 def test_model_card_says_what_how_good_and_how_to_load(tiny_model):
-    card = model_card("digits", "7", {**METRICS, "sampler": "heun"},
+    card = model_card("digits", "7", {**METRICS, "fid_floor": 0.2, "nfe": 7, "kid_mean": 0.004,
+                                      "kid_std": 0.001, "teacher_best_fid": 0.205},
                       {"dataset_md5": "d41d8cd9", "git_commit": "abc1234", "validation": "passed"},
                       spec=read_spec(tiny_model), uri="s3://dmops-releases/digits/7/")
-    for fragment in ("# digits, version 7", "| data hash | d41d8cd9 |", "| git commit | abc1234 |",
-                     "| validation | passed |", "| network | unet [8, 16] |", "| fid | 0.41 |",
-                     "| kid | 0.0123 |", "| sampler | heun |", "Default sampler `heun`, 4 steps",
-                     "dmops sample --release s3://dmops-releases/digits/7/", "load_for_sampling"):
+    for fragment in ("# digits, version 7", "| data hash (DVC md5) | d41d8cd9 |",
+                     "| git commit of the run | abc1234 |", "| validation | passed |",
+                     "network unet [8, 16]", "| sampler | `heun`: EDM's Heun (2nd order) |",
+                     "| steps | 4 steps = 7 network evaluations (NFE) |",
+                     "| noise conditioning | timestep input c_noise = 1000 · ln(sigma) / 4",
+                     "| FID against the test split (the evaluation's feature space) | 0.41 |",
+                     "| real-data floor: FID of held-out real images, same n | 0.2 |",
+                     "| FID / teacher's best FID | 2 |", "| KID (mean ± std over subsets) | 0.004 ± 0.001 |",
+                     "| `kid` | 0.0123 |",
+                     "dmops sample --release s3://dmops-releases/digits/7/", "load_for_sampling",
+                     "## Use with diffusers", "EDMDPMSolverMultistepScheduler"):
         assert fragment in card, fragment
     bare = model_card("digits", "7", {}, None)  # without spec or lineage it still says what it can
-    assert "| data hash | unknown |" in bare and "No metrics were recorded." in bare
-    assert "stored in `model.json`" in bare
+    assert "| data hash (DVC md5) | unknown |" in bare and "No evaluation numbers were recorded." in bare
+    assert "stored in its `model.json`" in bare and "diffusers" not in bare
+
+
+def _consistency_spec(teacher: ModelSpec) -> ModelSpec:
+    """The model.json of a 1-step consistency student of `teacher` (no weights needed)."""
+    return teacher.model_copy(update={
+        "precond": {"kind": "consistency", "sigma_data": 0.5, "sigma_min": 0.002},
+        "sampling": teacher.sampling.model_copy(update={"sampler": "consistency", "steps": 1,
+                                                        "grid": "karras_nested"}),
+        "distillation": {"method": "consistency", "supported_steps": [1, 2, 4]}})
+
+
+def test_model_card_counts_steps_and_evaluations_in_words(tiny_model):
+    """The issue's card said '? step(s)' and '1 steps'."""
+    card = model_card("digits", "7", {"fid": 0.5}, {}, spec=_consistency_spec(read_spec(tiny_model)))
+    assert "| steps | 1 step = 1 network evaluation (NFE) |" in card
+    assert "A consistency-distillation student" in card
+    assert "CMStochasticIterativeScheduler" in card and "no conversion is needed" in card
+    assert not re.search(r"\? step|step\(s\)|\b1 steps\b|\b1 network evaluations\b", card), card
+
+
+def test_model_card_links_the_mlflow_run_the_version_and_the_prefect_flow_run(tiny_model,
+                                                                            monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    meta = {"mlflow_parent_run_id": "r123", "mlflow_experiment_id": "4",
+            "prefect_flow_run_id": "f-456", "dataset_md5": "d41d8cd9"}
+    card = model_card("digits", "7", METRICS, meta, spec=read_spec(tiny_model), uri=None)
+    assert ("- MLflow run of the flow: [r123](http://127.0.0.1:5000/#/experiments/4/runs/r123"
+            "?workflowType=machine_learning)") in card
+    assert "- registered version: [digits v7](http://127.0.0.1:5000/#/models/digits/versions/7)" in card
+    assert "- Prefect flow run: [f-456](http://127.0.0.1:4200/runs/flow-run/f-456)" in card
+    # before a release exists (a registered version's description): no release to point to
+    assert "dmops sample --model digits/7" in card and "--release" not in card
+    assert "A release of this version holds" in card
+
+
+def test_a_release_ships_the_diffusers_scheduler_config(tiny_model, release_files):
+    config = json.loads(release_files["scheduler/scheduler_config.json"].read_text())
+    assert config["_class_name"] == "EDMDPMSolverMultistepScheduler"   # tiny serves heun
+    assert (config["sigma_data"], config["sigma_max"], config["final_sigmas_type"]) == (
+        read_spec(tiny_model).precond["sigma_data"], 80.0, "zero")
 
 
 @pytest.mark.parametrize("bad", ["../escape.json", "/etc/passwd", "unet/../../x", "manifest.json"])

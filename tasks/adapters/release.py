@@ -2,7 +2,9 @@
 
 A release lives at `s3://<bucket>/<model>/<version>/` and holds the model folder itself
 (model.json, `unet/...` weights in diffusers layout or net.safetensors), plus the model card
-`README.md`, `metrics.json` and `manifest.json`.
+`README.md` (tasks/adapters/model_card.py), `metrics.json`, for a model diffusers can sample
+the scheduler config `scheduler/scheduler_config.json` (tasks/adapters/diffusers_interop.py),
+and `manifest.json`.
 
 Why the layout is what it is: two writers may release the same version at once (a retried task,
 two promotions).  Each writer uploads its files under a prefix of its own,
@@ -32,16 +34,14 @@ import os
 import tempfile
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import ClientError
 
 from diffusion.atomic import atomic_folder, atomic_write_text
 from diffusion.checksums import sha256_file
-
-if TYPE_CHECKING:  # model.py imports torch; a release's readers need not
-    from diffusion.model import ModelSpec
+from tasks.adapters import model_card as _model_card
+from tasks.adapters.diffusers_interop import SCHEDULER_CONFIG, diffusers_scheduler
 
 MANIFEST = "manifest.json"
 FORMAT = "dmops-release/2"
@@ -349,72 +349,18 @@ def delete_release(s3, uri: str) -> None:
 
 # --- what goes into a release ---------------------------------------------------------
 
-# metadata keys that name the data's content hash, in the order they are looked for
-_DATA_HASH_KEYS = ("data_hash", "dataset_md5", "dataset_hash")
-
-
-def _cell(value) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def model_card(model: str, version: str, metrics: dict, metadata: dict | None = None, *,
-               spec: ModelSpec | None = None, uri: str | None = None) -> str:
-    """The release's README.md: what the model is (from `spec`, its model.json), where it
-    came from (`metadata`: data hash, git commit, ... as the pipeline tags it), how good it is
-    (`metrics`), how it samples and how to load it."""
-    metadata = dict(metadata or {})
-    where = uri or f"s3://<bucket>/{model}/{version}/"
-    data_hash = next((metadata.pop(k) for k in _DATA_HASH_KEYS if k in metadata), "unknown")
-    lines = [f"# {model}, version {version}", "", "| | |", "|---|---|",
-             f"| data hash | {_cell(data_hash)} |",
-             f"| git commit | {_cell(metadata.pop('git_commit', 'unknown'))} |"]
-    if spec is not None:
-        lines += [f"| network | {spec.net.get('kind', '?')} {spec.net.get('channels', '')} |",
-                  f"| preconditioning | {spec.precond.get('kind', '?')} |",
-                  f"| data | {spec.data.dataset or '?'}, samples of shape {spec.shape} |"]
-        if spec.distillation:
-            lines.append(f"| distilled | {spec.method or '?'}, "
-                         f"{spec.distillation.get('student_steps', spec.sampling.steps)} step(s) |")
-        if spec.provenance is not None:
-            p = spec.provenance
-            lines += [f"| weights made by commit | {_cell(p.git_commit or 'unknown')} |",
-                      f"| code sha256 | {p.code_sha256} |",
-                      f"| settings sha256 | {p.settings_sha256} |"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(metadata.items())]
-    lines += ["", "## Metrics", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(metrics.items())]
-    else:
-        lines.append("No metrics were recorded.")
-    lines += ["", "## Sampling", ""]
-    if spec is not None:
-        sampling = spec.sampling
-        lines.append(f"Default sampler `{sampling.sampler}`, {sampling.steps} steps, grid "
-                     f"`{sampling.grid}`, sigma in [{sampling.sigma_min}, {sampling.sigma_max}]; "
-                     "`dmops sample --sampler/--steps` override them.")
-    else:
-        lines.append("The default sampler and steps are stored in `model.json` (`sampling`).")
-    lines += ["", "## How to load", "",
-              "Every file is listed with its sha256 in `manifest.json`, written last; "
-              "`read_release` verifies them all before anything is loaded.", "",
-              "```bash", f"dmops sample --release {where} --n 64 --seed 0 --out samples.png", "```",
-              "", "```python",
-              "from diffusion.model import load_for_sampling",
-              "from diffusion.samplers import generate",
-              "from tasks.adapters.release import read_release, s3_client_from_env", "",
-              f"folder = read_release(s3_client_from_env(), \"{where}\", \"{model}-{version}\")",
-              "denoiser, spec = load_for_sampling(folder)",
-              "x = generate(denoiser, spec.shape, 16, seed=0, **spec.sampling.model_dump()).x",
-              "```", ""]
-    return "\n".join(lines)
+# the card lives in tasks/adapters/model_card.py; callers that import it from here keep working
+model_card = _model_card.model_card
 
 
 def prepare_release_files(model_dir, card: str, metrics: dict, workdir=None) -> dict[str, Path]:
     """The file list for `write_release`: the model folder's files (relative paths kept),
-    README.md = `card`, metrics.json = `metrics`, the last two written to `workdir`
-    (a new temporary folder when None)."""
+    README.md = `card`, metrics.json = `metrics` and, when diffusers has a scheduler for the
+    model's served sampling, `scheduler/scheduler_config.json` (tasks/adapters/diffusers_interop.py),
+    the written ones in `workdir` (a new temporary folder when None).  Raises ReleaseError when
+    `model_dir` has no model.json, diffusion.model.ModelError when it is not valid."""
+    from diffusion.model import read_spec   # torch: only where a release is written
+
     files = folder_files(model_dir)
     if "model.json" not in files:
         raise ReleaseError(f"{model_dir} is not a model folder: it has no model.json")
@@ -423,5 +369,10 @@ def prepare_release_files(model_dir, card: str, metrics: dict, workdir=None) -> 
     atomic_write_text(workdir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True),
                       "release metrics")
     files.update({"README.md": workdir / "README.md", "metrics.json": workdir / "metrics.json"})
+    scheduler = diffusers_scheduler(read_spec(model_dir))
+    if scheduler is not None:
+        path = workdir / SCHEDULER_CONFIG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, scheduler.config_json(), "diffusers scheduler config")
+        files[SCHEDULER_CONFIG] = path
     return files
-

@@ -45,7 +45,8 @@ from tasks.adapters.pending_promotion import PendingPromotion, PromotionInterrup
 from tasks.adapters.promotion_lock import PromotionLock, PromotionLockLost
 from tasks.adapters.registry import (champion_version, download_model, verify_registered_copy,
                                      version_tags)
-from tasks.adapters.release import (model_card, pending_key, prepare_release_files, release_uri,
+from tasks.adapters.model_card import model_card
+from tasks.adapters.release import (pending_key, prepare_release_files, release_uri,
                                     s3_client_from_env)
 from tasks.adapters.servers import ServerUnavailable
 from tasks.steps.promotion_transaction import PROMOTED, Completion, complete, recover

@@ -1,0 +1,276 @@
+"""The model card: a release's README.md and a registered version's description.
+
+One markdown page says what the model is, how it samples (sampler, steps and network
+evaluations, noise grid, preconditioning, and the network's noise conditioning: the convention a
+user of another library must know), how good it is (the evaluation's numbers with their names
+spelled out), where it came from (data hash, commits, code and settings hashes, links to the
+MLflow run, the registered version and the Prefect flow run), and how to load it, with dmops and
+with diffusers alone (tasks/adapters/diffusers_interop.py; tests/test_diffusers_interop.py runs
+the card's own diffusers code).
+
+`model_card` needs no release: with `uri=None` it is the card of a registered version that may
+never be released (its description in the registry), and says where a release would be.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING
+
+from tasks.adapters import ui_links
+from tasks.adapters.diffusers_interop import (SAMPLER_NAMES, SCHEDULER_CONFIG, DiffusersScheduler,
+                                              diffusers_scheduler, diffusers_snippet)
+
+if TYPE_CHECKING:  # model.py imports torch; the card's readers need not
+    from diffusion.model import ModelSpec
+
+DIFFUSERS_HEADING = "## Use with diffusers"
+# metadata keys that name the data's content hash, in the order they are looked for
+_DATA_HASH_KEYS = ("data_hash", "dataset_md5", "dataset_hash")
+# metadata keys the card turns into links (MLflow run, Prefect flow run)
+_LINK_KEYS = ("mlflow_parent_run_id", "mlflow_experiment_id", "prefect_flow_run_id")
+# samples drawn by the card's examples: the numbers `dmops sample --n 16 --seed 0` draws
+_EXAMPLE_N, _EXAMPLE_SEED = 16, 0
+
+
+def _cell(value) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        text = f"{float(value):.4g}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _row(label: str, value) -> str:
+    return f"| {label} | {_cell(value)} |"
+
+
+# --- what the model is and how it samples --------------------------------------------------
+
+def _noise_conditioning(precond: dict) -> str:
+    from diffusion.objectives import TIMESTEP_SCALE   # torch: only with a spec at hand
+
+    scale = f"{TIMESTEP_SCALE:g}"
+    kind = precond.get("kind")
+    if kind in ("edm", "consistency"):
+        return (f"timestep input c_noise = {scale} · ln(sigma) / 4 (diffusers' EDM schedulers "
+                f"give ln(sigma) / 4: multiply by {scale})")
+    if kind == "vp":
+        return (f"timestep input c_noise = {scale} · t, t in [0, 1] the "
+                f"{precond.get('schedule', 'vp_cosine')} schedule's time of sigma")
+    return "unknown"
+
+
+def _preconditioning(precond: dict) -> str:
+    kind = precond.get("kind", "unknown")
+    if kind == "vp":
+        return f"VP, {precond.get('schedule', 'vp_cosine')} schedule, predicts {precond.get('prediction', 'eps')}"
+    details = ", ".join(f"{k} {v}" for k, v in sorted(precond.items()) if k != "kind")
+    name = {"edm": "EDM (Karras et al. 2022)",
+            "consistency": "consistency model (Song et al. 2023)"}.get(kind, kind)
+    return f"{name}, {details}" if details else name
+
+
+def _what(spec: ModelSpec) -> str:
+    net = spec.net
+    channels = net.get("channels") or net.get("hidden")
+    network = f"{net.get('kind', 'unknown')} {list(channels) if isinstance(channels, (list, tuple)) else channels or ''}".strip()
+    shape = "×".join(map(str, spec.shape))
+    data = spec.data.dataset or "unknown data"
+    dist = spec.distillation or {}
+    if spec.method == "progressive":
+        what = (f"A progressive-distillation student (round {dist.get('round', '?')}: "
+                f"{dist.get('teacher_steps', '?')} → {dist.get('student_steps', '?')} DDIM steps)")
+    elif spec.method == "consistency":
+        what = "A consistency-distillation student"
+    else:
+        trained = f", trained for {_plural(spec.trained_steps, 'step')}" if spec.trained_steps else ""
+        what = f"A diffusion model{trained}"
+    return f"{what}: network {network}, made for {data}, samples of shape {shape}."
+
+
+def _sampling_rows(spec: ModelSpec, metrics: dict) -> list[str]:
+    from diffusion.samplers import nfe_for
+
+    s = spec.sampling
+    nfe = int(metrics["nfe"]) if isinstance(metrics.get("nfe"), numbers.Real) else nfe_for(s.sampler, s.steps)
+    sampler = f"`{s.sampler}`: {SAMPLER_NAMES.get(s.sampler, s.sampler)}"
+    if s.sampler == "ddim":
+        sampler += f", eta {s.eta:g}"
+    rows = ["| | |", "|---|---|",
+            f"| sampler | {sampler} |",
+            f"| steps | {_plural(s.steps, 'step')} = {_plural(nfe, 'network evaluation')} (NFE) |",
+            f"| noise levels | `{s.grid}` grid from sigma {s.sigma_max:g} down to {s.sigma_min:g}, "
+            f"rho {s.rho:g}, then 0 |",
+            f"| preconditioning | {_preconditioning(spec.precond)} |",
+            f"| noise conditioning | {_noise_conditioning(spec.precond)} |"]
+    if spec.served_as:
+        rows.append(f"| served as | `{spec.served_as}` (its row of the evaluation) |")
+    return rows
+
+
+# --- how good it is -------------------------------------------------------------------------
+
+# (metric key, what the card calls it), in reading order; KID is shown as mean ± std
+_EVALUATION = (
+    ("fid", "FID against the test split (the evaluation's feature space)"),
+    ("fid_floor", "real-data floor: FID of held-out real images, same n"),
+    ("fid_ratio", "FID / floor"),
+    ("fid_vs_floor", "FID / floor"),
+    ("teacher_best_fid", "teacher's best FID (its best sampler and steps)"),
+    ("fid_vs_teacher_best", "FID / teacher's best FID"),
+    ("kid_mean", "KID (mean ± std over subsets)"),
+    ("precision", "precision"), ("recall", "recall"), ("density", "density"),
+    ("coverage", "coverage"),
+    ("memorisation_ratio", "memorisation: nearest-training-image distance, samples / test images"),
+    ("images_per_s", "images per second (sampling, evaluation machine)"),
+    ("n_samples", "samples scored"),
+)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _evaluation_lines(metrics: dict) -> list[str]:
+    if not metrics:
+        return ["No evaluation numbers were recorded."]
+    metrics = dict(metrics)
+    best = metrics.get("teacher_best_fid")
+    if "fid_vs_teacher_best" not in metrics and _is_number(best) and best > 0 and _is_number(metrics.get("fid")):
+        metrics["fid_vs_teacher_best"] = metrics["fid"] / best
+    if "fid_ratio" in metrics:
+        metrics.pop("fid_vs_floor", None)   # the same ratio under the parent run's name
+    lines, shown = ["| metric | value |", "|---|---|"], set()
+    for key, label in _EVALUATION:
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        if key == "kid_mean" and _is_number(metrics.get("kid_std")):
+            value = f"{_cell(value)} ± {_cell(metrics['kid_std'])}"
+            shown.add("kid_std")
+        lines.append(_row(label, value))
+        shown.add(key)
+    # the sampling table states these; everything else the evaluation measured follows as is
+    shown |= {"nfe", "steps", "sampler", "model"}
+    rest = {k: v for k, v in metrics.items() if k not in shown}
+    if rest:
+        lines += ["", "All other numbers of its evaluation row:", "", "| | |", "|---|---|"]
+        lines += [_row(f"`{k}`", v) for k, v in sorted(rest.items())]
+    return lines
+
+
+# --- where it came from -----------------------------------------------------------------------
+
+def _lineage_lines(spec: ModelSpec | None, metadata: dict) -> list[str]:
+    data_hash = next((metadata.pop(k) for k in _DATA_HASH_KEYS if k in metadata), "unknown")
+    lines = ["| | |", "|---|---|", _row("data hash (DVC md5)", data_hash),
+             _row("git commit of the run", metadata.pop("git_commit", "unknown"))]
+    if spec is not None and spec.provenance is not None:
+        p = spec.provenance
+        lines += [_row("weights made by commit", p.git_commit or "unknown"),
+                  _row("code sha256", p.code_sha256), _row("settings sha256", p.settings_sha256)]
+    lines += [_row(k, v) for k, v in sorted(metadata.items())]
+    return lines
+
+
+def _link(label: str, target: str | None, url: str | None) -> str | None:
+    if not target:
+        return None
+    return f"- {label}: [{target}]({url})" if url else f"- {label}: `{target}`"
+
+
+def _links(model: str, version: str, ids: dict) -> list[str]:
+    run, experiment = ids.get("mlflow_parent_run_id"), ids.get("mlflow_experiment_id")
+    flow_run = ids.get("prefect_flow_run_id")
+    lines = [_link("MLflow run of the flow", run,
+                   ui_links.run_url(experiment, run) if run and experiment else None),
+             _link("registered version", f"{model} v{version}", ui_links.model_url(model, version)),
+             _link("Prefect flow run", flow_run, ui_links.flow_run_url(flow_run) if flow_run else None)]
+    return [line for line in lines if line]
+
+
+# --- how to load ------------------------------------------------------------------------------
+
+def _load_lines(model: str, version: str, uri: str | None, folder: str) -> list[str]:
+    if uri is None:
+        return [f"Registered as `models:/{model}/{version}`: `dmops sample --model {model}/{version} "
+                f"--n {_EXAMPLE_N} --seed {_EXAMPLE_SEED}`. When this version is promoted, its "
+                "release (`s3://<releases bucket>/" f"{model}/{version}/`) holds the model folder "
+                "and this card."]
+    return ["Every file is listed with its sha256 in `manifest.json`, written last; "
+            "`read_release` verifies them all before anything is loaded.", "",
+            "```bash", f"dmops sample --release {uri} --n {_EXAMPLE_N} --seed {_EXAMPLE_SEED} "
+            "--out samples.png", "```", "", "```python",
+            "from diffusion.model import load_for_sampling",
+            "from diffusion.samplers import generate",
+            "from tasks.adapters.release import read_release, s3_client_from_env", "",
+            f"folder = read_release(s3_client_from_env(), {uri!r}, {folder!r})",
+            "denoiser, spec = load_for_sampling(folder)",
+            f"x = generate(denoiser, spec.shape, {_EXAMPLE_N}, seed={_EXAMPLE_SEED}, "
+            "**spec.sampling.model_dump()).x", "```"]
+
+
+def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder: str,
+                     released: bool) -> list[str]:
+    if choice is None:
+        why = ("its network is not diffusers' UNet2DModel" if spec.net.get("kind") != "unet" else
+               f"diffusers has no scheduler for `{spec.sampling.sampler}` on the "
+               f"`{spec.sampling.grid}` grid with {spec.precond.get('kind')} preconditioning")
+        return [f"No diffusers scheduler is shipped: {why}."]
+    where = "This release holds" if released else "A release of this version holds"
+    lines = [f"{where} the UNet in diffusers' layout (`unet/`) and `{SCHEDULER_CONFIG}` for "
+             f"`{choice.class_name}` ({choice.note}), set to this model's sigma range, "
+             f"sigma_data, rho and grid at {_plural(choice.steps, 'step')}."]
+    if choice.timestep_scale != 1:
+        lines += ["", f"**The timestep convention:** the network is conditioned on "
+                     f"{choice.timestep_scale:g} · ln(sigma) / 4, while `{choice.class_name}` "
+                     f"passes ln(sigma) / 4: multiply its timesteps by {choice.timestep_scale:g} "
+                     "before the UNet, as below; without it the samples are wrong, with no error."]
+    else:
+        lines += ["", f"`{choice.class_name}` passes the network 1000 · ln(sigma) / 4, "
+                      "the convention it was trained with: no conversion is needed."]
+    same = (f"it draws the samples `dmops sample --seed {_EXAMPLE_SEED} --n {_EXAMPLE_N}` draws, up "
+            "to float32 rounding" if choice.exact else "its samples differ from dmops'")
+    lines += ["", f"From the folder `read_release` writes ({same}):", "", "```python",
+              diffusers_snippet(choice, spec.shape, folder, _EXAMPLE_N, _EXAMPLE_SEED), "```"]
+    return lines
+
+
+def model_card(model: str, version: str, metrics: dict, metadata: dict | None = None, *,
+               spec: ModelSpec | None = None, uri: str | None = None) -> str:
+    """The model card as markdown (a release's README.md, a registered version's description).
+
+    model, version: the registered model's name and version; metrics: the served model's
+    evaluation numbers (its row: fid, fid_floor, fid_ratio, kid_mean, kid_std, images_per_s, nfe,
+    n_samples, ...; `teacher_best_fid` or `fid_vs_teacher_best` when known), shown with their
+    names spelled out; metadata: the run's lineage tags (dataset_md5, git_commit, profile, ...;
+    mlflow_parent_run_id with mlflow_experiment_id, and prefect_flow_run_id become links into the
+    UIs the environment points at, tasks/adapters/ui_links.py); spec: the model's model.json
+    (without it the card says only what metrics and metadata tell); uri: the release's
+    s3://bucket/model/version/, or None for a version not (yet) released.  Raises nothing for
+    missing fields: what is not known is not claimed."""
+    metadata = {str(k): v for k, v in (metadata or {}).items()}
+    metrics = dict(metrics or {})
+    ids = {k: metadata.pop(k) for k in _LINK_KEYS if k in metadata}
+    metadata.pop("version", None)   # the title says it
+    folder = f"{model}-{version}"
+    lines = [f"# {model}, version {version}", ""]
+    if spec is not None:
+        lines += [_what(spec), "", "## Sampling", "", *_sampling_rows(spec, metrics)]
+    else:
+        lines.append("How it samples is stored in its `model.json` (`sampling`).")
+    lines += ["", "## Evaluation", "", *_evaluation_lines(metrics),
+              "", "## Lineage", "", *_lineage_lines(spec, metadata)]
+    links = _links(model, version, ids)
+    if links:
+        lines += ["", "## Links", "", *links]
+    lines += ["", "## How to load", "", *_load_lines(model, version, uri, folder)]
+    if spec is not None:
+        lines += ["", DIFFUSERS_HEADING, "",
+                  *_diffusers_lines(spec, diffusers_scheduler(spec), folder, uri is not None)]
+    return "\n".join(lines) + "\n"
