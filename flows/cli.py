@@ -45,7 +45,8 @@ def _friendly_errors():
             error = write_error(e)
             if error is None:
                 raise
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        # one line, as every error of the CLI (a config error lists each key on its own line)
+        typer.secho(f"error: {' '.join(str(error).split())}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 
