@@ -5,7 +5,7 @@ Each caller supplies `loss_at(step)` (everything random in it drawn from a gener
 by the step, so resumed runs repeat uninterrupted ones exactly; a caller that never resumes
 may draw from one generator in step order) and, when it keeps checkpoints, `save(step)`; the
 loop does the rest the same way everywhere: lr warm-up (and an optional decay), backward,
-gradient clipping, the optimiser and EMA updates, a progress bar with loss and throughput,
+gradient clipping, the optimiser and EMA updates, progress with loss and throughput,
 per-step numbers to `on_log`, and the rule that no checkpoint is written before its losses
 and weights are known to be finite.
 """
@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from diffusion.progress import Progress
 
 
 class TrainingError(RuntimeError):
@@ -53,8 +54,8 @@ def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, tota
     with the checkpoint resumed from, returned as is when there is nothing left to do.
     Raises TrainingError, naming `what` and the step, when the mean loss or a weight is not
     finite at a log or checkpoint step."""
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=desc, unit="step",
-               dynamic_ncols=True)
+    # a live bar on a terminal, a few plain lines in a log (diffusion/progress.py)
+    bar = Progress(total, initial=step, enabled=progress, desc=desc, unit="step")
     t0, start, loss_value, window = time.perf_counter(), step, loss, []
     clip = grad_clip if grad_clip > 0 else math.inf
     while step < total:
