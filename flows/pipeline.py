@@ -37,6 +37,8 @@ from tasks.steps.headline import headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
 
+from flows.progress import step_done, track_pipeline
+from flows.run_logs import send_core_messages_to_prefect
 from flows.summary import summary_markdown
 
 REQUIRED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3")
@@ -77,6 +79,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     decision and the release path."""
     _require_stack_env()
     show_messages()
+    send_core_messages_to_prefect()   # also where Prefect was imported first (a worker's run)
     repo_path = Path(repo).resolve()
     cfg = load_pipeline_config(repo_path / config, profile, overrides or [])
     settings = cfg.pipeline
@@ -99,8 +102,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
             "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile),
             **source_commit_tag(commit)}) as parent:
         pid = parent.info.run_id
+        progress = track_pipeline(settings.methods, cfg.profile, parent)  # a line per step
         prepared = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
                                               os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
+        step_done(progress, prepared, pid)
         dataset = prepared.details
         code = steps.pipeline_code()
         work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
@@ -113,12 +118,14 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
         save_reference(stack.data_bucket, cfg.data.name, validation.details["statistics"])
+        step_done(progress, validation, pid)
         # before any training: a model of this data must be comparable with the registered one
         check_comparable(settings.model_name, dataset)
 
         train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
         teacher = _fresh(steps.train_teacher_task, teacher, **train_args)
+        step_done(progress, teacher, pid)
 
         # every model the evaluation compares, by the name its table gives it
         folders, weights = dict(teacher.folders), dict(teacher.weights)
@@ -132,6 +139,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                         parent_run_id=pid)
             students = steps.distill_task.with_options(**opts)(**args)
             students = _fresh(steps.distill_task, students, **args)
+            step_done(progress, students, pid)
             folders.update(students.folders)
             weights.update(students.weights)
             step_runs[students.step] = students.run_id
@@ -139,6 +147,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         evaluation = steps.evaluate_task.with_options(**opts)(
             cfg_json, folders, weights, dataset, str(work), parent_run_id=pid)
         step_runs["evaluate"] = evaluation.run_id
+        step_done(progress, evaluation, pid)
 
         tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
                 "git_commit": commit,
@@ -148,8 +157,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         config_json = cfg.model_dump(mode="json")
         challenger = steps.register_task(config_json, evaluation, folders, weights, str(work),
                                          tags, parent_run_id=pid)
+        step_done(progress, challenger, pid)
         decision = steps.promote_task(config_json, challenger, dataset, stack.releases_bucket,
                                       str(work), tags, parent_run_id=pid)
+        step_done(progress, decision, pid)
         version = challenger.details["version"]
         result = {"model": settings.model_name, "version": version,
                   "candidate": challenger.details["candidate"],

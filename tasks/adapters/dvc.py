@@ -82,15 +82,45 @@ def stage_md5(repo: Path, out: str) -> str:
     raise DVCError(f"{repo / 'dvc.lock'}: the prepare stage has no output {out!r}")
 
 
+def _say(text: str) -> None:
+    # print looked up at each call, not bound as a default argument at import: inside a flow
+    # run with log_prints Prefect replaces builtins.print, and only the replacement sends the
+    # line to the run's logs
+    print(text, flush=True)
+
+
+# what `dvc repro` adds for a person at a terminal: the pipeline pushes right after, and a
+# pipeline does not turn on auto staging in its user's repository
+_HINTS = ("Use `dvc push` to send your updates to remote storage.",
+          "To enable auto staging, run:", "dvc config core.autostage true")
+
+
+def readable_repro_output(output: str) -> str:
+    """`dvc repro`'s output without its blank lines and the hints in _HINTS; its hint to
+    commit the changed files (dvc.lock, .gitignore files) becomes one line."""
+    lines, kept = [line for line in output.splitlines() if line.strip()], []
+    for line in lines:
+        if line.strip() in _HINTS:
+            continue
+        if kept and kept[-1] == "To track the changes with git, run:":
+            kept[-1] += " " + line.strip()
+        else:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
-                env: dict[str, str] | None = None, log=print) -> DatasetVersion:
-    """`dvc repro prepare` then `dvc push` in `repo`; returns the dataset's version."""
+                env: dict[str, str] | None = None, log=_say) -> DatasetVersion:
+    """`dvc repro prepare` then `dvc push` in `repo`; returns the dataset's version.  What DVC
+    says goes to `log` (default: print) as readable_repro_output."""
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")
     configure_remote(repo, remote, endpoint_url)
     log(f"dvc repro prepare ({data_name}) in {repo}")
-    log(run_dvc(repo, "repro", "prepare", env=env).strip())
+    said = readable_repro_output(run_dvc(repo, "repro", "prepare", env=env))
+    if said:
+        log(said)
     out = f"data/processed/{data_name}"
     md5 = stage_md5(repo, out)
     # --with-deps: the source fingerprint goes to the remote too, the record of what the

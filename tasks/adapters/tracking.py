@@ -17,6 +17,7 @@ points that could not be delivered are reported on stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -24,10 +25,20 @@ from typing import Any, Iterator, Optional
 
 import mlflow
 
+from diffusion.progress import is_terminal
 from tasks.adapters.metric_logger import MetricLogger, numeric
 from tasks.adapters.servers import mlflow_call, mlflow_unavailable
 
-__all__ = ["flatten", "step_run", "tracked_run", "metric_logger", "numeric", "log_json"]
+__all__ = ["flatten", "step_run", "tracked_run", "metric_logger", "numeric", "log_json",
+           "recent_step_seconds"]
+
+# MLflow writes "View run <name> at: <url>" and "View experiment at: <url>" to stdout when a
+# run ends (18 lines per flow run, one more request each); the pipeline prints its own links
+# once, at its end.  A user's own setting wins.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# its artifact download bar is tqdm's: off a terminal, one long line of redraws per download
+if not is_terminal(sys.stderr):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value (6000 on recent servers); keep it short
@@ -190,3 +201,30 @@ def cached_steps(parent_run_id: str, step_runs: dict[str, str]) -> list[str]:
     return [step for step, run_id in step_runs.items()
             if mlflow_call(client.get_run, run_id)
             .data.tags.get("mlflow.parentRunId") != parent_run_id]
+
+
+def recent_step_seconds(experiment_id: str, profile: str, runs: int = 5
+                        ) -> tuple[dict[str, float], Optional[str]]:
+    """How long each step took when it last ran, in seconds by step name, from the nested
+    step runs (start to end) of the newest FINISHED flow runs of `profile` in the experiment
+    (parent runs tagged `profile`), newest first, at most `runs` of them: a step that a flow
+    run took from the cache has no nested run under it and is timed from an earlier one.
+    Also returns the newest flow run's name (None when there is none).  A tracking server
+    that does not answer gives ({}, None): this is an estimate, never a reason to fail."""
+    client = mlflow.MlflowClient()
+    try:
+        parents = client.search_runs(
+            [experiment_id], f"tags.profile = '{profile}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=runs)
+        seconds: dict[str, float] = {}
+        for parent in parents:
+            children = client.search_runs(
+                [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                max_results=100)
+            for child in children:
+                step, info = child.data.tags.get("step"), child.info
+                if step and step not in seconds and info.status == "FINISHED" and info.end_time:
+                    seconds[step] = (info.end_time - info.start_time) / 1000
+    except Exception:  # noqa: BLE001 - see the docstring
+        return {}, None
+    return seconds, (parents[0].info.run_name if parents else None)
