@@ -29,11 +29,12 @@ from diffusion.messages import show_messages  # noqa: E402
 from infra.stack import StackSettings  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
-from tasks.adapters.servers import bound_client_env, mlflow_call
+from tasks.adapters.experiment import use_experiment
+from tasks.adapters.servers import bound_client_env
 from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
 from tasks.pipeline_settings import load_pipeline_config
 from tasks.step_result import StepResult
-from tasks.steps.headline import headline_metrics, headline_params
+from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS, headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
 
@@ -94,7 +95,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     # 4 minutes) before its first request, in whichever process runs the flow; a user's own
     # settings win
     bound_client_env()
-    mlflow_call(mlflow.set_experiment, settings.experiment)
+    # a model-training experiment whose runs list shows the headline numbers as columns
+    use_experiment(settings.experiment, HEADLINE_METRICS, HEADLINE_PARAMS)
     run_name = flow_run.get_name() or "training-pipeline"
     commit = git_commit(repo_path)
     # tracked_run: an MLflow server gone at the end does not replace the step's one-line error
