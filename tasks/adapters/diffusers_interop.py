@@ -7,8 +7,8 @@ timestep scale, which diffusers' sinusoidal embedding is built for; diffusion/ob
 diffusers' `CMStochasticIterativeScheduler` hands the network exactly that, but its EDM schedulers
 (`EDMEulerScheduler`, `EDMDPMSolverMultistepScheduler`) hand it ln(sigma) / 4: their timesteps
 must be multiplied by 1000 before they reach the UNet, or the samples are silently wrong (FID
-10.3 instead of 0.682, measured on a quick-profile digits release).  No setting of diffusers' UNet2DModel or of those
-schedulers rescales it, so the card's snippet does it in one visible line.
+10.3 instead of 0.682, measured on a quick-profile digits release).  No setting of diffusers'
+UNet2DModel or of those schedulers rescales it, so the card's snippet does it in one visible line.
 
 Which scheduler (`diffusers_scheduler`):
 
