@@ -23,6 +23,7 @@ from diffusion.config import load_config
 from diffusion.model import ModelSpec, load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
+from tasks.adapters import ui_links
 from tasks.adapters.model_card import model_card
 from tasks.adapters.release import (ReleaseError, folder_files, prepare_release_files, read_manifest,
                                     read_release, verify_release, write_release)
@@ -121,9 +122,12 @@ def test_model_card_links_the_mlflow_run_the_version_and_the_prefect_flow_run(ti
     meta = {"mlflow_parent_run_id": "r123", "mlflow_experiment_id": "4",
             "prefect_flow_run_id": "f-456", "dataset_md5": "d41d8cd9"}
     card = model_card("digits", "7", METRICS, meta, spec=read_spec(tiny_model), uri=None)
-    assert ("- MLflow run of the flow: [r123](http://127.0.0.1:5000/#/experiments/4/runs/r123"
-            "?workflowType=machine_learning)") in card
-    assert "- registered version: [digits v7](http://127.0.0.1:5000/#/models/digits/versions/7)" in card
+    # the links are ui_links' own (their form is tested there), into the UIs the environment names
+    run, version = ui_links.run_url("4", "r123"), ui_links.model_url("digits", "7")
+    assert run.startswith("http://127.0.0.1:5000/#/experiments/4/runs/r123")
+    assert version.startswith("http://127.0.0.1:5000/#/models/digits/versions/7")
+    assert f"- MLflow run of the flow: [r123]({run})" in card
+    assert f"- registered version: [digits v7]({version})" in card
     assert "- Prefect flow run: [f-456](http://127.0.0.1:4200/runs/flow-run/f-456)" in card
     # before a release exists (a registered version's description): no release to point to
     assert "dmops sample --model digits/7" in card and "--release" not in card
