@@ -176,6 +176,10 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     with _logging_run(run_id), warnings.catch_warnings(), code_paths() as code:
         # MLflow suggests type hints on predict; the explicit signature below already says it all
         warnings.filterwarnings("ignore", message=".*type hints.*")
+        # MLflow's own input-example writer compares columns with a range, which pandas 3
+        # deprecates: nothing a user of dmops can act on, printed at every registration
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated",
+                                module="mlflow.models.utils")
         # models from code: the entry file and the project code it imports travel with the
         # model and nothing is pickled, so it loads where dmops is not installed
         info = mlflow.pyfunc.log_model(
