@@ -129,6 +129,13 @@ def test_model_card_links_the_mlflow_run_the_version_and_the_prefect_flow_run(ti
     assert f"- MLflow run of the flow: [r123]({run})" in card
     assert f"- registered version: [digits v7]({version})" in card
     assert "- Prefect flow run: [f-456](http://127.0.0.1:4200/runs/flow-run/f-456)" in card
+    # the registry's tags that repeat what the card states from model.json are not repeated
+    tagged = model_card("digits", "7", METRICS, {**meta, "sampler": "heun", "nfe": "7",
+                                                 "metrics": '{"fid": 0.41}', "weights_sha256": "ab12"},
+                        spec=read_spec(tiny_model))
+    assert "| weights sha256 | ab12 |" in tagged
+    for repeated in ("| sampler | heun |", "| nfe | 7 |", "| metrics |"):
+        assert repeated not in tagged, repeated
     # before a release exists (a registered version's description): no release to point to
     assert "dmops sample --model digits/7" in card and "--release" not in card
     assert "A release of this version holds" in card

@@ -29,6 +29,9 @@ DIFFUSERS_HEADING = "## Use with diffusers"
 _DATA_HASH_KEYS = ("data_hash", "dataset_md5", "dataset_hash")
 # metadata keys the card turns into links (MLflow run, Prefect flow run)
 _LINK_KEYS = ("mlflow_parent_run_id", "mlflow_experiment_id", "prefect_flow_run_id")
+# registry tags (tasks/steps/register.py) that repeat what the card states from the model.json
+_STATED_BY_SPEC = ("sampler", "nfe", "served_as", "sample_shape", "data_kind", "weights_git_commit",
+                   "weights_code_sha256", "weights_settings_sha256", "training_data_sha256")
 # samples drawn by the card's examples: the numbers `dmops sample --n 16 --seed 0` draws
 _EXAMPLE_N, _EXAMPLE_SEED = 16, 0
 
@@ -166,6 +169,9 @@ def _evaluation_lines(metrics: dict) -> list[str]:
 
 # --- where it came from -----------------------------------------------------------------------
 
+_TAG_LABELS = {"weights_sha256": "weights sha256", "teacher_sha256": "teacher weights sha256"}
+
+
 def _lineage_lines(spec: ModelSpec | None, metadata: dict) -> list[str]:
     data_hash = next((metadata.pop(k) for k in _DATA_HASH_KEYS if k in metadata), "unknown")
     lines = ["| | |", "|---|---|", _row("data hash (DVC md5)", data_hash),
@@ -173,8 +179,9 @@ def _lineage_lines(spec: ModelSpec | None, metadata: dict) -> list[str]:
     if spec is not None and spec.provenance is not None:
         p = spec.provenance
         lines += [_row("weights made by commit", p.git_commit or "unknown"),
-                  _row("code sha256", p.code_sha256), _row("settings sha256", p.settings_sha256)]
-    lines += [_row(k, v) for k, v in sorted(metadata.items())]
+                  _row("code sha256", p.code_sha256), _row("settings sha256", p.settings_sha256),
+                  _row("training data sha256", p.data_sha256)]
+    lines += [_row(_TAG_LABELS.get(k, k), v) for k, v in sorted(metadata.items())]
     return lines
 
 
@@ -258,6 +265,11 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
     metrics = dict(metrics or {})
     ids = {k: metadata.pop(k) for k in _LINK_KEYS if k in metadata}
     metadata.pop("version", None)   # the title says it
+    if metrics:
+        metadata.pop("metrics", None)   # the registry's JSON of a few of the same numbers
+    if spec is not None:
+        for key in _STATED_BY_SPEC:
+            metadata.pop(key, None)
     folder = f"{model}-{version}"
     lines = [f"# {model}, version {version}", ""]
     if spec is not None:
