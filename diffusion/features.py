@@ -512,12 +512,14 @@ def load_feature_extractor(folder, device="cpu") -> tuple[FeatureExtractor, dict
 
 
 def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, device="cpu",
-                                    retrain: bool = False, steps: int | None = None
+                                    retrain: bool = False, steps: int | None = None,
+                                    progress: bool = True
                                     ) -> tuple[FeatureExtractor, dict, bool]:
     """The extractor for `ds` from cache_dir/<fingerprint[:16]>/ when one trained on the same
     training rows with the same seed, steps, architecture and code (this module and what it
     imports) is there; otherwise train it and save it there.  Returns (extractor, report,
-    reused) and logs one info record saying which (and one when a cached copy is unusable)."""
+    reused) and logs one info record saying which (and one when a cached copy is unusable).
+    Training takes minutes on a CPU: `progress` shows it (diffusion/progress.py)."""
     fingerprint = dataset_fingerprint(ds)
     folder = Path(cache_dir) / fingerprint[:16]
     kind, arch = default_architecture(ds)
@@ -535,7 +537,8 @@ def load_or_train_feature_extractor(ds: Dataset, cache_dir, *, seed: int = 0, de
                     and extractor.architecture == arch):
                 logger.info("feature extractor: reused %s (%s)", folder, _summary(report))
                 return extractor, report, True
-    extractor, report = train_feature_extractor(ds, seed=seed, steps=steps, device=device)
+    extractor, report = train_feature_extractor(ds, seed=seed, steps=steps, device=device,
+                                                progress=progress)
     save_feature_extractor(extractor, report, folder)
     logger.info("feature extractor: trained in %.1f s, saved to %s (%s)", report["seconds"],
                 folder, _summary(report))

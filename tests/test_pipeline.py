@@ -29,21 +29,12 @@ import numpy as np
 import pytest
 import yaml
 
-from user_repo import git, make_user_repo, params_for
-MODEL = "pipeline-test"
-WEAK = ["--set", "train.steps=1"]
+from pipeline_run import MODEL, WEAK, run
+from user_repo import git, params_for
 # 150 steps with a short warm-up: far better than 1 step, still seconds on one core
 GOOD = ["--set", "train.steps=150", "--set", "train.lr_warmup_steps=10"]
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-
-def run(*args, cwd, check=True, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
 
 
 def write_params(repo: Path, data: dict | None = None, gate: dict | None = None) -> None:
@@ -55,11 +46,9 @@ def write_params(repo: Path, data: dict | None = None, gate: dict | None = None)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, stack):
-    """A user's checkout: params.yaml, dvc.yaml, the deployments file and the code (the flow,
-    its steps and the ML core, which `python -m flows.cli` imports from here), in git + DVC."""
-    return make_user_repo(tmp_path_factory.mktemp("repo"), stack.settings.data_bucket,
-                          params_for(MODEL, "pipeline-test"))
+def repo(pipeline_repo):
+    """The user's checkout of tests/pipeline_run.py, shared with tests/test_mlflow_ui.py."""
+    return pipeline_repo
 
 
 def client():
@@ -97,8 +86,9 @@ def outcome(proc) -> dict:
 
 
 @pytest.fixture(scope="module")
-def first(repo):
-    return run("run", "--repo", repo, *WEAK, cwd=repo)
+def first(first_pipeline_run):
+    """The session's first `dmops run` (tests/pipeline_run.py), run once for every module."""
+    return first_pipeline_run
 
 
 def test_first_run_registers_a_champion_with_lineage_tags(first, repo):
@@ -152,6 +142,44 @@ def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):
     assert any(p.endswith("index.html") for p in files(steps["validate_data"].info.run_id))
 
 
+def test_the_flow_runs_prefect_logs_hold_the_evaluation_rows_and_no_library_print(first):
+    """What a person reads of a run, in Prefect and on the console: one record per evaluation
+    row and a progress line per step; nothing a library printed (prdc's "Num real", MLflow's
+    "View run"), no hint that does not apply (DVC's push hint), no carriage-return bar."""
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    version = client().get_model_version(MODEL, "1")
+    flow_run_id = version.tags["prefect_flow_run_id"]
+    with get_client(sync_client=True) as prefect:
+        records = []
+        while len(records) % 200 == 0:   # pages of 200
+            page = prefect.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200, offset=len(records), sort=LogSort.TIMESTAMP_ASC)
+            records += page
+            if not page:
+                break
+    messages = [r.message for r in records]
+    evaluate = mlflow.search_runs(
+        experiment_ids=[client().get_run(version.tags["mlflow_parent_run_id"]).info.experiment_id],
+        filter_string=(f"tags.mlflow.parentRunId = '{version.tags['mlflow_parent_run_id']}' "
+                       "and tags.step = 'evaluate'"), output_format="list")[0]
+    table_rows = [k for k in evaluate.data.metrics if k.startswith("fid/")]
+    rows = [r.message for r in records
+            if r.name == "diffusion.evaluation" and re.match(r"\[\d+/\d+\] .* FID ", r.message)]
+    assert len(rows) >= len(table_rows) >= 1, messages   # promote may score a champion too
+    assert [m for m in messages if re.match(r"pipeline \[\d/8\]", m)][-1].startswith(
+        "pipeline [8/8] promote done in "), messages
+    printed = first.stdout + first.stderr
+    for noise in ("Num real", "View run", "View experiment", "Use `dvc push`", "autostage"):
+        assert not any(noise in m for m in messages), (noise, messages)
+        assert noise not in printed, (noise, printed[-3000:])
+    assert "\r" not in printed and max(map(len, printed.splitlines())) < 1000
+
+
 def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(first, repo):
     """What the runs list shows first: the served model's numbers and what defines the run on
     the parent run, the decision on the promote run, the commit on every run, the dataset as
@@ -192,6 +220,11 @@ def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(f
     data_name = yaml.safe_load((repo / "params.yaml").read_text())["data"]["name"]
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == \
         [(data_name, version.tags["dataset_md5"])], inputs
+    # the registry's descriptions: the model's purpose, the version's model card with links
+    assert "champion" in c.get_registered_model(MODEL).description
+    card = version.description
+    assert card.startswith(f"# {MODEL}, version 1") and "## Evaluation" in card, card
+    assert f"/runs/{parent.info.run_id}" in card and version.tags["prefect_flow_run_id"] in card
     # the object DVC pushed: <remote url>/files/md5/<2>/<rest>
     md5 = version.tags["dataset_md5"]
     assert f"/files/md5/{md5[:2]}/{md5[2:]}" in inputs[0].dataset.source
