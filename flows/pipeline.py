@@ -155,6 +155,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                 "git_commit": commit,
                 "validation": validation.details["summary"].splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,
+                "mlflow_experiment_id": parent.info.experiment_id,
                 "profile": str(cfg.profile)}
         config_json = cfg.model_dump(mode="json")
         challenger = steps.register_task(config_json, evaluation, folders, weights, str(work),

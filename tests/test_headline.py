@@ -43,3 +43,13 @@ def test_params_name_the_run_and_the_code_hash_follows_every_step():
                  "git_commit": "abc123-dirty", "code_sha256": code_sha256(code)}
     assert code_sha256({**code, "evaluate": "c" * 64}) != p["code_sha256"]
     assert code_sha256(dict(reversed(code.items()))) == p["code_sha256"]
+
+
+def test_a_long_version_description_is_cut_at_a_line_end_within_mlflows_column():
+    from tasks.adapters.registry import DESCRIPTION_LIMIT, fit_description
+
+    text = "".join(f"line {i}: " + "x" * 70 + "\n" for i in range(200))
+    cut = fit_description(text)
+    assert len(cut) <= DESCRIPTION_LIMIT and cut.endswith("README.md)\n")
+    assert text.startswith(cut.split("\n\n(cut")[0])      # whole lines, in order
+    assert fit_description("short\n") == "short\n"

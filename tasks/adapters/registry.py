@@ -396,7 +396,21 @@ def set_descriptions(name: str, version: str, model_description: str | None = No
         if current != model_description:
             mlflow_call(client.update_registered_model, name, model_description)
     if version_description is not None:
-        mlflow_call(client.update_model_version, name, version, version_description)
+        mlflow_call(client.update_model_version, name, version,
+                    fit_description(version_description))
+
+
+DESCRIPTION_LIMIT = 5000   # MLflow's model_versions.description column: String(5000)
+
+
+def fit_description(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """`text` within MLflow's description column, cut at a line end with a note when longer
+    (SQLite keeps a longer one, PostgreSQL and MySQL refuse it)."""
+    if len(text) <= limit:
+        return text
+    note = "\n\n(cut to fit the registry; the full model card is the release's README.md)\n"
+    head = text[:limit - len(note)]
+    return head[:head.rfind("\n") + 1 if "\n" in head else len(head)].rstrip() + note
 
 
 def version_record(ref: str) -> tuple[str, str, dict[str, str], str]:

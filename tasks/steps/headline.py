@@ -29,7 +29,8 @@ def teacher_best_fid(table: list[dict]) -> float:
     return float(frame.loc[frame["model"] == "teacher", "fid"].min())
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
+    """a / b, or inf where b is not a positive finite number (no ratio to report)."""
     return a / b if b > 0 and math.isfinite(b) else math.inf
 
 
@@ -42,8 +43,8 @@ def headline_metrics(table: list[dict], served: dict[str, float], floor: float,
     has it.  The two ratios are dimensionless; FID in the feature space of the evaluation."""
     fid = float(served["fid"])
     metrics = {"fid": fid,
-               "fid_vs_teacher_best": _ratio(fid, teacher_best_fid(table)),
-               "fid_vs_floor": _ratio(fid, floor),
+               "fid_vs_teacher_best": ratio(fid, teacher_best_fid(table)),
+               "fid_vs_floor": ratio(fid, floor),
                "nfe": float(served["nfe"]),
                "images_per_s": float(served["images_per_s"]),
                "promoted": 1.0 if promoted else 0.0,

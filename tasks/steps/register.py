@@ -18,7 +18,9 @@ from diffusion.config import ConfigError
 from diffusion.model import read_spec
 
 from tasks.adapters.metric_logger import numeric
+from tasks.adapters.model_card import model_card
 from tasks.adapters.registry import register_model, registered_sample, set_descriptions
+from tasks.steps.headline import ratio, teacher_best_fid
 from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
 
 
@@ -60,7 +62,8 @@ class Registered:
     version: str
     model_dir: Path        # the served copy: the candidate's folder at its chosen setting
     candidate: Candidate
-    metrics: dict[str, float]   # the numeric entries of its evaluation row
+    metrics: dict[str, float]   # the numeric entries of its evaluation row, teacher_best_fid
+                                # and fid_vs_teacher_best
 
 
 def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
@@ -75,6 +78,8 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
     model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
     log(f"candidate: {candidate.describe()}")
     numbers = numeric(candidate.row)
+    numbers["teacher_best_fid"] = teacher_best_fid(table)
+    numbers["fid_vs_teacher_best"] = ratio(numbers["fid"], numbers["teacher_best_fid"])
     all_tags = {**tags, **lineage_tags(model_dir, weights[candidate.name]),
                 "served_as": candidate.name, "sampler": candidate.sampler,
                 "nfe": str(int(candidate.row["nfe"])),
@@ -82,7 +87,9 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
                                        ("fid", "fid_floor", "kid_mean", "images_per_s")
                                        if k in numbers})}
     version = register_model(model_dir, model_name, all_tags, run_id=run_id)
-    set_descriptions(model_name, version, model_description(model_name, tags.get("dataset"), model_dir))
+    # the version's description is its model card (before any release: the card says so)
+    set_descriptions(model_name, version, model_description(model_name, tags.get("dataset"), model_dir),
+                     model_card(model_name, version, numbers, all_tags, spec=read_spec(model_dir)))
     log(f"registered {model_name} version {version} (alias challenger)")
     return Registered(version, model_dir, candidate, numbers)
 
