@@ -33,7 +33,8 @@ from diffusion.samplers import generate
 from flows.cli import app
 from tasks.adapters.registry import (FILES_TAG, CorruptCopyError, RegistryError, download_model,
                                      files_tag, register_model, version_tags)
-from tasks.adapters.release import model_card, prepare_release_files, write_release
+from tasks.adapters.model_card import model_card
+from tasks.adapters.release import prepare_release_files, write_release
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

@@ -27,7 +27,8 @@ from tasks.steps.promote import Decision, PromotionError, apply, decide
 from tasks.adapters.pyfunc_model import SampleRequestError, parse_requests
 from tasks.adapters.registry import (FILES_TAG, RegistryError, champion_version, check_tags,
                                      download_model, register_model, version_tags)
-from tasks.adapters.release import folder_files, model_card, prepare_release_files
+from tasks.adapters.model_card import model_card
+from tasks.adapters.release import folder_files, prepare_release_files
 from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 

@@ -40,7 +40,6 @@ from botocore.exceptions import ClientError
 
 from diffusion.atomic import atomic_folder, atomic_write_text
 from diffusion.checksums import sha256_file
-from tasks.adapters import model_card as _model_card
 from tasks.adapters.diffusers_interop import SCHEDULER_CONFIG, diffusers_scheduler
 
 MANIFEST = "manifest.json"
@@ -348,10 +347,6 @@ def delete_release(s3, uri: str) -> None:
 
 
 # --- what goes into a release ---------------------------------------------------------
-
-# the card lives in tasks/adapters/model_card.py; callers that import it from here keep working
-model_card = _model_card.model_card
-
 
 def prepare_release_files(model_dir, card: str, metrics: dict, workdir=None) -> dict[str, Path]:
     """The file list for `write_release`: the model folder's files (relative paths kept),
