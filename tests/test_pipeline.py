@@ -225,6 +225,7 @@ def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(f
     card = version.description
     assert card.startswith(f"# {MODEL}, version 1") and "## Evaluation" in card, card
     assert f"/runs/{parent.info.run_id}" in card and version.tags["prefect_flow_run_id"] in card
+    assert outcome(first)["release"] in card   # promoted: the card of its release
     # the object DVC pushed: <remote url>/files/md5/<2>/<rest>
     md5 = version.tags["dataset_md5"]
     assert f"/files/md5/{md5[:2]}/{md5[2:]}" in inputs[0].dataset.source

@@ -43,8 +43,8 @@ from diffusion.model import ModelError, read_spec
 
 from tasks.adapters.pending_promotion import PendingPromotion, PromotionInterrupted, write_pending
 from tasks.adapters.promotion_lock import PromotionLock, PromotionLockLost
-from tasks.adapters.registry import (champion_version, download_model, verify_registered_copy,
-                                     version_tags)
+from tasks.adapters.registry import (champion_version, download_model, set_descriptions,
+                                     verify_registered_copy, version_tags)
 from tasks.adapters.model_card import model_card
 from tasks.adapters.release import (pending_key, prepare_release_files, release_uri,
                                     s3_client_from_env)
@@ -276,8 +276,22 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
         decision, done = _carry_out(decision, model_name, version, files, s3, bucket, lock, {
             "comparable": comparable, "challenger_metrics": _plain(challenger.metrics),
             "champion_metrics": _plain(champion_metrics)}, flow_run_id, previous)
+    if decision.promoted and done.release:
+        _describe_released(model_name, version, files, log)
     log(f"promotion: {'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
     return PromotionResult(decision, previous, champion_metrics, comparable, done.history_key)
+
+
+def _describe_released(model_name: str, version: str, files: dict, log) -> None:
+    """The version's registry description becomes its release's card (which names the release).
+    After the promotion is complete, so a server gone now costs only the description: the
+    release's README.md is the card of record."""
+    try:
+        set_descriptions(model_name, version,
+                         version_description=Path(files["README.md"]).read_text())
+    except ServerUnavailable as e:
+        log(f"warning: the description of {model_name} v{version} was not updated to its "
+            f"release's card ({e}); the release's README.md has it")
 
 
 def _result(record: PendingPromotion, done: Completion) -> PromotionResult:
