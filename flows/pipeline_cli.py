@@ -67,6 +67,36 @@ def prefect_unavailable(e: BaseException, url: Optional[str] = None) -> Optional
                              PREFECT_CLIENT_MAX_RETRIES.value() + 1, None, e)
 
 
+def _ui_links(result: dict, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(label, URL) of what a finished run is looked at in: the MLflow runs list (machine
+    learning mode, headline columns), the parent run, the registered model (versions and
+    aliases) and the Prefect flow run. A link the environment cannot give is left out."""
+    from tasks.adapters import ui_links
+
+    uri, api = env.get("MLFLOW_TRACKING_URI"), env.get("PREFECT_API_URL", "")
+    flow_run_id = result.get("prefect_flow_run_id") or _flow_run_tag(result["mlflow_run_id"])
+    prefect = ui_links.prefect_ui(api)
+    links = [("MLflow runs", ui_links.runs_url(result["mlflow_experiment_id"], uri)),
+             ("MLflow run", ui_links.run_url(result["mlflow_experiment_id"], result["mlflow_run_id"], uri)),
+             ("MLflow model", ui_links.model_url(result["model"], tracking_uri=uri)),
+             ("Prefect run", ui_links.flow_run_url(flow_run_id, api) if flow_run_id
+              else prefect and f"{prefect}/runs")]
+    return [(label, url) for label, url in links if url]
+
+
+def _flow_run_tag(run_id: str) -> str | None:
+    """The parent run's `prefect_flow_run_id` tag; None when MLflow cannot say (the links are
+    printed after the run's outcome, so they never turn a finished run into a failure)."""
+    import mlflow
+
+    from tasks.adapters.servers import mlflow_call
+
+    try:
+        return mlflow_call(mlflow.MlflowClient().get_run, run_id).data.tags.get("prefect_flow_run_id")
+    except Exception:
+        return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
@@ -102,8 +132,6 @@ def register(app: typer.Typer) -> None:
 
             _fail(f"the pipeline failed: {prefect_unavailable(e) or mlflow_unavailable(e) or e}")
         minutes = (time.perf_counter() - t0) / 60
-        mlflow_ui = env["MLFLOW_TRACKING_URI"].rstrip("/")
-        prefect_ui = env["PREFECT_API_URL"].removesuffix("/api")
         typer.echo("")
         typer.echo(f"pipeline finished in {minutes:.1f} min")
         typer.echo(f"registered:  {result['model']} version {result['version']} ({result['candidate']})")
@@ -111,10 +139,8 @@ def register(app: typer.Typer) -> None:
                    f"{result['reason']}")
         typer.echo(f"release:     {result['release'] or '(none)'}")
         typer.echo(f"cached:      {', '.join(result['cached_steps']) or 'no step (all ran)'}")
-        typer.echo(f"MLflow UI:   {mlflow_ui}/#/models/{result['model']}  "
-                   f"(run {mlflow_ui}/#/experiments/{result['mlflow_experiment_id']}/runs/"
-                   f"{result['mlflow_run_id']})")
-        typer.echo(f"Prefect UI:  {prefect_ui}/runs")
+        for label, url in _ui_links(result, env):
+            typer.echo(f"{label + ':':<12} {url}")
 
     @app.command()
     def deploy(prefect_file: Path = typer.Option(PREFECT_FILE, help="The deployments file."),
@@ -154,8 +180,9 @@ def register(app: typer.Typer) -> None:
     def worker(pool: str = typer.Option(WORK_POOL, help="Work pool to serve."),
                run_once: bool = typer.Option(False, "--run-once", help="Exit after one round of runs.")):
         """Serve the deployments: a Prefect process worker that runs scheduled and on-demand flow
-        runs. This process becomes the worker: Ctrl-C or `kill PID` stops it (a flow run in
-        progress is finished first; a second signal stops at once), and nothing is left behind."""
+        runs. This process becomes the worker, so its pid is the worker's: Ctrl-C or `kill PID`
+        stops it polling (Prefect's own handling; a second one kills it at once), and no worker
+        is left behind, also after `kill -9`."""
         if not pool.strip():
             usage_error(f"--pool {pool!r} is not a work pool name; leave it out for {WORK_POOL}")
         env = server_env_or_exit(*PIPELINE_SERVERS)
