@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PROFILE ?= quick
 
-.PHONY: install run test bench down clean help
+.PHONY: install run test browser bench down clean help
 help:
 	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile, digits)"
 	@echo "make test   run the test suite (starts and stops its own servers)"
@@ -33,7 +33,14 @@ run: $(STAMP)
 down: $(STAMP)
 	$(BIN)/dmops down
 
-test: $(STAMP)
+# tests/test_mlflow_ui.py drives Debian's Chromium: installed here when missing and make runs
+# as root (as CI does); otherwise that test fails naming the command to run
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } \
+	  || echo "note: /usr/bin/chromium is missing; for tests/test_mlflow_ui.py run: sudo apt-get install -y chromium"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

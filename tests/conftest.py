@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# the first pipeline run, shared by the modules that look at it (run once per session)
+from pipeline_run import first_pipeline_run, pipeline_repo  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -34,16 +34,19 @@ _UNCHOSEN_KINDS = {"", "no_inferred_type", "genai_development_inferred",
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW_NAME = "dmops: decision metrics"
-# MLflow's default runs-table columns, kept beside the run's own numbers
-_ATTRIBUTE_COLUMNS = ("Dataset", "Models", "Source")
+# what the table shows before the selected columns (the grid's own ids); the dataset input after
+_LEADING_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo")
+_TRAILING_COLUMNS = ("attributes.`Dataset`",)
 
 
 def runs_view_state(metrics: Sequence[str], params: Sequence[str]) -> dict:
-    """The runs-table state of the saved view: `metrics` then `params` (names as logged) as
-    columns, after the run name and creation time, newest run first."""
+    """The runs-table state of the saved view: run name and creation time, then `metrics` and
+    `params` (names as logged, in this order: the grid would otherwise put MLflow's attribute
+    columns first and sort the rest by name), then the dataset; newest run first."""
     columns = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
-               + [f"attributes.`{a}`" for a in _ATTRIBUTE_COLUMNS])
-    return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+               + list(_TRAILING_COLUMNS))
+    return {"selectedColumns": columns, "columnOrder": [*_LEADING_COLUMNS, *columns],
+            "orderByKey": "attributes.start_time", "orderByAsc": False}
 
 
 def use_experiment(name: str, metrics: Sequence[str] = (), params: Sequence[str] = ()) -> str:
