@@ -47,19 +47,14 @@ def usage_error(message: str) -> None:
 
 def model_ref_problem(ref: str) -> str | None:
     """Why `ref` is not NAME@ALIAS or NAME/VERSION (optionally after "models:/"), or None when it
-    is one: the grammar of tasks.adapters.registry.parse_model_ref, checked without importing
-    MLflow (tests/test_cli_arguments.py holds the two to the same answers)."""
-    text = ref[len("models:/"):] if ref.startswith("models:/") else ref
-    if "@" in text:
-        name, alias = text.rsplit("@", 1)
-        if name and alias:
-            return None
-    elif "/" in text:
-        name, version = text.rsplit("/", 1)
-        if name and version.isdigit():
-            return None
-    return (f"{ref!r} names no model version; use NAME@ALIAS (e.g. digits-diffusion@champion) "
-            "or NAME/VERSION (e.g. digits-diffusion/3)")
+    is one (tasks/adapters/model_ref.py: the registry's own grammar, without MLflow)."""
+    from tasks.adapters.model_ref import RegistryError, parse_model_ref
+
+    try:
+        parse_model_ref(ref)
+    except RegistryError as e:
+        return str(e)
+    return None
 
 
 def sampler_names() -> tuple[str, ...]:

@@ -3,6 +3,7 @@
     servers.py              retries with backoff, client bounds, ServerUnavailable
     tracking.py             MLflow runs of the flow and its steps; metric_logger.py its loss points
     registry.py             the MLflow model registry (register, resolve, download, verify)
+    model_ref.py            NAME@ALIAS / NAME/VERSION, parsed without MLflow (the CLI checks it early)
     pyfunc_model.py         the model as MLflow serves it
     pyfunc_entry.py         the models-from-code file MLflow runs to build the served model
     pyfunc_package.py       the code and pinned requirements a logged model carries

@@ -44,6 +44,7 @@ from diffusion.atomic import atomic_folder
 from diffusion.checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
 from diffusion.model import read_spec, verify_model_folder
 
+from tasks.adapters.model_ref import RegistryError, parse_model_ref
 from tasks.adapters.servers import RetryPolicy, mlflow_call
 
 CHALLENGER = "challenger"
@@ -52,10 +53,6 @@ FILES_TAG = "files_sha256"
 # Model version tag values may hold 100 000 characters on MLflow 3 (5 000 on older servers):
 # stay within the smaller, about 40 files (a UNet folder has 3).
 MAX_FILES_TAG = 5000
-
-
-class RegistryError(RuntimeError):
-    """A registry request that cannot be served; the message says what and what to do."""
 
 
 class RegistryServerError(RegistryError):
@@ -256,21 +253,6 @@ def verify_registered_copy(folder, name: str, version: str, tags: dict[str, str]
 
 
 # --- reading back -------------------------------------------------------------------------
-
-def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """"name@alias" | "name/version" (optionally prefixed "models:/") -> (name, alias, version)."""
-    text = ref[len("models:/"):] if ref.startswith("models:/") else ref
-    if "@" in text:
-        name, alias = text.rsplit("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in text:
-        name, version = text.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, version
-    raise RegistryError(f"{ref!r} names no model version; use NAME@ALIAS (e.g. "
-                        "digits-diffusion@champion) or NAME/VERSION (e.g. digits-diffusion/3)")
-
 
 def _not_found(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST"
