@@ -161,6 +161,10 @@ def _prefect(s: StackSettings, layout: StateLayout) -> ServiceSpec:
         "PREFECT_HOME": str(layout.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "true",
+        # the UI finds its API from this setting, not from --port: without it, a server on
+        # any port but 4200 serves a UI that calls 4200 ("can't connect", or another
+        # server's data)
+        "PREFECT_SERVER_UI_API_URL": s.prefect_api_url,
     }
     return ServiceSpec("prefect", s.prefect_port, *endpoints(s)["prefect"], argv,
                        layout.prefect_home, env, "--prefect-port / DMOPS_PREFECT_PORT")

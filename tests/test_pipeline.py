@@ -209,8 +209,8 @@ def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(f
     assert metrics["promoted"] == 1.0 and metrics["nfe"] == float(version.tags["nfe"])
 
     head = git(repo, "rev-parse", "HEAD").strip()
-    for run in [parent, *children]:
-        assert run.data.tags.get("mlflow.source.git.commit") == head, run.data.tags.get("step")
+    for r in [parent, *children]:
+        assert r.data.tags.get("mlflow.source.git.commit") == head, r.data.tags.get("step")
 
     promote = steps["promote"].data
     assert promote.metrics["promoted"] == 1.0 and promote.metrics["challenger_fid"] > 0

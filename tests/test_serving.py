@@ -56,7 +56,7 @@ def experiment(stack):
 
 class _Records(logging.Handler):
     def __init__(self):
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)   # MLflow's info chatter at registration counts too
         self.messages: list[str] = []
 
     def emit(self, record):
@@ -64,7 +64,8 @@ class _Records(logging.Handler):
 
 
 def _register(model_dir: Path, name: str) -> tuple[str, list[str]]:
-    """Register `model_dir` as `name`; the version and every warning MLflow logged or raised."""
+    """Register `model_dir` as `name`; the version and every message (info and up) MLflow
+    logged and every warning raised."""
     handler, logger = _Records(), logging.getLogger("mlflow")
     logger.addHandler(handler)
     try:
@@ -94,12 +95,18 @@ def _module_exists(code: Path, module: str) -> bool:
 
 @pytest.mark.stack
 def test_the_logged_model_is_code_with_pinned_requirements_and_no_pickle(tiny_model, experiment,
-                                                                          tmp_path):
+                                                                          tmp_path, capfd):
     name = f"digits-{uuid.uuid4().hex[:8]}"
     version, logged = _register(tiny_model, name)
-    # no CloudPickle warning, nor any other warning a user cannot act on
+    # no CloudPickle warning, nor any other warning or info line a user cannot act on; also
+    # not MLflow's own prints ("Created version", and "already exists" for a second version)
     assert not [m for m in logged if "pickle" in m.lower()], logged
     assert logged == [], logged
+    again, logged = _register(tiny_model, name)
+    assert again == str(int(version) + 1) and logged == [], logged
+    printed = capfd.readouterr()
+    assert "Created version" not in printed.err + printed.out, printed.err
+    assert "already exists" not in printed.err + printed.out, printed.err
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}",
                                                      dst_path=str(tmp_path / "model")))

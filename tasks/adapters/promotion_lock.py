@@ -44,6 +44,7 @@ from email.utils import parsedate_to_datetime
 from botocore.exceptions import ClientError
 
 from tasks.adapters.release import is_missing, is_precondition_failed
+from tasks.say import say
 
 DEFAULT_TTL_S = 120.0
 LEASE = "_promotion/lease.json"
@@ -79,7 +80,7 @@ class PromotionLock:
 
     def __init__(self, s3, bucket: str, model: str, *, flow_run_id: str | None = None,
                  ttl_s: float = DEFAULT_TTL_S, wait_s: float = 3600.0, poll_s: float = 1.0,
-                 report_s: float = 15.0, log=print):
+                 report_s: float = 15.0, log=say):
         if not ttl_s > 0:
             raise PromotionLockError(f"the lease length must be > 0 seconds, got {ttl_s}")
         self.s3, self.bucket, self.model, self.key = s3, bucket, model, lease_key(model)

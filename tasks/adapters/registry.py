@@ -28,6 +28,7 @@ retried task (Prefect's retries, after e.g. the alias move failed) registers aga
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -143,6 +144,41 @@ def registered_by_run(name: str, tags: dict[str, str]) -> str | None:
     return str(min(same)) if same else None
 
 
+# MLflow's info lines at every registration ("Validating input example against model
+# signature", "Waiting up to 300 seconds ..."; its prints, `_no_mlflow_prints`): the step says
+# in one line what it registered
+_REGISTRATION_CHATTER = ("mlflow.pyfunc", "mlflow.models", "mlflow.tracking._model_registry",
+                         "mlflow.store.model_registry")
+
+
+@contextmanager
+def _quiet(*names: str):
+    """Info records of the loggers `names` dropped for the duration; warnings still pass."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _no_mlflow_prints():
+    """MLflow's own stderr stream (its `eprint`: "Registered model ... already exists",
+    "Created version ...") off for the duration; it carries only such notices here."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    was = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was
+
+
 def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | None = None) -> str:
     """Log `model_dir` as a pyfunc under the active (or given) run, register it as a new
     version of `name` with `tags`, point alias `challenger` at it, and return the version.
@@ -170,7 +206,8 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
         set_alias(name, CHALLENGER, earlier)
         return earlier
     files = files_sha256(model_dir)
-    with _logging_run(run_id), warnings.catch_warnings(), code_paths() as code:
+    with _logging_run(run_id), warnings.catch_warnings(), code_paths() as code, \
+            _quiet(*_REGISTRATION_CHATTER):
         # MLflow suggests type hints on predict; the explicit signature below already says it all
         warnings.filterwarnings("ignore", message=".*type hints.*")
         # MLflow's own input-example writer compares columns with a range, which pandas 3
@@ -187,9 +224,10 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
     # tags travel with the registration itself, so no version is ever seen without its lineage.
     # Not retried here (a second try could make a second version): MLflow's own request
     # retries apply; one try through retry_call only makes a failure name the server.
-    version = str(mlflow_call(mlflow.register_model, info.model_uri, name,
-                          tags={**tags, FILES_TAG: files_tag(files)},
-                          policy=RetryPolicy(attempts=1)).version)
+    with _quiet(*_REGISTRATION_CHATTER), _no_mlflow_prints():
+        version = str(mlflow_call(mlflow.register_model, info.model_uri, name,
+                                  tags={**tags, FILES_TAG: files_tag(files)},
+                                  policy=RetryPolicy(attempts=1)).version)
     set_alias(name, CHALLENGER, version)
     return version
 

@@ -29,6 +29,7 @@ from diffusion.train import resolve_device
 from tasks.steps.lineage import step_lineage
 from tasks.steps.prepare_dataset import load_data
 from tasks.steps.sample import sample_to_png
+from tasks.say import say
 
 METHODS = ("progressive", "consistency")
 
@@ -38,7 +39,7 @@ def distill_dir(cfg: Config, method: str, out_dir=None) -> Path:
 
 
 def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume: bool = True,
-                    on_log=None, log=print, data_dir=None,
+                    on_log=None, log=say, data_dir=None,
                     dataset_md5: str | None = None) -> list[Path]:
     """Distil the teacher at `teacher_path` with `method` on the configured dataset's TRAIN split;
     returns the students' model folders (progressive: one per round, in order).  Raises

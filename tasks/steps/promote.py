@@ -50,6 +50,7 @@ from tasks.adapters.release import (pending_key, prepare_release_files, release_
                                     s3_client_from_env)
 from tasks.adapters.servers import ServerUnavailable
 from tasks.steps.promotion_transaction import PROMOTED, Completion, complete, recover
+from tasks.say import say
 
 
 READ_NOW = object()   # apply(previous=...): read the champion from the registry
@@ -212,7 +213,7 @@ def _not_comparable(champion: str, champion_dir: Path, challenger_dir: Path) -> 
 
 def promote(challenger: Challenger, model_name: str, settings, bucket: str, data_dir, cfg,
             work_dir, release_meta: dict, flow_run_id: str | None, *, s3=None, lease: dict | None = None,
-            log=print) -> PromotionResult:
+            log=say) -> PromotionResult:
     """Promote `challenger` of `model_name` when it beats the current champion.
 
     settings: tasks.steps.promote_settings.PromoteSettings (or its dict): metric, tolerance, lower_is_better.

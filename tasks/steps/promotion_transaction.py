@@ -38,6 +38,7 @@ from tasks.adapters.registry import CHAMPION, champion_version, set_alias, set_v
 from tasks.adapters.release import (ReleaseError, delete_release, read_manifest, sha256_file,
                                     verify_release, write_release)
 from tasks.adapters.servers import S3, retry_call, s3_url_from_env
+from tasks.say import say
 
 PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
 
@@ -160,7 +161,7 @@ def _version(version: str | None) -> str:
 
 
 def recover(s3, bucket: str, model: str, lock=None, flow_run_id: str | None = None,
-            log=print) -> tuple[PendingPromotion, Completion] | None:
+            log=say) -> tuple[PendingPromotion, Completion] | None:
     """Finish the pending promotion a failed run left for `model` (hold the model's lease);
     None when there is none.  Says what it found and what it did, one line each."""
     record = read_pending(s3, bucket, model)

@@ -22,6 +22,7 @@ from tasks.adapters.model_card import model_card
 from tasks.adapters.registry import register_model, registered_sample, set_descriptions
 from tasks.steps.headline import ratio, teacher_best_fid
 from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
+from tasks.say import say
 
 
 def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
@@ -68,7 +69,7 @@ class Registered:
 
 def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
                        work_dir, model_name: str, max_fid_ratio: float, tags: dict[str, str],
-                       run_id: str, log=print) -> Registered:
+                       run_id: str, log=say) -> Registered:
     """Choose the model to serve from the evaluation `table` (select_candidate.choose_candidate),
     write its served copy under `work_dir`, and register it as `model_name`'s `challenger`,
     logged in MLflow run `run_id`.  Its tags: `tags`, what made its weights (`lineage_tags`), the

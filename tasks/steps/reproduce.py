@@ -37,6 +37,7 @@ import yaml
 from tasks.steps import reproduce_steps
 from tasks.adapters.dvc import DVCError, configure_remote, dir_md5, run_dvc
 from tasks.steps.reproduce_compare import Verdict, compare
+from tasks.say import say
 
 REQUIRED_TAGS = ("git_commit", "dataset", "dataset_md5", "served_as", "sampler", "nfe",
                  "weights_sha256", "weights_code_sha256")
@@ -128,7 +129,7 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @contextmanager
 def commit_worktree(repo: Path, commit: str, dest: Path, keep: bool = False,
-                    log: Callable[[str], None] = print) -> Iterator[Path]:
+                    log: Callable[[str], None] = say) -> Iterator[Path]:
     """`git worktree add --detach dest commit` in `repo`, removed again on the way out unless
     `keep`.  ReproduceError when `repo` is no git repository or lacks the commit."""
     repo = Path(repo).resolve()
@@ -165,7 +166,7 @@ def _installed_roots() -> list[str]:
     return list(dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (diffusion, tasks)))
 
 
-def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] = print) -> None:
+def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] = say) -> None:
     """For a commit without its own code: the installed code must be the code that made the
     served weights (`weights_code_sha256`), else the run would prove nothing."""
     from tasks.steps.lineage import step_code_sha256
@@ -186,7 +187,7 @@ def check_installed_code(version: RegisteredVersion, log: Callable[[str], None] 
 # --- the data -----------------------------------------------------------------------------
 
 def fetch_dataset(worktree: Path, name: str, md5: str, remote: str, endpoint_url: str,
-                  log: Callable[[str], None] = print) -> Path:
+                  log: Callable[[str], None] = say) -> Path:
     """The dataset version `md5` of `name`, pulled from DVC remote `remote` into the worktree
     (a .dvc file naming the md5, then `dvc pull` into an empty cache); returns its folder."""
     # DVC's per-repository state goes inside the worktree, so it leaves with it
@@ -270,7 +271,7 @@ def run_steps(worktree: Path, version: RegisteredVersion, data_dir: Path, work: 
     return result
 
 
-def reproduce(ref: str, repo=".", keep: bool = False, log: Callable[[str], None] = print,
+def reproduce(ref: str, repo=".", keep: bool = False, log: Callable[[str], None] = say,
               stdout=None) -> tuple[Verdict, Path | None]:
     """Reproduce the version `ref` in the git repository `repo` (see the module doc); returns
     the verdict and, with `keep`, the folder holding the worktree and the run."""
