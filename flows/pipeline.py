@@ -29,6 +29,7 @@ from diffusion.messages import show_messages  # noqa: E402
 from infra.stack import StackSettings  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
+from tasks.adapters.missing_env import missing_message
 from tasks.adapters.experiment import use_experiment
 from tasks.adapters.servers import bound_client_env
 from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
@@ -52,9 +53,7 @@ class PipelineError(RuntimeError):
 def _require_stack_env() -> None:
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
-        raise PipelineError(f"{', '.join(missing)} not set: start the local stack with `dmops up` "
-                            "and use `dmops run`, or export the team stack's settings "
-                            "(`eval \"$(dmops env)\"` prints the local ones)")
+        raise PipelineError(missing_message(missing, [n for n in REQUIRED_ENV if n not in missing]))
 
 
 def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str, code: dict[str, str]) -> Path:

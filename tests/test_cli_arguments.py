@@ -197,3 +197,15 @@ def test_the_cli_offers_the_samplers_there_are():
     from flows.cli_options import sampler_names
 
     assert set(sampler_names()) == set(SAMPLERS)
+
+
+def test_the_flow_itself_names_the_fix_for_a_missing_server_environment(monkeypatch):
+    """A flow started without `dmops run` (a deployment, a notebook) says the same as the CLI."""
+    from flows.pipeline import PipelineError, _require_stack_env
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(PipelineError) as e:
+        _require_stack_env()
+    assert "AWS_ENDPOINT_URL_S3 (the S3 store's endpoint) is not set" in str(e.value)
+    assert 'eval "$(dmops env)"' in str(e.value) and "while MLFLOW_TRACKING_URI is" in str(e.value)

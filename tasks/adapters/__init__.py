@@ -1,6 +1,7 @@
 """Adapters: the servers and tools the pipeline's steps talk to, each behind one module.
 
     servers.py              retries with backoff, client bounds, ServerUnavailable
+    missing_env.py          what to say when the environment names no server (and the fix)
     tracking.py             MLflow runs of the flow and its steps; metric_logger.py its loss points
     registry.py             the MLflow model registry (register, resolve, download, verify)
     model_ref.py            NAME@ALIAS / NAME/VERSION, parsed without MLflow (the CLI checks it early)

@@ -37,6 +37,7 @@ import yaml
 from tasks.steps import reproduce_steps
 from tasks.adapters.dvc import DVCError, configure_remote, dir_md5, run_dvc
 from tasks.steps.reproduce_compare import Verdict, compare
+from tasks.adapters.missing_env import missing_message
 from tasks.say import say
 
 REQUIRED_TAGS = ("git_commit", "dataset", "dataset_md5", "served_as", "sampler", "nfe",
@@ -280,9 +281,8 @@ def reproduce(ref: str, repo=".", keep: bool = False, log: Callable[[str], None]
     remote = (version.config.get("pipeline") or {}).get("dvc_remote", "dmops")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
     if not endpoint:
-        raise ReproduceError("AWS_ENDPOINT_URL_S3 is not set: the DVC remote's S3 endpoint is "
-                             "needed to fetch the dataset (`eval \"$(dmops env)\"` sets it for the "
-                             "local stack)")
+        raise ReproduceError(missing_message(
+            ["AWS_ENDPOINT_URL_S3"], why="the DVC remote's S3 endpoint is needed to fetch the dataset"))
     log(f"reproducing {version.model}/{version.version}: {tags['served_as']} ({tags['sampler']}, "
         f"{tags['nfe']} NFE), commit {version.commit[:12]}, dataset {tags['dataset']} "
         f"md5 {tags['dataset_md5']}, profile {tags.get('profile', '-')}")

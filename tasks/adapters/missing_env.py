@@ -1,0 +1,46 @@
+"""What to say when the environment does not name the servers a command needs: which
+variables are missing, what each points at, and the fix (start the local stack, export its
+settings, or set the team's).  One wording for the CLI (flows/client_env.py), the flow
+(flows/pipeline.py) and `dmops reproduce` (tasks/steps/reproduce.py); imports nothing.
+"""
+
+from __future__ import annotations
+
+MLFLOW = "MLFLOW_TRACKING_URI"
+PREFECT = "PREFECT_API_URL"
+S3 = "AWS_ENDPOINT_URL_S3"
+
+# What each variable points at, for messages.
+SERVERS = {MLFLOW: "the MLflow tracking server", PREFECT: "the Prefect API",
+           S3: "the S3 store's endpoint"}
+
+
+def _joined(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def fix_for_missing(missing, *, partial: bool = False) -> str:
+    """The fix for an environment without `missing` (variable names): start the local stack,
+    export its settings, or set the team's.  `partial`: other needed variables are set (then the
+    local stack is not used as a stand-in, so the fix is to complete or unset them)."""
+    names = _joined(missing)
+    if partial:
+        return (f"set {names} to your team's server too, or run `eval \"$(dmops env)\"` to point "
+                "every client of this shell at the local stack (`dmops up` starts it)")
+    return (f"start the local stack with `dmops up` (dmops finds it by itself), or set {names} "
+            "to your team's servers; `eval \"$(dmops env)\"` exports the local stack's settings "
+            "into this shell")
+
+
+def missing_message(missing, present=(), *, why: str = "") -> str:
+    """One line: which variables are not set (and what each names), why that matters here, and
+    the fix (`fix_for_missing`)."""
+    what = "; ".join(f"{name} ({SERVERS.get(name, 'a server')})" for name in missing)
+    verb = "is" if len(list(missing)) == 1 else "are"
+    head = f"{what} {verb} not set"
+    if present:
+        head += f" while {_joined(present)} {'is' if len(present) == 1 else 'are'}"
+    if why:
+        head += f", and {why}"
+    return f"{head}: {fix_for_missing(missing, partial=bool(present))}"
