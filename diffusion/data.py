@@ -42,8 +42,9 @@ import torch
 
 from .atomic import atomic_folder
 from .gmm import GaussianMixture
+from .data_settings import background_rgb
 from .image_files import (EXTENSIONS_TEXT, Background, Fit, FolderScan, ImageFileError,
-                          Ingestion, background_rgb, read_images, scan_folder)
+                          Ingestion, read_images, scan_folder)
 
 SPLITS = ("train", "val", "test")
 FITS = ("stretch", "crop", "pad")
@@ -286,7 +287,7 @@ def load_image_folder(path, size: int, channels: int = 1, seed: int = 0,
         raise DataError(f"fit={fit!r}; accepted: {', '.join(FITS)}")
     try:
         rgb = background_rgb(background)
-    except ImageFileError as exc:
+    except ValueError as exc:
         raise DataError(str(exc)) from None
     scan = scan_folder(root)
     files = scan.files

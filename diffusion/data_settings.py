@@ -6,8 +6,26 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .image_files import background_rgb
 from .settings import Settings
+
+
+_NAMED_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def background_rgb(background) -> tuple[int, int, int]:
+    """'white', 'black', a grey level 0..255 or an (r, g, b) triple -> (r, g, b) in 0..255.
+    ValueError names what is accepted.  Here, not in image_files.py: checking the setting
+    needs neither numpy nor PIL."""
+    if isinstance(background, str) and background in _NAMED_BACKGROUNDS:
+        return _NAMED_BACKGROUNDS[background]
+    if isinstance(background, int) and not isinstance(background, bool) and 0 <= background <= 255:
+        return (background,) * 3
+    if (isinstance(background, (list, tuple)) and len(background) == 3
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                    for c in background)):
+        return tuple(background)
+    raise ValueError(f"background={background!r}; accepted: 'white', 'black', a grey level "
+                     "0..255 or an [r, g, b] triple of 0..255")
 
 
 class DataConfig(Settings):
@@ -28,7 +46,7 @@ class DataConfig(Settings):
     @field_validator("background", mode="before")
     @classmethod
     def _background(cls, value):
-        background_rgb(value)  # ImageFileError (a ValueError) names what is accepted
+        background_rgb(value)  # ValueError names what is accepted
         return list(value) if isinstance(value, tuple) else value
 
     @model_validator(mode="after")

@@ -66,21 +66,6 @@ EXAMPLES = 5  # paths kept per reason in the record; the counts are complete
 
 Fit = Literal["stretch", "crop", "pad"]
 Background = Union[Literal["white", "black"], int, tuple[int, int, int], list[int]]
-_NAMED_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
-
-
-def background_rgb(background: Background) -> tuple[int, int, int]:
-    """'white', 'black', a grey level 0..255 or an (r, g, b) triple -> (r, g, b) in 0..255."""
-    if isinstance(background, str) and background in _NAMED_BACKGROUNDS:
-        return _NAMED_BACKGROUNDS[background]
-    if isinstance(background, int) and not isinstance(background, bool) and 0 <= background <= 255:
-        return (background,) * 3
-    if (isinstance(background, (list, tuple)) and len(background) == 3
-            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
-                    for c in background)):
-        return tuple(background)
-    raise ImageFileError(f"background={background!r}; accepted: 'white', 'black', a grey level "
-                         "0..255 or an [r, g, b] triple of 0..255")
 
 
 # --- what a folder holds ------------------------------------------------------------------
