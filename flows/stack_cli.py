@@ -58,13 +58,48 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
     return Stack(settings, log=typer.echo)
 
 
+def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | None:
+    """`mlflow runs <url>`: the pipeline experiment's runs list in the machine-learning view
+    (MLflow's bare address opens its GenAI home in a fresh browser), or None when the
+    experiment (params.yaml's pipeline.experiment, else `dmops`) does not exist yet or the
+    server does not answer in 3 s.  Plain HTTP: `dmops up` does not import MLflow."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    import yaml
+
+    from tasks.adapters.ui_links import RUNS_VIEW, runs_url
+
+    name = "dmops"
+    if params.is_file():
+        try:
+            name = (yaml.safe_load(params.read_text()) or {}).get("pipeline", {}).get("experiment", name)
+        except (yaml.YAMLError, AttributeError):
+            pass
+    query = urllib.parse.urlencode({"experiment_name": name})
+    try:
+        with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                    timeout=3) as answer:
+            experiment = json.load(answer)["experiment"]
+    except (OSError, ValueError, KeyError):
+        return None
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    view = RUNS_VIEW if f"mlflow.sharedViewState.{RUNS_VIEW}" in tags else None
+    return f"runs    {runs_url(experiment['experiment_id'], mlflow_url, view=view)}"
+
+
 def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
        timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers to be ready.")):
     """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background;
     return once each serves what it holds (a stored object reads back, API reads succeed)."""
     with _stack_errors():
-        _stack(state_dir, s3_port, mlflow_port, prefect_port).up(timeout=timeout)
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port)
+        stack.up(timeout=timeout)
+        runs = _runs_line(stack.settings.mlflow_url)
+        if runs:
+            typer.echo(runs)
         typer.echo('clients: eval "$(dmops env)"   stop: dmops down')
 
 
@@ -86,6 +121,9 @@ def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3P
             pid = f"pid {s.pid}" if s.pid else ""
             rss = f"{s.rss_bytes / 2**20:.0f} MiB" if s.rss_bytes else ""
             typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
+        runs = _runs_line(stack.settings.mlflow_url)
+        if runs:
+            typer.echo(runs)
 
 
 def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,

@@ -100,6 +100,21 @@ def test_the_runs_view_follows_the_columns_and_is_not_rewritten_when_they_stay(s
     assert second["createdAt"] == first["createdAt"] and second["name"] == first["name"]
 
 
+def test_dmops_up_and_status_name_the_experiments_runs_in_the_machine_learning_view(stack, tmp_path):
+    """The bare MLflow address opens MLflow's GenAI home in a fresh browser: `dmops up` and
+    `dmops status` print the runs link of params.yaml's experiment once it exists."""
+    from flows.stack_cli import _runs_line
+
+    url = os.environ["MLFLOW_TRACKING_URI"].rstrip("/")
+    name = f"ui-status-{uuid.uuid4().hex[:6]}"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"pipeline:\n  experiment: {name}\n")
+    assert _runs_line(url, params) is None            # no experiment yet: no link to a 404
+    eid = use_experiment(name, ["fid"], ["profile"])
+    assert _runs_line(url, params) == f"runs    {ui_links.runs_url(eid, url)}"
+    assert _runs_line("http://127.0.0.1:9", params) is None   # no server: nothing, at once
+
+
 def test_every_mlflow_link_carries_the_machine_learning_mode():
     base = "http://127.0.0.1:5000"
     assert ui_links.runs_url("4", base) == (f"{base}/#/experiments/4/runs?workflowType=machine_learning"
