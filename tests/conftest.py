@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +15,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, one_torch_thread):
+    """A digits UNet trained for the `tiny` profile's 20 steps (a diffusers `unet/` sub-folder),
+    one per test module: a module may damage its copy."""
+    from diffusion.config import load_config
+    from tasks.steps.train_teacher import train_teacher
+
+    out = tmp_path_factory.mktemp("tiny")
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    return train_teacher(load_config(params, "tiny", [f"out_dir={out}"]), resume=False).model_dir
+
+
+@pytest.fixture(scope="module")
+def experiment(stack, request):
+    """An MLflow experiment of the module's own (test-<module>-<random>), made the active one."""
+    import uuid
+
+    import mlflow
+
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    mlflow.set_experiment(f"test-{module}-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture(scope="session")

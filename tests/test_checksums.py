@@ -185,11 +185,6 @@ def test_the_files_tag_fits_a_model_version_tag():
 
 # --- the registry's stored copy ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def experiment(stack):
-    mlflow.set_experiment(f"test-checksums-{uuid.uuid4().hex[:6]}")
-
-
 def _register(model_dir: Path) -> tuple[str, str]:
     name = f"digits-{uuid.uuid4().hex[:8]}"
     with mlflow.start_run():

@@ -142,17 +142,12 @@ def test_run_tree_has_a_nested_run_per_step_with_metrics_and_pngs(first):
     assert any(p.endswith("index.html") for p in files(steps["validate_data"].info.run_id))
 
 
-def test_the_flow_runs_prefect_logs_hold_the_evaluation_rows_and_no_library_print(first):
-    """What a person reads of a run, in Prefect and on the console: one record per evaluation
-    row and a progress line per step; nothing a library printed (prdc's "Num real", MLflow's
-    "View run"), no hint that does not apply (DVC's push hint), no carriage-return bar."""
-    import mlflow
+def flow_run_logs(flow_run_id: str) -> list:
+    """Every Prefect log record of the flow run, oldest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
 
-    version = client().get_model_version(MODEL, "1")
-    flow_run_id = version.tags["prefect_flow_run_id"]
     with get_client(sync_client=True) as prefect:
         records = []
         while len(records) % 200 == 0:   # pages of 200
@@ -162,6 +157,17 @@ def test_the_flow_runs_prefect_logs_hold_the_evaluation_rows_and_no_library_prin
             records += page
             if not page:
                 break
+    return records
+
+
+def test_the_flow_runs_prefect_logs_hold_the_evaluation_rows_and_no_library_print(first):
+    """What a person reads of a run, in Prefect and on the console: one record per evaluation
+    row and a progress line per step; nothing a library printed (prdc's "Num real", MLflow's
+    "View run"), no hint that does not apply (DVC's push hint), no carriage-return bar."""
+    import mlflow
+
+    version = client().get_model_version(MODEL, "1")
+    records = flow_run_logs(version.tags["prefect_flow_run_id"])
     messages = [r.message for r in records]
     evaluate = mlflow.search_runs(
         experiment_ids=[client().get_run(version.tags["mlflow_parent_run_id"]).info.experiment_id],
@@ -394,3 +400,10 @@ def test_deployment_from_prefect_yaml_runs_through_a_worker(first, repo):
                                cwd=repo, capture_output=True, text=True, timeout=120)
     assert inspected.returncode == 0, inspected.stderr
     assert "COMPLETED" in inspected.stdout, inspected.stdout[-3000:]
+    # a worker's flow run logs the core's messages too (its engine set up Prefect's logging
+    # before the flow module could name the `diffusion` logger): here the promote step's
+    # scoring of the champion, and the pipeline's progress lines
+    records = flow_run_logs(flow_run_id)
+    assert any(r.name.startswith("diffusion") for r in records), [(r.name, r.message) for r in records]
+    assert any(r.message.startswith("pipeline [8/8] promote done in ") for r in records)
+    assert not any("Num real" in r.message for r in records)

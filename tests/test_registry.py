@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffusion.config import load_config
 from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
@@ -29,27 +28,13 @@ from tasks.adapters.registry import (FILES_TAG, RegistryError, champion_version,
                                      download_model, register_model, version_tags)
 from tasks.adapters.model_card import model_card
 from tasks.adapters.release import folder_files, prepare_release_files
-from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def _lineage(fid: float) -> dict[str, str]:
     return {"data_hash": "d41d8cd98f00b204e9800998ecf8427e", "git_commit": "0123abc",
             "validation": "passed", "metric.fid": f"{fid:.6g}", "prefect_flow_run_id": "run-1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, one_torch_thread) -> Path:
-    """A digits UNet trained for the `tiny` profile's 20 steps: a diffusers `unet/` sub-folder."""
-    out = tmp_path_factory.mktemp("tiny")
-    return train_teacher(load_config(PARAMS, "tiny", [f"out_dir={out}"]), resume=False).model_dir
-
-
-@pytest.fixture(scope="module")
-def experiment(stack):
-    mlflow.set_experiment(f"test-registry-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture

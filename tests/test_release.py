@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffusion.config import load_config
 from diffusion.model import ModelSpec, load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
@@ -27,19 +26,10 @@ from tasks.adapters import ui_links
 from tasks.adapters.model_card import model_card
 from tasks.adapters.release import (ReleaseError, folder_files, prepare_release_files, read_manifest,
                                     read_release, verify_release, write_release)
-from tasks.steps.train_teacher import train_teacher
 from cli_assertions import fails_cleanly
 from lost_responses import LostResponses
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METRICS = {"fid": 0.41, "kid": 0.0123}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, one_torch_thread) -> Path:
-    """A digits UNet trained for the `tiny` profile's 20 steps: a diffusers `unet/` sub-folder."""
-    out = tmp_path_factory.mktemp("tiny")
-    return train_teacher(load_config(PARAMS, "tiny", [f"out_dir={out}"]), resume=False).model_dir
 
 
 @pytest.fixture

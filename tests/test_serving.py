@@ -27,31 +27,16 @@ import psutil
 import pytest
 from mlflow.models import Model
 
-from diffusion.config import load_config
 from diffusion.model import load_for_sampling
 from diffusion.samplers import generate
 from infra.ports import free_ports
 from tasks.adapters.registry import CHAMPION, register_model, set_alias
-from tasks.steps.train_teacher import train_teacher
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 CHECKOUT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = {"diffusion", "tasks", "flows", "infra"}
 # MLflow's first `serve` of a model builds its environment (pip install of torch, diffusers,
 # mlflow-skinny, ...: about 3 minutes on 2 cores); later runs reuse it from ~/.mlflow/envs.
 SERVE_START_TIMEOUT_S = 1200
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, one_torch_thread) -> Path:
-    """A digits UNet trained for the `tiny` profile's 20 steps."""
-    out = tmp_path_factory.mktemp("serving")
-    return train_teacher(load_config(PARAMS, "tiny", [f"out_dir={out}"]), resume=False).model_dir
-
-
-@pytest.fixture(scope="module")
-def experiment(stack):
-    mlflow.set_experiment(f"test-serving-{uuid.uuid4().hex[:6]}")
 
 
 class _Records(logging.Handler):
