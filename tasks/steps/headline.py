@@ -29,6 +29,14 @@ def teacher_best_fid(table: list[dict]) -> float:
     return float(frame.loc[frame["model"] == "teacher", "fid"].min())
 
 
+def derived_metrics(table: list[dict], row: dict) -> dict[str, float]:
+    """What a served model's evaluation `row` (with fid) does not hold by itself: the teacher's
+    best FID in the same evaluation `table` and the row's ratio to it.  Registration logs them
+    with the row; `dmops reproduce` derives them from its own table the same way."""
+    best = teacher_best_fid(table)
+    return {"teacher_best_fid": best, "fid_vs_teacher_best": ratio(float(row["fid"]), best)}
+
+
 def ratio(a: float, b: float) -> float:
     """a / b, or inf where b is not a positive finite number (no ratio to report)."""
     return a / b if b > 0 and math.isfinite(b) else math.inf

@@ -20,7 +20,7 @@ from diffusion.model import read_spec
 from tasks.adapters.metric_logger import numeric
 from tasks.adapters.model_card import model_card
 from tasks.adapters.registry import register_model, registered_sample, set_descriptions
-from tasks.steps.headline import ratio, teacher_best_fid
+from tasks.steps.headline import derived_metrics
 from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
 from tasks.say import say
 
@@ -79,8 +79,7 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
     model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
     log(f"candidate: {candidate.describe()}")
     numbers = numeric(candidate.row)
-    numbers["teacher_best_fid"] = teacher_best_fid(table)
-    numbers["fid_vs_teacher_best"] = ratio(numbers["fid"], numbers["teacher_best_fid"])
+    numbers.update(derived_metrics(table, numbers))
     all_tags = {**tags, **lineage_tags(model_dir, weights[candidate.name]),
                 "served_as": candidate.name, "sampler": candidate.sampler,
                 "nfe": str(int(candidate.row["nfe"])),

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from tasks.steps.headline import derived_metrics
+
 RELATIVE_TOLERANCE = 1e-6
 TAG_ROUNDING = 5e-6
 WALL_CLOCK = ("seconds", "images_per_s")
@@ -80,6 +82,8 @@ def compare(model: str, version: str, tags: dict[str, str], run_metrics: dict[st
     differences: list[str] = []
     notes: list[str] = []
     row = served_row(result["table"], served_as, sampler, nfe)
+    if row is not None:   # what registration logs beside the row, derived the same way
+        row = {**row, **derived_metrics(result["table"], row)}
     weights = Line("weights sha256", tags["weights_sha256"], result["weights"].get(served_as),
                    tags["weights_sha256"] == result["weights"].get(served_as))
     if row is None:
