@@ -50,13 +50,11 @@ def headline_metrics(table: list[dict], served: dict[str, float], floor: float,
     images/s, and 1.0 when it was promoted to champion, else 0.0.  KID is added when the row
     has it.  The two ratios are dimensionless; FID in the feature space of the evaluation."""
     fid = float(served["fid"])
-    metrics = {"fid": fid,
-               "fid_vs_teacher_best": ratio(fid, teacher_best_fid(table)),
+    metrics = {"fid": fid, **derived_metrics(table, served),
                "fid_vs_floor": ratio(fid, floor),
                "nfe": float(served["nfe"]),
                "images_per_s": float(served["images_per_s"]),
                "promoted": 1.0 if promoted else 0.0,
-               "teacher_best_fid": teacher_best_fid(table),
                "fid_floor": float(floor)}
     if "kid_mean" in served:
         metrics["kid_mean"] = float(served["kid_mean"])
