@@ -12,6 +12,7 @@ worker itself, so none is left polling the work pool (tests/test_worker.py).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -199,4 +200,9 @@ def register(app: typer.Typer) -> None:
         # pid the user kills is the worker, and Prefect's own handlers stop it cleanly on
         # SIGTERM / SIGINT.  (PR_SET_PDEATHSIG would also cover SIGKILL, but Linux only, racy at
         # start, and signalled on the death of the thread that forked, not of the process.)
+        # A job started with `&` by a non-interactive shell inherits SIGINT ignored, and exec
+        # keeps an ignored disposition: Prefect turns SIGTERM into a SIGINT to itself, which
+        # would then be dropped and leave the worker polling.  Default dispositions for both.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
         os.execve(sys.executable, cmd, env)
