@@ -56,6 +56,7 @@ import types
 import warnings
 from typing import Callable
 
+import joblib
 import numpy as np
 import prdc
 import torch
@@ -372,8 +373,15 @@ def prdc_metrics(real_f, fake_f, k: int = 5) -> dict:
         raise EvaluationError(f"PRDC: k must be an integer >= 1, got {k!r}")
     real_f = _check_features(real_f, "real features", min_n=k + 2)
     fake_f = _check_features(fake_f, "fake features", min_n=k + 2, dim=real_f.shape[1])
-    out = _quiet(prdc.compute_prdc)(real_features=real_f.numpy(), fake_features=fake_f.numpy(),
-                                    nearest_k=k)
+    # prdc asks scikit-learn for its distances with n_jobs=8: joblib threads whose wrapper
+    # swaps the process-wide warning filters from each thread (catch_warnings + resetwarnings,
+    # not thread-safe), leaving them reordered or empty after the call; every later parallel
+    # call then warns "delayed should be used with Parallel" (94 times in one `make run`).
+    # The sequential backend makes joblib's effective n_jobs 1, so scikit-learn computes
+    # directly in this thread (its BLAS still uses the cores).
+    with joblib.parallel_config(backend="sequential"):
+        out = _quiet(prdc.compute_prdc)(real_features=real_f.numpy(),
+                                        fake_features=fake_f.numpy(), nearest_k=k)
     return {key: float(out[key]) for key in ("precision", "recall", "density", "coverage")}
 
 

@@ -29,3 +29,22 @@ def test_prdc_prints_nothing_even_where_builtins_print_is_replaced(monkeypatch, 
     expected = prdc.compute_prdc(real, fake, 3)
     assert scores == {key: float(expected[key]) for key in scores}
     assert "print" not in vars(prdc.prdc)
+
+
+def test_prdc_leaves_the_process_warning_filters_as_they_were():
+    """prdc's distances (scikit-learn, n_jobs=8) ran in joblib threads that each swap the
+    process-wide warning filters; they came back reordered or, in a race, empty, and every
+    later parallel scikit-learn call warned "delayed should be used with Parallel" (94 such
+    lines in one `make run`).  Computed in the calling thread, nothing changes."""
+    import warnings
+
+    real, fake = np.random.default_rng(1).normal(size=(2, 300, 8))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message="a filter the call must keep in place")
+        before = list(warnings.filters)
+        for _ in range(3):
+            prdc_metrics(real, fake, k=5)
+        after = list(warnings.filters)
+    assert after == before
+    assert [str(w.message) for w in seen] == []
