@@ -15,11 +15,11 @@ import typer
 import yaml
 
 from flows.client_env import MLFLOW, S3, server_env_or_exit
-from flows.cli_options import (ConfigOpt, ModelDirOpt, ProfileOpt, RegisteredModelOpt, ReleaseOpt,
-                               RequiredModelDirOpt, SetOpt, check_device, check_exists,
+from flows.cli_options import (APP_SETTINGS, ConfigOpt, ModelDirOpt, ProfileOpt, RegisteredModelOpt,
+                               ReleaseOpt, RequiredModelDirOpt, SetOpt, check_device, check_exists,
                                check_samplers, model_ref_problem, usage_error)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(**APP_SETTINGS,
                   help="Train, distil, sample and ship diffusion models. Every command has --help.")
 
 

@@ -20,7 +20,8 @@ from flows.client_env import MLFLOW, S3, server_env_or_exit
 def register(app: typer.Typer) -> None:
     @app.command()
     def reproduce(ref: str = typer.Argument(..., metavar="MODEL@ALIAS|MODEL/VERSION",
-                                            help="The registered version, e.g. digits-diffusion@champion."),
+                                            help="The registered version, e.g.\n\n\b\ndigits-diffusion@champion\n"
+                                                 "digits-diffusion/3"),
                   repo: Path = typer.Option(Path("."), help="The git repository the pipeline ran in."),
                   keep: bool = typer.Option(False, "--keep",
                                             help="Keep the worktree and the run's files (printed)."),

@@ -141,6 +141,8 @@ def register(app: typer.Typer) -> None:
 
 
 if __name__ == "__main__":   # python -m flows.stack_cli up: the four commands without the rest
-    _app = typer.Typer(add_completion=False, no_args_is_help=True, help="The local stack.")
+    from flows.cli_options import APP_SETTINGS
+
+    _app = typer.Typer(**APP_SETTINGS, help="The local stack.")
     register(_app)
     _app()
