@@ -16,6 +16,7 @@ are checked against the stack without a browser.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from contextlib import contextmanager
@@ -26,8 +27,8 @@ import pytest
 
 from pipeline_run import MODEL
 from tasks.adapters import ui_links
-from tasks.adapters.experiment import (KIND_TAG, MODEL_TRAINING, VIEW_TAG_PREFIX, runs_view_state,
-                                       use_experiment)
+from tasks.adapters.experiment import (KIND_TAG, MODEL_TRAINING, VIEW_TAG_PREFIX, _create,
+                                       runs_view_state, use_experiment)
 from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS
 
 pytestmark = pytest.mark.stack
@@ -76,10 +77,19 @@ def test_an_existing_experiment_without_a_kind_becomes_model_training_with_the_r
     assert run.info.experiment_id == created
 
 
-def test_a_new_experiment_is_created_and_a_kind_the_user_chose_is_kept(stack):
+def test_a_new_experiment_is_created_and_a_kind_the_user_chose_is_kept(stack, caplog):
     name = f"ui-test-{uuid.uuid4().hex[:8]}"
-    fresh = use_experiment(name, ["fid"], [])
+    said = []
+    with caplog.at_level(logging.INFO, logger="mlflow"):
+        fresh = use_experiment(name, ["fid"], [], log=said.append)
     assert _client().get_experiment(fresh).tags[KIND_TAG] == MODEL_TRAINING
+    # one line of the pipeline's, none of MLflow's ("does not exist. Creating ...")
+    assert said == [f"MLflow experiment {name!r} created (id {fresh}) for the pipeline's runs"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("mlflow")] == []
+    # a second run (or one racing this one) finds it and says nothing
+    assert use_experiment(name, ["fid"], [], log=said.append) == fresh and len(said) == 1
+    _create(_client(), name, said.append)
+    assert len(said) == 1
 
     chosen = f"ui-test-{uuid.uuid4().hex[:8]}"
     eid = _client().create_experiment(chosen, tags={KIND_TAG: "genai_development"})

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from tasks.adapters.servers import mlflow_call
+from tasks.say import say
 from tasks.adapters.ui_links import RUNS_VIEW
 
 KIND_TAG = "mlflow.experimentKind"
@@ -49,18 +52,25 @@ def runs_view_state(metrics: Sequence[str], params: Sequence[str]) -> dict:
             "orderByKey": "attributes.start_time", "orderByAsc": False}
 
 
-def use_experiment(name: str, metrics: Sequence[str] = (), params: Sequence[str] = ()) -> str:
-    """Make experiment `name` the active one (created when missing), as a model-training
-    experiment: its kind tag set unless a user chose a kind, and the saved runs view
-    `RUNS_VIEW` naming `metrics` and `params` as columns (rewritten only when they change).
+def use_experiment(name: str, metrics: Sequence[str] = (), params: Sequence[str] = (),
+                   log: Callable[[str], None] = say) -> str:
+    """Make experiment `name` the active one (created when missing, said on `log`), as a
+    model-training experiment: its kind tag set unless a user chose a kind, and the saved runs
+    view `RUNS_VIEW` naming `metrics` and `params` as columns (rewritten only when they change).
 
     Returns the experiment id. Every request goes through servers.mlflow_call (bounded
     retries): ServerUnavailable when the MLflow server stays away; MlflowException when the
     experiment is deleted (MLflow refuses to reuse the name until it is restored or purged)."""
-    experiment = mlflow_call(mlflow.set_experiment, name)
+    client = mlflow.MlflowClient()
+    if mlflow_call(client.get_experiment_by_name, name) is None:
+        _create(client, name, log)
+    # by id: set_experiment by a name it does not find creates it with a line of its own
+    # on MLflow's logger; a deleted experiment still fails here, with MLflow's message
+    experiment = mlflow_call(mlflow.set_experiment,
+                             experiment_id=mlflow_call(client.get_experiment_by_name,
+                                                       name).experiment_id)
     eid = experiment.experiment_id
     tags = experiment.tags or {}
-    client = mlflow.MlflowClient()
     if tags.get(KIND_TAG, "") in _UNCHOSEN_KINDS:
         mlflow_call(client.set_experiment_tag, eid, KIND_TAG, MODEL_TRAINING)
     state = runs_view_state(metrics, params)
@@ -74,6 +84,18 @@ def use_experiment(name: str, metrics: Sequence[str] = (), params: Sequence[str]
                     "state": json.dumps(state)}
         mlflow_call(client.set_experiment_tag, eid, view_tag, json.dumps(envelope))
     return eid
+
+
+def _create(client: mlflow.MlflowClient, name: str, log: Callable[[str], None]) -> None:
+    """Create experiment `name` as model training; another run creating it at the same time
+    (or a retried request whose first try got through) is not an error."""
+    try:
+        eid = mlflow_call(client.create_experiment, name, tags={KIND_TAG: MODEL_TRAINING})
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return
+    log(f"MLflow experiment {name!r} created (id {eid}) for the pipeline's runs")
 
 
 def _saved_view(value: str | None) -> dict | None:
