@@ -242,8 +242,20 @@ def test_mlflow_serves_the_champion_in_its_own_environment(tiny_model, experimen
         assert x.shape == (4, *spec.shape)
         assert np.array_equal(x, expected.numpy())
 
-        status, answer = _invoke(port, {"dataframe_records": [{"n": 0, "seed": 0}]})
-        assert status == 400 and "n must be an integer >= 1" in json.dumps(answer), (status, answer)
+        # rows with and without steps in one request: the row without gets the model's own
+        status, answer = _invoke(port, {"dataframe_records": [
+            {"n": 2, "seed": 0}, {"n": 1, "seed": 1, "steps": 3, "sampler": None}]})
+        assert status == 200, answer
+        mixed = np.concatenate([
+            generate(denoiser, spec.shape, 2, seed=0, **spec.sampling.model_dump()).x.numpy(),
+            generate(denoiser, spec.shape, 1, seed=1, **{**spec.sampling.model_dump(),
+                                                         "steps": 3}).x.numpy()])
+        assert np.array_equal(np.asarray(answer["predictions"], dtype=np.float32), mixed)
+
+        # a bad field is a 400 whose message names it (not a generic error, not truncated)
+        status, answer = _invoke(port, {"dataframe_records": [{"n": 2.5, "seed": 0}]})
+        assert status == 400 and answer.get("error_code") == "INVALID_PARAMETER_VALUE", answer
+        assert "n must be an integer, got 2.5" in answer["message"], answer
         print(f"\nmlflow models serve: ready after {ready_s:.0f} s, test {time.monotonic() - started:.0f} s "
               f"(environment {prefix})")
     finally:

@@ -13,7 +13,12 @@ load_model checks the weights against model.json's own record: a corrupted store
 
 A request is one row (or several) of `n`, `seed` and optional `sampler` / `steps`; the answer is
 the samples as float32 (N, C, H, W) for images or (N, D) for vectors, drawn with
-`diffusion.samplers.generate`: the same seed gives the same samples as `dmops sample`.
+`diffusion.samplers.generate`: the same seed gives the same samples as `dmops sample`.  A row
+without sampler or steps (or with null there) gets the model's own.  A request the model cannot
+answer raises SampleRequestError, an MlflowException with INVALID_PARAMETER_VALUE: the scoring
+server answers HTTP 400 with its message, which names the field.  The signature declares the
+columns `Any` so that the values reach `parse_requests` as sent (see `signature`); MLflow's
+CSV parser needs typed columns, so served requests are JSON.
 """
 
 from __future__ import annotations
@@ -24,16 +29,30 @@ from dataclasses import dataclass
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 
 ARTIFACT = "model"
-# A guard for served endpoints: one request must not be able to exhaust the server's memory.
+# Guards for served endpoints: one request must not be able to exhaust the server's memory
+# (samples) or hold a worker for hours (steps; DDPM's own schedule has 1000).
 MAX_SAMPLES_PER_REQUEST = 4096
+MAX_STEPS = 1000
+# torch.Generator.manual_seed takes any unsigned 64-bit seed, as `dmops sample --seed` does
+MAX_SEED = 2**64 - 1
+FIELDS = ("n", "seed", "sampler", "steps")
 
 
-class SampleRequestError(ValueError):
-    """A prediction request the model cannot answer; the message says which field is wrong."""
+class SampleRequestError(MlflowException, ValueError):
+    """A prediction request the model cannot answer; the message says which field is wrong.
+
+    An MlflowException with INVALID_PARAMETER_VALUE, so MLflow's scoring server answers HTTP
+    400 with this message in the body; still a ValueError for callers that catch bad input."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass(frozen=True)
@@ -44,22 +63,44 @@ class SampleRequest:
     steps: int | None = None
 
 
-def _given(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+def _missing(value) -> bool:
+    """None, NaN or pd.NA: how a row without the field arrives once rows share one frame."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def _as_int(value, field: str, minimum: int) -> int:
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise SampleRequestError(f"{field} must be an integer, got {value!r}") from None
-    if not as_float.is_integer() or as_float < minimum:
-        raise SampleRequestError(f"{field} must be an integer >= {minimum}, got {value!r}")
-    return int(as_float)
+def _as_int(value, field: str, minimum: int, maximum: int | None = None, hint: str = "") -> int:
+    """An integer field: a JSON integer, or a float that is one (pandas stores an integer
+    column with a missing row as floats).  2.5, True, "3" and inf are errors, never rounded."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    elif (isinstance(value, (float, np.floating)) and math.isfinite(value)
+          and float(value).is_integer()):
+        number = int(value)
+    else:
+        raise SampleRequestError(f"{field} must be an integer, got {value!r}{hint}")
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f">= {minimum}" + ("" if maximum is None else f" and <= {maximum}")
+        raise SampleRequestError(f"{field} must be an integer {bound}, got {number}{hint}")
+    return number
 
 
-def parse_requests(model_input) -> list[SampleRequest]:
-    """Rows of a DataFrame (or a dict of scalars or of lists) -> validated requests."""
+def _sampler(value, field: str) -> str | None:
+    from diffusion.samplers import SAMPLERS
+
+    if _missing(value) or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SampleRequestError(f"{field} must be a sampler name, got {value!r}; allowed: "
+                                 f"{sorted(SAMPLERS)}, or leave it out for the model's own")
+    if value not in SAMPLERS:
+        raise SampleRequestError(f"unknown sampler {value!r}; allowed: {sorted(SAMPLERS)}, or "
+                                 "leave it out for the model's own")
+    return value
+
+
+def _frame(model_input) -> pd.DataFrame:
     if isinstance(model_input, dict):
         values = model_input.values()
         model_input = (pd.DataFrame(model_input) if all(isinstance(v, (list, tuple, np.ndarray))
@@ -68,21 +109,38 @@ def parse_requests(model_input) -> list[SampleRequest]:
     if not isinstance(model_input, pd.DataFrame):
         raise SampleRequestError("the input must be a DataFrame or dict with columns n, seed and "
                                  f"optional sampler, steps; got {type(model_input).__name__}")
-    unknown = sorted(set(model_input.columns) - {"n", "seed", "sampler", "steps"})
+    unknown = sorted(set(model_input.columns) - set(FIELDS))
     if unknown or not {"n", "seed"} <= set(model_input.columns):
         raise SampleRequestError(f"input columns must be n, seed and optional sampler, steps; got "
                                  f"{list(model_input.columns)}")
     if model_input.empty:
         raise SampleRequestError("the input has no rows: give one row per request")
+    return model_input
+
+
+def parse_requests(model_input) -> list[SampleRequest]:
+    """Rows of a DataFrame (or a dict of scalars or of lists) -> validated requests.
+
+    Each row: n (samples, >= 1), seed (0 .. 2**64 - 1) and optional sampler (a name of
+    diffusion.samplers.SAMPLERS) and steps (1 .. MAX_STEPS).  A row without sampler or steps,
+    or with null there, gets the model's own, exactly as when the column is absent.  At most
+    MAX_SAMPLES_PER_REQUEST samples in all.  Raises SampleRequestError naming the field (and
+    the row, when there are several)."""
+    frame = _frame(model_input)
+    rows = frame.to_dict("records")
     requests = []
-    for row in model_input.to_dict("records"):
-        sampler = row.get("sampler")
+    for i, row in enumerate(rows, start=1):
+        where = f" of row {i}" if len(rows) > 1 else ""
+        for field in ("n", "seed"):
+            if _missing(row[field]):
+                raise SampleRequestError(f"{field}{where} is missing: every row needs n and seed")
         steps = row.get("steps")
         requests.append(SampleRequest(
-            n=_as_int(row["n"], "n", 1),
-            seed=_as_int(row["seed"], "seed", 0),
-            sampler=str(sampler) if _given(sampler) and sampler != "" else None,
-            steps=_as_int(steps, "steps", 1) if _given(steps) else None))
+            n=_as_int(row["n"], f"n{where}", 1),
+            seed=_as_int(row["seed"], f"seed{where}", 0, MAX_SEED),
+            sampler=_sampler(row.get("sampler"), f"sampler{where}"),
+            steps=None if _missing(steps) else _as_int(steps, f"steps{where}", 1, MAX_STEPS,
+                                                         "; leave it out for the model's own")))
     total = sum(r.n for r in requests)
     if total > MAX_SAMPLES_PER_REQUEST:
         raise SampleRequestError(f"{total} samples requested; at most {MAX_SAMPLES_PER_REQUEST} "
@@ -113,30 +171,46 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
     # The pd.DataFrame hint tells MLflow to take the explicit signature as the schema (dicts
     # arrive converted to a one-row frame) instead of inferring one from type hints.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        from diffusion.samplers import SAMPLERS, generate
+        from diffusion.samplers import generate
 
-        shape = self._spec.shape
-        batches = []
-        for request in parse_requests(model_input):
-            options = self._spec.sampling.model_dump()
-            if request.sampler is not None:
-                if request.sampler not in SAMPLERS:
-                    raise SampleRequestError(f"unknown sampler {request.sampler!r}; allowed: "
-                                             f"{sorted(SAMPLERS)}")
-                options["sampler"] = request.sampler
-            if request.steps is not None:
-                options["steps"] = request.steps
-            out = generate(self._denoiser, shape, request.n, seed=request.seed,
-                           device=self._device, **options)
-            batches.append(out.x.detach().cpu().numpy().astype(np.float32))
-        return np.concatenate(batches)
+        # every row is checked before any is sampled: a bad row answers at once
+        settings = [self._options(request) for request in parse_requests(model_input)]
+        batches = [generate(self._denoiser, self._spec.shape, request.n, seed=request.seed,
+                            device=self._device, **options).x.detach().cpu().numpy()
+                   for request, options in settings]
+        return np.concatenate(batches).astype(np.float32)
+
+    def _options(self, request: SampleRequest) -> tuple[SampleRequest, dict]:
+        """(request, generate's keyword arguments): the model's sampling settings with the
+        request's sampler and steps; SampleRequestError for a sampler this model cannot use."""
+        options = self._spec.sampling.model_dump()
+        if request.sampler is not None:
+            options["sampler"] = request.sampler
+        if request.steps is not None:
+            options["steps"] = request.steps
+        # the consistency sampler's boundary condition needs the model's sigma_min, which
+        # only a consistency-distilled model's preconditioning has (samplers.sample_consistency)
+        if (options["sampler"] == "consistency"
+                and getattr(self._denoiser.precond, "sigma_min", None) is None):
+            raise SampleRequestError(
+                "sampler 'consistency' needs a consistency-distilled model; this one is sampled "
+                f"with {self._spec.sampling.sampler!r}: leave sampler out or pick another")
+        return request, options
 
 
 def signature(sample_shape) -> ModelSignature:
-    """Input: n, seed, optional sampler and steps; output: float32 samples (-1, *shape)."""
-    inputs = Schema([ColSpec("long", "n"), ColSpec("long", "seed"),
-                     ColSpec("string", "sampler", required=False),
-                     ColSpec("long", "steps", required=False)])
+    """Input columns: n (samples), seed, optional sampler and steps; output: float32 samples
+    (-1, *shape).
+
+    Every column is declared `Any` (the names and which are required still say what a row
+    holds; parse_requests checks the values): MLflow's scoring server casts typed columns
+    with pandas before predict sees them, so as `long` a row without steps (NaN) fails the
+    whole request ("Cannot convert non-finite values") and 2.5 or true silently become 2 or 1,
+    and as `string` a null sampler in the `inputs` form becomes the name "None".  As `Any` the
+    JSON values reach parse_requests as sent."""
+    inputs = Schema([ColSpec(AnyType(), "n"), ColSpec(AnyType(), "seed"),
+                     ColSpec(AnyType(), "sampler", required=False),
+                     ColSpec(AnyType(), "steps", required=False)])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, sample_shape)))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
