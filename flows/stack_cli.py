@@ -1,7 +1,15 @@
 """`dmops up | down | status | env`: the local stack from the command line.
 
 `register(app)` adds the four commands to the main `dmops` app. Errors print one
-`error: ...` line (a start-up failure adds the server's log tail) and exit with code 1."""
+`error: ...` line (a start-up failure adds the server's log tail) and exit with code 1.
+
+The state folder: --state-dir, else $DMOPS_STACK_DIR, else `.stack` in the dmops checkout
+(infra.settings.default_state_dir), the same from every working folder.  A folder the user
+named (option or variable) is checked before anything is read or started, exit code 2: its
+parent must exist (`up` creates the folder itself, never a chain of folders), and `status`,
+`env` and `down` refuse one that holds no stack instead of reporting an empty one as
+"stopped".  The default folder without a stack: `status` and `env` say to run `dmops up`
+(exit 1), `down` has nothing to stop (exit 0)."""
 
 from __future__ import annotations
 
@@ -13,8 +21,9 @@ from typing import Iterator, Optional
 
 import typer
 
-StateDirOpt = typer.Option(None, "--state-dir", help="Folder of the stack's state "
-                           "(default: $DMOPS_STACK_DIR or .stack).")
+StateDirOpt = typer.Option(None, "--state-dir", help="Folder of the stack's state (default: "
+                           "$DMOPS_STACK_DIR, else .stack in the dmops checkout, from any working "
+                           "folder).")
 # a port out of range is the user's to fix (exit 2) before anything is read or started
 S3PortOpt = typer.Option(None, "--s3-port", min=1, max=65535,
                          help="S3 port (default: $DMOPS_S3_PORT or 8333).")
@@ -39,10 +48,20 @@ def _stack_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+# what a command does with a state folder that holds no stack
+CREATE, REFUSE, NOTHING_TO_DO = "create", "refuse", "nothing to do"
+
+
 def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optional[int],
-           prefect_port: Optional[int]):
-    """The Stack for these options; unset options come from the environment, then defaults."""
-    from infra.settings import StackSettings
+           prefect_port: Optional[int], without_stack: str = REFUSE):
+    """The Stack for these options; unset options come from the environment, then defaults.
+    The state folder is checked first (module docstring): `without_stack` says what a folder
+    holding no stack means to the command (CREATE: `up`; REFUSE: an error; NOTHING_TO_DO:
+    None is returned after saying so)."""
+    import os
+
+    from flows.cli_options import usage_error
+    from infra.settings import ENV_STATE_DIR, StackSettings, default_state_dir
     from infra.stack import Stack
 
     overrides = {k: v for k, v in {"state_dir": state_dir, "s3_port": s3_port, "mlflow_port": mlflow_port,
@@ -51,17 +70,40 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
     ports = {"--s3-port": settings.s3_port, "--mlflow-port": settings.mlflow_port,
              "--prefect-port": settings.prefect_port}
     if len(set(ports.values())) < len(ports):
-        from flows.cli_options import usage_error
-
         usage_error(f"two servers cannot share a port ({', '.join(f'{k} {v}' for k, v in ports.items())}): "
                     "give each its own")
-    return Stack(settings, log=typer.echo)
+    stack = Stack(settings, log=typer.echo)
+    folder = stack.state_dir
+    # who named the folder: the user (a mistake there is theirs, exit 2), or the default
+    named = (f"--state-dir {state_dir}" if state_dir is not None else
+             f"{ENV_STATE_DIR}={os.environ[ENV_STATE_DIR]}" if os.environ.get(ENV_STATE_DIR) else None)
+    if named is not None:
+        if not folder.parent.is_dir():
+            usage_error(f"{named}: the folder {folder.parent} does not exist; give the stack's "
+                        f"state folder (default {default_state_dir()}), or a new folder inside an "
+                        "existing one for `dmops up` to start a new stack in")
+        if folder.exists() and not folder.is_dir():
+            usage_error(f"{named}: {folder} is a file, not a stack's state folder")
+    if without_stack == CREATE or stack.layout.holds_stack():
+        return stack
+    if named is not None:
+        usage_error(f"{named}: no stack was ever started in {folder} (it has no credentials.json); "
+                    f"give the folder `dmops up` used (default {default_state_dir()}), or start "
+                    f"a stack there with `dmops up --state-dir {folder}`")
+    if without_stack == NOTHING_TO_DO:
+        typer.echo(f"no stack in {folder}; nothing to stop")
+        return None
+    typer.secho(f"error: no local stack has been started in {folder} (the state folder of this "
+                "dmops checkout): start it with `dmops up`, or name another with --state-dir or "
+                f"{ENV_STATE_DIR}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
 
 
 def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | None:
     """`mlflow runs <url>`: the pipeline experiment's runs list in the machine-learning view
     (MLflow's bare address opens its GenAI home in a fresh browser), or None when the
-    experiment (params.yaml's pipeline.experiment, else `dmops`) does not exist yet or the
+    experiment (pipeline.experiment of `params`, else of the dmops checkout's params.yaml, else
+    `dmops`) does not exist yet or the
     server does not answer in 3 s.  Plain HTTP: `dmops up` does not import MLflow."""
     import json
     import urllib.parse
@@ -72,6 +114,10 @@ def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | Non
     from tasks.adapters.ui_links import RUNS_VIEW, runs_url
 
     name = "dmops"
+    if not params.is_file():   # run outside a repository: the dmops checkout's settings
+        from infra.settings import project_root
+
+        params = (project_root() or Path(".")) / "params.yaml"
     if params.is_file():
         try:
             name = (yaml.safe_load(params.read_text()) or {}).get("pipeline", {}).get("experiment", name)
@@ -95,7 +141,7 @@ def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortO
     """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background;
     return once each serves what it holds (a stored object reads back, API reads succeed)."""
     with _stack_errors():
-        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port)
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=CREATE)
         stack.up(timeout=timeout)
         runs = _runs_line(stack.settings.mlflow_url)
         if runs:
@@ -107,7 +153,9 @@ def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Por
          mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
     """Stop the stack's servers. Data, credentials and logs stay in the state folder."""
     with _stack_errors():
-        _stack(state_dir, s3_port, mlflow_port, prefect_port).down()
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=NOTHING_TO_DO)
+        if stack is not None:
+            stack.down()
 
 
 def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,

@@ -57,6 +57,11 @@ class StateLayout:
     def prefect_home(self) -> Path:
         return self.root / "prefect"
 
+    def holds_stack(self) -> bool:
+        """Whether a stack was ever started here: the first `up` writes the credentials, and
+        nothing else does (`dmops down` and restarts keep them)."""
+        return self.credentials.is_file()
+
     def log(self, service: str) -> Path:
         return self.logs / f"{service}.log"
 

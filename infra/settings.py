@@ -1,9 +1,14 @@
-"""Where the local stack keeps its state and which loopback ports it serves on."""
+"""Where the local stack keeps its state and which loopback ports it serves on.
+
+The state folder is found the same way from every working folder (`default_state_dir`): a
+user who ran `make run` in the clone and then `dmops status` elsewhere reaches the same stack.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.errors import StackError
@@ -14,11 +19,38 @@ ENV_PORTS = {"s3_port": "DMOPS_S3_PORT", "mlflow_port": "DMOPS_MLFLOW_PORT",
              "prefect_port": "DMOPS_PREFECT_PORT"}
 
 
+STATE_FOLDER = ".stack"
+
+
+def project_root() -> Path | None:
+    """The dmops checkout this code runs from (the folder holding the `infra` package and a
+    pyproject.toml of project `dmops`: a clone, installed editable as `make` does), or None for
+    a copy installed into site-packages.  Found from this file's location, never from the
+    working folder."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        pyproject = (root / "pyproject.toml").read_text()
+    except OSError:
+        return None
+    return root if re.search(r'(?m)^name\s*=\s*"dmops"\s*$', pyproject) else None
+
+
+def default_state_dir() -> Path:
+    """The state folder when neither --state-dir nor DMOPS_STACK_DIR names one: `.stack` in the
+    dmops checkout (`project_root`), else `$XDG_STATE_HOME/dmops/stack` (default
+    `~/.local/state/dmops/stack`) for an installed copy.  Absolute, whatever the working folder."""
+    root = project_root()
+    if root is not None:
+        return root / STATE_FOLDER
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser().resolve() / "dmops" / "stack"
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Settings of one local stack: its state folder, loopback host, public ports and buckets."""
 
-    state_dir: Path = Path(".stack")
+    state_dir: Path = field(default_factory=default_state_dir)
     host: str = "127.0.0.1"
     s3_port: int = 8333
     mlflow_port: int = 5000
@@ -32,7 +64,7 @@ class StackSettings:
 
     @classmethod
     def from_env(cls) -> "StackSettings":
-        """Defaults, overridden by DMOPS_STACK_DIR, DMOPS_S3_PORT, DMOPS_MLFLOW_PORT and
+        """Defaults (state folder: `default_state_dir`), overridden by DMOPS_STACK_DIR, DMOPS_S3_PORT, DMOPS_MLFLOW_PORT and
         DMOPS_PREFECT_PORT where set. A value that is not a port number raises StackError."""
         values: dict = {}
         if os.environ.get(ENV_STATE_DIR):

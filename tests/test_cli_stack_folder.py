@@ -1,0 +1,88 @@
+"""The local stack's state folder is found the same way from every working folder: --state-dir,
+else $DMOPS_STACK_DIR, else `.stack` in the dmops checkout (infra.settings.default_state_dir).
+A folder the user named is checked before anything is read or started (exit code 2): its
+parent must exist, and `status`, `env` and `down` refuse one that holds no stack rather than
+report it "stopped" (flows/stack_cli.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / ".stack"
+
+
+def dmops(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`dmops ARGS` as a user runs it from `cwd`, with DMOPS_STACK_DIR only where given."""
+    environ = {k: v for k, v in os.environ.items() if k != "DMOPS_STACK_DIR"}
+    environ["PYTHONPATH"] = str(ROOT)   # as the editable install does, from any folder
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line(result, code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, \
+        result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def test_the_default_state_folder_is_the_checkouts_from_any_working_folder(tmp_path):
+    code = "from infra.settings import StackSettings; print(StackSettings.from_env().state_dir)"
+    for cwd in (tmp_path, ROOT, ROOT / "tests"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                             env={**{k: v for k, v in os.environ.items() if k != "DMOPS_STACK_DIR"},
+                                  "PYTHONPATH": str(ROOT)}, check=True).stdout.strip()
+        assert Path(out) == DEFAULT, cwd
+
+
+def test_status_outside_the_clone_looks_at_the_clones_stack(tmp_path):
+    result = dmops("status", cwd=tmp_path)
+    # a stack started in the clone (`make run`) is shown; without one, the fix is named
+    if (DEFAULT / "credentials.json").is_file():
+        assert result.returncode == 0 and f"stack in {DEFAULT}" in result.stdout, result.stderr
+    else:
+        _one_line(result, 1, f"no local stack has been started in {DEFAULT}", "`dmops up`")
+    assert not (tmp_path / ".stack").exists()
+
+
+def test_a_named_folder_finds_the_running_stack_from_any_working_folder(stack, tmp_path):
+    for env in ({"DMOPS_STACK_DIR": str(stack.state_dir)}, {}):
+        args = [] if env else ["--state-dir", str(stack.state_dir)]
+        result = dmops("status", *args, cwd=tmp_path, **env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("healthy") == 3, result.stdout
+        exported = dmops("env", *args, cwd=tmp_path, **env)
+        assert f"MLFLOW_TRACKING_URI={stack.settings.mlflow_url}" in exported.stdout, exported.stderr
+
+
+@pytest.mark.parametrize("command", ["up", "status", "env", "down"])
+def test_a_state_folder_whose_parent_does_not_exist_is_a_usage_error(command, tmp_path):
+    folder = tmp_path / "missing" / "state"
+    result = dmops(command, "--state-dir", str(folder), cwd=tmp_path)
+    _one_line(result, 2, f"--state-dir {folder}", f"{tmp_path / 'missing'} does not exist")
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "env", "down"])
+def test_a_named_folder_without_a_stack_is_refused_not_reported_stopped(command, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = dmops(command, "--state-dir", str(empty), cwd=tmp_path)
+    _one_line(result, 2, f"no stack was ever started in {empty}", "`dmops up --state-dir",
+              str(DEFAULT))
+    assert "stopped" not in result.stdout
+    by_env = dmops(command, cwd=tmp_path, DMOPS_STACK_DIR=str(empty))
+    _one_line(by_env, 2, f"DMOPS_STACK_DIR={empty}", "no stack was ever started")
+    assert list(empty.iterdir()) == []
+
+
+def test_a_file_is_not_a_state_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    _one_line(dmops("status", "--state-dir", "notes.txt", cwd=tmp_path), 2,
+              f"{tmp_path / 'notes.txt'} is a file")
