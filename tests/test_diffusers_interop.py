@@ -95,6 +95,30 @@ def _tolerance(nfe: int, reference: torch.Tensor) -> float:
     return nfe * 2 * ulp * max(1.0, reference.abs().max().item())
 
 
+def _assert_one_timestep_convention(card: str, code: str, scheduler: str) -> None:
+    """The card states one timestep convention for the shipped scheduler -- in the sampling
+    table, in the diffusers section's row of that scheduler and in its code -- and it is the
+    one the code runs: the EDM schedulers' ln(sigma)/4 times 1000, the consistency scheduler's
+    1000 * 0.25 * ln(sigma) as it is.  (The issue's card told a consistency student's user to
+    multiply by 1000 in one place and that no conversion was needed in another.)"""
+    conditioning = next(line for line in card.splitlines()
+                        if line.startswith("| noise conditioning |"))
+    section = card.split(DIFFUSERS_HEADING, 1)[1]
+    shipped = [line for line in section.splitlines() if f"**`{scheduler}`** (shipped here)" in line]
+    assert len(shipped) == 1, section
+    if scheduler == "CMStochasticIterativeScheduler":
+        assert "unet(scheduler.scale_model_input(x, t), t).sample" in code
+        assert "no conversion is needed" in conditioning and "multiply" not in conditioning
+        assert "| 1000 · 0.25 · ln(sigma) |" in shipped[0] and "no conversion" in shipped[0]
+        assert "code below passes its timesteps to the UNet unchanged" in section
+        assert "code below multiplies" not in section
+    else:
+        assert "unet(scheduler.scale_model_input(x, t), t * 1000).sample" in code
+        assert f"`{scheduler}` passes ln(sigma) / 4: multiply its timesteps by 1000" in conditioning
+        assert "| ln(sigma) / 4 |" in shipped[0] and shipped[0].endswith("| `t * 1000` |")
+        assert f"with `{scheduler}` the code below multiplies its timesteps by 1000" in section
+
+
 CASES = [  # (model, served sampler, steps, diffusers scheduler)
     ("teacher", "ddim", 6, "EDMEulerScheduler"),
     ("teacher", "dpmpp_2m", 6, "EDMDPMSolverMultistepScheduler"),
@@ -114,6 +138,7 @@ def test_the_cards_diffusers_code_samples_what_dmops_samples(models, tmp_path, n
     assert config["_class_name"] == scheduler
     code = _diffusers_code(card)
     assert f"from diffusers import {scheduler}, UNet2DModel" in code
+    _assert_one_timestep_convention(card, code, scheduler)
 
     reference, nfe = _dmops_samples(folder)
     samples = _run(code, tmp_path)

@@ -18,7 +18,8 @@ import numbers
 from typing import TYPE_CHECKING
 
 from tasks.adapters import ui_links
-from tasks.adapters.diffusers_interop import (SAMPLER_NAMES, SCHEDULER_CONFIG, DiffusersScheduler,
+from tasks.adapters.diffusers_interop import (CONSISTENCY, DPM_SOLVER, EULER, SAMPLER_NAMES,
+                                              SCHEDULER_CONFIG, DiffusersScheduler,
                                               diffusers_scheduler, diffusers_snippet)
 
 if TYPE_CHECKING:  # model.py imports torch; the card's readers need not
@@ -54,18 +55,30 @@ def _row(label: str, value) -> str:
 
 # --- what the model is and how it samples --------------------------------------------------
 
-def _noise_conditioning(precond: dict) -> str:
+def _noise_conditioning(precond: dict, choice: DiffusersScheduler | None) -> str:
     from diffusion.objectives import TIMESTEP_SCALE   # torch: only with a spec at hand
 
     scale = f"{TIMESTEP_SCALE:g}"
     kind = precond.get("kind")
     if kind in ("edm", "consistency"):
-        return (f"timestep input c_noise = {scale} · ln(sigma) / 4 (diffusers' EDM schedulers "
-                f"give ln(sigma) / 4: multiply by {scale})")
+        own = f"timestep input c_noise = {scale} · ln(sigma) / 4"
+        if choice is not None:   # what the shipped scheduler passes: one statement, no other
+            return f"{own}; {_scheduler_convention(choice)}"
+        if kind == "edm":
+            return f"{own} (diffusers' EDM schedulers pass ln(sigma) / 4: multiply by {scale})"
+        return own
     if kind == "vp":
         return (f"timestep input c_noise = {scale} · t, t in [0, 1] the "
                 f"{precond.get('schedule', 'vp_cosine')} schedule's time of sigma")
     return "unknown"
+
+
+def _scheduler_convention(choice: DiffusersScheduler) -> str:
+    if choice.timestep_scale != 1:
+        return (f"the shipped `{choice.class_name}` passes ln(sigma) / 4: multiply its "
+                f"timesteps by {choice.timestep_scale:g}")
+    return (f"the shipped `{choice.class_name}` passes 1000 · 0.25 · ln(sigma), the same: "
+            "no conversion is needed")
 
 
 def _preconditioning(precond: dict) -> str:
@@ -110,7 +123,7 @@ def _sampling_rows(spec: ModelSpec, metrics: dict) -> list[str]:
             f"| noise levels | `{s.grid}` grid from sigma {s.sigma_max:g} down to {s.sigma_min:g}, "
             f"rho {s.rho:g}, then 0 |",
             f"| preconditioning | {_preconditioning(spec.precond)} |",
-            f"| noise conditioning | {_noise_conditioning(spec.precond)} |"]
+            f"| noise conditioning | {_noise_conditioning(spec.precond, diffusers_scheduler(spec))} |"]
     if spec.served_as:
         rows.append(f"| served as | `{spec.served_as}` (its row of the evaluation) |")
     return rows
@@ -222,6 +235,44 @@ def _load_lines(model: str, version: str, uri: str | None, folder: str) -> list[
             "**spec.sampling.model_dump()).x", "```"]
 
 
+# diffusers' schedulers hand the UNet one of two timestep conventions; dmops' network wants
+# TIMESTEP_SCALE * ln(sigma) / 4 (diffusion/objectives.py).  Each row: the classes, what their
+# `t` is and where diffusers computes it, and what the card's code passes the UNet.
+_TIMESTEP_ROWS = (
+    ((EULER, DPM_SOLVER), "ln(sigma) / 4",
+     "their `precondition_noise`: EDM's c_noise as the EDM paper writes it, without DDPM's 0..1000 "
+     "timestep scale", "`t * 1000`"),
+    ((CONSISTENCY,), "1000 · 0.25 · ln(sigma)",
+     "its `sigma_to_t`: the consistency-models code's c_noise, on DDPM's 0..1000 timestep scale",
+     "`t` as it is: no conversion is needed"),
+)
+
+
+def _timestep_lines(choice: DiffusersScheduler) -> list[str]:
+    """The timestep conventions: the network's, each diffusers scheduler's (the shipped one in
+    bold) and what the card's code does about it."""
+    from diffusion.objectives import TIMESTEP_SCALE
+
+    scale = f"{TIMESTEP_SCALE:g}"
+    lines = [f"**Timestep convention.** The network is conditioned on {scale} · ln(sigma) / 4 "
+             f"(EDM's ln(sigma) / 4 on DDPM's 0..{scale} timestep scale, which diffusers' "
+             "sinusoidal timestep embedding is built for). diffusers' schedulers pass the UNet "
+             "a timestep `t` in one of two conventions:", "",
+             "| diffusers scheduler | its `t` | why | the UNet must get |", "|---|---|---|---|"]
+    for classes, t, why, unet in _TIMESTEP_ROWS:
+        names = ", ".join(f"**`{c}`** (shipped here)" if c == choice.class_name else f"`{c}`"
+                          for c in classes)
+        lines.append(f"| {names} | {t} | {why} | {unet} |")
+    if choice.timestep_scale != 1:
+        lines += ["", f"So with `{choice.class_name}` the code below multiplies its timesteps by "
+                      f"{choice.timestep_scale:g} before the UNet; without that the samples are "
+                      "wrong, with no error."]
+    else:
+        lines += ["", f"So with `{choice.class_name}` the code below passes its timesteps to the "
+                      "UNet unchanged."]
+    return lines
+
+
 def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder: str,
                      released: bool) -> list[str]:
     if choice is None:
@@ -233,14 +284,7 @@ def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder:
     lines = [f"{where} the UNet in diffusers' layout (`unet/`) and `{SCHEDULER_CONFIG}` for "
              f"`{choice.class_name}` ({choice.note}), set to this model's sigma range, "
              f"sigma_data, rho and grid at {_plural(choice.steps, 'step')}."]
-    if choice.timestep_scale != 1:
-        lines += ["", f"**The timestep convention:** the network is conditioned on "
-                     f"{choice.timestep_scale:g} · ln(sigma) / 4, while `{choice.class_name}` "
-                     f"passes ln(sigma) / 4: multiply its timesteps by {choice.timestep_scale:g} "
-                     "before the UNet, as below; without it the samples are wrong, with no error."]
-    else:
-        lines += ["", f"`{choice.class_name}` passes the network 1000 · ln(sigma) / 4, "
-                      "the convention it was trained with: no conversion is needed."]
+    lines += ["", *_timestep_lines(choice)]
     same = (f"it draws the samples `dmops sample --seed {_EXAMPLE_SEED} --n {_EXAMPLE_N}` draws, up "
             "to float32 rounding" if choice.exact else "its samples differ from dmops'")
     lines += ["", f"From the folder `read_release` writes ({same}):", "", "```python",
