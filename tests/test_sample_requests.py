@@ -10,6 +10,8 @@ tests/test_serving.py checks a few of them against the real `mlflow models serve
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,7 +106,9 @@ def served(tiny_model, tmp_path_factory):
 
     denoiser, spec = load_for_sampling(tiny_model)
     path = tmp_path_factory.mktemp("pyfunc") / "model"
-    with code_paths() as code:
+    with code_paths() as code, warnings.catch_warnings():
+        # registration gives an input example; this in-process check needs none
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
         mlflow.pyfunc.save_model(path, python_model=str(ENTRY), code_paths=code,
                                  artifacts={ARTIFACT: str(tiny_model)},
                                  signature=signature(spec.shape),
