@@ -23,7 +23,7 @@ from diffusion.model import load_for_sampling, read_spec
 from diffusion.samplers import generate
 from flows.cli import app
 from tasks.steps.promote import Decision, PromotionError, apply, decide
-from tasks.adapters.pyfunc_model import SampleRequestError, parse_requests
+from tasks.adapters.pyfunc_model import SampleRequestError
 from tasks.adapters.registry import (FILES_TAG, RegistryError, champion_version, check_tags,
                                      download_model, register_model, version_tags)
 from tasks.adapters.model_card import model_card
@@ -99,25 +99,6 @@ def test_missing_or_broken_metrics_are_clear_errors():
         decide({"fid": float("nan")}, None, "fid", 0.02)
     with pytest.raises(PromotionError, match="tolerance"):
         decide({"fid": 0.1}, None, "fid", -0.1)
-
-
-# --- requests to the served model --------------------------------------------------------
-
-@pytest.mark.parametrize("request_, message", [
-    ({"n": 0, "seed": 1}, "n must be an integer >= 1"),
-    ({"n": 2.5, "seed": 1}, "n must be an integer"),
-    ({"n": 2}, "columns must be n, seed"),
-    ({"n": 2, "seed": 1, "temperature": 1.0}, "columns must be n, seed"),
-    ({"n": [3000, 3000], "seed": [0, 1]}, "at most 4096"),
-])
-def test_bad_sample_requests_say_which_field(request_, message):
-    with pytest.raises(SampleRequestError, match=message):
-        parse_requests(request_)
-
-
-def test_requests_rows_and_optional_fields():
-    rows = parse_requests(pd.DataFrame({"n": [2, 3], "seed": [0, 1], "steps": [None, 4]}))
-    assert [(r.n, r.seed, r.sampler, r.steps) for r in rows] == [(2, 0, None, None), (3, 1, None, 4)]
 
 
 # --- tags ---------------------------------------------------------------------------------
