@@ -9,6 +9,7 @@ tests would catch: the same code without the factor is far outside the tolerance
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -68,12 +69,30 @@ def _diffusers_code(card: str) -> str:
 
 
 def _run(code: str, where: Path) -> torch.Tensor:
-    """Execute the card's code in `where` (its folder name is relative) and return its `x`."""
+    """Execute the card's code in `where` (its folder name is relative) and return its `x`;
+    the code must make diffusers warn of nothing (as an unset low_cpu_mem_usage without
+    accelerate did)."""
     namespace: dict = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(where)
-        exec(compile(code, "model card", "exec"), namespace)
+    warned = _Records(level=logging.WARNING)
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(warned)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(where)
+            exec(compile(code, "model card", "exec"), namespace)
+    finally:
+        diffusers_logger.removeHandler(warned)
+    assert [r.getMessage() for r in warned.records] == []
     return namespace["x"]
+
+
+class _Records(logging.Handler):
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _dmops_samples(folder: Path) -> tuple[torch.Tensor, int]:
