@@ -2,7 +2,13 @@
 tasks/, and turns the library's errors into one readable line and exit code 2.
 
 Every command checks its arguments (and the config) before it imports torch, diffusers, MLflow
-or Prefect: a typo is answered at once (tests/test_cli_arguments.py, benchmarks/cli_latency.py)."""
+or Prefect: a typo is answered at once (tests/test_cli_arguments.py, benchmarks/cli_latency.py).
+
+Exit codes, the same in every command: 2 for what was typed (a malformed argument or option,
+a number out of range, a local path that does not exist or holds no model, a config error);
+1 for a well-formed request the servers cannot answer: a model name, alias or version the
+registry does not hold, a model the releases bucket does not know, a server away, the servers'
+environment missing (tests/test_cli_exit_codes.py).  Both print one `error: ...` line."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import yaml
 from flows.client_env import MLFLOW, S3, server_env_or_exit
 from flows.cli_options import (APP_SETTINGS, ConfigOpt, ModelDirOpt, ProfileOpt, RegisteredModelOpt,
                                ReleaseOpt, RequiredModelDirOpt, SetOpt, check_device, check_exists,
-                               check_samplers, model_ref_problem, usage_error)
+                               check_model_source, check_samplers, model_ref_problem, usage_error)
 
 app = typer.Typer(**APP_SETTINGS,
                   help="Train, distil, sample and ship diffusion models. Every command has --help.")
@@ -163,6 +169,7 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
         usage_error(f"--method must be one of {', '.join(DISTILL_METHODS)}; got {method!r}")
     check_exists(teacher, "--teacher", "a teacher's model, run or checkpoint folder",
                  "train one with `dmops train --out DIR` and pass DIR")
+    check_model_source(teacher, "--teacher")
     with _friendly_errors():
         cfg = _load(config, profile, set_, out)
         from tasks.steps.distill import distill_dir, distill_sampler
@@ -276,12 +283,11 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
             parse_s3_uri(release)
         except ReleaseError as e:
             usage_error(f"--release {e}")
-    if model_dir is not None:
-        check_exists(model_dir, "--model-dir", "a model, training run or checkpoint folder",
-                     "give a folder that `dmops train` or `dmops distill` wrote")
     if sampler is not None:
         check_samplers([sampler], "--sampler")
     check_device(device)
+    if model_dir is not None:
+        check_model_source(model_dir, "--model-dir")
     options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
     if model_dir is not None:
         with _friendly_errors():
@@ -341,6 +347,7 @@ def evaluate(model_dir: Path = RequiredModelDirOpt,
         nfes = _int_list(nfe, "nfe")
     except ValueError as e:
         usage_error(str(e))
+    check_model_source(model_dir, "--model-dir")
     with _friendly_errors():
         cfg = _load(config, profile, set_, None)
         if out is None:
@@ -393,9 +400,18 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
             s3 = s3_client_from_env()
             entries = read_history(s3, bucket, model)
             pending = read_pending(s3, bucket, model)
+            # nothing at all under <model>/: a name the store does not know (a typo, another
+            # bucket), not a model whose history is empty; exit 1 as for an unknown model in
+            # the registry (`dmops sample --model`, `dmops reproduce`)
+            known = None if entries or pending else _models_in(s3, bucket)
         except HistoryError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
+    if known is not None and model not in known:
+        typer.secho(f"error: there is no model {model!r} in s3://{bucket}/ (no promotion history, "
+                    f"no release); models there: {', '.join(known) or 'none'}; check the name, "
+                    "or --bucket", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     if pending is not None and not as_json:
         # on stderr: a note about the store's state, not one of the entries
         typer.echo(f"pending: the {pending.describe()} is unfinished; the model's next "
@@ -436,6 +452,13 @@ def history(model: str = typer.Argument(..., help="Registered model name, e.g. d
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
+def _models_in(s3, bucket: str) -> list[str]:
+    """The models with anything (releases, history) in the releases bucket: its top-level
+    folders, one listing request."""
+    listed = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    return sorted(p["Prefix"].rstrip("/") for p in listed.get("CommonPrefixes", []))
 
 
 # The stack (up, down, status, env) and the pipeline (run, deploy, worker) live in their own

@@ -139,6 +139,24 @@ def check_device(device: str) -> None:
         usage_error(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
 
 
+def check_model_source(path, option: str) -> None:
+    """Exit 2 unless `path` is something a model loads from, by the rule of
+    diffusion.model.resolve_model_path (a test holds the two equal), checked without torch:
+    a model folder (model.json), a training run (model/model.json or checkpoints/latest) or a
+    checkpoint (ema.safetensors)."""
+    check_exists(path, option, "a model, training run or checkpoint folder",
+                 "give a folder that `dmops train` or `dmops distill` wrote")
+    path = Path(path)
+    if not any((path / marker).exists() for marker in MODEL_MARKERS):
+        usage_error(f"{option} {path} holds no model: expected model.json (a model folder), model/ "
+                    "or checkpoints/latest (a training run), or ema.safetensors (a checkpoint); "
+                    "give a folder that `dmops train` or `dmops distill` wrote")
+
+
+# what makes a folder a model source (diffusion.model.resolve_model_path)
+MODEL_MARKERS = ("model.json", "ema.safetensors", "model/model.json", "checkpoints/latest")
+
+
 def check_exists(path, option: str, what: str, fix: str) -> None:
     """Exit 2 when `path` does not exist: `<option> <path> does not exist: <fix>`."""
     from pathlib import Path

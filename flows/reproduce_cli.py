@@ -1,8 +1,10 @@
 """`dmops reproduce MODEL@ALIAS | MODEL/VERSION`: rebuild a registered version from its lineage
 (tasks/steps/reproduce.py) and say whether its weights and metrics come out the same.
 
-Exit codes: 0 reproduced (identical weights, equal metrics), 1 differences (listed) or a server
-or run failure, 2 a lineage or repository that cannot support a reproduction."""
+Exit codes: 0 reproduced (identical weights, equal metrics), 1 differences (listed), a server or
+run failure, or a version the registry does not hold (as every command: flows/cli.py), 2 what
+was typed (a malformed reference, a --repo that is no folder) or a lineage or repository that
+cannot support a reproduction."""
 
 from __future__ import annotations
 
@@ -38,8 +40,6 @@ def register(app: typer.Typer) -> None:
             usage_error(f"--repo {repo} is not a folder: give the git repository the pipeline ran "
                         "in (default: the current folder)")
         os.environ.update(server_env_or_exit(MLFLOW, S3))
-        from tasks.steps.reproduce import ReproduceError, reproduce as reproduce_version
-        from tasks.steps.reproduce_compare import render
 
         def fail(message: str, code: int) -> None:
             typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
@@ -47,10 +47,24 @@ def register(app: typer.Typer) -> None:
 
         # MLflow's default (7 retries, doubling waits) keeps a user waiting ~4 minutes for a
         # server that is down; the project's bounded settings (user settings win)
-        from tasks.adapters.servers import MLFLOW_RETRY_ENV
+        from tasks.adapters.servers import MLFLOW_RETRY_ENV, ServerUnavailable
 
         for key, value in {**MLFLOW_RETRY_ENV, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
             os.environ.setdefault(key, value)
+        # the version first, before the reproduction's imports: a name, alias or version the
+        # registry does not hold, or a server away, is exit 1 as in `dmops sample --model`
+        from mlflow.exceptions import MlflowException
+
+        from tasks.adapters.registry import RegistryError, resolve_version
+
+        try:
+            resolve_version(ref)
+        except (RegistryError, ServerUnavailable) as e:
+            fail(str(e), 1)
+        except MlflowException as e:
+            fail(f"the MLflow registry could not serve {ref}: {e.message}", 1)
+        from tasks.steps.reproduce import ReproduceError, reproduce as reproduce_version
+        from tasks.steps.reproduce_compare import render
         out = sys.stderr if as_json else sys.stdout
 
         def log(text: str) -> None:

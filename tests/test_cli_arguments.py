@@ -43,6 +43,10 @@ BAD_ARGUMENTS = {
     "sample-release": (["sample", "--release", "s3:/bucket/x"], ["s3://<bucket>/<model>/<version>/"]),
     "sample-model-dir": (["sample", "-d", "/nonexistent"],
                          ["--model-dir /nonexistent does not exist", "dmops train"]),
+    "sample-no-model": (["sample", "-d", "tests"], ["--model-dir tests holds no model", "model.json"]),
+    "evaluate-no-model": (["evaluate", "-d", "tests"], ["--model-dir tests holds no model"]),
+    "distill-no-model": (["distill", "--method", "progressive", "--teacher", "tests"],
+                         ["--teacher tests holds no model", "checkpoints/latest"]),
     "sample-sampler": (["sample", "-d", ".", "--sampler", "euler"],
                        ["unknown sampler(s) 'euler'", "dpmpp_2m"]),
     "sample-device": (["sample", "-d", ".", "--device", "tpu"], ["'tpu'", "cpu, cuda"]),
@@ -182,6 +186,35 @@ def test_model_references_are_checked_without_mlflow_as_the_registry_reads_them(
                              "m.split('.')[0] in ('mlflow', 'torch', 'prefect')))"],
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_the_model_folder_check_accepts_what_the_model_loader_accepts(tmp_path):
+    """flows/cli_options.check_model_source decides without torch what
+    diffusion.model.resolve_model_path decides: the same folders pass, the same fail."""
+    import typer
+
+    from diffusion.model import ModelError, resolve_model_path
+    from flows.cli_options import MODEL_MARKERS, check_model_source
+
+    layouts = {"empty": [], "other": ["notes.txt"], "run-without-latest": ["checkpoints/step_1/x"],
+               **{marker: [marker] for marker in MODEL_MARKERS}}
+    for name, files in layouts.items():
+        folder = tmp_path / name.replace("/", "-")
+        folder.mkdir()
+        for rel in files:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text("step_1\n" if rel.endswith("latest") else "{}")
+        try:
+            resolve_model_path(folder)
+            loads = True
+        except ModelError:
+            loads = False
+        try:
+            check_model_source(folder, "--model-dir")
+            passes = True
+        except typer.Exit:
+            passes = False
+        assert passes == loads, (name, passes, loads)
 
 
 def test_the_cli_offers_the_distillation_methods_there_are():

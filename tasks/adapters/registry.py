@@ -43,10 +43,13 @@ from mlflow.tracking import MlflowClient
 
 from diffusion.atomic import atomic_folder
 from diffusion.checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
-from diffusion.model import read_spec, verify_model_folder
 
 from tasks.adapters.model_ref import RegistryError, parse_model_ref
 from tasks.adapters.servers import RetryPolicy, mlflow_call
+
+# diffusion.model (torch, diffusers) is imported inside the functions that read a model folder:
+# a request the registry answers with an error (no such model, alias or version; a server
+# away) is answered without seconds of torch's import (benchmarks/cli_latency.py)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -192,6 +195,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
 
     The version also gets the tag FILES_TAG: {relative path: sha256} of every file of
     `model_dir` as compact JSON, what `download_model` verifies."""
+    from diffusion.model import read_spec, verify_model_folder
     from tasks.adapters.pyfunc_model import ARTIFACT, input_example, signature
     from tasks.adapters.pyfunc_package import ENTRY, code_paths, pip_requirements
 
@@ -355,6 +359,8 @@ def registered_sample(name: str) -> tuple[str, str, str] | None:
     tags = version_tags(name, version)
     if "sample_shape" in tags and "data_kind" in tags:
         return tags["sample_shape"], tags["data_kind"], version
+    from diffusion.model import read_spec
+
     with tempfile.TemporaryDirectory(prefix="dmops-registered-") as tmp:
         spec = read_spec(download_model(f"{name}/{version}", Path(tmp) / "model"))
     return "x".join(map(str, spec.shape)), spec.data.kind or "unknown", version
@@ -368,9 +374,10 @@ def download_model(name_or_uri: str, dest) -> Path:
     stored file differs from its recorded sha256: nothing is written to `dest`)."""
     from mlflow.models import Model
 
+    name, version = resolve_version(name_or_uri)   # before torch: a wrong name fails at once
+    from diffusion.model import read_spec
     from tasks.adapters.pyfunc_model import ARTIFACT
 
-    name, version = resolve_version(name_or_uri)
     tags = version_tags(name, version)
     with tempfile.TemporaryDirectory(prefix="dmops-download-") as tmp:
         # a fresh download into the temporary folder on each try: safe to repeat
