@@ -189,13 +189,14 @@ DISTILL_METHODS = ("progressive", "consistency")
 
 @contextmanager
 def _remote_errors(what: str):
-    """Registry and object-store failures become `error: ...` (one line) and exit code 1."""
+    """Registry and object-store failures become `error: ...` (one line) and exit code 1.
+    Imports neither MLflow nor the model code: `history` and `--release` need neither, and an
+    MlflowException can only come from a block that imported MLflow itself."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-    from mlflow.exceptions import MlflowException
 
     from diffusion.atomic import WriteError
     from flows.client_env import fix_for_missing
-    from tasks.adapters.registry import RegistryError
+    from tasks.adapters.model_ref import RegistryError
     from tasks.adapters.release import ReleaseError
     from tasks.adapters.servers import ServerUnavailable
 
@@ -206,13 +207,16 @@ def _remote_errors(what: str):
         raise typer.Exit(2) from None
     except (RegistryError, ReleaseError, ServerUnavailable) as e:
         message = str(e)
-    except MlflowException as e:
-        message = f"the MLflow registry could not serve {what}: {e.message}"
     except NoCredentialsError:
         message = (f"no S3 credentials to read {what}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                    f"are not set; {fix_for_missing(['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'], partial=True)}")
     except (BotoCoreError, ClientError) as e:
         message = f"the S3 store could not serve {what}: {e}"
+    except Exception as e:
+        mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
+        if mlflow_error is None or not isinstance(e, mlflow_error):
+            raise
+        message = f"the MLflow registry could not serve {what}: {e.message}"
     else:
         return
     typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
