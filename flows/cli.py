@@ -261,7 +261,8 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
            release: Optional[str] = ReleaseOpt,
            out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
-           seed: int = typer.Option(0, "--seed", min=0, help="Seed of the starting noise."),
+           seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1,
+                                   help="Seed of the starting noise (0 .. 2^64-1, torch's range)."),
            sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | heun | consistency "
                                                  "(default: the model's; distilled students carry theirs)."),
            steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),

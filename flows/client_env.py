@@ -3,7 +3,8 @@
 A command names the variables it needs (`MLFLOW`, `PREFECT`, `S3`).  When the caller's
 environment sets all of them (a team stack, or a shell that ran `eval "$(dmops env)"`), it is
 used as it is; when it sets none of them, the running local stack's client environment is used
-(`dmops up`, state folder `$DMOPS_STACK_DIR` or `.stack`); anything else is a `MissingStackEnv`
+(`dmops up`, state folder `$DMOPS_STACK_DIR` or `.stack` in the dmops checkout:
+`infra.settings.default_state_dir`); anything else is a `MissingStackEnv`
 whose one-line message names the missing variables and the fix.  Every error a missing
 environment causes goes through `fix_for_missing` so that each says the same thing.
 

@@ -34,6 +34,8 @@ BAD_ARGUMENTS = {
     "sample-steps": (["sample", "-d", ".", "--steps", "-1"],
                      ["--steps", "greater than or equal to 1"]),
     "sample-n": (["sample", "-d", ".", "--n", "0"], ["--n", "greater than or equal to 1"]),
+    # torch seeds are 64-bit: a larger one failed deep in torch ("Overflow when unpacking long")
+    "sample-seed": (["sample", "-d", ".", "--seed", str(2**64)], ["--seed", "less than or equal to 18446744073709551615"]),
     "sample-source": (["sample"], ["give exactly one of --model-dir PATH, --model", "(got none)"]),
     "sample-two-sources": (["sample", "-d", ".", "--model", "digits-diffusion@champion"],
                            ["exactly one of", "--model-dir, --model"]),

@@ -30,10 +30,10 @@ def _cases(name: str, unknown: str) -> dict[str, tuple[list[str], list[str]]]:
     return {
         "sample-alias": (["sample", "--model", f"{name}@nosuch"],
                          [f"model {name!r} has no alias 'nosuch'", "NAME/VERSION"]),
-        "sample-version": (["sample", "--model", f"{name}/7"], [f"has no version 7"]),
+        "sample-version": (["sample", "--model", f"{name}/7"], ["has no version 7"]),
         "sample-model": (["sample", "--model", f"{unknown}@champion"],
                          [f"there is no model {unknown!r}", "check the name"]),
-        "reproduce-alias": (["reproduce", f"{name}@nosuch"], [f"has no alias 'nosuch'"]),
+        "reproduce-alias": (["reproduce", f"{name}@nosuch"], ["has no alias 'nosuch'"]),
         "reproduce-model": (["reproduce", f"{unknown}/3"], [f"there is no model {unknown!r}"]),
         "history-model": (["history", unknown],
                           [f"there is no model {unknown!r} in s3://dmops-releases/", "--bucket"]),

@@ -84,7 +84,9 @@ def read_lineage(ref: str) -> RegisteredVersion:
     except RegistryServerError as e:
         raise ReproduceError(str(e), SERVER) from None
     except RegistryError as e:
-        raise ReproduceError(str(e), USER) from None
+        # a well-formed reference the registry does not know: the CLI's rule gives it exit 1
+        # (the CLI looks the version up before, so only one deleted meanwhile gets here)
+        raise ReproduceError(str(e), SERVER) from None
     where = f"{name}/{version}"
     missing = [t for t in REQUIRED_TAGS if not tags.get(t)]
     if missing:
