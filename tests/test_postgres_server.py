@@ -16,7 +16,8 @@ import pytest
 
 from infra.errors import StackError
 from infra.ports import free_ports
-from infra.postgres import ENV_BIN, PostgresServer, os_user
+from infra.postgres import PostgresServer
+from infra.postgres_bin import ENV_BIN, find_bin_dir, os_user, server_major
 
 
 def reachable_state_dir() -> Path:
@@ -57,6 +58,8 @@ def test_the_team_databases_are_made_once_with_generated_passwords(server):
         assert len(secret) >= 32 and secret not in log and secret not in server.layout.pid_file("postgres").read_text()
     assert server.database_url("prefect", driver="asyncpg").startswith("postgresql+asyncpg://prefect:")
     assert server.database_url("mlflow").startswith("postgresql+psycopg://mlflow:")
+    with server.connect("prefect", role="prefect") as conn:   # Prefect's migrations need it
+        assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'").fetchone()
 
 
 def test_the_server_runs_unprivileged_on_loopback_only(server):
@@ -128,19 +131,27 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
 
 
 def test_a_cluster_of_another_major_version_is_refused_naming_both(tmp_path):
+    installed = server_major(find_bin_dir())
     pg = PostgresServer(tmp_path / "state", port=free_ports(1)[0])
     pg.data_dir.mkdir(parents=True)
-    (pg.data_dir / "PG_VERSION").write_text("15\n")
+    (pg.data_dir / "PG_VERSION").write_text(f"{installed - 1}\n")     # a version not installed here
     (pg.credentials_path).write_text('{"superuser_password": "x", "roles": {}}')
-    with pytest.raises(StackError, match=r"made by PostgreSQL 15, but the server binaries .* are PostgreSQL 18: "
-                                         r"set DMOPS_POSTGRES_BIN to a PostgreSQL 15 bin folder"):
+    with pytest.raises(StackError, match=rf"made by PostgreSQL {installed - 1}, but the server binaries .* are "
+                                         rf"PostgreSQL {installed}: set DMOPS_POSTGRES_BIN to a PostgreSQL "
+                                         rf"{installed - 1} bin folder"):
         pg.start()
 
 
-def test_missing_binaries_name_the_install_step(tmp_path, monkeypatch):
+def test_missing_binaries_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_BIN, str(tmp_path / "no-bin"))
-    with pytest.raises(StackError, match=r"binary .*no-bin/initdb .* is missing or not executable; install the "
-                                         r"project's dependencies \(`make install`"):
+    with pytest.raises(StackError, match=r"^DMOPS_POSTGRES_BIN=.*no-bin holds no executable initdb and postgres: "
+                                         r"point it at a PostgreSQL server's bin folder"):
+        PostgresServer(tmp_path / "state", port=free_ports(1)[0]).start()
+    monkeypatch.delenv(ENV_BIN)
+    monkeypatch.setattr("infra.postgres_bin.DEBIAN_BINS", tmp_path / "no-debian")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(StackError, match=r"^PostgreSQL server binaries \(initdb, postgres\) not found .*: install "
+                                         r"the server \(`sudo apt-get install -y postgresql`, which `make test` runs"):
         PostgresServer(tmp_path / "state", port=free_ports(1)[0]).start()
 
 
