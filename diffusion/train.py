@@ -9,6 +9,15 @@ anything outside the loop that uses them.
 Checkpoints (diffusion/checkpoint.py) hold the weights, the EMA, the optimizer and the RNG
 states, and the run's provenance: a resume continues only a run made from the same settings,
 data and code (diffusion/provenance.py), and never one already past the requested steps.
+
+Data parallelism: under torchrun (WORLD_SIZE > 1) each rank joins the process group (gloo on
+CPU, NCCL on GPU), draws its own share of the global batch and DDP averages the gradients.  The
+number of ranks changes what is drawn, so it is part of the provenance (`world_size`, from the
+process group itself).  Rank 0 alone writes checkpoints and the model, and reads `on_log`; every
+rank reads the same checkpoint on resume, so with several machines out_dir must be on a file
+system they share.  At the end the ranks compare the sha256 of their EMA weights: the model is
+written only when all agree (`TrainResult.rank_weights_sha256`).  Launching the ranks is not
+this module's business: tasks/steps/train_ranks.py does it for the pipeline.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from .checkpoint import load_into, resume_checkpoint, save_checkpoint
 from .loop import TrainingError, optimise
 from .model import ModelSpec, save_model
 from .train_settings import ObjectiveConfig, TrainConfig
-from .provenance import Lineage, Provenance, code_sha256, tensor_sha256
+from .provenance import Lineage, Provenance, code_sha256, tensor_sha256, weights_sha256
 from .objectives import (WEIGHTINGS, Denoiser, EDMPreconditioning, VPPrediction, denoising_loss,
                          sample_sigma_lognormal, sample_sigma_vp)
 
@@ -36,13 +45,15 @@ logger = logging.getLogger(__name__)
 
 
 def training_provenance(spec: ModelSpec | None, cfg: TrainConfig, data: torch.Tensor,
-                        lineage: Lineage | None = None) -> Provenance:
+                        lineage: Lineage | None = None, world_size: int = 1) -> Provenance:
     """What determines a training run's weights: the network, preconditioning and training
-    settings, the training tensor, and the code (the caller's, from `lineage`; else this
-    module and what it imports)."""
+    settings, the number of data-parallel ranks (`world_size`, recorded when > 1, so a
+    single-process run records what it always did), the training tensor, and the code (the
+    caller's, from `lineage`; else this module and what it imports)."""
     lineage = lineage or Lineage()
     model = {"net": spec.net, "precond": spec.precond} if spec is not None else {}
-    return Provenance(settings={**model, "train": cfg.result_settings()},
+    train = cfg.result_settings() | ({"world_size": world_size} if world_size > 1 else {})
+    return Provenance(settings={**model, "train": train},
                       data_sha256=tensor_sha256(data),
                       code_sha256=lineage.code_sha256 or code_sha256(["diffusion.train"]),
                       dataset_md5=lineage.dataset_md5, git_commit=lineage.git_commit)
@@ -55,6 +66,8 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     model_dir: Path | None
+    # the sha256 of each rank's EMA weights, by rank, when data parallel (all equal); () else
+    rank_weights_sha256: tuple[str, ...] = ()
 
 
 # --- distributed set-up ------------------------------------------------------
@@ -76,6 +89,8 @@ def init_distributed(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's collectives then use this rank's GPU, not GPU 0
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -177,7 +192,11 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
     Resumes from out_dir/checkpoints/latest when `resume` and one exists -- only when that
     checkpoint was made from the same provenance and is not past cfg.steps, else
     ProvenanceError names the difference and nothing is written.  `on_log(step, metrics)` is
-    called every cfg.log_every steps on rank 0 (the hook for trackers)."""
+    called every cfg.log_every steps on rank 0 (the hook for trackers).
+
+    Under torchrun (see the module docstring) every rank calls this; only rank 0 writes and
+    gets a `model_dir`; TrainingError when the ranks end with different EMA weights (nothing
+    is written then)."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
@@ -202,7 +221,7 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)  # after the broadcast: same start everywhere
-    provenance = training_provenance(spec, cfg, data, lineage)
+    provenance = training_provenance(spec, cfg, data, lineage, ddp.world)
     ckpt_dir = out_dir / "checkpoints"
     step, last_loss = 0, float("nan")
     resumed = resume_checkpoint(ckpt_dir, opt, provenance, cfg.steps, "training") if resume else None
@@ -236,13 +255,31 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
                       samples_per_step=cfg.batch_size, save=save if ddp.main else None,
                       on_log=on_log if ddp.main else None, progress=cfg.progress and ddp.main,
                       loss=last_loss)
+    averaged = _ema_copy(net, ema)
+    agreed = _ranks_agree(averaged, ddp, device) if ddp.world > 1 else ()
     model_dir = None
     if spec is not None and ddp.main:
         exported = spec.model_copy(update={"trained_steps": result.step, "provenance": provenance})
-        model_dir = save_model(_ema_copy(net, ema), exported, out_dir / "model")
+        model_dir = save_model(averaged, exported, out_dir / "model")
     if ddp.world > 1:
         dist.barrier()
-    return TrainResult(result.step, result.loss, result.seconds, result.samples_per_second, model_dir)
+    return TrainResult(result.step, result.loss, result.seconds, result.samples_per_second,
+                       model_dir, agreed)
+
+
+def _ranks_agree(averaged: nn.Module, ddp: Dist, device: torch.device) -> tuple[str, ...]:
+    """Every rank's weights_sha256 of its EMA copy, gathered on every rank (32 bytes each, as a
+    uint8 tensor: no pickled objects); TrainingError naming them when they differ."""
+    digest = bytes.fromhex(weights_sha256(averaged))
+    mine = torch.tensor(list(digest), dtype=torch.uint8, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(ddp.world)]
+    dist.all_gather(gathered, mine)
+    sums = tuple(bytes(t.cpu().tolist()).hex() for t in gathered)
+    if len(set(sums)) > 1:
+        listing = ", ".join(f"rank {r}: {s[:12]}" for r, s in enumerate(sums))
+        raise TrainingError(f"the {ddp.world} data-parallel ranks ended with different EMA "
+                            f"weights ({listing}); nothing was written")
+    return sums
 
 
 def _ema_copy(net: nn.Module, ema: EMA) -> nn.Module:

@@ -86,7 +86,10 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
                   parent_run_id: str | None = None) -> StepResult:
     """Train the teacher of `cfg` on the versioned `dataset` into `work_dir`/teacher, resuming
     from its last checkpoint; loss points go to MLflow as `train/*`.  folders and weights:
-    {"teacher": ...}."""
+    {"teacher": ...}.  With train.nnodes x train.nproc_per_node > 1 the plain step trains in
+    torchrun ranks and hands rank 0's points here, so this one run gets what a single-process
+    run gets, plus the tag `rank_weights_sha256` (each rank's, equal) and every rank's log
+    under `torchrun/`."""
     from tasks.steps.train_teacher import train_teacher as train
 
     cfg = cfg.model_copy(update={"out_dir": str(Path(work_dir) / "teacher")})
@@ -107,6 +110,9 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
             mlflow.log_artifacts(str(checkpoints / latest), "checkpoints/latest")
         if result.samples_png:
             mlflow.log_artifact(str(result.samples_png), "samples")
+        if result.launch_dir is not None:
+            mlflow.log_artifacts(str(result.launch_dir), "torchrun")
+            mlflow.set_tag("rank_weights_sha256", ",".join(result.result.rank_weights_sha256))
         sha = model_weights_sha256(result.model_dir)
         mlflow.set_tag("weights_sha256", sha)
         return StepResult(step="train_teacher", run_id=run.info.run_id, metrics=metrics,

@@ -16,6 +16,7 @@ from diffusion.train import TrainResult, train
 from tasks.steps.lineage import step_lineage
 from tasks.steps.prepare_dataset import load_data
 from tasks.steps.sample import sample_to_png
+from tasks.say import say
 
 
 @dataclass
@@ -25,6 +26,7 @@ class TeacherRun:
     samples_png: Path | None
     result: TrainResult
     parameters: int
+    launch_dir: Path | None = None   # the torchrun attempt's folder (every rank's log), if any
 
 
 def train_teacher(cfg: Config, resume: bool = True, on_log=None, data_dir=None,
@@ -32,7 +34,22 @@ def train_teacher(cfg: Config, resume: bool = True, on_log=None, data_dir=None,
     """Load the data, build the network, train it, and draw a sample grid from the EMA model.
     The model's provenance records this step's code hash, the git commit and `dataset_md5`.
 
-    Under torchrun every rank calls this; only rank 0 writes the model and the grid."""
+    With train.nnodes x train.nproc_per_node > 1 the training runs in that many torchrun
+    ranks (tasks/steps/train_ranks.py): `on_log` gets rank 0's points in this process as it
+    would here, and the answer is rank 0's.  Inside a torchrun rank (launched by hand, e.g.
+    `torchrun -m flows.cli train`) it trains in-process, as one rank of that run."""
+    if cfg.train.world_size > 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        from tasks.steps.train_ranks import train_with_torchrun
+
+        return train_with_torchrun(cfg, resume=resume, on_log=on_log, data_dir=data_dir,
+                                   dataset_md5=dataset_md5, log=say)
+    return train_in_process(cfg, resume, on_log, data_dir, dataset_md5)
+
+
+def train_in_process(cfg: Config, resume: bool = True, on_log=None, data_dir=None,
+                     dataset_md5: str | None = None) -> TeacherRun:
+    """`train_teacher` in this process.  Under torchrun every rank calls this; only rank 0
+    writes the model and the grid (the other ranks' TeacherRun has no model_dir)."""
     out_dir = Path(cfg.out_dir)
     ds = load_data(cfg.data, data_dir)
     train_split = ds.subset("train")
