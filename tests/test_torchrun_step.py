@@ -9,6 +9,9 @@ function as the flow runs it:
   tail (not torchrun's wall of tracebacks);
 - a rank killed mid-training fails the step naming the signal, and the retried step resumes
   from the last checkpoint.
+
+Plus, without launching anything: a rank's error the single-process step raises for its input
+comes out with its own type, and torchrun's failure summary names the rank a signal killed.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import pytest
 from diffusion.config import load_config
 from diffusion.model import read_spec
 from tasks.adapters import tracking
-from tasks.adapters.torchrun import TAIL_LINES, TorchrunError
+from diffusion.atomic import WriteError
+from diffusion.loop import TrainingError
+from tasks.adapters.torchrun import AGENT_LOG, TAIL_LINES, TorchrunError, failure
 from tasks.prefect_tasks import train_teacher_task
 from tasks.steps.lineage import model_weights_sha256
 from tasks.steps.prepare_dataset import prepare_dataset
-from tasks.steps.train_ranks import FAIL_RANK_ENV
+from tasks.steps.train_ranks import FAIL_RANK_ENV, _as_step_error
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow]   # each launch starts 2 Pythons with torch
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -63,6 +67,8 @@ def step_runs(parent_run_id: str):
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_two_ranks_train_in_one_mlflow_run_and_agree(dataset, parent, tmp_path, one_torch_thread):
     out = train_teacher_task.fn(tiny("train.nproc_per_node=2"), dataset, str(tmp_path / "ddp"),
                                 parent)
@@ -92,6 +98,8 @@ def test_two_ranks_train_in_one_mlflow_run_and_agree(dataset, parent, tmp_path, 
     assert single.weights["teacher"] != ranks[0]   # 2 ranks draw other batches: another model
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_step_with_the_tail_of_its_log(dataset, parent, tmp_path,
                                                                 monkeypatch):
     monkeypatch.setenv(FAIL_RANK_ENV, "1")
@@ -133,6 +141,8 @@ def kill_rank_at_first_checkpoint(work: Path, rank: int) -> dict:
     return state
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_step_and_the_retry_resumes(dataset, parent, tmp_path):
     cfg = tiny("train.nproc_per_node=2", "train.steps=60", "train.checkpoint_every=10")
     state = kill_rank_at_first_checkpoint(tmp_path, rank=1)
@@ -149,3 +159,45 @@ def test_a_killed_rank_fails_the_step_and_the_retry_resumes(dataset, parent, tmp
     assert points[0] > resumed_at >= 10 and points[-1] == 60, points
     assert read_spec(Path(out.folders["teacher"])).trained_steps == 60
     assert [r.info.status for r in step_runs(parent)].count("FINISHED") == 1
+
+
+def _failed_launch(tmp_path, error: dict | None, agent: str = "") -> TorchrunError:
+    (tmp_path / AGENT_LOG).write_text(agent)
+    (tmp_path / "rank1.log").write_text("rank 1 of 2 (local rank 1), pid 1, host h\nlast words\n")
+    if error is not None:
+        (tmp_path / "rank1.error.json").write_text(json.dumps({"rank": 1, "time": 1.0, **error}))
+    return failure(tmp_path, 2, 1)
+
+
+def test_a_rank_error_of_the_single_process_step_keeps_its_type(tmp_path):
+    e = _failed_launch(tmp_path, {"type": "diffusion.loop.TrainingError",
+                                  "message": "training diverged by step 10"})
+    raised = _as_step_error(e)
+    assert type(raised) is TrainingError
+    assert str(raised).startswith("training diverged by step 10 (rank 1 of 2; its log: ")
+    full = _failed_launch(tmp_path, {"type": "diffusion.atomic.WriteError", "message": "x",
+                                     "errno": 28, "path": "/r/checkpoints/step_10",
+                                     "what": "checkpoint"})
+    raised = _as_step_error(full)
+    assert type(raised) is WriteError and raised.errno == 28 and raised.what == "checkpoint"
+    other = _failed_launch(tmp_path, {"type": "builtins.KeyError", "message": "'x'"})
+    assert _as_step_error(other) is other
+    assert str(other).splitlines()[0].startswith("rank 1 of 2 failed: KeyError: 'x'; the last")
+    assert str(other).splitlines()[-1] == "last words"
+
+
+def test_a_rank_killed_by_a_signal_is_named_before_the_errors_it_caused(tmp_path):
+    summary = ("Root Cause (first observed failure):\n[0]:\n  time      : t\n  host      : h\n"
+               "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 7)\n"
+               "Failures:\n  rank      : 0 (local_rank: 0)\n  exitcode  : -15 (pid: 6)\n")
+    # rank 0 met the lost peer and recorded that: the kill of rank 1 is still the cause
+    (tmp_path / "rank0.error.json").write_text(json.dumps(
+        {"rank": 0, "time": 0.5, "type": "builtins.RuntimeError", "message": "Connection closed"}))
+    e = _failed_launch(tmp_path, None, summary)
+    assert e.rank == 1
+    assert str(e).startswith("rank 1 of 2 failed: killed by signal 9 (SIGKILL); the last lines")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = failure(empty, 2, 3)   # torchrun failed before any rank ran
+    assert nothing.rank is None and str(nothing).startswith(
+        "torchrun exited with code 3 before any of the 2 ranks reported an error")

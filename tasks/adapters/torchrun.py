@@ -180,7 +180,8 @@ def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 def _die_with_parent() -> None:
     """In the torchrun child, before exec: Linux sends it SIGTERM when this process dies
-    (e.g. a killed worker), so no orphaned ranks keep training; elsewhere a no-op."""
+    (e.g. a killed worker), so no orphaned ranks keep training; elsewhere a no-op.  (Linux
+    means the launching *thread*: run_torchrun waits in that thread until torchrun ended.)"""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
