@@ -7,6 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from infra.errors import StackError
 
@@ -41,25 +42,31 @@ def load_or_create_credentials(path: Path) -> Credentials:
     return creds
 
 
-def write_seaweedfs_identities(path: Path, creds: Credentials) -> None:
+def write_seaweedfs_identities(path: Path, creds: Credentials, more: Sequence[dict] = ()) -> None:
     """SeaweedFS S3 identities with one all-powerful user and no anonymous identity, so
-    unsigned requests are refused. Rewritten at every start from the credentials file."""
+    unsigned requests are refused. Rewritten at every start from the credentials file.
+    `more`: further identities in the same format (the team stack's roles, infra/team.py)."""
     config = {"identities": [{
         "name": "dmops",
         "credentials": [{"accessKey": creds.access_key_id, "secretKey": creds.secret_access_key}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}
+    }, *more]}
     write_private_json(path, config)
 
 
 def write_private_json(path: Path, data: dict) -> None:
     """Write JSON readable by the owner only, atomically (no moment with wider permissions)."""
+    write_private_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write `text` readable by the owner only (0600), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, (json.dumps(data, indent=2) + "\n").encode())
+        os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -27,14 +27,23 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
     return http_problem(url, timeout=timeout, expect_json=False) is None
 
 
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The `Authorization` header of HTTP basic authentication (MLflow's basic-auth app, and
+    Prefect's API auth string "user:password")."""
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def http_problem(url: str, body: Optional[dict] = None, timeout: float = 5.0,
-                 expect_json: bool = True) -> Optional[str]:
+                 expect_json: bool = True, headers: Optional[dict[str, str]] = None) -> Optional[str]:
     """None when GET `url` (POST of JSON `body` when given) answers 2xx within `timeout`
     seconds, with a JSON (or empty) body when `expect_json`; otherwise a short reason
-    ("HTTP 503 from ...: ...", "connection refused", "not JSON")."""
+    ("HTTP 503 from ...: ...", "connection refused", "not JSON"). `headers` (credentials)
+    go with the request and never into the reason."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers=({"Content-Type": "application/json"} if data else {}) | (headers or {}))
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             text = response.read()

@@ -57,10 +57,26 @@ class StateLayout:
     def prefect_home(self) -> Path:
         return self.root / "prefect"
 
+    @property
+    def team_credentials(self) -> Path:
+        """The team stack's accounts (infra/team.py), 0600; only a team stack has it."""
+        return self.root / "team-credentials.json"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """The team MLflow's basic-auth config (infra/mlflow_auth.py), 0600: it holds the URL of
+        the auth database, password included."""
+        return self.mlflow / "basic_auth.ini"
+
     def holds_stack(self) -> bool:
         """Whether a stack was ever started here: the first `up` writes the credentials, and
         nothing else does (`dmops down` and restarts keep them)."""
         return self.credentials.is_file()
+
+    def holds_team_stack(self) -> bool:
+        """Whether the stack started here is a team stack (its first `up --team` wrote the
+        team accounts before anything else)."""
+        return self.team_credentials.is_file()
 
     def log(self, service: str) -> Path:
         return self.logs / f"{service}.log"

@@ -15,10 +15,10 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
     """StackError when the public ports clash with each other or with SeaweedFS's internal
     ports, when a running server of this stack uses another port than asked for, or when a
     port of a server about to start is taken by another program."""
-    public = {"s3": s.s3_port, "mlflow": s.mlflow_port, "prefect": s.prefect_port}
-    if len(set(public.values())) != 3:
-        raise StackError(f"the stack's ports must differ, got {public}; choose others with "
-                         f"--s3-port, --mlflow-port, --prefect-port")
+    public = s.public_ports        # the team stack's includes PostgreSQL's
+    if len(set(public.values())) != len(public):
+        options = ", ".join(f"--{name}-port" for name in public)
+        raise StackError(f"the stack's ports must differ, got {public}; choose others with {options}")
     internal = {port: name for name, port in specs["seaweedfs"].internal_ports.items()}
     for spec in specs.values():
         if spec.port in internal:

@@ -28,10 +28,11 @@ from typing import Callable, Optional
 
 from infra.credentials import Credentials
 from infra.errors import StackError
-from infra.health import http_problem
+from infra.health import basic_auth, http_problem
 from infra.layout import StateLayout
 from infra.services import ServiceSpec
 from infra.settings import StackSettings
+from infra.team import TeamCredentials
 
 READINESS_KEY = "readiness/stored-object"
 PROBE_PREFIX = "readiness/probe-"
@@ -173,31 +174,41 @@ class S3Readiness:
         return None if back == body else f"fresh object s3://{bucket}/{key} read back with other bytes"
 
 
-def mlflow_problem(settings: StackSettings) -> Optional[str]:
+def mlflow_problem(settings: StackSettings, headers: Optional[dict[str, str]] = None) -> Optional[str]:
     """None when the MLflow server reads its backend store (search experiments) and lists its
-    artifact root in S3 through its artifact proxy; else the first reason it does not."""
+    artifact root in S3 through its artifact proxy; else the first reason it does not.
+    `headers`: credentials (the team stack's admin)."""
     api = f"{settings.mlflow_url}/api/2.0"
-    return (http_problem(f"{api}/mlflow/experiments/search?max_results=1")
-            or http_problem(f"{api}/mlflow-artifacts/artifacts"))
+    return (http_problem(f"{api}/mlflow/experiments/search?max_results=1", headers=headers)
+            or http_problem(f"{api}/mlflow-artifacts/artifacts", headers=headers))
 
 
-def prefect_problem(settings: StackSettings) -> Optional[str]:
+def prefect_problem(settings: StackSettings, headers: Optional[dict[str, str]] = None) -> Optional[str]:
     """None when the Prefect server reaches its database (/api/ready) and answers a flows
-    query; else the first reason it does not."""
+    query; else the first reason it does not. `headers`: credentials (the team stack's)."""
     api = settings.prefect_api_url
-    return http_problem(f"{api}/ready") or http_problem(f"{api}/flows/filter", body={"limit": 1})
+    return (http_problem(f"{api}/ready", headers=headers)
+            or http_problem(f"{api}/flows/filter", body={"limit": 1}, headers=headers))
 
 
 def readiness_probe(name: str, settings: StackSettings, layout: StateLayout, spec: ServiceSpec,
-                    creds: Credentials) -> tuple[Callable[[], Optional[str]], str]:
-    """(probe, what it waits for, as "did not <what>" reads) of server `name`."""
+                    creds: Credentials, team: Optional[TeamCredentials] = None
+                    ) -> tuple[Callable[[], Optional[str]], str]:
+    """(probe, what it waits for, as "did not <what>" reads) of server `name`; a team stack's
+    (`team` given) are asked as its MLflow admin and with its Prefect auth string."""
+    mlflow_auth = prefect_auth = None
+    if team is not None:
+        from infra.team import MLFLOW_ADMIN
+
+        mlflow_auth = basic_auth(MLFLOW_ADMIN, team.mlflow_passwords[MLFLOW_ADMIN])
+        prefect_auth = basic_auth(*team.prefect_auth_string.split(":", 1))
     if name == "seaweedfs":
         from infra.s3 import s3_client
 
         client = s3_client(settings.s3_url, creds, attempts=1, read_timeout=10)
         return S3Readiness(settings, layout, spec, client), "serve its stored objects"
     if name == "mlflow":
-        return (lambda: mlflow_problem(settings)), "serve its tracking store and artifacts"
+        return (lambda: mlflow_problem(settings, mlflow_auth)), "serve its tracking store and artifacts"
     if name == "prefect":
-        return (lambda: prefect_problem(settings)), "serve its API from its database"
+        return (lambda: prefect_problem(settings, prefect_auth)), "serve its API from its database"
     raise ValueError(f"unknown server {name!r}")

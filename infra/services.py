@@ -1,6 +1,10 @@
 """The three servers of the local stack: how each is started, where it answers, how it is checked.
+The team stack (`StackSettings.team`) adds PostgreSQL (infra/postgres.py) as the backend of
+MLflow and Prefect, and authentication on each (infra/team.py).
 
-Only loopback is used: every server binds to the stack's host, and telemetry is switched off."""
+Only loopback is used: every server binds to the stack's host, and telemetry is switched off.
+Secrets reach a server through its environment or a 0600 file, never its command line (spawn
+writes the command line to the server's log, and any user may read it in /proc)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from infra.credentials import Credentials
 from infra.errors import StackError
@@ -18,10 +23,15 @@ from infra.layout import StateLayout
 from infra.ports import free_ports
 from infra.settings import StackSettings
 
+if TYPE_CHECKING:
+    from infra.team import TeamCredentials
+
 SERVICES = ("seaweedfs", "mlflow", "prefect")   # start order; stopped in reverse
+TEAM_SERVICES = ("postgres", *SERVICES)         # MLflow and Prefect need their database first
 # Seconds between SIGTERM and SIGKILL. SeaweedFS's filer waits 15 s for its gRPC streams
-# before it stops by itself (measured: 16-17 s in all), so it gets twice that.
-STOP_GRACE = {"seaweedfs": 30.0, "mlflow": 15.0, "prefect": 15.0}
+# before it stops by itself (measured: 16-17 s in all), so it gets twice that. PostgreSQL's
+# is its fast shutdown's (infra/postgres.py).
+STOP_GRACE = {"seaweedfs": 30.0, "mlflow": 15.0, "prefect": 15.0, "postgres": 30.0}
 REGION = "us-east-1"
 # SeaweedFS's ports besides S3. `weed server` would open 9333/8080/8888 (+10000 for gRPC) on
 # every machine; ports chosen at first start and remembered keep two stacks apart.
@@ -52,14 +62,22 @@ class ServiceSpec:
     internal_ports: dict[str, int] = field(default_factory=dict)
 
 
-PORT_FIELDS = {"seaweedfs": "s3_port", "mlflow": "mlflow_port", "prefect": "prefect_port"}
+PORT_FIELDS = {"seaweedfs": "s3_port", "mlflow": "mlflow_port", "prefect": "prefect_port",
+               "postgres": "postgres_port"}
+
+
+def stack_services(s: StackSettings) -> tuple[str, ...]:
+    """The servers of the stack `s` describes, in start order."""
+    return TEAM_SERVICES if s.team else SERVICES
 
 
 def endpoints(s: StackSettings) -> dict[str, tuple[str, str]]:
-    """(user-facing URL, health URL) of each server."""
-    return {"seaweedfs": (s.s3_url, f"{s.s3_url}/healthz"),
+    """(user-facing URL, health URL) of each server. PostgreSQL's "health URL" is its address:
+    it is checked by logging in (PostgresServer.problem), not over HTTP."""
+    urls = {"seaweedfs": (s.s3_url, f"{s.s3_url}/healthz"),
             "mlflow": (s.mlflow_url, f"{s.mlflow_url}/health"),
             "prefect": (s.prefect_url, f"{s.prefect_api_url}/health")}
+    return {"postgres": (s.postgres_url, s.postgres_url)} | urls if s.team else urls
 
 
 def find_weed() -> str:
@@ -87,7 +105,7 @@ def weed_internal_ports(layout: StateLayout, settings: StackSettings) -> dict[st
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StackError(f"{path} is not a valid port list ({e}); with the stack stopped, "
                              f"delete it and `dmops up` picks new internal ports") from None
-    public = (settings.s3_port, settings.mlflow_port, settings.prefect_port)
+    public = tuple(settings.public_ports.values())
     ports = dict(zip(WEED_INTERNAL, free_ports(len(WEED_INTERNAL), settings.host, exclude=public)))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(ports, indent=2) + "\n")
@@ -95,11 +113,22 @@ def weed_internal_ports(layout: StateLayout, settings: StackSettings) -> dict[st
 
 
 def service_specs(settings: StackSettings, layout: StateLayout, creds: Credentials,
-                  weed_ports: dict[str, int]) -> dict[str, ServiceSpec]:
-    """All three servers, keyed by name, in start order."""
-    return {"seaweedfs": _seaweedfs(settings, layout, weed_ports),
-            "mlflow": _mlflow(settings, layout, creds),
-            "prefect": _prefect(settings, layout)}
+                  weed_ports: dict[str, int], team: Optional["TeamCredentials"] = None) -> dict[str, ServiceSpec]:
+    """All servers of the stack, keyed by name, in start order. A team stack (`settings.team`)
+    needs its accounts (`team`) and an initialised PostgreSQL cluster (its role passwords)."""
+    specs = {"seaweedfs": _seaweedfs(settings, layout, weed_ports),
+             "mlflow": _mlflow(settings, layout, creds),
+             "prefect": _prefect(settings, layout)}
+    if not settings.team:
+        return specs
+    if team is None:
+        raise ValueError("a team stack's servers need its accounts (infra/team.py)")
+    from infra.postgres import PostgresServer
+
+    pg = PostgresServer(layout.root, settings.postgres_port, settings.host)
+    return {"postgres": pg.spec(), "seaweedfs": specs["seaweedfs"],
+            "mlflow": _team_mlflow(specs["mlflow"], layout, pg, team),
+            "prefect": _team_prefect(specs["prefect"], pg, team)}
 
 
 def _base_env() -> dict[str, str]:
@@ -168,6 +197,39 @@ def _prefect(s: StackSettings, layout: StateLayout) -> ServiceSpec:
     }
     return ServiceSpec("prefect", s.prefect_port, *endpoints(s)["prefect"], argv,
                        layout.prefect_home, env, "--prefect-port / DMOPS_PREFECT_PORT")
+
+
+def _team_mlflow(local: ServiceSpec, layout: StateLayout, pg, team: "TeamCredentials") -> ServiceSpec:
+    """The local MLflow server on PostgreSQL, with the basic-auth app and workspaces
+    (infra/mlflow_auth.py). The database URL travels in the environment, the auth database's
+    in the 0600 config file the stack writes before the start."""
+    from infra.team import MLFLOW_ADMIN
+
+    argv = [a for a in local.argv]
+    i = argv.index("--backend-store-uri")
+    del argv[i:i + 2]                                  # MLFLOW_BACKEND_STORE_URI below
+    argv[argv.index("server") + 1:argv.index("server") + 1] = ["--app-name", "basic-auth", "--enable-workspaces"]
+    env = local.env | {
+        "MLFLOW_BACKEND_STORE_URI": pg.database_url("mlflow"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(layout.mlflow_auth_config),
+        # read at the first start only, to make the admin account
+        "MLFLOW_AUTH_ADMIN_PASSWORD": team.mlflow_passwords[MLFLOW_ADMIN],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": team.mlflow_flask_secret,
+    }
+    return ServiceSpec(local.name, local.port, local.url, local.health_url, argv, local.cwd, env,
+                       local.port_option)
+
+
+def _team_prefect(local: ServiceSpec, pg, team: "TeamCredentials") -> ServiceSpec:
+    """The local Prefect server on PostgreSQL (asyncpg), its API behind the auth string."""
+    env = local.env | {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": pg.database_url("prefect", driver="asyncpg"),
+        "PREFECT_SERVER_API_AUTH_STRING": team.prefect_auth_string,
+        # the server's own clients (its UI settings, background services) call the API too
+        "PREFECT_API_AUTH_STRING": team.prefect_auth_string,
+    }
+    return ServiceSpec(local.name, local.port, local.url, local.health_url, local.argv, local.cwd, env,
+                       local.port_option)
 
 
 def remove_weed_sockets(ports: list[int]) -> None:

@@ -5,12 +5,18 @@ started as background processes with all their state under one folder.
     stack.up()                      # idempotent; waits until every server is ready
     os.environ.update(stack.client_env())
     stack.down()                    # servers stop, state stays for the next up()
+
+The team stack (`StackSettings(team=True)`, `dmops up --team`) adds the stack's own PostgreSQL
+(infra/postgres.py), started first, as the database of MLflow and Prefect; MLflow runs its
+basic-auth app (infra/mlflow_auth.py), Prefect's API wants its auth string, and the S3 store
+knows one identity per role (infra/team.py). `client_env(role)` gives one role's settings.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -22,14 +28,17 @@ from infra.credentials import load_credentials, load_or_create_credentials, writ
 from infra.errors import StackError
 from infra.health import http_ok, wait_healthy, wait_until
 from infra.layout import StateLayout
+from infra.postgres import STOP_SIGNAL as POSTGRES_STOP_SIGNAL
+from infra.postgres import PostgresServer
 from infra.preflight import check_ports
 from infra.processes import (PidRecord, finish_stop, group_rss_bytes, is_running, read_pid_file,
                              signal_group, spawn, write_pid_file)
 from infra.readiness import readiness_probe
 from infra.s3 import ensure_buckets, s3_client
-from infra.services import (PORT_FIELDS, REGION, SERVICES, STOP_GRACE, endpoints, remove_weed_sockets,
-                            service_specs, weed_internal_ports)
+from infra.services import (PORT_FIELDS, REGION, STOP_GRACE, endpoints, remove_weed_sockets,
+                            service_specs, stack_services, weed_internal_ports)
 from infra.settings import StackSettings
+from infra.team import TeamCredentials, load_or_create_team_credentials, load_team_credentials, role_env, s3_identities
 
 __all__ = ["Stack", "StackError", "StackSettings", "ServiceStatus"]
 
@@ -45,6 +54,7 @@ class ServiceStatus:
     healthy: bool
     rss_bytes: Optional[int]   # resident memory of the server and its workers (Linux)
     log: Path
+    problem: Optional[str] = None   # why a running server does not answer (PostgreSQL's login check)
 
 
 class Stack:
@@ -56,6 +66,12 @@ class Stack:
         # another folder all mean the same place.
         self.layout = StateLayout(Path(settings.state_dir).expanduser().resolve())
         self._log = log
+        self.services = stack_services(settings)   # start order
+
+    @property
+    def postgres(self) -> PostgresServer:
+        """The team stack's PostgreSQL (its cluster in <state>/postgres)."""
+        return PostgresServer(self.layout.root, self.settings.postgres_port, self.settings.host)
 
     @property
     def state_dir(self) -> Path:
@@ -63,7 +79,7 @@ class Stack:
 
     # ---- start ---------------------------------------------------------------------------
 
-    def up(self, timeout: float = 180, services: Sequence[str] = SERVICES) -> None:
+    def up(self, timeout: float = 180, services: Optional[Sequence[str]] = None) -> None:
         """Start whatever is not running, wait until every server is ready, print the URLs.
         Running servers are kept (a second up() only checks them again).
 
@@ -79,37 +95,61 @@ class Stack:
         S3 store no longer holds its readiness object (data lost).
 
         `services` limits the call to some servers (tests restart the S3 store alone); MLflow
-        needs the S3 store for its artifacts."""
-        unknown = set(services) - set(SERVICES)
+        needs the S3 store for its artifacts, and on the team stack PostgreSQL.
+
+        The team stack starts PostgreSQL first (initdb once, then its roles and databases) and
+        MLflow and Prefect only once it accepts logins; after MLflow is ready its accounts and
+        roles are made (infra/mlflow_auth.py). A state folder that holds the other kind of
+        stack is refused (StackError) before anything starts."""
+        services = self.services if services is None else tuple(services)
+        unknown = set(services) - set(self.services)
         if unknown:
-            raise ValueError(f"unknown services {sorted(unknown)}; the stack has {SERVICES}")
+            raise ValueError(f"unknown services {sorted(unknown)}; the stack has {self.services}")
+        self._check_kind()
         t0 = time.monotonic()
         deadline = t0 + timeout
         self.layout.make_dirs()
+        team = self.settings.team
         with self._locked():
             running = self._live_records()
+            accounts = load_or_create_team_credentials(self.layout.team_credentials) if team else None
             creds = load_or_create_credentials(self.layout.credentials)
+            if team and "postgres" not in running:
+                self.postgres.initialise()     # once; the role passwords the specs hold come with it
             weed_ports = weed_internal_ports(self.layout, self.settings)
-            specs = service_specs(self.settings, self.layout, creds, weed_ports)
+            specs = service_specs(self.settings, self.layout, creds, weed_ports, accounts)
             check_ports(self.settings, specs, running, self.layout)
             specs = {name: spec for name, spec in specs.items() if name in services}
             if "seaweedfs" not in running:
-                write_seaweedfs_identities(self.layout.seaweedfs_identities, creds)
+                write_seaweedfs_identities(self.layout.seaweedfs_identities, creds,
+                                           s3_identities(accounts, self.settings) if accounts else ())
             started: dict[str, PidRecord] = {}
             try:
-                for name, spec in specs.items():
+                if "postgres" in specs:
+                    self._start_postgres(specs["postgres"], running, started, deadline, timeout)
+                if team and "mlflow" in specs and "mlflow" not in running:
+                    from infra.mlflow_auth import AUTH_DATABASE, write_auth_config
+
+                    write_auth_config(self.layout.mlflow_auth_config,
+                                      self.postgres.database_url(AUTH_DATABASE, role="mlflow"))
+                others = {name: spec for name, spec in specs.items() if name != "postgres"}
+                for name, spec in others.items():
                     if name not in running:
                         started[name] = spawn(spec.argv, spec.env, spec.cwd, self.layout.log(name), spec.port)
                         write_pid_file(self.layout.pid_file(name), started[name])
                 records = running | started
                 # In start order: MLflow's artifact probe needs a ready S3 store.
-                for name, spec in specs.items():
+                for name, spec in others.items():
                     wait_healthy(spec, records[name], self.layout, deadline, timeout)
                     if name == "seaweedfs":
                         ensure_buckets(s3_client(self.settings.s3_url, creds, attempts=1), self.settings,
                                        self.layout, deadline, timeout)
-                    probe, what = readiness_probe(name, self.settings, self.layout, spec, creds)
+                    probe, what = readiness_probe(name, self.settings, self.layout, spec, creds, accounts)
                     wait_until(spec, records[name], self.layout, deadline, timeout, probe, what)
+                    if name == "mlflow" and accounts is not None:
+                        from infra.mlflow_auth import ensure_accounts
+
+                        ensure_accounts(self.settings.mlflow_url, accounts)
             except BaseException:
                 # A failed start leaves no half-started stack behind (servers that were
                 # already running before this call are left alone).
@@ -117,26 +157,56 @@ class Stack:
                 raise
         self._print_urls(started, services, time.monotonic() - t0)
 
+    def _start_postgres(self, spec, running: dict[str, PidRecord], started: dict[str, PidRecord],
+                        deadline: float, timeout: float) -> None:
+        """Spawn the team stack's PostgreSQL unless it runs, wait until the superuser can log in
+        (it answers no HTTP), then make its roles and databases (idempotent)."""
+        from infra.mlflow_auth import AUTH_DATABASE
+        from infra.postgres_db import TEAM_DATABASES
+
+        pg = self.postgres
+        record = running.get("postgres")
+        if record is None:
+            record = started["postgres"] = spawn(spec.argv, spec.env, spec.cwd, self.layout.log("postgres"), spec.port)
+            write_pid_file(self.layout.pid_file("postgres"), record)
+        wait_until(spec, record, self.layout, deadline, timeout, pg.problem, "accept connections")
+        pg.ensure_databases({**TEAM_DATABASES, AUTH_DATABASE: TEAM_DATABASES["mlflow"]})
+
+    def _check_kind(self) -> None:
+        """StackError when the state folder holds the other kind of stack (local vs team): MLflow
+        and Prefect would start on other databases and the folder's data would seem lost."""
+        has_local = self.layout.holds_stack() and not self.layout.holds_team_stack()
+        if self.settings.team and has_local:
+            raise StackError(f"{self.state_dir} holds a local stack (`dmops up`), not a team stack: give the "
+                             f"team stack its own folder (default .stack-team, or --state-dir)")
+        if not self.settings.team and self.layout.holds_team_stack():
+            raise StackError(f"{self.state_dir} holds a team stack: use `dmops up --team` (and --team for "
+                             f"status, env, down), or give the local stack another folder")
+
     def _print_urls(self, started: dict[str, PidRecord], services: Sequence[str], seconds: float) -> None:
         s = self.settings
         what = f"started {', '.join(started)} in {seconds:.1f} s" if started else "already running"
         self._log(f"stack   {self.state_dir} ({what}; ready)")
-        lines = {"seaweedfs": f"s3      {s.s3_url}  buckets: {', '.join(s.buckets)}",
-                 "mlflow": f"mlflow  {s.mlflow_url}",
+        lines = {"postgres": f"postgres {s.postgres_url}  databases: mlflow, mlflow_auth, prefect",
+                 "seaweedfs": f"s3      {s.s3_url}  buckets: {', '.join(s.buckets)}",
+                 "mlflow": f"mlflow  {s.mlflow_url}" + ("  (basic-auth: sign in)" if s.team else ""),
                  "prefect": f"prefect {s.prefect_url}  (API {s.prefect_api_url})"}
-        for name in SERVICES:
+        for name in self.services:
             if name in services:
                 self._log(lines[name])
+        if s.team:
+            self._log("roles   pipeline, viewer, reader: `dmops env --team --role ROLE` prints one's settings")
 
     # ---- stop ----------------------------------------------------------------------------
 
-    def down(self, services: Sequence[str] = SERVICES) -> None:
+    def down(self, services: Optional[Sequence[str]] = None) -> None:
         """Stop every running server (SIGTERM, then SIGKILL after a grace period) and remove
         the pid files. Data, credentials and logs stay for the next up(). `services` limits
         the call to some servers."""
         if not self.layout.root.is_dir():
             self._log(f"no stack state in {self.state_dir}; nothing to stop")
             return
+        services = self.services if services is None else tuple(services)
         with self._locked():
             running = {name: r for name, r in self._live_records().items() if name in services}
             if not running:
@@ -146,12 +216,22 @@ class Stack:
 
     def _stop(self, records: dict[str, PidRecord], quiet: bool = False) -> None:
         t0 = time.monotonic()
-        order = [name for name in reversed(SERVICES) if name in records]
+        order = [name for name in reversed(self.services) if name in records and name != "postgres"]
         # Signal all first, then wait: shutdowns overlap, so down() takes as long as the
-        # slowest server (SeaweedFS), not the sum.
+        # slowest server (SeaweedFS), not the sum. PostgreSQL stops once its clients (MLflow,
+        # Prefect) are gone, while SeaweedFS still stops, with its fast shutdown (SIGINT to the postmaster only:
+        # each of its children is a process group of its own).
         for name in order:
             signal_group(records[name], signal.SIGTERM)
-        for name in order:
+        clients = [name for name in order if name in ("prefect", "mlflow")]
+        waits = [*clients, *(["postgres"] if "postgres" in records else []),
+                 *(name for name in order if name not in clients)]
+        for name in waits:
+            if name == "postgres":
+                try:
+                    os.kill(records[name].pid, POSTGRES_STOP_SIGNAL)
+                except ProcessLookupError:
+                    pass
             killed = finish_stop(records[name], STOP_GRACE[name])
             self.layout.pid_file(name).unlink(missing_ok=True)
             if not quiet:
@@ -172,21 +252,33 @@ class Stack:
         """Each server's pid, URL, whether it runs and whether it answers its health check."""
         out = {}
         records = self._running_now()
-        for name, (url, health_url) in endpoints(self._effective_settings(records)).items():
+        settings = self._effective_settings(records)
+        for name, (url, health_url) in endpoints(settings).items():
             record = records.get(name)
             running = record is not None
-            out[name] = ServiceStatus(
-                name=name, url=url, pid=record.pid if running else None, running=running,
-                healthy=running and http_ok(health_url),
-                rss_bytes=group_rss_bytes(record.pid) if running else None,
-                log=self.layout.log(name))
+            problem = None
+            if name == "postgres":
+                # no HTTP: a login and a query; its children are process groups of their own
+                pg = PostgresServer(self.layout.root, settings.postgres_port, settings.host)
+                problem = pg.problem() if running else None
+                healthy, rss = running and problem is None, pg.rss_bytes() if running else None
+            else:
+                healthy = running and http_ok(health_url)
+                rss = group_rss_bytes(record.pid) if running else None
+            out[name] = ServiceStatus(name=name, url=url, pid=record.pid if running else None, running=running,
+                                      healthy=healthy, rss_bytes=rss, log=self.layout.log(name), problem=problem)
         return out
 
-    def client_env(self) -> dict[str, str]:
-        """Environment for clients of this stack (MLflow, Prefect, boto3, DVC). Holds the S3
-        secret: export it, do not log it."""
-        creds = load_credentials(self.layout.credentials)
+    def client_env(self, role: Optional[str] = None) -> dict[str, str]:
+        """Environment for clients of this stack (MLflow, Prefect, boto3, DVC). Holds secrets:
+        export it, do not log it. The team stack's is one role's (infra/team.py ROLES;
+        default `pipeline`); the local stack has no roles (ValueError for one)."""
         s = self._effective_settings(self._running_now())
+        if self.settings.team:
+            return role_env(role or "pipeline", s, self.team_credentials())
+        if role is not None:
+            raise ValueError(f"the local stack has no roles (asked for {role!r}); roles are the team stack's")
+        creds = load_credentials(self.layout.credentials)
         return {
             "MLFLOW_TRACKING_URI": s.mlflow_url,
             "PREFECT_API_URL": s.prefect_api_url,
@@ -200,8 +292,13 @@ class Stack:
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
 
+    def team_credentials(self) -> TeamCredentials:
+        """The team stack's accounts; StackError when this folder holds no team stack."""
+        return load_team_credentials(self.layout.team_credentials)
+
     def s3_client(self):
-        """A boto3 S3 client for this stack's endpoint and credentials (path-style addressing)."""
+        """A boto3 S3 client for this stack's endpoint and its own (admin) credentials
+        (path-style addressing)."""
         url = self._effective_settings(self._running_now()).s3_url
         return s3_client(url, load_credentials(self.layout.credentials))
 
@@ -210,7 +307,7 @@ class Stack:
     def _running_now(self) -> dict[str, PidRecord]:
         """Records of the running servers, read-only (stale pid files are left for up/down)."""
         records = {}
-        for name in SERVICES:
+        for name in self.services:
             record = read_pid_file(self.layout.pid_file(name))
             if record is not None and is_running(record):
                 records[name] = record
@@ -224,7 +321,7 @@ class Stack:
     def _live_records(self) -> dict[str, PidRecord]:
         """Pid records of the servers that run; pid files of servers that are gone are removed."""
         live = {}
-        for name in SERVICES:
+        for name in self.services:
             path = self.layout.pid_file(name)
             if not path.exists():
                 continue
