@@ -45,6 +45,13 @@ def _friendly_errors():
     try:
         yield
     except Exception as e:
+        torchrun = sys.modules.get("tasks.adapters.torchrun")
+        if torchrun is not None and isinstance(e, torchrun.TorchrunError):
+            # a failed rank (not the user's input): its first line, then its log's tail as is
+            typer.secho(f"error: {e.summary}; the last lines of {e.log_path}:", fg=typer.colors.RED,
+                        err=True)
+            typer.echo(e.tail, err=True)
+            raise typer.Exit(1) from None
         if isinstance(e, (*_imported_user_errors(), ValueError, FileNotFoundError, WriteError)):
             error = e
         else:  # a write that no atomic_* helper wrapped: still one line

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -114,6 +116,21 @@ def test_a_failing_rank_fails_the_step_with_the_tail_of_its_log(dataset, parent,
     assert message.count("Traceback") == 1 and "ChildFailedError" not in message
     [run] = step_runs(parent)
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_dmops_train_with_a_failing_rank_says_which_in_one_line_and_the_tail(tmp_path):
+    """The same failure through `dmops train`: exit 1 (not the user's input), an `error:` line
+    naming the rank, then the tail of its log as it is (one traceback: the rank's)."""
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "train", "-c", str(PARAMS), "-p",
+                           "tiny", "--set", "train.nproc_per_node=2", "--out", str(tmp_path / "out")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, FAIL_RANK_ENV: "1"})
+    assert proc.returncode == 1, proc.stderr
+    first, *tail = proc.stderr.splitlines()
+    assert first.startswith("error: rank 1 of 2 failed: RuntimeError: rank 1 failed on purpose"), first
+    assert 0 < len(tail) <= TAIL_LINES and tail[-1].startswith("RuntimeError: rank 1 failed")
+    assert proc.stderr.count("Traceback") == 1
 
 
 def kill_rank_at_first_checkpoint(work: Path, rank: int) -> dict:

@@ -19,5 +19,6 @@
     pending_promotion.py    a promotion decision stored before it is carried out
     drift_reference.py      the data gate's reference statistics in S3
     dvc.py                  the DVC stage and remote
+    torchrun.py             launch a module as torchrun ranks; a failed rank as one error
     gx/                     the data gate's Great Expectations suite, checkpoint and report
 """
