@@ -1,4 +1,8 @@
-"""`dmops up | down | status | env`: the local stack from the command line.
+"""`dmops up | down | status | env`: the local stack from the command line; with `--team`, the
+team stack (infra/team.py: PostgreSQL, authentication, one account per role), whose state folder
+is its own (--state-dir, else $DMOPS_TEAM_STACK_DIR, else `.stack-team` in the dmops checkout).
+`dmops env --team --role pipeline|viewer|reader` prints one role's client settings: the only
+command that prints a secret.
 
 `register(app)` adds the four commands to the main `dmops` app. Errors print one
 `error: ...` line (a start-up failure adds the server's log tail) and exit with code 1.
@@ -31,6 +35,10 @@ MlflowPortOpt = typer.Option(None, "--mlflow-port", min=1, max=65535,
                              help="MLflow port (default: $DMOPS_MLFLOW_PORT or 5000).")
 PrefectPortOpt = typer.Option(None, "--prefect-port", min=1, max=65535,
                               help="Prefect port (default: $DMOPS_PREFECT_PORT or 4200).")
+PostgresPortOpt = typer.Option(None, "--postgres-port", min=1, max=65535,
+                               help="The team stack's PostgreSQL port (default: $DMOPS_POSTGRES_PORT or 5433).")
+TeamOpt = typer.Option(False, "--team", help="The team stack: PostgreSQL behind MLflow and Prefect, "
+                       "authentication, roles (state: $DMOPS_TEAM_STACK_DIR, else .stack-team).")
 
 
 @contextmanager
@@ -53,22 +61,27 @@ CREATE, REFUSE, NOTHING_TO_DO = "create", "refuse", "nothing to do"
 
 
 def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optional[int],
-           prefect_port: Optional[int], without_stack: str = REFUSE):
+           prefect_port: Optional[int], without_stack: str = REFUSE, team: bool = False,
+           postgres_port: Optional[int] = None):
     """The Stack for these options; unset options come from the environment, then defaults.
     The state folder is checked first (module docstring): `without_stack` says what a folder
     holding no stack means to the command (CREATE: `up`; REFUSE: an error; NOTHING_TO_DO:
-    None is returned after saying so)."""
+    None is returned after saying so). `team`: the team stack, whose folder must hold one."""
     import os
 
     from flows.cli_options import usage_error
-    from infra.settings import ENV_STATE_DIR, StackSettings, default_state_dir
+    from infra.settings import StackSettings, default_state_dir, state_dir_variable
     from infra.stack import Stack
 
+    ENV_STATE_DIR = state_dir_variable(team)
     overrides = {k: v for k, v in {"state_dir": state_dir, "s3_port": s3_port, "mlflow_port": mlflow_port,
-                                   "prefect_port": prefect_port}.items() if v is not None}
-    settings = replace(StackSettings.from_env(), **overrides)
+                                   "prefect_port": prefect_port, "postgres_port": postgres_port}.items()
+                 if v is not None}
+    settings = replace(StackSettings.from_env(team=team), **overrides)
     ports = {"--s3-port": settings.s3_port, "--mlflow-port": settings.mlflow_port,
              "--prefect-port": settings.prefect_port}
+    if team:
+        ports["--postgres-port"] = settings.postgres_port
     if len(set(ports.values())) < len(ports):
         usage_error(f"two servers cannot share a port ({', '.join(f'{k} {v}' for k, v in ports.items())}): "
                     "give each its own")
@@ -84,19 +97,37 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
                         "existing one for `dmops up` to start a new stack in")
         if folder.exists() and not folder.is_dir():
             usage_error(f"{named}: {folder} is a file, not a stack's state folder")
-    if without_stack == CREATE or stack.layout.holds_stack():
+    # a folder of the other kind of stack: the user typed the wrong command (or folder)
+    if not team and stack.layout.holds_team_stack():
+        usage_error(f"{folder} holds a team stack: add --team (`dmops {_command()} --team`)")
+    if team and stack.layout.holds_stack() and not stack.layout.holds_team_stack():
+        usage_error(f"{folder} holds a local stack, not a team stack: drop --team, or give the team "
+                    f"stack its own folder (default {default_state_dir(team=True)})")
+    held = stack.layout.holds_team_stack() if team else stack.layout.holds_stack()
+    if without_stack == CREATE or held:
         return stack
+    up_command = "dmops up --team" if team else "dmops up"
+    kind = "team stack" if team else "stack"
     if named is not None:
-        usage_error(f"{named}: no stack was ever started in {folder} (it has no credentials.json); "
-                    f"give the folder `dmops up` used (default {default_state_dir()}), or start "
-                    f"a stack there with `dmops up --state-dir {folder}`")
+        marker = "team-credentials.json" if team else "credentials.json"
+        usage_error(f"{named}: no {kind} was ever started in {folder} (it has no {marker}); give the folder `{up_command}` "
+                    f"used (default {default_state_dir(team)}), or start one there with "
+                    f"`{up_command} --state-dir {folder}`")
     if without_stack == NOTHING_TO_DO:
-        typer.echo(f"no stack in {folder}; nothing to stop")
+        typer.echo(f"no {kind} in {folder}; nothing to stop")
         return None
-    typer.secho(f"error: no local stack has been started in {folder} (the state folder of this "
-                "dmops checkout): start it with `dmops up`, or name another with --state-dir or "
-                f"{ENV_STATE_DIR}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: no {'team' if team else 'local'} stack has been started in {folder} (the state "
+                f"folder of this dmops checkout): start it with `{up_command}`, or name another with "
+                f"--state-dir or {ENV_STATE_DIR}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def _command() -> str:
+    """The `dmops` sub-command being run (for messages)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return ctx.info_name if ctx is not None else "status"
 
 
 def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | None:
@@ -137,12 +168,18 @@ def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | Non
 
 def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
-       timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers to be ready.")):
+       timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers to be ready."),
+       team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
     """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background;
-    return once each serves what it holds (a stored object reads back, API reads succeed)."""
+    return once each serves what it holds (a stored object reads back, API reads succeed).
+    --team: first the stack's own PostgreSQL, then the three with authentication and roles."""
     with _stack_errors():
-        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=CREATE)
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=CREATE, team=team,
+                       postgres_port=postgres_port)
         stack.up(timeout=timeout)
+        if team:   # MLflow answers an anonymous request 401: no runs line
+            typer.echo('clients: eval "$(dmops env --team --role pipeline)"   stop: dmops down --team')
+            return
         runs = _runs_line(stack.settings.mlflow_url)
         if runs:
             typer.echo(runs)
@@ -150,35 +187,53 @@ def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortO
 
 
 def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
-         mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
+         mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
+         team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
     """Stop the stack's servers. Data, credentials and logs stay in the state folder."""
     with _stack_errors():
-        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=NOTHING_TO_DO)
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=NOTHING_TO_DO, team=team,
+                       postgres_port=postgres_port)
         if stack is not None:
             stack.down()
 
 
 def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
-           mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
+           mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
+           team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
     """Show each server: running or not, healthy or not, pid, URL, memory, log file."""
     with _stack_errors():
-        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port)
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)
         typer.echo(f"stack in {stack.state_dir}")
         for s in stack.status().values():
             state = "healthy" if s.healthy else "running, not answering" if s.running else "stopped"
             pid = f"pid {s.pid}" if s.pid else ""
             rss = f"{s.rss_bytes / 2**20:.0f} MiB" if s.rss_bytes else ""
             typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
-        runs = _runs_line(stack.settings.mlflow_url)
+            if s.problem:
+                typer.echo(f"{'':<10} {s.problem}")
+        runs = None if team else _runs_line(stack.settings.mlflow_url)
         if runs:
             typer.echo(runs)
 
 
 def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
-        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt):
-    """Print `export ...` lines for clients of the stack, S3 secret included: eval "$(dmops env)"."""
+        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
+        team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt,
+        role: Optional[str] = typer.Option(None, "--role", help="With --team: whose settings to print, "
+                                           "pipeline, viewer or reader.")):
+    """Print `export ...` lines for clients of the stack, S3 secret included: eval "$(dmops env)".
+    --team --role ROLE: one role's settings (its MLflow account, Prefect auth string, S3 keys)."""
+    from flows.cli_options import usage_error
+    from infra.team import ROLES
+
+    if role is not None and not team:
+        usage_error(f"--role {role}: roles are the team stack's accounts; add --team")
+    if team and role not in ROLES:
+        usage_error(f"--team needs --role {'|'.join(ROLES)} (got {role!r}): pipeline runs flows and "
+                    "registers models, viewer reads MLflow, reader reads releases from S3")
     with _stack_errors():
-        for key, value in _stack(state_dir, s3_port, mlflow_port, prefect_port).client_env().items():
+        stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)
+        for key, value in stack.client_env(role).items():
             typer.echo(f"export {key}={shlex.quote(value)}")
 
 

@@ -260,7 +260,8 @@ class Stack:
             if name == "postgres":
                 # no HTTP: a login and a query; its children are process groups of their own
                 pg = PostgresServer(self.layout.root, settings.postgres_port, settings.host)
-                problem = pg.problem() if running else None
+                # stopped too: the line names the server and the fix (`dmops up --team`)
+                problem = pg.problem() if pg.credentials_path.exists() else None
                 healthy, rss = running and problem is None, pg.rss_bytes() if running else None
             else:
                 healthy = running and http_ok(health_url)

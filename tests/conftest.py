@@ -73,6 +73,36 @@ def stack(tmp_path_factory):
         server.down()
 
 
+@pytest.fixture(scope="session")
+def team_stack():
+    """One team stack (`dmops up --team`: PostgreSQL, MLflow with basic-auth, Prefect with its
+    auth string, SeaweedFS with one identity per role) for the whole test session, on free
+    loopback ports, stopped and deleted at the end. Nothing is exported into os.environ (the
+    local `stack` fixture's settings stay); a test takes one role's settings with
+    `team_stack.client_env("pipeline" | "viewer" | "reader")`.
+
+    Its state folder comes from tempfile.mkdtemp() with mode 0711, not tmp_path: as root,
+    PostgreSQL runs as the `postgres` OS user, which must enter every folder above its data
+    (pytest's temporary folders are 0700)."""
+    import shutil
+    import tempfile
+
+    from infra import Stack, StackSettings
+    from infra.ports import free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="dmops-team-stack-"))
+    root.chmod(0o711)
+    s3_port, mlflow_port, prefect_port, postgres_port = free_ports(4)
+    team = Stack(StackSettings(state_dir=root / "state", s3_port=s3_port, mlflow_port=mlflow_port,
+                               prefect_port=prefect_port, postgres_port=postgres_port, team=True))
+    try:
+        team.up(timeout=300)
+        yield team
+    finally:
+        team.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _refresh_prefect_settings():
     """Prefect reads its settings once, when prefect.context is imported (at collection time,
     if a test module imports prefect); make it read the environment again."""
