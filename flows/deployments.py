@@ -6,6 +6,12 @@ file is a DeploymentsFileError naming the fix.  `describe_deployments` reads eac
 back through Prefect's client and returns one complete line per deployment (flow/name, work
 pool, schedule, parameters, its page in the UI), so the user sees what the server holds rather
 than a transcript of `prefect deploy`.
+
+Two kinds of work pool (`dmops deploy --pool-type`, POOL_TYPES): `process` (infra/prefect.yaml,
+pool dmops-process, served by `dmops worker`) and `kubernetes` (infra/k8s/prefect.yaml, pool
+dmops-kubernetes with the base job template infra/k8s/work-pool.json: each flow run a Job with
+the image of $DMOPS_IMAGE, GPUs, credentials from the namespace's Secrets; served by the worker of
+infra/k8s/worker.yaml).  `pool_create_args` gives `prefect work-pool create` its options.
 """
 
 from __future__ import annotations
@@ -16,6 +22,43 @@ from pathlib import Path
 
 class DeploymentsFileError(ValueError):
     """The deployments file cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PoolType:
+    deployments_file: Path               # its default deployments file (from the repository root)
+    base_job_template: Path | None       # None: Prefect's default template of the type
+    required_env: tuple[str, ...] = ()   # what that file's {{ $VAR }} placeholders need
+
+
+POOL_TYPES = {
+    "process": PoolType(Path("infra/prefect.yaml"), None),
+    "kubernetes": PoolType(Path("infra/k8s/prefect.yaml"), Path("infra/k8s/work-pool.json"),
+                           ("DMOPS_IMAGE",)),
+}
+
+
+def pool_create_args(pool_type: str, environ: dict[str, str]) -> list[str]:
+    """The options of `prefect work-pool create NAME` (and `update NAME`) for a pool of
+    `pool_type` (POOL_TYPES): `--type T` plus `--base-job-template FILE` where the type has one.
+    DeploymentsFileError (one line, naming the fix) for an unknown type, a missing template file,
+    or a variable of `required_env` missing from `environ` (deploying would leave, e.g., the
+    Jobs' image empty)."""
+    if pool_type not in POOL_TYPES:
+        raise DeploymentsFileError(f"--pool-type {pool_type!r}: one of {', '.join(POOL_TYPES)}")
+    kind = POOL_TYPES[pool_type]
+    missing = [name for name in kind.required_env if not environ.get(name)]
+    if missing:
+        raise DeploymentsFileError(f"{', '.join(missing)} is not set: {kind.deployments_file}'s "
+                                   f"deployments need it (the image built from the repository's "
+                                   f"Dockerfile, e.g. registry.example.com/dmops:<tag>)")
+    args = ["--type", pool_type]
+    if kind.base_job_template is not None:
+        if not kind.base_job_template.is_file():
+            raise DeploymentsFileError(f"{kind.base_job_template} not found: run from the "
+                                       "repository root")
+        args += ["--base-job-template", str(kind.base_job_template)]
+    return args
 
 
 @dataclass(frozen=True)
