@@ -224,7 +224,7 @@ def test_s3_refuses_anonymous_requests_and_the_reader_only_reads_releases(team_s
     pipeline.delete_object(Bucket=releases, Key=key)                                       # the writer may
 
 
-def test_env_prints_one_roles_settings_and_nothing_else_prints_a_secret(team_stack):
+def test_env_prints_one_roles_settings_and_nothing_else_prints_a_secret(team_stack, tmp_path):
     expected = {"pipeline": {"MLFLOW_TRACKING_USERNAME", "PREFECT_API_AUTH_STRING", "AWS_SECRET_ACCESS_KEY"},
                 "viewer": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
                 "reader": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"}}
@@ -238,6 +238,15 @@ def test_env_prints_one_roles_settings_and_nothing_else_prints_a_secret(team_sta
     missing = dmops("env", *port_args(team_stack))
     assert missing.returncode == 2 and "--team needs --role pipeline|viewer|reader" in missing.stderr
     assert dmops("env", "--role", "viewer", "--state-dir", str(team_stack.state_dir)).returncode == 2
+    # one kind of stack per folder: the team folder is not read as a local stack, nor the reverse
+    local_view = dmops("status", "--state-dir", str(team_stack.state_dir))
+    assert local_view.returncode == 2 and "holds a team stack: add --team" in local_view.stderr
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "credentials.json").write_text('{"access_key_id": "x", "secret_access_key": "y"}')
+    team_view = dmops("up", "--team", "--state-dir", str(local))
+    assert team_view.returncode == 2 and "holds a local stack, not a team stack" in team_view.stderr
+    assert sorted(p.name for p in local.iterdir()) == ["credentials.json"]   # nothing started or written
 
     secrets = secrets_of(team_stack)
     status = dmops("status", *port_args(team_stack))
