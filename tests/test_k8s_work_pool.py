@@ -44,13 +44,13 @@ async def _render(pool_name: str, deployment_name: str, job_variables: dict) -> 
     and flow-run variables over the pool's template, then prepare_for_flow_run) and the secret
     replacement its _create_job does first, under the worker Deployment's settings."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
     from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
     async with get_client() as client:
         [deployment] = await client.read_deployments(
-            deployment_filter=__import__("prefect.client.schemas.filters", fromlist=["x"]).DeploymentFilter(
-                name={"any_": [deployment_name]}))
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])))
         flow_run = await client.create_flow_run_from_deployment(deployment.id, job_variables=job_variables)
         try:
             pool = await client.read_work_pool(pool_name)
@@ -59,6 +59,8 @@ async def _render(pool_name: str, deployment_name: str, job_variables: dict) -> 
                 config = await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
                     flow_run, client=client, work_pool=pool, worker_name="test-worker", deployment=deployment)
             env = _worker_env()
+            # private, but the step itself: _create_job runs it on the configuration before it
+            # sends the Job (it uses nothing of the worker instance)
             await KubernetesWorker._replace_env_variable_with_secret(
                 None, "PREFECT_API_AUTH_STRING", config,
                 env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"],
