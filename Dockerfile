@@ -14,7 +14,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends git \
 # lineage hashes is the code that runs.
 WORKDIR /opt/dmops
 COPY . .
-RUN pip install --no-cache-dir -e . "prefect-kubernetes>=0.8,<0.9" \
+RUN pip install --no-cache-dir -e ".[kubernetes]" \
     && useradd --uid 10001 --create-home dmops \
     && chown -R dmops /opt/dmops \
     && git config --system --add safe.directory /opt/dmops
