@@ -78,6 +78,7 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
                                    "prefect_port": prefect_port, "postgres_port": postgres_port}.items()
                  if v is not None}
     settings = replace(StackSettings.from_env(team=team), **overrides)
+    settings = replace(settings, default_ports=settings.default_ports - overrides.keys())
     ports = {"--s3-port": settings.s3_port, "--mlflow-port": settings.mlflow_port,
              "--prefect-port": settings.prefect_port}
     if team:
@@ -204,14 +205,15 @@ def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3P
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)
         typer.echo(f"stack in {stack.state_dir}")
-        for s in stack.status().values():
+        servers = stack.status()   # with the ports the running servers really use
+        for s in servers.values():
             state = "healthy" if s.healthy else "running, not answering" if s.running else "stopped"
             pid = f"pid {s.pid}" if s.pid else ""
             rss = f"{s.rss_bytes / 2**20:.0f} MiB" if s.rss_bytes else ""
             typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
             if s.problem:
                 typer.echo(f"{'':<10} {s.problem}")
-        runs = None if team else _runs_line(stack.settings.mlflow_url)
+        runs = None if team else _runs_line(servers["mlflow"].url)
         if runs:
             typer.echo(runs)
 

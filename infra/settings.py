@@ -75,6 +75,10 @@ class StackSettings:
     # The stack's own bucket: the readiness object every `up` reads back (infra/readiness.py).
     # Kept out of the other buckets, where `dvc gc` or a release listing could meet it.
     stack_bucket: str = "dmops-stack"
+    # Port fields nobody chose (from_env's defaults, no option either): `up` follows the port a
+    # running server of the stack has instead of refusing, so `make run` in a new shell works
+    # with a stack started on other ports.  Ports given to the constructor count as chosen.
+    default_ports: frozenset = frozenset()
 
     @classmethod
     def from_env(cls, team: bool = False) -> "StackSettings":
@@ -84,10 +88,11 @@ class StackSettings:
         values: dict = {"team": team, "state_dir": default_state_dir(team)}
         if os.environ.get(state_dir_variable(team)):
             values["state_dir"] = Path(os.environ[state_dir_variable(team)])
-        for field, var in ENV_PORTS.items():
+        for port_field, var in ENV_PORTS.items():
             raw = os.environ.get(var)
             if raw:
-                values[field] = parse_port(raw, var)
+                values[port_field] = parse_port(raw, var)
+        values["default_ports"] = frozenset(ENV_PORTS) - values.keys()
         return cls(**values)
 
     @property

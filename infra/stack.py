@@ -112,6 +112,7 @@ class Stack:
         team = self.settings.team
         with self._locked():
             running = self._live_records()
+            self.settings = self._following_running(running)
             accounts = load_or_create_team_credentials(self.layout.team_credentials) if team else None
             creds = load_or_create_credentials(self.layout.credentials)
             if team and "postgres" not in running:
@@ -313,6 +314,12 @@ class Stack:
             if record is not None and is_running(record):
                 records[name] = record
         return records
+
+    def _following_running(self, running: dict[str, PidRecord]) -> StackSettings:
+        """The settings with a running server's port wherever nobody chose that port
+        (StackSettings.default_ports); a chosen port that differs is check_ports' error."""
+        return replace(self.settings, **{PORT_FIELDS[name]: r.port for name, r in running.items()
+                                         if PORT_FIELDS[name] in self.settings.default_ports})
 
     def _effective_settings(self, running: dict[str, PidRecord]) -> StackSettings:
         """The settings with the ports the running servers really use: `dmops env` or

@@ -86,3 +86,42 @@ def test_a_file_is_not_a_state_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     _one_line(dmops("status", "--state-dir", "notes.txt", cwd=tmp_path), 2,
               f"{tmp_path / 'notes.txt'} is a file")
+
+
+def _without_port_variables(**extra: str) -> dict[str, str]:
+    """A new shell's environment: no DMOPS_* stack variables (ports, folders)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DMOPS_")}
+    return {**environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def test_up_and_status_without_port_options_follow_the_running_stacks_ports(stack, tmp_path):
+    """`make run` (dmops up) in a new shell, the stack running on ports nobody names there:
+    `up` finds it running instead of refusing the default ports, and the `runs` link of
+    `status` points at the MLflow it runs, not at the default port.  A port the user does
+    name is still held to."""
+    import uuid
+
+    import mlflow
+
+    name = f"runs-line-{uuid.uuid4().hex[:8]}"
+    eid = mlflow.MlflowClient().create_experiment(name)
+    (tmp_path / "params.yaml").write_text(f"pipeline:\n  experiment: {name}\n")
+    where = ["--state-dir", str(stack.state_dir)]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args, *where], cwd=tmp_path,
+                              env=_without_port_variables(), capture_output=True, text=True,
+                              timeout=300)
+
+    up = run("up")
+    assert up.returncode == 0, up.stderr
+    assert "already running" in up.stdout and f"mlflow  {stack.settings.mlflow_url}" in up.stdout
+    status = run("status")
+    assert status.returncode == 0, status.stderr
+    assert f"runs    {stack.settings.mlflow_url}/#/experiments/{eid}/runs" in status.stdout, \
+        status.stdout
+    from infra.ports import free_ports
+
+    [other] = free_ports(1)
+    chosen = run("up", "--mlflow-port", str(other))
+    _one_line(chosen, 1, f"running on port {stack.settings.mlflow_port}, not {other}", "dmops down")
