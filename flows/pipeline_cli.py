@@ -55,6 +55,28 @@ def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.
     return proc
 
 
+def _check_process_pool(pool: str, env: dict[str, str]) -> None:
+    """Exit 1 unless the Prefect server holds work pool `pool` of type process.  Prefect's
+    worker would create a missing pool itself: a misspelt --pool then polls an empty pool for
+    ever, with nothing said; a pool of another type is served by that type's worker."""
+    import json
+
+    proc = _prefect("work-pool", "inspect", pool, "--output", "json", env=env, check=False)
+    try:
+        kind = json.loads(proc.stdout).get("type") if proc.returncode == 0 else None
+    except ValueError:
+        kind = None
+    if proc.returncode != 0 or kind is None:
+        if "not found" not in (proc.stdout + proc.stderr).lower():
+            _fail(f"`prefect work-pool inspect {pool}` failed:\n{_tail_lines(proc.stdout + proc.stderr)}")
+        _fail(f"the Prefect server at {env[PREFECT_ENV]} has no work pool {pool!r}: create it "
+              f"and its deployments with `dmops deploy`, or name an existing pool with --pool")
+    if kind != "process":
+        _fail(f"work pool {pool!r} on {env[PREFECT_ENV]} is of type {kind}, and `dmops worker` "
+              "serves process pools; a pool of another type is served by its own worker "
+              "(a kubernetes pool: infra/k8s/worker.yaml)")
+
+
 def prefect_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
     """A ServerUnavailable naming the Prefect server (`url`, default PREFECT_API_URL) for `e`,
     an error of a Prefect client request (httpx) that already used Prefect's own retries, when
@@ -144,15 +166,26 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{label + ':':<12} {url}")
 
     @app.command()
-    def deploy(prefect_file: Path = typer.Option(PREFECT_FILE, help="The deployments file."),
+    def deploy(prefect_file: Optional[Path] = typer.Option(
+                   None, help=f"The deployments file (default: {PREFECT_FILE}; with --pool-type "
+                              "kubernetes, infra/k8s/prefect.yaml)."),
                pool: Optional[str] = typer.Option(
-                   None, help="Process work pool to create / use: the one the deployments file "
-                              f"names ({WORK_POOL}); another name is refused.")):
+                   None, help="Work pool to create / use: the one the deployments file "
+                              f"names ({WORK_POOL}); another name is refused."),
+               pool_type: str = typer.Option(
+                   "process", "--pool-type",
+                   help="process (served by `dmops worker`) or kubernetes (a Job per flow run from "
+                        "infra/k8s/work-pool.json with the image of $DMOPS_IMAGE, served by the "
+                        "worker of infra/k8s/worker.yaml).")):
         """Create the nightly (cron) and on-demand deployments from infra/prefect.yaml on the
-        Prefect server, and their process work pool. Serve them with `dmops worker`."""
-        from flows.deployments import DeploymentsFileError, planned_deployments
+        Prefect server, and their process work pool. Serve them with `dmops worker`.
+        `--pool-type kubernetes`: those of infra/k8s/prefect.yaml on a Kubernetes pool."""
+        from flows.deployments import (POOL_TYPES, DeploymentsFileError, planned_deployments,
+                                       pool_create_args)
 
         try:
+            create_args = pool_create_args(pool_type, dict(os.environ))
+            prefect_file = prefect_file or POOL_TYPES[pool_type].deployments_file
             planned = planned_deployments(prefect_file)
         except DeploymentsFileError as e:
             usage_error(str(e))
@@ -165,7 +198,9 @@ def register(app: typer.Typer) -> None:
         bound_client_env(env)   # Prefect's bounded client retries for the `prefect` calls below
         for name in pools:
             if _prefect("work-pool", "inspect", name, env=env, check=False).returncode != 0:
-                _prefect("work-pool", "create", name, "--type", "process", env=env)
+                _prefect("work-pool", "create", name, *create_args, env=env)
+            elif "--base-job-template" in create_args:   # the template file may have changed
+                _prefect("work-pool", "update", name, *create_args[2:], env=env)
         _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
         # Prefect's own transcript is boxes wrapped at 80 columns and advice to start a bare
         # `prefect worker` (without the bounded client settings): say what the server now holds
@@ -175,7 +210,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"deployed to the Prefect server at {env[PREFECT_ENV]}:")
         for line in describe_deployments(planned, env[PREFECT_ENV]):
             typer.echo(f"  {line}")
-        typer.echo(f"deployments created; serve them with `dmops worker` (pool {', '.join(pools)})")
+        serve = ("`dmops worker`" if pool_type == "process"
+                 else "the worker of infra/k8s/worker.yaml (`kubectl apply -k infra/k8s`)")
+        typer.echo(f"deployments created; serve them with {serve} (pool {', '.join(pools)})")
 
     @app.command()
     def worker(pool: str = typer.Option(WORK_POOL, help="Work pool to serve."),
@@ -188,6 +225,7 @@ def register(app: typer.Typer) -> None:
             usage_error(f"--pool {pool!r} is not a work pool name; leave it out for {WORK_POOL}")
         env = server_env_or_exit(*PIPELINE_SERVERS)
         bound_client_env(env)   # the flow runs it starts inherit the bounds
+        _check_process_pool(pool, env)
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
         if run_once:
             cmd.append("--run-once")

@@ -72,6 +72,7 @@ def test_killing_dmops_worker_by_pid_leaves_no_worker_polling(stack, tmp_path, s
     pool = f"test-worker-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PREFECT_WORKER_HEARTBEAT_SECONDS": str(HEARTBEAT_S),
            "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    prefect_api("POST", "/work_pools/", {"name": pool, "type": "process"})
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         # its own session: the test's cleanup can reach anything it started, and a signal to
@@ -105,3 +106,25 @@ def test_killing_dmops_worker_by_pid_leaves_no_worker_polling(stack, tmp_path, s
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         prefect_api("DELETE", f"/work_pools/{pool}")
+
+
+@pytest.mark.stack
+def test_a_pool_the_server_lacks_or_of_another_type_is_refused_not_created(stack, tmp_path):
+    """Prefect's worker creates a missing pool itself: a misspelt --pool polled an empty pool
+    for ever (with --run-once: exit 0 after a round of nothing).  Refused, naming the fix; and
+    a pool of another type is left to its own worker."""
+    missing = f"test-missing-{uuid.uuid4().hex[:8]}"
+    other = f"test-k8s-{uuid.uuid4().hex[:8]}"
+    prefect_api("POST", "/work_pools/", {"name": other, "type": "kubernetes"})
+    try:
+        for pool, fragments in ((missing, [f"has no work pool {missing!r}", "dmops deploy"]),
+                                (other, [f"{other!r}", "of type kubernetes", "its own worker"])):
+            proc = subprocess.run([sys.executable, "-m", "flows.cli", "worker", "--pool", pool,
+                                   "--run-once"], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 1, (proc.stdout, proc.stderr)
+            assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
+            assert all(f in proc.stderr for f in fragments), proc.stderr
+        assert prefect_api("GET", f"/work_pools/{missing}") is None   # not created
+    finally:
+        prefect_api("DELETE", f"/work_pools/{other}")
