@@ -300,12 +300,22 @@ def _not_found(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def _absent_behind_permissions(e: MlflowException, name: str) -> bool:
+    """True when `e` is MLflow's 403 for a registered model `name` that does not exist.  A
+    server with workspaces on (the team stack) answers a request for a missing model with 403
+    rather than 404, so that its existence does not leak; the search endpoint lists only what
+    the account may read, so an empty answer there means "no such model" for this account."""
+    if e.error_code != "PERMISSION_DENIED":
+        return False
+    return not mlflow_call(MlflowClient().search_registered_models, filter_string=f"name='{name}'")
+
+
 def _aliases(name: str) -> dict[str, str] | None:
     """alias -> version of a registered model, or None when there is no such model."""
     try:
         model = mlflow_call(MlflowClient().get_registered_model, name)
     except MlflowException as e:
-        if _not_found(e):
+        if _not_found(e) or _absent_behind_permissions(e, name):
             return None
         raise
     return {alias: str(version) for alias, version in model.aliases.items()}
