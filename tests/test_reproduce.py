@@ -83,7 +83,8 @@ def test_champion_reproduces_with_identical_weights_and_equal_metrics(registered
 
 def test_a_missing_version_is_a_clear_error(registered, repo):
     proc = dmops("reproduce", f"{MODEL}/999", "--repo", repo, cwd=repo)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    # a well-formed reference the registry cannot answer: 1, as `dmops sample --model` says it
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"model '{MODEL}' has no version 999" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
