@@ -8,6 +8,12 @@ used as it is; when it sets none of them, the running local stack's client envir
 whose one-line message names the missing variables and the fix.  Every error a missing
 environment causes goes through `fix_for_missing` so that each says the same thing.
 
+Servers the caller's environment names may want credentials (a team stack, a team's own
+servers): before a command starts, `check_credentials` asks MLflow and Prefect one cheap
+question each with the credentials the environment holds, so that a missing or wrong password
+is one line naming the server, the account and the fix (tasks/adapters/servers.py
+`ServerRefused`) instead of a failure halfway through a flow run.
+
 Imports nothing heavy: `infra` (the local stack's bookkeeping) only when it has to look.
 """
 
@@ -55,15 +61,66 @@ def client_env(*needed: str, environ: Optional[Mapping[str, str]] = None) -> dic
     return {**environ, **stack.client_env()}
 
 
+# one cheap request per server that refuses it without valid credentials (both answer 401)
+_PROBES = {MLFLOW: "/api/2.0/mlflow/experiments/search?max_results=1", PREFECT: "/admin/version"}
+
+
+def check_credentials(env: Mapping[str, str], needed) -> None:
+    """Raise ServerRefused (tasks/adapters/servers.py) when the MLflow or Prefect server that
+    `env` names for `needed` refuses the credentials `env` holds (MLFLOW_TRACKING_USERNAME /
+    PASSWORD or MLFLOW_TRACKING_TOKEN; PREFECT_API_AUTH_STRING or PREFECT_API_KEY) with 401 or
+    403.  A server that does not answer within 5 s, or answers anything else, passes: the
+    command's own requests then report it with their retries.  S3 is not asked (a probe would
+    need a bucket the role may read); its refusals are worded where they happen."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tasks.adapters.servers import MLFLOW as MLFLOW_SERVER
+    from tasks.adapters.servers import PREFECT as PREFECT_SERVER
+    from tasks.adapters.servers import refusal
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for variable, server in ((MLFLOW, MLFLOW_SERVER), (PREFECT, PREFECT_SERVER)):
+        base = env.get(variable, "")
+        if variable not in needed or not base.startswith(("http://", "https://")):
+            continue
+        headers = {}
+        if variable == MLFLOW and env.get("MLFLOW_TRACKING_USERNAME"):
+            pair = f"{env['MLFLOW_TRACKING_USERNAME']}:{env.get('MLFLOW_TRACKING_PASSWORD', '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        elif variable == MLFLOW and env.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
+        elif variable == PREFECT and env.get("PREFECT_API_AUTH_STRING"):
+            headers["Authorization"] = "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        elif variable == PREFECT and env.get("PREFECT_API_KEY"):
+            headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
+        request = urllib.request.Request(base.rstrip("/") + _PROBES[variable], headers=headers)
+        try:
+            with opener.open(request, timeout=5):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise refusal(server, e.code, e, environ=env) from None
+        except (OSError, ValueError):   # not answering, or not a URL: the command says so itself
+            pass
+
+
 def server_env_or_exit(*needed: str) -> dict[str, str]:
     """`client_env(*needed)` for a command: a missing environment (or unreadable local stack
-    state) is `error: <message with the fix>` on stderr and exit code 1, no traceback."""
+    state) is `error: <message with the fix>` on stderr and exit code 1, no traceback; so are
+    credentials that a server the caller's environment names refuses (`check_credentials`)."""
     import typer
 
     from infra.errors import StackError
+    from tasks.adapters.servers import ServerRefused
 
+    given = all(os.environ.get(name) for name in needed)
     try:
-        return client_env(*needed)
-    except (MissingStackEnv, StackError) as e:
+        env = client_env(*needed)
+        if given:   # the local stack that stands in for a missing environment wants none
+            check_credentials(env, needed)
+        return env
+    except (MissingStackEnv, StackError, ServerRefused) as e:
         typer.secho(f"error: {' '.join(str(e).split())}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

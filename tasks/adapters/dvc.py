@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -35,7 +37,11 @@ def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     # caller did not activate it
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    cmd = [str(Path(sys.executable).parent / "dvc"), *args]
+    # --wait-for-lock: two flow runs in one checkout (a worker serving a nightly and an
+    # on-demand run, or two `dmops run`) take DVC's repository lock in turn; without it the
+    # second fails at once with "Unable to acquire lock".  DVC's lock is a file lock that dies
+    # with its process, so a crashed holder cannot make the wait endless.
+    cmd = [str(Path(sys.executable).parent / "dvc"), "--wait-for-lock", *args]
     proc = subprocess.run(cmd, cwd=repo, env=full_env, capture_output=True, text=True)
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()
@@ -109,6 +115,26 @@ def readable_repro_output(output: str) -> str:
     return "\n".join(kept)
 
 
+@contextmanager
+def _repository_turn(repo: Path, log) -> Iterator[None]:
+    """Hold this checkout's prepare lock (`.dvc/tmp/dmops-prepare.lock`, an flock) for the
+    block, waiting for it when another process holds it.  Two flow runs in one checkout run
+    `dvc repro` at once when a worker serves two runs or two people start one: DVC's own
+    per-stage lock then fails the second at once ("... is busy, it is being blocked by"), and
+    `--wait-for-lock` waits for the repository lock only.  The lock dies with its process."""
+    import fcntl
+
+    path = repo / ".dvc" / "tmp" / "dmops-prepare.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another run is preparing the dataset in {repo}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield   # closing the file releases the lock
+
+
 def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
                 env: dict[str, str] | None = None, log=_say) -> DatasetVersion:
     """`dvc repro prepare` then `dvc push` in `repo`; returns the dataset's version.  What DVC
@@ -116,16 +142,17 @@ def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")
-    configure_remote(repo, remote, endpoint_url)
-    log(f"dvc repro prepare ({data_name}) in {repo}")
-    said = readable_repro_output(run_dvc(repo, "repro", "prepare", env=env))
-    if said:
-        log(said)
-    out = f"data/processed/{data_name}"
-    md5 = stage_md5(repo, out)
-    # --with-deps: the source fingerprint goes to the remote too, the record of what the
-    # version was made from
-    run_dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
+    with _repository_turn(repo, log):
+        configure_remote(repo, remote, endpoint_url)
+        log(f"dvc repro prepare ({data_name}) in {repo}")
+        said = readable_repro_output(run_dvc(repo, "repro", "prepare", env=env))
+        if said:
+            log(said)
+        out = f"data/processed/{data_name}"
+        md5 = stage_md5(repo, out)
+        # --with-deps: the source fingerprint goes to the remote too, the record of what the
+        # version was made from
+        run_dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
     log(f"dataset {data_name}: md5 {md5}, pushed to DVC remote {remote!r}")
     return DatasetVersion(data_name, str(repo / out), md5, remote)
 

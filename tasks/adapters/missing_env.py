@@ -2,6 +2,9 @@
 variables are missing, what each points at, and the fix (start the local stack, export its
 settings, or set the team's).  One wording for the CLI (flows/client_env.py), the flow
 (flows/pipeline.py) and `dmops reproduce` (tasks/steps/reproduce.py); imports nothing.
+`role_fix` is the end of every line about credentials a server refused
+(tasks/adapters/servers.py `ServerRefused`): which variables to set, and the team stack's
+command that sets them.
 """
 
 from __future__ import annotations
@@ -44,3 +47,14 @@ def missing_message(missing, present=(), *, why: str = "") -> str:
     if why:
         head += f", and {why}"
     return f"{head}: {fix_for_missing(missing, partial=bool(present))}"
+
+
+def role_fix(variables, role: str, alternative: str = "") -> str:
+    """The fix for credentials a server refused: set `variables` (names) to an account's that
+    may do this; on the team stack `dmops env --team --role <role>` prints them (`alternative`,
+    e.g. "`--role viewer` to read only", is added in brackets)."""
+    also = f" ({alternative})" if alternative else ""
+    variables = list(variables)
+    whose = "that" if len(variables) == 1 else "those"
+    return (f"set {_joined(variables)} to {whose} of an account that may do this; for the team stack "
+            f"run `eval \"$(dmops env --team --role {role})\"`{also}")

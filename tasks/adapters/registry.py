@@ -45,7 +45,7 @@ from diffusion.atomic import atomic_folder
 from diffusion.checksums import file_sha256s, find_mismatch, folder_files, warn_unverified
 
 from tasks.adapters.model_ref import RegistryError, parse_model_ref
-from tasks.adapters.servers import RetryPolicy, mlflow_call
+from tasks.adapters.servers import MLFLOW, RetryPolicy, ServerRefused, mlflow_call
 
 # diffusion.model (torch, diffusers) is imported inside the functions that read a model folder:
 # a request the registry answers with an error (no such model, alias or version; a server
@@ -300,12 +300,12 @@ def _not_found(e: MlflowException) -> bool:
     return e.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
-def _absent_behind_permissions(e: MlflowException, name: str) -> bool:
+def _absent_behind_permissions(e: ServerRefused, name: str) -> bool:
     """True when `e` is MLflow's 403 for a registered model `name` that does not exist.  A
     server with workspaces on (the team stack) answers a request for a missing model with 403
     rather than 404, so that its existence does not leak; the search endpoint lists only what
     the account may read, so an empty answer there means "no such model" for this account."""
-    if e.error_code != "PERMISSION_DENIED":
+    if e.server != MLFLOW or e.status != 403:
         return False
     return not mlflow_call(MlflowClient().search_registered_models, filter_string=f"name='{name}'")
 
@@ -315,7 +315,11 @@ def _aliases(name: str) -> dict[str, str] | None:
     try:
         model = mlflow_call(MlflowClient().get_registered_model, name)
     except MlflowException as e:
-        if _not_found(e) or _absent_behind_permissions(e, name):
+        if _not_found(e):
+            return None
+        raise
+    except ServerRefused as e:
+        if _absent_behind_permissions(e, name):
             return None
         raise
     return {alias: str(version) for alias, version in model.aliases.items()}

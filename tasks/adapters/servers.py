@@ -20,6 +20,16 @@ busy, or a connection reset. Library retries come first, this helper second:
 
       S3 store at http://127.0.0.1:8333 did not answer after 5 tries over 15 s: EndpointConnectionError: ...; check that it runs ...
 
+A server that answers but refuses this client (no or wrong credentials, HTTP 401; an account
+not allowed to do this, 403; S3's InvalidAccessKeyId / SignatureDoesNotMatch / AccessDenied) is
+never retried: `refused(e)` turns such an error into `ServerRefused`, one line naming the
+server, the account and the variables to set (`missing_env.role_fix`), e.g.
+
+    MLflow server at http://127.0.0.1:5000 refused the password of account 'pipeline' (401 UNAUTHENTICATED): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to ...; for the team stack run `eval "$(dmops env --team --role pipeline)"`
+
+`mlflow_call` and `retry_call` raise it in place of the library's error, and
+`mlflow_unavailable` returns it for an MLflow error raised anywhere else.
+
 Settings: RetryPolicy's defaults, or DMOPS_RETRY_ATTEMPTS, DMOPS_RETRY_BASE_S,
 DMOPS_RETRY_MAX_WAIT_S and DMOPS_RETRY_MAX_TOTAL_S through `RetryPolicy.from_env()`.
 Wrap only idempotent work: a retried call runs again from its start."""
@@ -91,6 +101,107 @@ class ServerUnavailable(RuntimeError):
         tail = "".join(f"; {part}" for part in (detail, self.fix) if part)
         super().__init__(f"{server} at {url} did not answer after {tries} {'try' if tries == 1 else 'tries'}"
                          f"{over}: {describe(_root_of_mlflow_error(last))}{tail}")
+
+
+class ServerRefused(ServerUnavailable):
+    """A server answered but refused this client: no credentials or wrong ones (`status` 401,
+    or S3's InvalidAccessKeyId / SignatureDoesNotMatch), or an account that may not do this
+    (403, S3 AccessDenied).  A ServerUnavailable because every place that turns "this server
+    cannot be used" into one line without a traceback (the CLI, a failed step that Prefect must
+    not retry, a promotion left pending) must treat it alike; it is never retried itself.
+
+    Attributes: server, url, account (the user name or access key id sent; None when none was
+    sent), status (401 or 403), fix (`missing_env.role_fix`), last (the library's error)."""
+
+    def __init__(self, server: str, url: str, account: Optional[str], status: int, what: str,
+                 last: BaseException, fix: str):
+        self.server, self.url, self.tries, self.seconds, self.last = server, url, 1, None, last
+        self.account, self.status, self.fix = account, status, fix
+        RuntimeError.__init__(self, f"{server} at {url} {what}: {fix}")
+
+
+# which team role to name in the fix, by server: (role, what another role is for)
+_ROLE_OF = {MLFLOW: ("pipeline", "`--role viewer` to read only"),
+            PREFECT: ("pipeline", ""),
+            S3: ("pipeline", "`--role reader` to read releases only")}
+_MLFLOW_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+_S3_REFUSALS = {"InvalidAccessKeyId": 401, "SignatureDoesNotMatch": 401, "AccessDenied": 403,
+                "Forbidden": 403, "403": 403}
+
+
+def refused(exc: BaseException) -> Optional[ServerRefused]:
+    """A ServerRefused for `exc` (or an exception it was raised from) when a server refused
+    this client's credentials or account: MLflow's UNAUTHENTICATED (401) / PERMISSION_DENIED
+    (403), Prefect's client 401/403, S3's InvalidAccessKeyId, SignatureDoesNotMatch,
+    AccessDenied, 403.  None for anything else (an existing ServerRefused is returned as is).
+    The account named is the one os.environ sends (never a password)."""
+    seen: set[int] = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ServerRefused):
+            return e
+        package = type(e).__module__.split(".")[0]
+        code = getattr(e, "error_code", None)
+        if package == "mlflow" and code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            import re
+
+            endpoint = re.search(r"endpoint (\S+)", str(e))
+            return refusal(MLFLOW, 401 if code == "UNAUTHENTICATED" else 403, e,
+                           action=f"call {endpoint.group(1)}" if endpoint else "")
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if package in ("httpx", "prefect") and status in (401, 403):
+            return refusal(PREFECT, status, e)
+        if package == "botocore" and isinstance(getattr(e, "response", None), dict):
+            s3_code = str(e.response.get("Error", {}).get("Code", ""))
+            if s3_code in _S3_REFUSALS:
+                return refusal(S3, _S3_REFUSALS[s3_code], e, code=s3_code,
+                               action=getattr(e, "operation_name", "") or "")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def refusal(server: str, status: int, last: BaseException, *, code: str = "", action: str = "",
+            environ=None) -> ServerRefused:
+    """The ServerRefused of `server` (MLFLOW, PREFECT or S3) answering `status` (401: no or
+    wrong credentials; 403: the account may not `action`) to a client whose settings are
+    `environ` (default os.environ); `code` is S3's error code.  The line names the server, its
+    URL, the account sent (user name or access key id, never a secret) and the fix."""
+    from tasks.adapters.missing_env import role_fix
+
+    env = os.environ if environ is None else environ
+    role, other = _ROLE_OF[server]
+    may_not = f": it may not {action}" if action else ""
+    if server == MLFLOW:
+        url, user, variables = env.get("MLFLOW_TRACKING_URI", "(MLflow default tracking URI)"), \
+            env.get("MLFLOW_TRACKING_USERNAME") or None, _MLFLOW_VARS
+        if status == 403:
+            what = (f"refused account {user!r} (403 PERMISSION_DENIED{may_not})" if user else
+                    "refused an anonymous request (403 PERMISSION_DENIED)")
+            other = ""
+        else:
+            if user in ("pipeline", "viewer"):   # the account's own settings
+                role, other = user, ("`--role pipeline` to change the registry" if user == "viewer" else other)
+            what = (f"refused the password of account {user!r} (401 UNAUTHENTICATED)" if user else
+                    "wants an account (401 UNAUTHENTICATED) and MLFLOW_TRACKING_USERNAME is not set")
+    elif server == PREFECT:
+        url, auth, variables = env.get("PREFECT_API_URL", "(PREFECT_API_URL not set)"), \
+            env.get("PREFECT_API_AUTH_STRING") or "", ["PREFECT_API_AUTH_STRING"]
+        user = auth.partition(":")[0] or None
+        what = (f"refused the API auth string of user {user!r} ({status})" if auth else
+                f"wants an API auth string ({status}) and PREFECT_API_AUTH_STRING is not set")
+    else:
+        url = next((env[var] for var in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+                    if env.get(var)), "(default AWS endpoint)")
+        user, variables = env.get("AWS_ACCESS_KEY_ID") or None, _S3_VARS
+        if code == "InvalidAccessKeyId":
+            what = f"does not know access key {user!r} (InvalidAccessKeyId)"
+        elif code == "SignatureDoesNotMatch":
+            what = f"refused the secret key of access key {user!r} (SignatureDoesNotMatch)"
+        else:
+            what = f"refused access key {user!r} ({code or status}{may_not})"
+    return ServerRefused(server, url, user, status, what, last, role_fix(variables, role, other))
 
 
 @dataclass(frozen=True)
@@ -199,8 +310,13 @@ def dvc_client_env(environ=None) -> dict[str, str]:
 def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[ServerUnavailable]:
     """A ServerUnavailable naming the MLflow server (`url`, default MLFLOW_TRACKING_URI) for `e`,
     an error of an MLflow client request that already used MLflow's own retries, when it is
-    transient (connection refused or reset, a timeout, HTTP 5xx); None for any other error
-    (including one of another server, and a ServerUnavailable already made)."""
+    transient (connection refused or reset, a timeout, HTTP 5xx), or the ServerRefused of a
+    request MLflow refused (401/403: `refused`); None for any other error (including one of
+    another server, and a ServerUnavailable already made)."""
+    if not isinstance(e, ServerUnavailable) and raised_by(e, ("mlflow",)):
+        refusal = refused(e)
+        if refusal is not None and refusal.server == MLFLOW:
+            return refusal
     if isinstance(e, ServerUnavailable) or not is_transient(e) or not raised_by(e, ("mlflow",)):
         return None
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -249,8 +365,9 @@ def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optio
 
     `server` and `url` name the server in progress lines (through `log`, default: stderr) and
     in the final error. Returns fn's result. Raises ServerUnavailable (chained to the last
-    error) once the tries or the time budget are used up; any other error is raised at once,
-    unchanged."""
+    error) once the tries or the time budget are used up; ServerRefused (chained) at once when
+    the server refused the client's credentials or account (`refused`); any other error is
+    raised at once, unchanged."""
     policy = policy or RetryPolicy.from_env()
     log = log or _to_stderr
     waits = policy.waits()
@@ -262,6 +379,9 @@ def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optio
             return fn(*args, **kwargs)
         except Exception as e:
             if not is_transient(e):
+                refusal = refused(e) if not isinstance(e, ServerUnavailable) else None
+                if refusal is not None:
+                    raise refusal from e
                 raise
             wait = next(waits, None)
             if wait is None:
