@@ -33,6 +33,7 @@ import json
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -309,22 +310,45 @@ def _fetch_verified(s3, bucket: str, prefix: str, entry: dict, sink=None) -> Non
                            "release is corrupt or was modified: do not use it")
 
 
+@contextmanager
+def _worded_refusals():
+    """An S3 refusal of this client's keys (wrong key or secret, a role that may not read the
+    bucket) as ServerRefused: one line naming the store, the access key and the fix."""
+    from tasks.adapters.servers import refused
+
+    try:
+        yield
+    except ClientError as e:
+        denied = refused(e)
+        if denied is None:
+            raise
+        raise denied from e
+
+
 def verify_release(s3, uri: str, allow_pending: bool = False) -> dict:
     """Read every file of the release at `uri` as a reader would (through its manifest) and
     check its sha256 and size, keeping nothing; returns the manifest.  Raises ReleaseError
     naming the first file that is missing or differs, or when the release's promotion is
-    pending (`allow_pending`: the promotion itself verifies before it completes)."""
+    pending (`allow_pending`: the promotion itself verifies before it completes);
+    ServerRefused when the store refuses the client's keys."""
     bucket, prefix = parse_s3_uri(uri)
-    manifest = _published_manifest(s3, bucket, prefix, allow_pending)
-    for entry in manifest["files"]:
-        _fetch_verified(s3, bucket, prefix, entry)
+    with _worded_refusals():
+        manifest = _published_manifest(s3, bucket, prefix, allow_pending)
+        for entry in manifest["files"]:
+            _fetch_verified(s3, bucket, prefix, entry)
     return manifest
 
 
 def read_release(s3, uri: str, dest) -> Path:
     """Download the release at `uri` into the folder `dest` (replaced atomically), verify
     every file against the manifest's sha256 and size, and return `dest`: a model folder
-    `diffusion.model.load_for_sampling` reads."""
+    `diffusion.model.load_for_sampling` reads.  ServerRefused (tasks/adapters/servers.py) when
+    the store refuses the client's keys: one line naming the access key and the fix."""
+    with _worded_refusals():
+        return _read_release(s3, uri, dest)
+
+
+def _read_release(s3, uri: str, dest) -> Path:
     bucket, prefix = parse_s3_uri(uri)
     manifest = _published_manifest(s3, bucket, prefix)
     with atomic_folder(dest, "release copy") as tmp:

@@ -27,8 +27,9 @@ server, the account and the variables to set (`missing_env.role_fix`), e.g.
 
     MLflow server at http://127.0.0.1:5000 refused the password of account 'pipeline' (401 UNAUTHENTICATED): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to ...; for the team stack run `eval "$(dmops env --team --role pipeline)"`
 
-`mlflow_call` and `retry_call` raise it in place of the library's error, and
-`mlflow_unavailable` returns it for an MLflow error raised anywhere else.
+`mlflow_call` raises it in place of MLflow's error, `mlflow_unavailable` returns it for an
+MLflow error raised anywhere else, and the release readers (tasks/adapters/release.py) raise
+it for S3's.
 
 Settings: RetryPolicy's defaults, or DMOPS_RETRY_ATTEMPTS, DMOPS_RETRY_BASE_S,
 DMOPS_RETRY_MAX_WAIT_S and DMOPS_RETRY_MAX_TOTAL_S through `RetryPolicy.from_env()`.
@@ -365,9 +366,10 @@ def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optio
 
     `server` and `url` name the server in progress lines (through `log`, default: stderr) and
     in the final error. Returns fn's result. Raises ServerUnavailable (chained to the last
-    error) once the tries or the time budget are used up; ServerRefused (chained) at once when
-    the server refused the client's credentials or account (`refused`); any other error is
-    raised at once, unchanged."""
+    error) once the tries or the time budget are used up; for `server` MLFLOW, ServerRefused
+    (chained) at once when it refused the client's credentials or account (`refused`); any
+    other error is raised at once, unchanged (an S3 refusal stays botocore's ClientError: its
+    callers read the codes, and `release.read_release` words it)."""
     policy = policy or RetryPolicy.from_env()
     log = log or _to_stderr
     waits = policy.waits()
@@ -379,9 +381,10 @@ def retry_call(fn: Callable[..., T], *args, server: str, url: str, policy: Optio
             return fn(*args, **kwargs)
         except Exception as e:
             if not is_transient(e):
-                refusal = refused(e) if not isinstance(e, ServerUnavailable) else None
-                if refusal is not None:
-                    raise refusal from e
+                # MLflow's refusals only: S3 callers read ClientError's codes themselves
+                denied = refused(e) if server == MLFLOW and not isinstance(e, ServerUnavailable) else None
+                if denied is not None:
+                    raise denied from e
                 raise
             wait = next(waits, None)
             if wait is None:
