@@ -131,18 +131,21 @@ def _command() -> str:
     return ctx.info_name if ctx is not None else "status"
 
 
-def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | None:
+def _runs_line(mlflow_url: str, params: Path = Path("params.yaml"), stack=None) -> str | None:
     """`mlflow runs <url>`: the pipeline experiment's runs list in the machine-learning view
     (MLflow's bare address opens its GenAI home in a fresh browser), or None when the
     experiment (pipeline.experiment of `params`, else of the dmops checkout's params.yaml, else
     `dmops`) does not exist yet or the
-    server does not answer in 3 s.  Plain HTTP: `dmops up` does not import MLflow."""
+    server does not answer in 3 s.  Plain HTTP: `dmops up` does not import MLflow.  `stack`:
+    a team stack, whose MLflow answers only an account: the lookup signs in as `viewer`
+    (read-only; nothing secret is printed)."""
     import json
     import urllib.parse
     import urllib.request
 
     import yaml
 
+    from infra.errors import StackError
     from tasks.adapters.ui_links import RUNS_VIEW, runs_url
 
     name = "dmops"
@@ -156,11 +159,15 @@ def _runs_line(mlflow_url: str, params: Path = Path("params.yaml")) -> str | Non
         except (yaml.YAMLError, AttributeError):
             pass
     query = urllib.parse.urlencode({"experiment_name": name})
+    request = urllib.request.Request(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}")
     try:
-        with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}",
-                                    timeout=3) as answer:
+        if stack is not None and stack.settings.team:
+            from infra.health import basic_auth
+
+            request.headers.update(basic_auth("viewer", stack.team_credentials().mlflow_passwords["viewer"]))
+        with urllib.request.urlopen(request, timeout=3) as answer:
             experiment = json.load(answer)["experiment"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, StackError):
         return None
     tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
     view = RUNS_VIEW if f"mlflow.sharedViewState.{RUNS_VIEW}" in tags else None
@@ -178,12 +185,12 @@ def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortO
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=CREATE, team=team,
                        postgres_port=postgres_port)
         stack.up(timeout=timeout)
-        if team:   # MLflow answers an anonymous request 401: no runs line
-            typer.echo('clients: eval "$(dmops env --team --role pipeline)"   stop: dmops down --team')
-            return
-        runs = _runs_line(stack.settings.mlflow_url)
+        runs = _runs_line(stack.settings.mlflow_url, stack=stack)
         if runs:
             typer.echo(runs)
+        if team:
+            typer.echo('clients: eval "$(dmops env --team --role pipeline)"   stop: dmops down --team')
+            return
         typer.echo('clients: eval "$(dmops env)"   stop: dmops down')
 
 
@@ -213,7 +220,7 @@ def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3P
             typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
             if s.problem:
                 typer.echo(f"{'':<10} {s.problem}")
-        runs = None if team else _runs_line(servers["mlflow"].url)
+        runs = _runs_line(servers["mlflow"].url, stack=stack)
         if runs:
             typer.echo(runs)
 
