@@ -19,11 +19,12 @@ EXPERIMENT = "pipeline-test"
 WEAK = ["--set", "train.steps=1"]
 
 
-def run(*args, cwd, check=True, timeout=900):
-    """`python -m flows.cli *args` in `cwd`, as a user runs dmops; with `check`, exit code 0 or
-    the assertion shows the end of both streams."""
+def run(*args, cwd, check=True, timeout=900, env=None):
+    """`python -m flows.cli *args` in `cwd`, as a user runs dmops (with the environment `env`,
+    default this process's); with `check`, exit code 0 or the assertion shows the end of both
+    streams."""
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
