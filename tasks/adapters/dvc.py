@@ -160,16 +160,23 @@ def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
 def raise_if_store_down(endpoint_url: str, error: DVCError) -> None:
     """DVC reports a store that is down as a many-line "unexpected error": ask the store itself,
     with the bounded retries, and raise ServerUnavailable naming it (chained to DVC's error)
-    when it does not answer.  A store that answers, even with a refusal, leaves DVC's error."""
+    when it does not answer, or ServerRefused when it refuses the keys themselves (an unknown
+    access key or a wrong secret: one line naming the key and the fix).  A store that answers
+    otherwise, even with another refusal, leaves DVC's error."""
     import boto3
+
+    from .servers import refused
 
     s3 = boto3.client("s3", endpoint_url=endpoint_url, config=boto_config())
     try:
         retry_call(s3.list_buckets, server=S3, url=endpoint_url)
     except ServerUnavailable as down:
         raise down from error
-    except Exception:  # noqa: BLE001 - the store answered; DVC's own error says what went wrong
-        pass
+    except Exception as answered:  # noqa: BLE001 - the store answered
+        denied = refused(answered)
+        if denied is not None and denied.status == 401:
+            raise denied from error
+        # anything else: DVC's own error says what went wrong
 
 
 def dir_md5(folder: Path) -> str:
