@@ -8,8 +8,8 @@ server (what `eval "$(dmops env --team --role ROLE)"` leaves in a shell). In fil
    DVC's remote with the pipeline's S3 keys, version 1 registered, promoted, released;
 2. the `viewer` samples the champion through MLflow, the `reader` its release from S3: the
    same picture;
-3. a wrong or missing password, or a role that may not do it, is one line naming the server,
-   the account and the fix;
+3. a wrong or missing password, S3 keys the store does not know, or a role that may not do
+   it, is one line naming the server, the account and the fix;
 4. two runs started at the same moment: both versions registered, one champion, both decisions
    in the promotion history, every release verifies (as the reader reads it);
 5. `dmops deploy` on the team Prefect server, an on-demand run served by `dmops worker`
@@ -198,6 +198,11 @@ def test_a_wrong_or_missing_password_is_one_line_naming_server_account_and_fix(f
                        env=as_role("pipeline", PREFECT_API_AUTH_STRING="pipeline:" + wrong)),
                    f"Prefect server at {s.prefect_api_url} refused the API auth string of user 'pipeline'",
                    'eval "$(dmops env --team --role pipeline)"', secret=wrong)
+    # S3 keys the store does not know: DVC's push fails inside the flow, the store is asked why
+    one_error_line(run("run", "--repo", repo, *WEAK, cwd=repo, check=False,
+                       env=as_role("pipeline", AWS_ACCESS_KEY_ID="DMOPSNOSUCHKEY")),
+                   f"S3 store at {s.s3_url} does not know access key 'DMOPSNOSUCHKEY' (InvalidAccessKeyId)",
+                   'eval "$(dmops env --team --role pipeline)"')
     # a role that may not register: the flow starts, MLflow refuses its first write (403)
     viewer = team_stack.client_env("viewer")
     proc = run("run", "--repo", repo, *WEAK, cwd=repo, check=False,
