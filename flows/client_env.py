@@ -68,10 +68,11 @@ _PROBES = {MLFLOW: "/api/2.0/mlflow/experiments/search?max_results=1", PREFECT: 
 def check_credentials(env: Mapping[str, str], needed) -> None:
     """Raise ServerRefused (tasks/adapters/servers.py) when the MLflow or Prefect server that
     `env` names for `needed` refuses the credentials `env` holds (MLFLOW_TRACKING_USERNAME /
-    PASSWORD or MLFLOW_TRACKING_TOKEN; PREFECT_API_AUTH_STRING or PREFECT_API_KEY) with 401 or
-    403.  A server that does not answer within 5 s, or answers anything else, passes: the
-    command's own requests then report it with their retries.  S3 is not asked (a probe would
-    need a bucket the role may read); its refusals are worded where they happen."""
+    PASSWORD or MLFLOW_TRACKING_TOKEN; PREFECT_API_AUTH_STRING) with 401.  A server that does
+    not answer within 5 s, or answers anything else, passes: the command's own requests then
+    report it with their retries.  Not asked: Prefect Cloud (PREFECT_API_KEY set) and S3 (a
+    probe would need a bucket the role may read); their refusals are worded where they
+    happen."""
     import base64
     import urllib.error
     import urllib.request
@@ -94,13 +95,15 @@ def check_credentials(env: Mapping[str, str], needed) -> None:
         elif variable == PREFECT and env.get("PREFECT_API_AUTH_STRING"):
             headers["Authorization"] = "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
         elif variable == PREFECT and env.get("PREFECT_API_KEY"):
-            headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
+            continue   # Prefect Cloud: its workspace API has no route that every key may read
         request = urllib.request.Request(base.rstrip("/") + _PROBES[variable], headers=headers)
         try:
             with opener.open(request, timeout=5):
                 pass
         except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
+            # 401 only: a 403 on these reads may be a narrow grant that still allows the
+            # command's own requests, which then word their refusal themselves
+            if e.code == 401:
                 raise refusal(server, e.code, e, environ=env) from None
         except (OSError, ValueError):   # not answering, or not a URL: the command says so itself
             pass

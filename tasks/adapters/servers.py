@@ -315,9 +315,9 @@ def mlflow_unavailable(e: BaseException, url: Optional[str] = None) -> Optional[
     request MLflow refused (401/403: `refused`); None for any other error (including one of
     another server, and a ServerUnavailable already made)."""
     if not isinstance(e, ServerUnavailable) and raised_by(e, ("mlflow",)):
-        refusal = refused(e)
-        if refusal is not None and refusal.server == MLFLOW:
-            return refusal
+        denied = refused(e)
+        if denied is not None and denied.server == MLFLOW:
+            return denied
     if isinstance(e, ServerUnavailable) or not is_transient(e) or not raised_by(e, ("mlflow",)):
         return None
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
