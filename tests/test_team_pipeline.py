@@ -122,11 +122,17 @@ def versions(team_stack) -> dict[str, dict]:
             for v in found.get("model_versions", [])}
 
 
-def one_error_line(proc, *expected: str, secret: str | None = None) -> str:
-    """The command failed with exit code 1 and one `error:` line holding every `expected`."""
+def one_error_line(proc, *expected: str, secret: str | None = None, in_flow: bool = False) -> str:
+    """The command failed with exit code 1 and one `error:` line holding every `expected`:
+    its whole stderr when refused before it started (`in_flow` False), its last line when the
+    flow ran (above it Prefect logs the failed flow run, as for every failure in a flow)."""
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
+    if in_flow:
+        assert proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    else:
+        assert proc.stderr.strip() == errors[0] and "Traceback" not in proc.stdout, proc.stderr[-3000:]
     for text in expected:
         assert text in errors[0], errors[0]
     assert "not authenticated" not in errors[0] and "Response body" not in errors[0]
@@ -202,14 +208,14 @@ def test_a_wrong_or_missing_password_is_one_line_naming_server_account_and_fix(f
     one_error_line(run("run", "--repo", repo, *WEAK, cwd=repo, check=False,
                        env=as_role("pipeline", AWS_ACCESS_KEY_ID="DMOPSNOSUCHKEY")),
                    f"S3 store at {s.s3_url} does not know access key 'DMOPSNOSUCHKEY' (InvalidAccessKeyId)",
-                   'eval "$(dmops env --team --role pipeline)"')
+                   'eval "$(dmops env --team --role pipeline)"', in_flow=True)
     # a role that may not register: the flow starts, MLflow refuses its first write (403)
     viewer = team_stack.client_env("viewer")
     proc = run("run", "--repo", repo, *WEAK, cwd=repo, check=False,
                env=as_role("pipeline", MLFLOW_TRACKING_USERNAME="viewer",
                            MLFLOW_TRACKING_PASSWORD=viewer["MLFLOW_TRACKING_PASSWORD"]))
     line = one_error_line(proc, f"MLflow server at {s.mlflow_url} refused account 'viewer' (403",
-                          'eval "$(dmops env --team --role pipeline)"')
+                          'eval "$(dmops env --team --role pipeline)"', in_flow=True)
     assert line.startswith("error: the pipeline failed: ")
     assert auth.split(":", 1)[1] not in proc.stdout + proc.stderr
     assert set(versions(team_stack)) == {"1"}     # nothing was registered by the refused runs
