@@ -205,7 +205,7 @@ def _remote_errors(what: str):
     from flows.client_env import fix_for_missing
     from tasks.adapters.model_ref import RegistryError
     from tasks.adapters.release import ReleaseError
-    from tasks.adapters.servers import ServerUnavailable
+    from tasks.adapters.servers import ServerUnavailable, refused
 
     try:
         yield
@@ -217,13 +217,13 @@ def _remote_errors(what: str):
     except NoCredentialsError:
         message = (f"no S3 credentials to read {what}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                    f"are not set; {fix_for_missing(['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'], partial=True)}")
-    except (BotoCoreError, ClientError) as e:
-        message = f"the S3 store could not serve {what}: {e}"
+    except (BotoCoreError, ClientError) as e:   # keys the store refuses: which, and the fix
+        message = str(refused(e) or f"the S3 store could not serve {what}: {e}")
     except Exception as e:
         mlflow_error = getattr(sys.modules.get("mlflow.exceptions"), "MlflowException", None)
         if mlflow_error is None or not isinstance(e, mlflow_error):
             raise
-        message = f"the MLflow registry could not serve {what}: {e.message}"
+        message = str(refused(e) or f"the MLflow registry could not serve {what}: {e.message}")
     else:
         return
     typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)

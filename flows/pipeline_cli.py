@@ -151,9 +151,10 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:  # found only once the data is known (its sample shape)
             _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
-            from tasks.adapters.servers import mlflow_unavailable
+            from tasks.adapters.servers import mlflow_unavailable, refused
 
-            _fail(f"the pipeline failed: {prefect_unavailable(e) or mlflow_unavailable(e) or e}")
+            _fail(f"the pipeline failed: "
+                  f"{prefect_unavailable(e) or mlflow_unavailable(e) or refused(e) or e}")
         minutes = (time.perf_counter() - t0) / 60
         typer.echo("")
         typer.echo(f"pipeline finished in {minutes:.1f} min")

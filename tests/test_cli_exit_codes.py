@@ -83,3 +83,16 @@ def test_a_server_away_is_exit_1_naming_it_without_torch(stack, registered):
     for result in results:
         _one_line(result, 1, [f"MLflow server at {dead}", "MLFLOW_TRACKING_URI"])
         assert not [m for m in MODEL_LIBRARIES if m in result["heavy"]], result["heavy"]
+
+
+def test_keys_the_store_refuses_are_exit_1_naming_the_store_and_the_fix(stack):
+    """`dmops history` and `dmops sample --release` with S3 keys the store does not know: one
+    line naming S3 and how to set the keys (before: botocore's own text), exit 1."""
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY0000000", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+           "DMOPS_RETRY_ATTEMPTS": "1"}
+    results = probe([["history", "any-model"],
+                     ["sample", "--release", "s3://dmops-releases/any-model/1/"]], env)
+    for result in results:
+        _one_line(result, 1, ["AWS_ACCESS_KEY_ID"])
+        assert "S3" in result["stderr"], result["stderr"]
+        assert "x" * 40 not in result["stderr"]
