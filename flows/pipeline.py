@@ -26,7 +26,6 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from diffusion.messages import show_messages  # noqa: E402
-from infra.stack import StackSettings  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
 from tasks.adapters.missing_env import missing_message
@@ -83,7 +82,6 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     repo_path = Path(repo).resolve()
     cfg = load_pipeline_config(repo_path / config, profile, overrides or [])
     settings = cfg.pipeline
-    stack = StackSettings.from_env()
     # the model steps' settings (their cache key): not the run's name, folder or orchestration
     cfg_json = cfg.model_dump(mode="json", exclude={"out_dir", "pipeline", "profile"})
     cache = Path(cfg_json["evaluate"]["feature_cache"])  # relative to the repo, not to the cwd
@@ -115,10 +113,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         mlflow.log_params(headline_params(cfg.profile, cfg.data.name, dataset["md5"], commit, code))
 
         gate = settings.validate_data.model_dump(mode="json")
-        reference = load_reference(stack.data_bucket, cfg.data.name)
+        reference = load_reference(settings.data_bucket, cfg.data.name)
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
-        save_reference(stack.data_bucket, cfg.data.name, validation.details["statistics"])
+        save_reference(settings.data_bucket, cfg.data.name, validation.details["statistics"])
         step_done(progress, validation, pid)
         # before any training: a model of this data must be comparable with the registered one
         check_comparable(settings.model_name, dataset)
@@ -160,7 +158,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         challenger = steps.register_task(config_json, evaluation, folders, weights, str(work),
                                          tags, parent_run_id=pid)
         step_done(progress, challenger, pid)
-        decision = steps.promote_task(config_json, challenger, dataset, stack.releases_bucket,
+        decision = steps.promote_task(config_json, challenger, dataset, settings.releases_bucket,
                                       str(work), tags, parent_run_id=pid)
         step_done(progress, decision, pid)
         version = challenger.details["version"]

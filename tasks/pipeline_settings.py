@@ -19,6 +19,11 @@ from .adapters.gx.settings import ValidationSettings
 from .steps.promote_settings import PromoteSettings
 
 
+# an S3 bucket name (AWS's rules, which S3-compatible stores follow): 3-63 lowercase letters,
+# digits, dots and hyphens, starting and ending with a letter or digit
+BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+
 class PipelineSettings(Settings):
     model_name: str = "digits-diffusion"    # the registered model's name in MLflow
     experiment: str = "dmops"               # MLflow experiment of the flow's runs
@@ -29,6 +34,12 @@ class PipelineSettings(Settings):
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
     validate_data: ValidationSettings = Field(default_factory=ValidationSettings)
     dvc_remote: str = "dmops"               # defined in .dvc/config; its endpoint comes from the stack
+    # S3 buckets the flow writes to (they must exist; `dmops up` makes these defaults): the
+    # releases, promotion history and promotion lease; and the data gate's reference statistics
+    # (the DVC remote's own bucket is its url in .dvc/config).  A team on AWS names its own:
+    # bucket names are global there.
+    releases_bucket: Annotated[str, Field(pattern=BUCKET_NAME)] = "dmops-releases"
+    data_bucket: Annotated[str, Field(pattern=BUCKET_NAME)] = "dmops-dvc"
 
 
 class PipelineConfig(Config):

@@ -266,6 +266,31 @@ def test_unchanged_rerun_hits_the_cache_and_refresh_does_not(first, repo):
 MODEL_STEPS = {"train_teacher", "distill_progressive", "distill_consistency", "evaluate"}
 
 
+def test_the_buckets_the_settings_name_hold_the_release_history_and_gate_reference(first, repo, stack):
+    """pipeline.releases_bucket and pipeline.data_bucket: a team's own buckets (names are global
+    on AWS) get the release, the promotion history and the data gate's reference; the default
+    buckets get nothing of this model.  The model steps come from the cache (the buckets are
+    not part of what made the model)."""
+    import uuid
+
+    s3, suffix = stack.s3_client(), uuid.uuid4().hex[:8]
+    releases, data, model = f"team-releases-{suffix}", f"team-data-{suffix}", f"{MODEL}-buckets"
+    for bucket in (releases, data):
+        s3.create_bucket(Bucket=bucket)
+    out = outcome(run("run", "--repo", repo, *WEAK, "--set", f"pipeline.model_name={model}",
+                      "--set", f"pipeline.releases_bucket={releases}",
+                      "--set", f"pipeline.data_bucket={data}", cwd=repo))
+    assert out["release"].startswith(f"s3://{releases}/{model}/"), out
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=releases).get("Contents", [])]
+    assert any(k.startswith(f"{model}/_history/") for k in keys), keys
+    assert s3.list_objects_v2(Bucket=data)["KeyCount"] > 0        # the gate's reference
+    assert s3.list_objects_v2(Bucket=stack.settings.releases_bucket,
+                              Prefix=f"{model}/")["KeyCount"] == 0
+    bad = run("run", "--repo", repo, "--set", "pipeline.releases_bucket=Team_Releases", cwd=repo,
+              check=False)
+    assert bad.returncode == 2 and "pipeline.releases_bucket" in bad.stderr, bad.stderr
+
+
 def test_a_committed_change_to_the_ml_code_recomputes_every_model_step(first, repo):
     """Issue item 1: doubling the EDM weight in diffusion/objectives.py and committing used to
     bring teacher, students and evaluation back from the cache under the new commit's tag."""
