@@ -46,7 +46,7 @@ from infra.postgres_db import (SUPERUSER, TEAM_DATABASES, TEAM_EXTENSIONS, conne
                                load_or_create_postgres_credentials, load_postgres_credentials, role_password,
                                sqlalchemy_url)
 from infra.processes import (PidRecord, finish_stop, is_running, read_pid_file, spawn,
-                             write_pid_file)
+                             tree_rss_bytes, write_pid_file)
 from infra.services import ServiceSpec
 
 NAME = "postgres"
@@ -298,22 +298,3 @@ def _server_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_MESSAGES"] = "C"
     return env
-
-
-def tree_rss_bytes(pid: int) -> Optional[int]:
-    """Resident memory of process `pid` and its direct children (Linux /proc); None where unknown."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:    # field 4, ppid
-            total += int(fields[21]) * page                    # field 24, rss in pages
-    return total

@@ -141,22 +141,28 @@ def wait_group_gone(pgid: int, timeout: float) -> bool:
 
 
 def group_rss_bytes(pgid: int) -> Optional[int]:
-    """Resident memory of all processes in group `pgid` (Linux /proc); None where unknown."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+    """Resident memory of all processes in group `pgid` (psutil); None where unknown."""
+    return _rss_sum(lambda p: os.getpgid(p.pid) == pgid)
+
+
+def tree_rss_bytes(pid: int) -> Optional[int]:
+    """Resident memory of process `pid` and its direct children (psutil); None where unknown.
+    For servers whose workers are process groups of their own (PostgreSQL's backends)."""
+    return _rss_sum(lambda p: p.pid == pid or p.ppid() == pid)
+
+
+def _rss_sum(member) -> Optional[int]:
+    import psutil   # DVC's dependency, so always installed
+
+    total, seen = 0, False
+    for process in psutil.process_iter():
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if member(process):
+                total += process.memory_info().rss
+                seen = True
+        except (psutil.Error, ProcessLookupError, PermissionError):   # gone or not ours meanwhile
             continue
-        if int(fields[2]) == pgid:       # field 5, pgrp
-            total += int(fields[21]) * page  # field 24, rss in pages
-    return total
+    return total if seen else None
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
