@@ -78,7 +78,7 @@ class StackSettings:
     # Port fields nobody chose (from_env's defaults, no option either): `up` follows the port a
     # running server of the stack has instead of refusing, so `make run` in a new shell works
     # with a stack started on other ports.  Ports given to the constructor count as chosen.
-    default_ports: frozenset = frozenset()
+    default_ports: frozenset = field(default=frozenset(), compare=False)   # not what a stack is
 
     @classmethod
     def from_env(cls, team: bool = False) -> "StackSettings":

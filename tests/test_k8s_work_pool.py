@@ -6,7 +6,6 @@ prefect-kubernetes' own code (what the worker does before it sends the Job), int
 passes the Kubernetes schema, asks for the GPUs, and holds no secret value: every credential is a
 reference to a Secret of infra/k8s/kustomization.yaml."""
 
-import asyncio
 import copy
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from async_run import run_async
 from flows.deployments import POOL_TYPES, DeploymentsFileError, pool_create_args
 from k8s_schema import assert_valid, secret_keys, secret_refs
 
@@ -131,10 +131,10 @@ def test_deployments_render_into_valid_jobs_without_secret_values(stack, tmp_pat
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
 
         # the nightly one as deployed: one GPU, the image of $DMOPS_IMAGE
-        nightly = asyncio.run(_render(pool, names["nightly"], {}))
+        nightly = run_async(_render(pool, names["nightly"], {}))
         # the on-demand one with four GPUs for this run, and one on CPUs
-        four = asyncio.run(_render(pool, names["on-demand"], {"gpus": 4}))
-        cpu = asyncio.run(_render(pool, names["on-demand"], {"gpus": 0}))
+        four = run_async(_render(pool, names["on-demand"], {"gpus": 4}))
+        cpu = run_async(_render(pool, names["on-demand"], {"gpus": 0}))
     finally:
         from prefect_api import prefect_api
 
@@ -174,7 +174,7 @@ def test_template_renders_without_a_server():
                   "shm_size": "16Gi", "service_account_name": "dmops-runs", "finished_job_ttl": 3600,
                   "labels": {"team": "ml"}, "annotations": {"owner": "ml"}, "env": {"DMOPS_RETRY_ATTEMPTS": "6"}}
     for values in ({"image": IMAGE}, everything):
-        config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
+        config = run_async(KubernetesWorkerJobConfiguration.from_template_and_values(
             copy.deepcopy(template()), values))
         config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="calm-otter"))
         assert_valid(config.job_manifest)

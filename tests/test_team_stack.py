@@ -9,7 +9,6 @@ back from PostgreSQL with SQL; no secret appears on a command line, in a log or 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from async_run import run_async
 from infra.errors import StackError
 from infra.team import ROLES
 
@@ -174,7 +174,7 @@ def test_prefect_refuses_calls_without_credentials_and_answers_with_them(team_st
             flow_id = await client.create_flow_from_name(f"team-{uuid.uuid4().hex[:6]}")
             return (await client.read_flow(flow_id)).id == flow_id
 
-    assert asyncio.run(with_prefects_client())
+    assert run_async(with_prefects_client())
     with team_stack.postgres.connect("prefect", role="prefect") as conn:
         assert conn.execute("SELECT count(*) FROM flow").fetchone()[0] >= 1
 
