@@ -238,7 +238,8 @@ def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Port
     if role is not None and not team:
         usage_error(f"--role {role}: roles are the team stack's accounts; add --team")
     if team and role not in ROLES:
-        usage_error(f"--team needs --role {'|'.join(ROLES)} (got {role!r}): pipeline runs flows and "
+        given = "none given" if role is None else f"got {role!r}"
+        usage_error(f"--team needs --role {'|'.join(ROLES)} ({given}): pipeline runs flows and "
                     "registers models, viewer reads MLflow, reader reads releases from S3")
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)

@@ -236,7 +236,7 @@ def test_env_prints_one_roles_settings_and_nothing_else_prints_a_secret(team_sta
     viewer_keys = {line.split("=", 1)[0] for line in dmops("env", *port_args(team_stack), "--role", "viewer").stdout.splitlines()}
     assert not any("AWS" in k or "PREFECT" in k for k in viewer_keys)   # MLflow reads only
     missing = dmops("env", *port_args(team_stack))
-    assert missing.returncode == 2 and "--team needs --role pipeline|viewer|reader" in missing.stderr
+    assert missing.returncode == 2 and "--team needs --role pipeline|viewer|reader (none given)" in missing.stderr
     assert dmops("env", "--role", "viewer", "--state-dir", str(team_stack.state_dir)).returncode == 2
     # one kind of stack per folder: the team folder is not read as a local stack, nor the reverse
     local_view = dmops("status", "--state-dir", str(team_stack.state_dir))
