@@ -7,9 +7,11 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from infra.errors import StackError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -18,17 +20,27 @@ class Credentials:
     secret_access_key: str = field(repr=False)   # repr() and logs must never show it
 
 
+def load_secrets(path: Path, parse: Callable[[dict], T], missing: str,
+                 invalid: Callable[[Exception], str]) -> T:
+    """`parse` of the JSON secrets file at `path`.  StackError(`missing`) when it does not
+    exist; StackError(`invalid(error)`) when it cannot be read or does not hold what `parse`
+    expects (the message says what is lost with it and the fix)."""
+    if not path.exists():
+        raise StackError(missing)
+    try:
+        return parse(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StackError(invalid(e)) from None
+
+
 def load_credentials(path: Path) -> Credentials:
     """The credentials stored at `path`; StackError when the stack was never started."""
-    if not path.exists():
-        raise StackError(f"no stack credentials at {path}: start the stack first with `dmops up` "
-                         f"(or point --state-dir / DMOPS_STACK_DIR at the stack's state folder)")
-    try:
-        data = json.loads(path.read_text())
-        return Credentials(str(data["access_key_id"]), str(data["secret_access_key"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StackError(f"{path} is not a valid credentials file ({e}); stop the stack "
-                         f"(`dmops down`), delete the file and run `dmops up` to generate new keys") from None
+    return load_secrets(
+        path, lambda data: Credentials(str(data["access_key_id"]), str(data["secret_access_key"])),
+        f"no stack credentials at {path}: start the stack first with `dmops up` "
+        f"(or point --state-dir / DMOPS_STACK_DIR at the stack's state folder)",
+        lambda e: f"{path} is not a valid credentials file ({e}); stop the stack (`dmops down`), "
+                  f"delete the file and run `dmops up` to generate new keys")
 
 
 def load_or_create_credentials(path: Path) -> Credentials:

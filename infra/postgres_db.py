@@ -37,19 +37,16 @@ class PostgresCredentials:
 
 def load_postgres_credentials(path: Path) -> PostgresCredentials:
     """The stored passwords; StackError (naming the fix) when the file is missing or damaged."""
-    import json
+    from infra.credentials import load_secrets
 
-    if not path.exists():
-        raise StackError(f"no PostgreSQL credentials at {path}: the server of this state folder was never "
-                         f"initialised; start it first (`dmops up --team`)")
-    try:
-        data = json.loads(path.read_text())
-        return PostgresCredentials(str(data["superuser_password"]),
-                                   {str(k): str(v) for k, v in dict(data.get("roles", {})).items()})
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StackError(f"{path} is not a valid PostgreSQL credentials file ({e}); the cluster's "
-                         f"passwords are lost with it: stop the stack and delete {path.parent} to start "
-                         f"afresh") from None
+    return load_secrets(
+        path, lambda data: PostgresCredentials(
+            str(data["superuser_password"]),
+            {str(k): str(v) for k, v in dict(data.get("roles", {})).items()}),
+        f"no PostgreSQL credentials at {path}: the server of this state folder was never "
+        f"initialised; start it first (`dmops up --team`)",
+        lambda e: f"{path} is not a valid PostgreSQL credentials file ({e}); the cluster's "
+                  f"passwords are lost with it: stop the stack and delete {path.parent} to start afresh")
 
 
 def load_or_create_postgres_credentials(path: Path) -> PostgresCredentials:

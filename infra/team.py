@@ -19,13 +19,11 @@ or put on a command line: servers get theirs through their environment or a 0600
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.credentials import Credentials, write_private_json
-from infra.errors import StackError
+from infra.credentials import Credentials, load_secrets, write_private_json
 from infra.settings import StackSettings
 
 ROLES = ("pipeline", "viewer", "reader")
@@ -51,20 +49,20 @@ def _token() -> str:
 
 def load_team_credentials(path: Path) -> TeamCredentials:
     """The stored team secrets; StackError naming the fix when the file is missing or damaged."""
-    if not path.exists():
-        raise StackError(f"no team accounts at {path}: no team stack was started in {path.parent}; "
-                         f"start one with `dmops up --team` (or name its folder with --state-dir)")
-    try:
-        data = json.loads(path.read_text())
+    def parse(data: dict) -> TeamCredentials:
         return TeamCredentials(
             {str(k): str(v) for k, v in data["mlflow_passwords"].items()}, str(data["mlflow_flask_secret"]),
             str(data["prefect_auth_string"]),
             {name: Credentials(str(c["access_key_id"]), str(c["secret_access_key"]))
              for name, c in data["s3"].items()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise StackError(f"{path} is not a valid team accounts file ({e}): the MLflow accounts in the "
-                         f"stack's PostgreSQL keep the old passwords; stop the stack (`dmops down --team`) "
-                         f"and delete {path.parent} to start the team stack afresh") from None
+
+    return load_secrets(
+        path, parse,
+        f"no team accounts at {path}: no team stack was started in {path.parent}; "
+        f"start one with `dmops up --team` (or name its folder with --state-dir)",
+        lambda e: f"{path} is not a valid team accounts file ({e}): the MLflow accounts in the "
+                  f"stack's PostgreSQL keep the old passwords; stop the stack (`dmops down --team`) "
+                  f"and delete {path.parent} to start the team stack afresh")
 
 
 def load_or_create_team_credentials(path: Path) -> TeamCredentials:
