@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PROFILE ?= quick
 
-.PHONY: install run test browser postgres bench down clean help
+.PHONY: install run team test browser postgres bench down clean help
 help:
 	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile, digits)"
 	@echo "make test   run the test suite (starts and stops its own servers)"
+	@echo "make team   start the team stack (PostgreSQL, MLflow and Prefect with auth, S3 roles)"
 	@echo "make down   stop the local stack (its data stays in .stack/)"
 	@echo "make bench  measure trainer speed (benchmarks/train_speed.py)"
 
@@ -47,6 +48,11 @@ postgres:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; }; } \
 	  || echo "note: no PostgreSQL server binaries; for the team stack run: sudo apt-get install -y postgresql"
+
+# The team stack (infra/README.md, "The team stack"): the install plus the PostgreSQL server
+# binaries, then `dmops up --team`; `dmops env --team --role pipeline` prints its clients' settings
+team: $(STAMP) postgres
+	$(BIN)/dmops up --team
 
 test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q

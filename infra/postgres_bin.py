@@ -46,7 +46,7 @@ def find_bin_dir(cluster_major: Optional[int] = None) -> Path:
     if initdb and complete(Path(initdb).parent):
         return Path(initdb).parent
     raise StackError(f"PostgreSQL server binaries (initdb, postgres) not found in {DEBIAN_BINS}/<version>/bin or "
-                     f"on PATH: install the server (`sudo apt-get install -y postgresql`, which `make test` runs "
+                     f"on PATH: install the server (`sudo apt-get install -y postgresql`, which `make team` and `make test` run "
                      f"as root), or set {ENV_BIN} to a PostgreSQL bin folder")
 
 

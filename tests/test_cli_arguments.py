@@ -166,7 +166,9 @@ def test_a_partial_environment_is_refused_naming_the_missing_variable(tmp_path):
     env.update(DMOPS_STACK_DIR=str(tmp_path), MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     [result] = probe([["run", "-p", "tiny"]], env)
     _one_line_error(result, 1, ["PREFECT_API_URL (the Prefect API)", "AWS_ENDPOINT_URL_S3",
-                                "while MLFLOW_TRACKING_URI is", 'eval "$(dmops env)"'])
+                                "while MLFLOW_TRACKING_URI is", 'eval "$(dmops env)"',
+                                # the team's viewer settings (MLflow only) running the pipeline
+                                'eval "$(dmops env --team --role pipeline)"` sets all of them'])
 
 
 def test_model_references_are_checked_without_mlflow_as_the_registry_reads_them():

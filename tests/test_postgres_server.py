@@ -151,7 +151,7 @@ def test_missing_binaries_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr("infra.postgres_bin.DEBIAN_BINS", tmp_path / "no-debian")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match=r"^PostgreSQL server binaries \(initdb, postgres\) not found .*: install "
-                                         r"the server \(`sudo apt-get install -y postgresql`, which `make test` runs"):
+                                         r"the server \(`sudo apt-get install -y postgresql`, which `make team` and `make test` run"):
         PostgresServer(tmp_path / "state", port=free_ports(1)[0]).start()
 
 

@@ -30,7 +30,9 @@ def fix_for_missing(missing, *, partial: bool = False) -> str:
     names = _joined(missing)
     if partial:
         return (f"set {names} to your team's server too, or run `eval \"$(dmops env)\"` to point "
-                "every client of this shell at the local stack (`dmops up` starts it)")
+                "every client of this shell at the local stack (`dmops up` starts it); on the team "
+                "stack only `eval \"$(dmops env --team --role pipeline)\"` sets all of them (the "
+                "viewer and reader roles hold one server's settings each)")
     return (f"start the local stack with `dmops up` (dmops finds it by itself), or set {names} "
             "to your team's servers; `eval \"$(dmops env)\"` exports the local stack's settings "
             "into this shell")
