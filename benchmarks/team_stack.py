@@ -63,45 +63,12 @@ def err(text: str) -> None:
 
 # ---- memory -------------------------------------------------------------------------------
 
-def _procs() -> list[tuple[int, int, int, int]]:
-    """(pid, ppid, pgrp, rss bytes) of every process (Linux /proc)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        out.append((int(entry.name), int(fields[1]), int(fields[2]), int(fields[21]) * page))
-    return out
-
-
-def _pss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def server_memory(name: str, pid: int) -> tuple[int, int | None, int]:
-    """(RSS bytes, PSS bytes or None, number of processes) of one server: its process group, or
-    for PostgreSQL the postmaster and its children (each child is a process group of its own)."""
-    if name == "postgres":
-        members = [p for p in _procs() if p[0] == pid or p[1] == pid]
-    else:
-        members = [p for p in _procs() if p[2] == pid]
-    rss = sum(p[3] for p in members)
-    pss = [_pss_bytes(p[0]) for p in members]
-    return rss, (None if None in pss else sum(pss)), len(members)
-
-
 def memory_of(stack) -> dict[str, tuple[int, int | None, int]]:
-    return {name: server_memory(name, st.pid) for name, st in stack.status().items() if st.pid is not None}
+    """(RSS bytes, PSS bytes or None, number of processes) of each running server, as
+    `dmops status` measures them (infra/processes.py: a server's process group, or for
+    PostgreSQL the postmaster and its children, each a process group of its own)."""
+    return {name: (st.memory.rss, st.memory.pss, st.memory.processes)
+            for name, st in stack.status().items() if st.memory is not None}
 
 
 # ---- stacks -------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Por
 def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
            mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
            team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
-    """Show each server: running or not, healthy or not, pid, URL, memory, log file."""
+    """Show each server: running or not, healthy or not, pid, URL, memory (PSS), log file."""
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)
         typer.echo(f"stack in {stack.state_dir}")
@@ -216,8 +216,10 @@ def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3P
         for s in servers.values():
             state = "healthy" if s.healthy else "running, not answering" if s.running else "stopped"
             pid = f"pid {s.pid}" if s.pid else ""
-            rss = f"{s.rss_bytes / 2**20:.0f} MiB" if s.rss_bytes else ""
-            typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {rss:<9} {s.log}")
+            # PSS (shared pages divided among the processes sharing them), else RSS, said so
+            m = s.memory
+            mem = f"{m.bytes / 2**20:.0f} MiB{'' if m.pss is not None else ' RSS'}" if m else ""
+            typer.echo(f"{s.name:<10} {state:<23} {s.url:<24} {pid:<10} {mem:<9} {s.log}")
             if s.problem:
                 typer.echo(f"{'':<10} {s.problem}")
         runs = _runs_line(servers["mlflow"].url, stack=stack)

@@ -45,8 +45,8 @@ from infra.postgres_db import (SUPERUSER, TEAM_DATABASES, TEAM_EXTENSIONS, conne
                                ensure_database, ensure_extension, ensure_role,
                                load_or_create_postgres_credentials, load_postgres_credentials, role_password,
                                sqlalchemy_url)
-from infra.processes import (PidRecord, finish_stop, is_running, read_pid_file, spawn,
-                             tree_rss_bytes, write_pid_file)
+from infra.processes import (Memory, PidRecord, finish_stop, is_running, read_pid_file, spawn,
+                             tree_memory, write_pid_file)
 from infra.services import ServiceSpec
 
 NAME = "postgres"
@@ -279,11 +279,12 @@ class PostgresServer:
         self.layout.pid_file(NAME).unlink(missing_ok=True)
         return True
 
-    def rss_bytes(self) -> Optional[int]:
-        """Resident memory of the postmaster and its children (each child of PostgreSQL is its
-        own process group, so a process-group sum would see the postmaster alone)."""
+    def memory(self) -> Optional[Memory]:
+        """Memory of the postmaster and its children (each child of PostgreSQL is its own
+        process group, so a process-group sum would see the postmaster alone); None when
+        stopped."""
         record = self.running()
-        return None if record is None else tree_rss_bytes(record.pid)
+        return None if record is None else tree_memory(record.pid)
 
     @staticmethod
     def _as_user(user: Optional[pwd.struct_passwd]) -> list[str]:

@@ -140,29 +140,52 @@ def wait_group_gone(pgid: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def group_rss_bytes(pgid: int) -> Optional[int]:
-    """Resident memory of all processes in group `pgid` (psutil); None where unknown."""
-    return _rss_sum(lambda p: os.getpgid(p.pid) == pgid)
+@dataclass(frozen=True)
+class Memory:
+    """Memory of one server's processes. `rss`: resident bytes summed over the processes, so a
+    page shared by several (PostgreSQL's shared buffers, a forked worker's libraries) counts
+    once per process; `pss`: proportional set size, each shared page divided among its sharers,
+    so the sum is the memory the server really holds (None where a process's smaps cannot be
+    read: another user's process without privileges); `processes`: how many."""
+
+    rss: int
+    pss: Optional[int]
+    processes: int
+
+    @property
+    def bytes(self) -> int:
+        """PSS when known, else RSS: what a status line shows."""
+        return self.rss if self.pss is None else self.pss
 
 
-def tree_rss_bytes(pid: int) -> Optional[int]:
-    """Resident memory of process `pid` and its direct children (psutil); None where unknown.
+def group_memory(pgid: int) -> Optional[Memory]:
+    """Memory of all processes in group `pgid` (psutil); None when none is found."""
+    return _memory(lambda p: os.getpgid(p.pid) == pgid)
+
+
+def tree_memory(pid: int) -> Optional[Memory]:
+    """Memory of process `pid` and its direct children (psutil); None when none is found.
     For servers whose workers are process groups of their own (PostgreSQL's backends)."""
-    return _rss_sum(lambda p: p.pid == pid or p.ppid() == pid)
+    return _memory(lambda p: p.pid == pid or p.ppid() == pid)
 
 
-def _rss_sum(member) -> Optional[int]:
+def _memory(member) -> Optional[Memory]:
     import psutil   # DVC's dependency, so always installed
 
-    total, seen = 0, False
+    rss, pss, n = 0, 0, 0
     for process in psutil.process_iter():
         try:
-            if member(process):
-                total += process.memory_info().rss
-                seen = True
+            if not member(process):
+                continue
+            rss += process.memory_info().rss
+            n += 1
         except (psutil.Error, ProcessLookupError, PermissionError):   # gone or not ours meanwhile
             continue
-    return total if seen else None
+        try:
+            pss = None if pss is None else pss + process.memory_full_info().pss   # Linux smaps_rollup
+        except (psutil.Error, AttributeError):   # not readable here, or not Linux
+            pss = None
+    return Memory(rss, pss, n) if n else None
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -31,7 +31,7 @@ from infra.layout import StateLayout
 from infra.postgres import STOP_SIGNAL as POSTGRES_STOP_SIGNAL
 from infra.postgres import PostgresServer
 from infra.preflight import check_ports
-from infra.processes import (PidRecord, finish_stop, group_rss_bytes, is_running, read_pid_file,
+from infra.processes import (Memory, PidRecord, finish_stop, group_memory, is_running, read_pid_file,
                              signal_group, spawn, write_pid_file)
 from infra.readiness import readiness_probe
 from infra.s3 import ensure_buckets, s3_client
@@ -52,7 +52,7 @@ class ServiceStatus:
     pid: Optional[int]
     running: bool
     healthy: bool
-    rss_bytes: Optional[int]   # resident memory of the server and its workers (Linux)
+    memory: Optional[Memory]   # of the server and its workers (infra/processes.py); None stopped
     log: Path
     problem: Optional[str] = None   # why a running server does not answer (PostgreSQL's login check)
 
@@ -263,12 +263,12 @@ class Stack:
                 pg = PostgresServer(self.layout.root, settings.postgres_port, settings.host)
                 # stopped too: the line names the server and the fix (`dmops up --team`)
                 problem = pg.problem() if pg.credentials_path.exists() else None
-                healthy, rss = running and problem is None, pg.rss_bytes() if running else None
+                healthy, memory = running and problem is None, pg.memory() if running else None
             else:
                 healthy = running and http_ok(health_url)
-                rss = group_rss_bytes(record.pid) if running else None
+                memory = group_memory(record.pid) if running else None
             out[name] = ServiceStatus(name=name, url=url, pid=record.pid if running else None, running=running,
-                                      healthy=healthy, rss_bytes=rss, log=self.layout.log(name), problem=problem)
+                                      healthy=healthy, memory=memory, log=self.layout.log(name), problem=problem)
         return out
 
     def client_env(self, role: Optional[str] = None) -> dict[str, str]:

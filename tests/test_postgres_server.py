@@ -76,6 +76,15 @@ def test_the_server_runs_unprivileged_on_loopback_only(server):
     assert hba and all(rule[-1] == "scram-sha-256" for rule in hba)
 
 
+def test_its_memory_counts_the_postmaster_and_its_children_with_shared_pages_once(server):
+    """The backends are children of the postmaster in process groups of their own, and all map
+    the shared buffers: summed RSS counts those pages once per process, PSS once in all."""
+    memory = server.memory()
+    # the postmaster, checkpointer, background writer, WAL writer, autovacuum launcher, ...
+    assert memory is not None and memory.processes >= 3
+    assert memory.pss is not None and 0 < memory.pss < memory.rss and memory.bytes == memory.pss
+
+
 def test_a_wrong_password_is_one_line_naming_the_server_and_where_the_password_is(server):
     server.ensure_databases()
     with pytest.raises(StackError) as refused:

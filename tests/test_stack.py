@@ -58,7 +58,10 @@ def test_status_reports_every_server_running_and_healthy(stack):
     for s in status.values():
         assert s.running and s.healthy, s
         assert s.pid is not None and is_running(PidRecord(s.pid, None, 0, ""))
-        assert s.rss_bytes is not None and s.rss_bytes > 10 * 2**20, s   # a live server, not a stub
+        m = s.memory
+        assert m is not None and m.rss > 10 * 2**20 and m.processes >= 1, s   # a live server, not a stub
+        # PSS divides each shared page among its sharers, so no process's share exceeds its RSS
+        assert m.pss is not None and 0 < m.pss <= m.rss, s   # readable: the tests' own processes
     assert len({s.pid for s in status.values()}) == 3
 
 
@@ -367,8 +370,8 @@ def test_up_down_round_trip_keeps_data_and_frees_every_port(tmp_path, capsys):
         with pytest.raises(StackError, match=f"no longer holds s3://{ready['bucket']}/{ready['key']}"):
             stack.up()
         assert all(x.running for x in stack.status().values())   # a failed check stops nothing it found
-        print(f"cold up {cold_up:.1f} s, down {down:.1f} s, RSS MiB "
-              f"{ {n: round(x.rss_bytes / 2**20) for n, x in status.items()} }", file=sys.stderr)
+        print(f"cold up {cold_up:.1f} s, down {down:.1f} s, PSS MiB "
+              f"{ {n: round(x.memory.bytes / 2**20) for n, x in status.items()} }", file=sys.stderr)
     finally:
         stack.down()
     assert not any(s.running for s in stack.status().values())
