@@ -1,0 +1,1 @@
+"""Tables: schemas, their encoding as vectors, loading, splitting and storing (issue 13)."""

@@ -1,0 +1,509 @@
+"""A table's schema: which columns it has, of which type and dtype, which is the target and
+which the id; inferred from a DataFrame, completed from one when declared in part, and checked
+against one.
+
+The JSON shape (`schema.json` of a processed table, `data.schema` in params.yaml):
+
+    {"columns": [
+       {"name": "carat", "type": "numerical", "dtype": "float64", "nullable": false},
+       {"name": "price", "type": "integer", "dtype": "int64", "nullable": false},
+       {"name": "cut", "type": "categorical", "dtype": "category", "nullable": false,
+        "categories": ["Fair", "Good", "Very Good", "Premium", "Ideal"], "ordered": true}],
+     "target": "price",     # or null; one of `columns`
+     "id": null}            # or an id column's name: kept in the table, never modelled, not in `columns`
+
+`type` is what the model makes of a column: `numerical` (real values), `integer` (whole
+numbers, decoded exactly) or `categorical` (one of `categories`, in that order).  `dtype` is
+the column's pandas dtype as `str(series.dtype)`, so decoding restores it exactly ("float64",
+"int32", "Int64", "bool", "category", "object", ...).  `nullable` says whether the column may
+hold nulls.  A numerical or integer column may also declare bounds, "min" and/or "max" (never
+inferred: the train range is the encoder's business), which `check_table` enforces.
+
+Inference (`infer_schema`), one rule per dtype:
+- bool, category, object and string dtypes are categorical.  A category dtype keeps its own
+  categories, order and `ordered` flag; other categories are sorted.  An object column must
+  hold one kind of scalar (str, bool, int or float): a column mixing kinds is a DataError.
+- integer dtypes (int8..uint64, Int64, ...) are integer, whatever their number of distinct
+  values: a threshold would make a column's type depend on the sample's size (a 3-valued
+  count in 100 rows, 40-valued in 50,000), and the quantile transform decodes a few-valued
+  integer exactly anyway.  Declare a code (a zip code, a class number) categorical.
+- float dtypes are numerical, even when every value is whole (a float column of counts read
+  from a CSV with a blank is one): declare `integer` to have it decoded as whole numbers.
+- anything else (datetimes, timedeltas, complex, intervals) is a DataError naming the column.
+
+A declared schema (`complete_schema`) may give only some properties -- e.g. each column's name
+and type, or just the target -- and the rest come from the data as `infer_schema` would give
+them; `filled` lists what was taken from the data, so a loader can say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as ptypes
+
+from ..data import DataError
+
+TYPES = ("numerical", "integer", "categorical")
+_COLUMN_KEYS = ("name", "type", "dtype", "nullable", "categories", "ordered", "min", "max")
+_SCHEMA_KEYS = ("columns", "target", "id")
+# a column whose every value differs is more likely an id than a category: said, not guessed
+_MANY_CATEGORIES = 100
+
+
+@dataclass(frozen=True)
+class Column:
+    """One modelled column.  `categories` and `ordered` are set for categorical columns only."""
+    name: str
+    type: str
+    dtype: str
+    nullable: bool = False
+    categories: tuple | None = None
+    ordered: bool | None = None
+    # declared bounds of a numerical or integer column ("min"/"max"; never inferred)
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "type": self.type, "dtype": self.dtype,
+               "nullable": self.nullable}
+        if self.type == "categorical":
+            out["categories"] = list(self.categories)
+            out["ordered"] = bool(self.ordered)
+        for key, bound in (("min", self.minimum), ("max", self.maximum)):
+            if bound is not None:
+                out[key] = bound
+        return out
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    columns: tuple[Column, ...]
+    target: str | None = None
+    id: str | None = None
+    # which properties came from the data rather than a declaration ("carat.dtype", ...)
+    filled: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise DataError(f"schema has no column {name!r}; columns: {self.names}")
+
+    def to_dict(self) -> dict:
+        return {"columns": [c.to_dict() for c in self.columns], "target": self.target,
+                "id": self.id}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TableSchema:
+        """A complete schema from its JSON dict (every property given); DataError naming the
+        column and property otherwise.  For a declaration that gives only some, see
+        `complete_schema`."""
+        _check_keys(data)
+        if "columns" not in data:
+            raise DataError("schema has no 'columns'; accepted: a list of column objects")
+        columns = []
+        for entry in _column_entries(data):
+            missing = [k for k in ("name", "type", "dtype", "nullable") if k not in entry]
+            if entry.get("type") == "categorical":
+                missing += [k for k in ("categories", "ordered") if k not in entry]
+            if missing:
+                raise DataError(f"schema column {entry.get('name')!r} lacks {missing}; a complete "
+                                "schema gives name, type, dtype, nullable and, when categorical, "
+                                "categories and ordered")
+            columns.append(_column(entry))
+        return _validated(cls(tuple(columns), data.get("target"), data.get("id")))
+
+
+def _check_keys(data) -> None:
+    if not isinstance(data, dict):
+        raise DataError(f"schema is a {type(data).__name__}; accepted: a mapping with "
+                        f"{', '.join(_SCHEMA_KEYS)}")
+    unknown = sorted(set(data) - set(_SCHEMA_KEYS))
+    if unknown:
+        raise DataError(f"schema has unknown key(s) {unknown}; accepted: {', '.join(_SCHEMA_KEYS)}")
+
+
+def _column_entries(data: dict) -> list[dict]:
+    entries = data["columns"]
+    if not isinstance(entries, (list, tuple)):
+        raise DataError(f"schema 'columns' is a {type(entries).__name__}; accepted: a list")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise DataError(f"schema column {entry!r}: accepted: an object with a string 'name'")
+        unknown = sorted(set(entry) - set(_COLUMN_KEYS))
+        if unknown:
+            raise DataError(f"schema column {entry['name']!r} has unknown key(s) {unknown}; "
+                            f"accepted: {', '.join(_COLUMN_KEYS)}")
+    names = [e["name"] for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"schema lists column(s) {twice} more than once")
+    return list(entries)
+
+
+def _column(entry: dict) -> Column:
+    name, type_ = entry["name"], entry["type"]
+    if type_ not in TYPES:
+        raise DataError(f"column {name!r}: type {type_!r}; accepted: {', '.join(TYPES)}")
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str):
+        raise DataError(f"column {name!r}: dtype {dtype!r}; accepted: a pandas dtype name")
+    if not isinstance(entry["nullable"], bool):
+        raise DataError(f"column {name!r}: nullable {entry['nullable']!r}; accepted: true or false")
+    categories = ordered = None
+    if type_ == "categorical":
+        categories, ordered = entry["categories"], entry["ordered"]
+        if not isinstance(categories, (list, tuple)) or not categories:
+            raise DataError(f"column {name!r}: categories {categories!r}; accepted: a non-empty "
+                            "list of values")
+        categories = tuple(_scalar(name, v) for v in categories)
+        if len(set(categories)) != len(categories):
+            raise DataError(f"column {name!r}: categories repeat a value: {list(categories)}")
+        if not isinstance(ordered, bool):
+            raise DataError(f"column {name!r}: ordered {ordered!r}; accepted: true or false")
+        bounds = [k for k in ("min", "max") if entry.get(k) is not None]
+        if bounds:
+            raise DataError(f"column {name!r} is categorical but gives {bounds}; those are for "
+                            "numerical and integer columns only")
+    else:
+        extra = [k for k in ("categories", "ordered") if entry.get(k) is not None]
+        if extra:
+            raise DataError(f"column {name!r} is {type_} but gives {extra}; those are for "
+                            "categorical columns only")
+    low, high = entry.get("min"), entry.get("max")
+    for key, bound in (("min", low), ("max", high)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                  or not math.isfinite(bound)):
+            raise DataError(f"column {name!r}: {key} {bound!r}; accepted: a finite number")
+    if low is not None and high is not None and low > high:
+        raise DataError(f"column {name!r}: min {low} is above max {high}")
+    return Column(name, type_, dtype, entry["nullable"], categories, ordered, low, high)
+
+
+def _validated(schema: TableSchema) -> TableSchema:
+    for c in schema.columns:
+        _check_dtype(c)
+    if schema.target is not None and schema.target not in schema.names:
+        raise DataError(f"schema target {schema.target!r} is not one of its columns {schema.names}")
+    if schema.id is not None:
+        if not isinstance(schema.id, str):
+            raise DataError(f"schema id {schema.id!r}; accepted: a column name or null")
+        if schema.id in schema.names:
+            raise DataError(f"schema id column {schema.id!r} is also listed in columns; the id is "
+                            "never modelled: remove it from columns")
+    if not schema.columns:
+        raise DataError("schema has no columns to model")
+    return schema
+
+
+def pandas_dtype(dtype: str):
+    """The dtype a schema's `dtype` string names ("category" and pandas 3's "str" included:
+    on pandas 2 a "str" column is held as object).  DataError for an unknown name."""
+    if dtype == "category":
+        return "category"
+    if dtype == "str":
+        return np.dtype(object) if int(pd.__version__.split(".")[0]) < 3 else "str"
+    try:
+        return ptypes.pandas_dtype(dtype)
+    except TypeError as exc:
+        raise DataError(f"dtype {dtype!r} is not a pandas dtype ({exc})") from None
+
+
+def _check_dtype(c: Column) -> None:
+    dt = pandas_dtype(c.dtype)
+    if c.type == "categorical":
+        return  # any dtype can hold a finite set of values
+    # numerical on an integer dtype is allowed: decoding then rounds, as the dtype must
+    if getattr(dt, "kind", "O") not in "fiu":
+        raise DataError(f"column {c.name!r}: dtype {c.dtype} cannot hold a {c.type} column; "
+                        "accepted: an integer or float dtype (or declare it categorical)")
+    if c.nullable and dt.kind in "iu" and not ptypes.is_extension_array_dtype(dt):
+        raise DataError(f"column {c.name!r}: dtype {c.dtype} cannot hold nulls; accepted for a "
+                        "nullable column: Int64 (or another nullable integer dtype) or float64")
+
+
+def _scalar(name: str, value):
+    """A category as a plain JSON scalar (numpy scalars unwrapped); DataError otherwise."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"column {name!r}: category {value!r}; nulls are not categories (the "
+                        "column is nullable instead) and infinities cannot be one")
+    if not isinstance(value, (str, bool, int, float)):
+        raise DataError(f"column {name!r}: category {value!r} of type {type(value).__name__}; "
+                        "accepted: str, bool, int or float values")
+    return value
+
+
+# --- inference ----------------------------------------------------------------------------
+
+def _infer_column(name: str, series: pd.Series) -> Column:
+    dtype = series.dtype
+    nullable = bool(series.isna().any())
+    if isinstance(dtype, pd.CategoricalDtype):
+        categories = tuple(_scalar(name, v) for v in dtype.categories)
+        if not categories:
+            raise DataError(f"column {name!r}: a category dtype with no categories")
+        return Column(name, "categorical", "category", nullable, categories, bool(dtype.ordered))
+    if ptypes.is_bool_dtype(dtype) or ptypes.is_object_dtype(dtype) or ptypes.is_string_dtype(dtype):
+        values = series.dropna()
+        if values.empty:
+            raise DataError(f"column {name!r} ({dtype}) holds only nulls: its categories cannot "
+                            "be inferred; drop it or declare its categories")
+        kinds = sorted({_kind(v) for v in values.unique()})
+        if len(kinds) > 1:
+            raise DataError(f"column {name!r} ({dtype}) mixes values of types {kinds}; accepted: "
+                            "one type per column (clean it, or declare dtype and categories)")
+        categories = tuple(sorted(_scalar(name, v) for v in values.unique()))
+        return Column(name, "categorical", str(dtype), nullable, categories, False)
+    if ptypes.is_integer_dtype(dtype):
+        return Column(name, "integer", str(dtype), nullable)
+    if ptypes.is_float_dtype(dtype):
+        return Column(name, "numerical", str(dtype), nullable)
+    raise DataError(f"column {name!r} has dtype {dtype}, which a table model cannot take; "
+                    "accepted: numbers, bool, category or strings (convert it, e.g. a date to "
+                    "numbers, or drop it)")
+
+
+def _kind(value) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return "int" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+
+
+def infer_schema(df: pd.DataFrame, target: str | None = None,
+                 id_column: str | None = None) -> TableSchema:
+    """The schema of `df` by the module docstring's rules: every column but `id_column`, in
+    `df`'s order.  DataError when target or id is not a column, for an unusable dtype, or for
+    an object column mixing kinds of values."""
+    _check_names(df, target, id_column)
+    columns = tuple(_infer_column(str(name), df[name]) for name in df.columns if name != id_column)
+    filled = tuple(f"{c.name}.{p}" for c in columns for p in _properties(c))
+    return replace(_validated(TableSchema(columns, target, id_column)), filled=filled)
+
+
+def _properties(c: Column) -> list[str]:
+    return ["type", "dtype", "nullable"] + (["categories", "ordered"]
+                                              if c.type == "categorical" else [])
+
+
+def _check_names(df: pd.DataFrame, target, id_column) -> None:
+    names = [str(n) for n in df.columns]
+    if len(set(names)) != len(names):
+        raise DataError(f"the table repeats column name(s) {sorted({n for n in names if names.count(n) > 1})}")
+    for role, name in (("target", target), ("id column", id_column)):
+        if name is not None and name not in names:
+            raise DataError(f"{role} {name!r} is not a column of the table; columns: {names}")
+    if target is not None and target == id_column:
+        raise DataError(f"column {target!r} cannot be both the target and the id column")
+
+
+def complete_schema(declared, df: pd.DataFrame, target: str | None = None,
+                    id_column: str | None = None) -> TableSchema:
+    """The schema `declared` (a dict in the JSON shape, any properties left out, or a
+    TableSchema) completed from `df`: a column's missing properties and, when `columns` is
+    absent, every column come from `infer_schema`.  `target` / `id_column` apply when the
+    declaration does not name them; naming a different one is a DataError.  A declared type
+    other than the inferred one is kept (an integer column declared categorical, a float
+    column declared integer): `check_table` then says whether the data fits it.  The result's
+    `filled` names each property taken from the data."""
+    if declared is None:
+        return infer_schema(df, target, id_column)
+    data = declared.to_dict() if isinstance(declared, TableSchema) else dict(declared)
+    _check_keys(data)
+    for key, given in (("target", target), ("id", id_column)):
+        if given is not None and data.get(key) not in (None, given):
+            raise DataError(f"the schema's {key} is {data[key]!r} but {given!r} was asked for; "
+                            "give one of them")
+        if data.get(key) is None:
+            data[key] = given
+    target, id_column = data["target"], data["id"]
+    _check_names(df, target, id_column)
+    if "columns" not in data:
+        return replace(infer_schema(df, target, id_column), target=target, id=id_column)
+    entries = _column_entries(data)
+    names = [str(n) for n in df.columns]
+    missing = [e["name"] for e in entries if e["name"] not in names]
+    if missing:
+        raise DataError(f"declared column(s) {missing} missing from the table; its columns: {names}")
+    listed = {e["name"] for e in entries}
+    unlisted = [n for n in names if n not in listed and n != id_column]
+    if unlisted:
+        raise DataError(f"the table has column(s) {unlisted} that the declared schema does not "
+                        "list; declare them (a name is enough) or drop them from the table")
+    columns, filled = [], []
+    for entry in entries:
+        name = entry["name"]
+        inferred = _infer_column(name, df[name]) if _needs_data(entry) else None
+        out = dict(entry)
+        if "type" not in out:
+            out["type"] = inferred.type
+            filled.append(f"{name}.type")
+        if out["type"] == "categorical" and inferred is not None and inferred.type != "categorical":
+            # a number column declared categorical: its distinct values, sorted
+            values = df[name].dropna().unique()
+            inferred = Column(name, "categorical", inferred.dtype, inferred.nullable,
+                              tuple(sorted(_scalar(name, v) for v in values)), False)
+        for key in ("dtype", "nullable") + (("categories", "ordered")
+                                            if out["type"] == "categorical" else ()):
+            if key not in out:
+                out[key] = inferred.to_dict()[key]
+                filled.append(f"{name}.{key}")
+        columns.append(_column(out))
+    return replace(_validated(TableSchema(tuple(columns), target, id_column)), filled=tuple(filled))
+
+
+def _needs_data(entry: dict) -> bool:
+    keys = {"type", "dtype", "nullable"}
+    if entry.get("type") in (None, "categorical"):
+        keys |= {"categories", "ordered"}
+    return not keys <= set(entry)
+
+
+# --- description and checks --------------------------------------------------------------
+
+def describe(schema: TableSchema, source: str | None = None) -> list[str]:
+    """Lines a command line prints for `schema`: one per column (type, dtype, nulls,
+    categories), the target and id, and which properties were taken from the data."""
+    width = max(len(n) for n in schema.names + [schema.id or ""])
+    head = f"schema{' of ' + source if source else ''}: {len(schema.columns)} columns"
+    lines = [head + f", target {schema.target or 'none'}, id {schema.id or 'none'}"]
+    for c in schema.columns:
+        text = f"  {c.name:<{width}}  {c.type:<11}  {c.dtype}"
+        if c.nullable:
+            text += ", nullable"
+        if c.type == "categorical":
+            shown = ", ".join(map(str, c.categories[:8])) + (", ..." if len(c.categories) > 8 else "")
+            text += f", {len(c.categories)} {'ordered ' if c.ordered else ''}categories: {shown}"
+            if len(c.categories) > _MANY_CATEGORIES:
+                text += " (many: an id or free text? declare it the id column or drop it)"
+        if c.name == schema.target:
+            text += "  <- target"
+        lines.append(text)
+    if schema.id:
+        lines.append(f"  {schema.id:<{width}}  id (kept, not modelled)")
+    if schema.filled:
+        declared_any = len(schema.filled) < sum(len(_properties(c)) for c in schema.columns)
+        lines.append("  inferred from the data: " + ("everything" if not declared_any
+                                                       else ", ".join(schema.filled)))
+    return lines
+
+
+def _first_rows(mask: pd.Series, limit: int = 3) -> str:
+    rows = mask[mask.to_numpy()].index[:limit].tolist()
+    return ", ".join(map(str, rows))
+
+
+def check_table(df: pd.DataFrame, schema: TableSchema, where: str = "table") -> pd.DataFrame:
+    """Raise one DataError listing every way `df` departs from `schema` -- a missing or
+    unexpected column, a dtype other than the schema's, a null in a non-nullable column, a
+    non-whole value in an integer column, an infinite number, a value outside a categorical
+    column's categories, a null or repeated id -- each naming the column, what was seen and
+    the first rows (by index) where; return `df` unchanged when it fits.  `where` (a file
+    name, "train split") starts the message."""
+    problems = []
+    names = [str(n) for n in df.columns]
+    expected = schema.names + ([schema.id] if schema.id else [])
+    missing = [n for n in expected if n not in names]
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    unexpected = [n for n in names if n not in expected]
+    if unexpected:
+        problems.append(f"unexpected column(s) {unexpected}")
+    for c in schema.columns:
+        if c.name in names:
+            problems += [f"column {c.name!r}: {p}" for p in _column_problems(df[c.name], c)]
+    if schema.id and schema.id in names:
+        ids = df[schema.id]
+        if ids.isna().any():
+            problems.append(f"id column {schema.id!r}: {int(ids.isna().sum())} null id(s), "
+                            f"first at row(s) {_first_rows(ids.isna())}")
+        repeated = ids.duplicated(keep=False) & ids.notna()
+        if repeated.any():
+            problems.append(f"id column {schema.id!r}: value(s) {ids[repeated].unique()[:3].tolist()} "
+                            f"repeat (rows {_first_rows(repeated)}); ids must be unique")
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
+    return df
+
+
+def _column_problems(series: pd.Series, c: Column) -> list[str]:
+    out = []
+    if str(series.dtype) != c.dtype and not (c.dtype == "str" and str(series.dtype) in ("object", "string")):
+        out.append(f"dtype {series.dtype}, the schema says {c.dtype}")
+    nulls = series.isna()
+    if nulls.any() and not c.nullable:
+        out.append(f"{int(nulls.sum())} null(s) (first at row(s) {_first_rows(nulls)}) but the "
+                   "schema says not nullable")
+    values = series[~nulls]
+    if c.type == "categorical":
+        allowed = set(c.categories)
+        outside = ~values.map(lambda v: _plain(v) in allowed).astype(bool)
+        if outside.any():
+            seen = pd.unique(values[outside])[:5].tolist()
+            out.append(f"value(s) {seen} ({int(outside.sum())} row(s), first {_first_rows(outside)}) "
+                       f"not among the schema's categories {list(c.categories)[:20]}")
+        return out
+    if not (ptypes.is_numeric_dtype(series.dtype) and not ptypes.is_bool_dtype(series.dtype)):
+        out.append(f"holds {series.dtype} values but the schema says {c.type}")
+        return out
+    numbers = values.to_numpy(dtype=np.float64)
+    infinite = ~np.isfinite(numbers)
+    if infinite.any():
+        out.append(f"{int(infinite.sum())} infinite value(s) (first at row(s) "
+                   f"{', '.join(map(str, values.index[infinite][:3].tolist()))})")
+    for word, bound, beyond in (("min", c.minimum, numbers < (c.minimum or 0)),
+                                ("max", c.maximum, numbers > (c.maximum or 0))):
+        if bound is not None and beyond.any():
+            out.append(f"{int(beyond.sum())} value(s) beyond the declared {word} {bound}, e.g. "
+                       f"{numbers[beyond][:3].tolist()} (first at row(s) "
+                       f"{', '.join(map(str, values.index[beyond][:3].tolist()))})")
+    if c.type == "integer":
+        fractional = np.isfinite(numbers) & (numbers != np.round(numbers))
+        if fractional.any():
+            out.append(f"{int(fractional.sum())} non-whole value(s), e.g. "
+                       f"{numbers[fractional][:3].tolist()} (first at row(s) "
+                       f"{', '.join(map(str, values.index[fractional][:3].tolist()))}) but the "
+                       "schema says integer")
+    return out
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def conform(df: pd.DataFrame, schema: TableSchema, where: str = "table") -> pd.DataFrame:
+    """`df` with each column cast to the schema's dtype where the values survive the cast
+    (a CSV's strings to a declared category, int64 to a declared int32, whole floats to a
+    declared int64), then `check_table`-ed.  A cast that would change a value is not made:
+    check_table then names the column.  Returns a new DataFrame; `df` is not modified."""
+    out = df.copy()
+    for c in schema.columns:
+        if c.name not in out.columns or str(out[c.name].dtype) == c.dtype:
+            continue
+        series = out[c.name]
+        try:
+            if c.dtype == "category":
+                values = series.map(_plain) if series.dtype == object else series
+                cast = pd.Series(pd.Categorical(values, categories=list(c.categories),
+                                                ordered=bool(c.ordered)), index=series.index)
+                if not (cast.isna() == series.isna()).all():
+                    continue  # a value outside the categories: check_table names it
+            else:
+                cast = series.astype(pandas_dtype(c.dtype))
+                if ptypes.is_numeric_dtype(cast.dtype) and ptypes.is_numeric_dtype(series.dtype):
+                    same = (cast.astype("float64") == series.astype("float64")) | series.isna()
+                    if not bool(same.all()) or not (cast.isna() == series.isna()).all():
+                        continue
+        except (TypeError, ValueError):
+            continue
+        out[c.name] = cast
+    return check_table(out, schema, where)
