@@ -16,6 +16,7 @@ No MLflow or Prefect here: the caller logs report.result (JSON-able) and report.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tasks.adapters.gx.report import DataValidationError, ValidationReport, failure_lines, jsonable
@@ -29,7 +30,8 @@ __all__ = ["DataValidationError", "ValidationReport", "ValidationSettings", "req
 def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | dict | None = None,
                      reference: dict | None = None,
                      docs_dir: Path | None = None) -> ValidationReport:
-    """Validate the processed dataset folder `processed_dir` (data.npz, manifest.csv, meta.json).
+    """Validate the processed dataset folder `processed_dir` (data.npz, manifest.csv, meta.json;
+    for meta.json's kind "table": table.parquet, schema.json, tasks/adapters/gx/table_gate.py).
 
     `reference` is the `statistics` of the last successful report of this dataset (None on
     the first run: no drift checks).  With `docs_dir`, Data Docs are built there.  A folder
@@ -38,6 +40,10 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     """
     if settings is None or isinstance(settings, dict):
         settings = ValidationSettings.model_validate(settings or {})
+    if _kind(processed_dir) == "table":  # a table's own suite (tasks/adapters/gx/table_*.py)
+        from tasks.adapters.gx.table_gate import validate_table
+
+        return validate_table(processed_dir, settings, reference, docs_dir)
     try:
         table = read_processed_table(processed_dir)
     except StructureError as exc:
@@ -58,6 +64,15 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(table)),
                             docs_dir=docs_dir, dataset=table.name)
+
+
+def _kind(processed_dir: str | Path) -> str | None:
+    """meta.json's "kind", or None when it cannot be read (the image path reports that)."""
+    try:
+        meta = json.loads((Path(processed_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("kind") if isinstance(meta, dict) else None
 
 
 def require_valid(report: ValidationReport) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, model_validator
 
 from diffusion.settings import Settings
+from tasks.adapters.gx.table_settings import TableValidationSettings
 
 
 class ValidationSettings(Settings):
@@ -38,6 +39,9 @@ class ValidationSettings(Settings):
     # (an unsupported extension, a broken link, ...): 0, so a user's dropped file is never
     # silent; raise it to accept e.g. a README.md beside the class folders
     max_skipped_files: Annotated[int, Field(ge=0)] = 0
+    # a table's own thresholds (kind "table"; the image gate does not read them); a table
+    # reads min_rows and max_duplicate_fraction above and none of the image-only fields
+    table: TableValidationSettings = Field(default_factory=TableValidationSettings)
 
     @model_validator(mode="after")
     def _range_not_empty(self) -> ValidationSettings:

