@@ -34,7 +34,9 @@ import math
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
+from scipy.stats import norm
 from sklearn.preprocessing import QuantileTransformer
+from sklearn.preprocessing._data import BOUNDS_THRESHOLD
 
 from ..data import DataError
 from .schema import TableSchema, pandas_dtype
@@ -146,10 +148,10 @@ class TableEncoder:
             nulls = np.isnan(out[:, j])
             if nulls.any() and not self.schema.column(name).nullable:
                 raise DataError(f"column {name!r}: {int(nulls.sum())} null(s), first at row "
-                                f"{df.index[nulls][0]!r}, but the schema says not nullable")
+                                f"{_label(df.index[nulls][0])}, but the schema says not nullable")
             if np.isinf(out[:, j]).any():
                 raise DataError(f"column {name!r}: infinite value at row "
-                                f"{df.index[np.isinf(out[:, j])][0]!r}; accepted: finite numbers")
+                                f"{_label(df.index[np.isinf(out[:, j])][0])}; accepted: finite numbers")
         return out
 
     def _codes(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -167,12 +169,12 @@ class TableEncoder:
             if unseen.any():
                 seen = pd.unique(series[unseen])[:5].tolist()
                 raise DataError(f"column {c.name!r}: value(s) {seen} ({int(unseen.sum())} row(s), "
-                                f"first at row {df.index[unseen][0]!r}) are not among the "
+                                f"first at row {_label(df.index[unseen][0])}) are not among the "
                                 f"categories the encoder knows {list(c.categories)[:20]}")
             if nulls.any():
                 if not c.nullable:
                     raise DataError(f"column {c.name!r}: {int(nulls.sum())} null(s), first at row "
-                                    f"{df.index[nulls][0]!r}, but the schema says not nullable")
+                                    f"{_label(df.index[nulls][0])}, but the schema says not nullable")
                 codes[nulls] = len(c.categories)
             out[c.name] = codes
         return out
@@ -225,7 +227,7 @@ class TableEncoder:
         columns = {}
         if self.numeric:
             idx = [self.column_slices[name].start for name in self.numeric]
-            values = self._quantiles.inverse_transform(x[:, idx])
+            values = self._quantiles.inverse_transform(_snap_to_bounds(x[:, idx]))
             for j, name in enumerate(self.numeric):
                 c = self.schema.column(name)
                 v = values[:, j]
@@ -320,6 +322,26 @@ class TableEncoder:
         except ValueError as exc:
             raise DataError(f"table encoder state is not JSON ({exc})") from None
         return cls.from_dict(state)
+
+
+# QuantileTransformer maps a train column's extremes to +-ppf(1 - BOUNDS_THRESHOLD) and
+# decodes them exactly only from that float64 value: float32 may round it inwards, which would
+# decode the largest value as a hair below it.  What lies within one float32 step of the bound
+# is snapped onto it (the transform clips beyond it anyway).
+_BOUND = float(norm.ppf(1 - (BOUNDS_THRESHOLD - np.spacing(1))))
+_SNAP = float(np.nextafter(np.float32(_BOUND), np.float32(0)))
+
+
+def _label(row) -> str:
+    """A row's index label as a person writes it (3, 'cust-7'), not np.int64(3)."""
+    return repr(row.item() if isinstance(row, np.generic) else row)
+
+
+def _snap_to_bounds(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64).copy()
+    z[z >= _SNAP] = _BOUND
+    z[z <= -_SNAP] = -_BOUND
+    return z
 
 
 def _numbers_as(values: np.ndarray, dtype: str) -> pd.Series:
