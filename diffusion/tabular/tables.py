@@ -13,7 +13,7 @@ downloaded).  R's row names are each table's id column `rownames` (kept, never m
   Its schema is inferred: R's integer columns arrive as int64 (integer), its doubles as float64
   (numerical) and its factors as strings (categorical, sorted).
 
-Splits (`_split`): seeded, exactly round(fraction * n) rows in val and test, stratified on the
+Splits (`_strata` + split_indices): seeded, exactly round(fraction * n) rows in val and test, stratified on the
 target -- its class when categorical (null a class of its own), else one of up to 10 quantile
 bins of its rank -- with diffusion.data.split_indices, so each split holds each stratum in
 proportion to within one row.
