@@ -79,8 +79,8 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
                 "finite values" if check == "finite" else _between(low, high))
     if check == "duplicates":
         unique = res.get("observed_value")
-        if unique is None:
-            return None
+        if not unique:  # GX gives 0 (or nothing) for a table without rows
+            return "no rows to compare", f"at most {1 - kwargs['min_value']:.2%}"
         return (f"{1 - unique:.2%} of rows repeat an earlier row",
                 f"at most {1 - kwargs['min_value']:.2%}")
     if check in ("drift_mean", "drift_std"):
