@@ -8,18 +8,13 @@ when a validation runs (the import takes seconds).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from tasks.adapters.gx.checkpoint import run_checkpoint
 from tasks.adapters.gx.report import ValidationReport, jsonable
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import StructureError
 from tasks.adapters.gx.table_data import ID, read_table_folder, reference_statistics
-
-# SUMMARY keeps the result small (counts and the first unexpected values, not every row);
-# `_id` puts the offending rows' ids next to each unexpected value
-RESULT_FORMAT = {"result_format": "SUMMARY", "unexpected_index_column_names": [ID],
-                 "partial_unexpected_count": 10}
 
 
 def validate_table(processed_dir: str | Path, settings: ValidationSettings,
@@ -46,34 +41,10 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     if docs_dir is not None:
         docs_dir = Path(docs_dir)
         docs_dir.mkdir(parents=True, exist_ok=True)
-    result = jsonable(_run(data.name, data.frame, expectations, docs_dir))
+    # the table's own row id names the offending rows (a user's table may have an `id` column)
+    result = jsonable(run_checkpoint(data.name, data.frame, expectations, docs_dir,
+                                     index_column=ID, asset="table", gate="table"))
     failures = table_failure_lines(result, expectations)
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(data)),
                             docs_dir=docs_dir, dataset=data.name)
-
-
-def _run(name: str, frame, expectations: list, docs_dir: Path | None) -> dict:
-    """checkpoint.run_checkpoint with the table's own row id (`_id`) as the index column."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
-    from tasks.adapters.gx.checkpoint import DOCS_SITE, _context
-
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "table"
-    context = _context(docs_dir)
-    batch = (context.data_sources.add_pandas(f"{slug}_source")
-             .add_dataframe_asset(f"{slug}_table")
-             .add_batch_definition_whole_dataframe("all_rows"))
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{slug}_table_gate",
-                                                   expectations=expectations))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{slug}_table_validation", data=batch, suite=suite))
-    actions = [] if docs_dir is None else [UpdateDataDocsAction(name="data_docs",
-                                                                site_names=[DOCS_SITE])]
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{slug}_gate", validation_definitions=[definition], actions=actions,
-        result_format=RESULT_FORMAT))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-    (validation,) = result.run_results.values()
-    return validation.to_json_dict()
