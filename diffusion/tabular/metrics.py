@@ -21,7 +21,7 @@ Each metric (its module says how it is computed):
 | utility_auc / utility_f1 | AUC / F1 on real held-out rows of a model trained on synthetic rows (categorical target) | higher |
 | utility_auc_real / utility_f1_real | the same model trained on real training rows | - (the reference) |
 | utility_r2 / utility_r2_real | R^2 on held-out rows, synthetic-trained / real-trained (numerical target) | higher, up to 1 |
-| utility_ratio | synthetic-trained over real-trained AUC (or R^2) | near 1 (above 1 is noise) |
+| utility_ratio | synthetic-trained over real-trained AUC (or R^2; negative when the synthetic-trained R^2 is) | near 1 (above 1 is noise) |
 | detection_auc | cross-validated AUC of a classifier telling real training rows from synthetic rows | near 0.5 |
 | dcr_median / dcr_holdout_median | median distance to the closest training row of synthetic / held-out rows | - |
 | dcr_ratio | dcr_median / dcr_holdout_median | near 1; below 1 = copying |
@@ -34,8 +34,14 @@ below.  Every value is a Python float (JSON-able, finite), so the keys can be ML
 names as they are; they are deterministic for fixed inputs and seed (the times are kept apart
 in `TableEvaluation.seconds`).
 
-Measured (2 shared CPU cores; `python -m diffusion.tabular.metrics` has no entry point: see
-tests/test_tabular_metrics.py and the report of issue 13): see `evaluate_table`.
+Measured on 2 shared, loaded CPU cores (one thread), a 70/30 split of each table, synthetic
+= the training rows with each column shuffled, floor = half of the held-out rows:
+churn (train 3,500, holdout 1,500, 20 columns): evaluate_table 8.7 s (fidelity 2.9, utility
+1.5, detection 2.6, privacy 1.5), floor 6.0 s; diamonds, a 10,000-row sample (train 7,000,
+holdout 3,000, 10 columns): 7.1 s (0.7, 0.8, 3.0, 2.6), floor 5.8 s.  Importing SDMetrics
+adds about 4 s once per process.  Floors there: churn column_shapes 0.970, pair trends 0.979,
+utility_ratio 0.956, detection_auc 0.472, dcr_ratio 1.03; diamonds 0.973, 0.991, 0.983,
+0.493, 0.96.
 """
 
 from __future__ import annotations
@@ -86,8 +92,8 @@ def evaluate_table(real_train, real_holdout, synthetic, columns, target: str | N
     `real_holdout`; privacy measures distances to `real_train` against those of
     `real_holdout`.
 
-    Measured on 2 shared CPU cores, churn (train 3,500 / holdout 1,500 / synthetic 3,500
-    real rows): see the issue-13 report; diamonds (10,000-row sample): same.
+    Time: about 9 s for churn (3,500 training rows) and 7 s for 10,000 rows of diamonds on
+    2 shared cores (module docstring).
 
     Raises TableEvaluationError for bad input: a missing or mistyped column, an empty
     table, a target that is not described or has one class."""
