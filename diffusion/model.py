@@ -70,8 +70,11 @@ class DataSpec(_Record):
     """The data a model was made for."""
     shape: tuple[int, ...]            # one sample: (C, H, W) images or (D,) vectors
     dataset: str | None = None
-    kind: Literal["image", "vector"] | None = None
+    kind: Literal["image", "vector", "table"] | None = None
     train_samples: int | None = None
+    # kind "table": the encoder's state (diffusion/tabular/encoding.py, JSON: schema,
+    # quantiles, categories), so a sample of vectors decodes to rows wherever the model goes
+    table: dict[str, Any] | None = None
 
 
 class ModelSpec(_Record):

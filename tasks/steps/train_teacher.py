@@ -54,7 +54,7 @@ def train_in_process(cfg: Config, resume: bool = True, on_log=None, data_dir=Non
     ds = load_data(cfg.data, data_dir)
     train_split = ds.subset("train")
     spec = cfg.model_spec(ds.sample_shape, dataset=cfg.data.name, kind=ds.kind,
-                          train_samples=len(train_split.ids))
+                          train_samples=len(train_split.ids), table=ds.table)
     torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
     denoiser = build_denoiser(spec)
     parameters = count_parameters(denoiser.net)

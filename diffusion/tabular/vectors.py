@@ -1,0 +1,44 @@
+"""A table as the dataset the model steps train, sample and evaluate on: its rows encoded as
+float32 vectors (N, D) by a `TableEncoder` fit on the train split, with the encoder's JSON
+state carried along so that whatever is made from these vectors can be decoded to rows.
+
+    tds = load_table_processed("data/processed/churn")      # diffusion/tabular/tables.py
+    ds = table_vectors(tds, categorical="onehot")            # Dataset, kind "table", x (N, D)
+    rows = decode(ds.table, samples)                         # DataFrame in the schema's dtypes
+
+Everything downstream of the data -- the MLP denoiser, preconditioning, samplers,
+distillation, the identity features of the quality-versus-NFE sweep -- sees a vector dataset;
+only the kind ("table") and `Dataset.table` say where the vectors came from.  The encoder is a
+deterministic function of the train rows and the setting (all rows, no subsampling), so every
+step that encodes the same processed table gets the same vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import Dataset, validate
+from .encoding import TableEncoder
+from .tables import TableDataset
+
+
+def table_vectors(tds: TableDataset, categorical: str = "onehot") -> Dataset:
+    """The dataset of `tds`'s rows as vectors: x (N, D) float32 from a TableEncoder
+    (`categorical`: "onehot" | "analog_bits") fit on the train rows; split and ids as in
+    `tds`; no labels; `table` = the encoder's state (TableEncoder.to_dict, JSON).  DataError
+    (diffusion.data) when the rows cannot be encoded."""
+    columns = tds.schema.names
+    encoder = TableEncoder(tds.schema, categorical).fit(tds.subset("train").table[columns])
+    x = torch.from_numpy(np.ascontiguousarray(encoder.transform(tds.table[columns]), dtype=np.float32))
+    return validate(Dataset(tds.name, x, None, np.asarray(tds.split), list(tds.ids), "table",
+                            None, tds.ingestion, table=encoder.to_dict()))
+
+
+def decode(state: dict, x) -> pd.DataFrame:
+    """Rows from vectors: `x` (N, D) float tensor or array in the encoder's layout ->
+    DataFrame with the schema's columns in order and dtypes (TableEncoder.inverse_transform).
+    `state`: an encoder's to_dict (Dataset.table, a model's data.table)."""
+    values = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return TableEncoder.from_dict(state).inverse_transform(values.astype(np.float32))
