@@ -216,3 +216,19 @@ def plot_association_difference(real, synthetic, columns, path) -> Path:
                  f"mean |difference| over {len(pairs[0])} pairs: {mean_abs:.3f}", fontsize=9)
     fig.tight_layout()
     return _save(fig, plt, Path(path), "association-difference plot")
+
+
+def save_table_samples(state: dict, x, path, *, reference) -> Path:
+    """The picture of a table model's samples: `x` (N, D) vectors in the encoder's layout
+    (`state`: TableEncoder.to_dict) decoded to rows, each column's marginal drawn against the
+    `reference` rows' (vectors of the same layout, e.g. the train split), as `plot_marginals`
+    does.  Returns `path`.  ValueError without a reference: a table's samples alone are rows,
+    written as CSV, not a picture."""
+    from .vectors import decode
+
+    if reference is None:
+        raise ValueError("a table model's samples are drawn against real rows; without them "
+                         "write the rows as CSV (dmops sample --out rows.csv)")
+    synthetic, real = decode(state, x), decode(state, reference)
+    columns = {c["name"]: c["type"] for c in state["schema"]["columns"]}
+    return plot_marginals(real, synthetic, columns, path)

@@ -83,7 +83,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, students=loaded)
     return write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
-                        device=device, reference=train.x if ds.kind == "vector" else None,
+                        device=device, reference=train.x if ds.kind in ("vector", "table") else None,
                         students=loaded)
 
 
@@ -115,7 +115,12 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         out = generate(model, shape, 64, sampler=row["sampler"], steps=int(row["steps"]),
                        seed=seed, device=device, **grid_options(sampling))
         path = out_dir / f"samples_{name}.png"
-        save_samples(out.x.cpu(), path, title=f"{name}, {int(row['nfe'])} NFE", reference=reference)
+        if spec.data.kind == "table":   # decoded rows' marginals against the train rows'
+            from diffusion.tabular.plots import save_table_samples
+
+            save_table_samples(spec.data.table, out.x.cpu(), path, reference=reference)
+        else:
+            save_samples(out.x.cpu(), path, title=f"{name}, {int(row['nfe'])} NFE", reference=reference)
         files[f"samples_{name}"] = path
     if len(shape) == 3:
         strip = denoising_filmstrip(denoiser, shape, n=8, frames=8, seed=seed, device=device,

@@ -66,7 +66,7 @@ def train_in_process(cfg: Config, resume: bool = True, on_log=None, data_dir=Non
                    on_log=on_log, lineage=step_lineage("train", dataset_md5))
     png = None
     if result.model_dir is not None:
-        reference = train_split.x if ds.kind == "vector" else None
+        reference = train_split.x if ds.kind in ("vector", "table") else None
         png = sample_to_png(result.model_dir, out_dir / "samples.png", n=cfg.sample.n,
                             seed=cfg.sample.seed, reference=reference)
     return TeacherRun(out_dir, result.model_dir, png, result, parameters)
