@@ -39,3 +39,22 @@ def test_what_is_written_reads_back(tmp_path):
     assert load_credentials(tmp_path / "s3.json") == written
     team = load_or_create_team_credentials(tmp_path / "team.json")
     assert load_team_credentials(tmp_path / "team.json") == team
+
+
+@pytest.mark.parametrize("team", [False, True], ids=["local", "team"])
+def test_the_default_state_folders_and_every_secret_in_them_are_ignored_by_git(team):
+    """The stacks' state folders in a checkout hold keys and passwords: `git add -A` must never
+    pick them up."""
+    import subprocess
+    from pathlib import Path
+
+    from infra.settings import default_state_dir
+
+    root = Path(__file__).resolve().parents[1]
+    folder = default_state_dir(team)
+    assert folder.parent == root, folder        # a checkout: the folder is in it
+    files = [folder / name for name in ("credentials.json", "team-credentials.json",
+                                        "postgres/credentials.json", "mlflow/basic_auth.ini")]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *map(str, files)], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.stdout.split() == list(map(str, files)), proc.stdout + proc.stderr
