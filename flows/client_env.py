@@ -68,7 +68,9 @@ _PROBES = {MLFLOW: "/api/2.0/mlflow/experiments/search?max_results=1", PREFECT: 
 def check_credentials(env: Mapping[str, str], needed) -> None:
     """Raise ServerRefused (tasks/adapters/servers.py) when the MLflow or Prefect server that
     `env` names for `needed` refuses the credentials `env` holds (MLFLOW_TRACKING_USERNAME /
-    PASSWORD or MLFLOW_TRACKING_TOKEN; PREFECT_API_AUTH_STRING) with 401.  A server that does
+    PASSWORD or MLFLOW_TRACKING_TOKEN; PREFECT_API_AUTH_STRING) with 401; infra's StackError
+    when one answers a server error and is the team stack's, whose PostgreSQL is down
+    (`team_database_problem`).  A server that does
     not answer within 5 s, or answers anything else, passes: the command's own requests then
     report it with their retries.  Not asked: Prefect Cloud (PREFECT_API_KEY set) and S3 (a
     probe would need a bucket the role may read); their refusals are worded where they
@@ -105,14 +107,47 @@ def check_credentials(env: Mapping[str, str], needed) -> None:
             # command's own requests, which then word their refusal themselves
             if e.code == 401:
                 raise refusal(server, e.code, e, environ=env) from None
+            if e.code >= 500:   # a server error: when it is the team stack's database, say so
+                down = team_database_problem(base)
+                if down:
+                    from infra.errors import StackError
+
+                    raise StackError(f"{server} at {base} answers {e.code} ({e.reason}): its "
+                                     f"database is down: {down}") from None
         except (OSError, ValueError):   # not answering, or not a URL: the command says so itself
             pass
+
+
+def team_database_problem(url: str) -> Optional[str]:
+    """When `url` (an MLflow or Prefect server's) is a server of the team stack of this checkout
+    (or of $DMOPS_TEAM_STACK_DIR) and that stack's PostgreSQL does not answer: the one line
+    that says so and names the fix (infra/postgres.py); else None.  For a server that answers
+    with a server error: its own answer says nothing about why."""
+    from infra.errors import StackError
+    from infra.settings import StackSettings
+    from infra.stack import Stack
+
+    try:
+        stack = Stack(StackSettings.from_env(team=True))
+        if not stack.layout.holds_team_stack():
+            return None
+        status = stack.status()
+    except (StackError, OSError):
+        return None
+    base = url.rstrip("/")
+    ours = {status[name].url.rstrip("/") for name in ("mlflow", "prefect") if name in status}
+    ours |= {u.removesuffix("/api") for u in ours}
+    if base not in ours and base.removesuffix("/api") not in ours:
+        return None
+    postgres = status.get("postgres")
+    return None if postgres is None or postgres.healthy else postgres.problem
 
 
 def server_env_or_exit(*needed: str) -> dict[str, str]:
     """`client_env(*needed)` for a command: a missing environment (or unreadable local stack
     state) is `error: <message with the fix>` on stderr and exit code 1, no traceback; so are
-    credentials that a server the caller's environment names refuses (`check_credentials`)."""
+    credentials that a server the caller's environment names refuses, and a team stack's
+    server whose database is down (`check_credentials`)."""
     import typer
 
     from infra.errors import StackError

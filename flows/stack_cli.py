@@ -58,6 +58,8 @@ def _stack_errors() -> Iterator[None]:
 
 # what a command does with a state folder that holds no stack
 CREATE, REFUSE, NOTHING_TO_DO = "create", "refuse", "nothing to do"
+# `dmops status` exit status when a server is stopped or not answering (LSB: "not running")
+NOT_HEALTHY = 3
 
 
 def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optional[int],
@@ -208,7 +210,9 @@ def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Por
 def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
            mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
            team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
-    """Show each server: running or not, healthy or not, pid, URL, memory (PSS), log file."""
+    """Show each server: running or not, healthy or not, pid, URL, memory (PSS), log file.
+    Exit status 0 when every server is healthy, 3 when one is stopped or not answering (as
+    `systemctl status` does), so that a script can tell a working stack from a broken one."""
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, team=team, postgres_port=postgres_port)
         typer.echo(f"stack in {stack.state_dir}")
@@ -225,6 +229,8 @@ def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3P
         runs = _runs_line(servers["mlflow"].url, stack=stack)
         if runs:
             typer.echo(runs)
+    if not all(s.healthy for s in servers.values()):
+        raise typer.Exit(NOT_HEALTHY)
 
 
 def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,

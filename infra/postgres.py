@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -87,6 +88,16 @@ class PostgresServer:
     def url(self) -> str:
         """Where it serves, without credentials (for messages and status lines)."""
         return f"postgresql://{self.host}:{self.port}"
+
+    def last_port(self) -> Optional[int]:
+        """The port the cluster was last started on (PostgreSQL writes that start's command
+        line to postmaster.opts), None before its first start: where a stopped server is to
+        be found again when nobody names its port."""
+        try:
+            found = re.search(r'"port=(\d+)"', (self.data_dir / "postmaster.opts").read_text())
+        except OSError:
+            return None
+        return int(found.group(1)) if found else None
 
     # ---- the cluster ----------------------------------------------------------------------
 

@@ -323,8 +323,15 @@ class Stack:
 
     def _effective_settings(self, running: dict[str, PidRecord]) -> StackSettings:
         """The settings with the ports the running servers really use: `dmops env` or
-        `status` without port options still point at a stack started with other ports."""
-        return replace(self.settings, **{PORT_FIELDS[name]: r.port for name, r in running.items()})
+        `status` without port options still point at a stack started with other ports.  A
+        stopped PostgreSQL whose port nobody chose is looked for where it last ran."""
+        ports = {PORT_FIELDS[name]: r.port for name, r in running.items()}
+        if ("postgres" in self.services and "postgres" not in running
+                and "postgres_port" in self.settings.default_ports):
+            last = self.postgres.last_port()
+            if last is not None:
+                ports["postgres_port"] = last
+        return replace(self.settings, **ports)
 
     def _live_records(self) -> dict[str, PidRecord]:
         """Pid records of the servers that run; pid files of servers that are gone are removed."""

@@ -172,7 +172,7 @@ def test_the_one_line_ends_with_the_fix_and_a_detail_goes_before_it():
                                     detail="4 metric points were not delivered"))
     assert message == ("MLflow server at http://127.0.0.1:5000 did not answer after 3 tries: "
                        "ConnectionRefusedError: refused; 4 metric points were not delivered; "
-                       "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
+                       "check that it runs (`dmops status`, or `dmops status --team` for the team stack; `dmops up [--team]` starts it) and that "
                        "MLFLOW_TRACKING_URI names it")
     s3 = str(ServerUnavailable(S3, "http://127.0.0.1:8333", 1, 2.4, TimeoutError()))
     assert s3.startswith("S3 store at http://127.0.0.1:8333 did not answer after 1 try over 2 s: TimeoutError; ")

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dmops(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMOPS_", "MLFLOW_", "PREFECT_", "AWS_"))}
+def dmops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`dmops ARGS` in a fresh process whose environment names no stack or server, plus `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DMOPS_", "MLFLOW_", "PREFECT_", "AWS_"))}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**env, "PYTHONPATH": str(ROOT)})
+                          timeout=120, env={**clean, **(env or {}), "PYTHONPATH": str(ROOT)})
 
 
 def port_args(team_stack) -> list[str]:
@@ -269,7 +270,7 @@ def test_env_prints_one_roles_settings_and_nothing_else_prints_a_secret(team_sta
         assert private.stat().st_mode & 0o077 == 0, private
 
 
-def test_a_wrong_password_or_a_stopped_postgres_is_one_line_naming_the_server_and_the_fix(team_stack):
+def test_a_wrong_password_or_a_stopped_postgres_is_one_line_naming_the_server_and_the_fix(team_stack, tmp_path):
     pg = team_stack.postgres
     with pytest.raises(StackError) as refused:
         pg.connect("mlflow", role="mlflow", password="not-the-password")
@@ -278,11 +279,20 @@ def test_a_wrong_password_or_a_stopped_postgres_is_one_line_naming_the_server_an
                                   f"{pg.credentials_path} (0600)")
     team_stack.down(services=["postgres"])
     try:
-        status = dmops("status", *port_args(team_stack))
         line = (f"PostgreSQL at 127.0.0.1:{pg.port} is not running (connection refused): start it with "
                 f"`dmops up --team`")
-        assert status.returncode == 0 and line in status.stdout.splitlines()[2], status.stdout
+        # no port options: the stopped server is looked for on the port it last ran on
+        status = dmops("status", "--team", "--state-dir", str(team_stack.state_dir))
+        assert status.returncode == 3 and line in status.stdout.splitlines()[2], status.stdout
         assert status.stdout.splitlines()[1].split()[:2] == ["postgres", "stopped"]
+        # a client of MLflow (whose answer, a server error, says nothing of why) is told too
+        viewer = {**team_stack.client_env("viewer"), "DMOPS_TEAM_STACK_DIR": str(team_stack.state_dir)}
+        sample = dmops("sample", "--model", "digits-diffusion@champion", "--out", str(tmp_path / "x.png"),
+                       env=viewer)
+        err = sample.stderr.strip().splitlines()
+        assert sample.returncode == 1 and len(err) == 1, sample.stderr
+        assert err[0].startswith(f"error: MLflow server at {team_stack.settings.mlflow_url} answers 5"), err
+        assert err[0].endswith(f"its database is down: {line}"), err
     finally:
         team_stack.up()   # PostgreSQL alone; MLflow's and Prefect's pools reconnect (pre-ping)
     answer = requests.get(f"{team_stack.settings.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",

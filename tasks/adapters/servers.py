@@ -71,14 +71,10 @@ MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST
 PREFECT_RETRY_ENV = {"PREFECT_CLIENT_MAX_RETRIES": "4", "PREFECT_API_REQUEST_TIMEOUT": "30"}
 
 # What to do about a server that does not answer: the end of ServerUnavailable's line.
-FIXES = {
-    S3: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
-        "AWS_ENDPOINT_URL_S3 names it",
-    MLFLOW: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
-            "MLFLOW_TRACKING_URI names it",
-    PREFECT: "check that it runs (`dmops status`; `dmops up` starts the local stack) and that "
-             "PREFECT_API_URL names it",
-}
+_CHECK = ("check that it runs (`dmops status`, or `dmops status --team` for the team stack; "
+          "`dmops up [--team]` starts it) and that {} names it")
+FIXES = {S3: _CHECK.format("AWS_ENDPOINT_URL_S3"), MLFLOW: _CHECK.format("MLFLOW_TRACKING_URI"),
+         PREFECT: _CHECK.format("PREFECT_API_URL")}
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
