@@ -27,7 +27,7 @@ import typer
 
 StateDirOpt = typer.Option(None, "--state-dir", help="Folder of the stack's state (default: "
                            "$DMOPS_STACK_DIR, else .stack in the dmops checkout, from any working "
-                           "folder).")
+                           "folder; with --team: $DMOPS_TEAM_STACK_DIR, else .stack-team).")
 # a port out of range is the user's to fix (exit 2) before anything is read or started
 S3PortOpt = typer.Option(None, "--s3-port", min=1, max=65535,
                          help="S3 port (default: $DMOPS_S3_PORT or 8333).")
@@ -95,9 +95,10 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
              f"{ENV_STATE_DIR}={os.environ[ENV_STATE_DIR]}" if os.environ.get(ENV_STATE_DIR) else None)
     if named is not None:
         if not folder.parent.is_dir():
+            up_command = "dmops up --team" if team else "dmops up"
             usage_error(f"{named}: the folder {folder.parent} does not exist; give the stack's "
-                        f"state folder (default {default_state_dir()}), or a new folder inside an "
-                        "existing one for `dmops up` to start a new stack in")
+                        f"state folder (default {default_state_dir(team)}), or a new folder inside an "
+                        f"existing one for `{up_command}` to start a new stack in")
         if folder.exists() and not folder.is_dir():
             usage_error(f"{named}: {folder} is a file, not a stack's state folder")
     # a folder of the other kind of stack: the user typed the wrong command (or folder)
@@ -111,18 +112,31 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
         return stack
     up_command = "dmops up --team" if team else "dmops up"
     kind = "team stack" if team else "stack"
+    hint = "" if team else _team_stack_hint()
     if named is not None:
         marker = "team-credentials.json" if team else "credentials.json"
         usage_error(f"{named}: no {kind} was ever started in {folder} (it has no {marker}); give the folder `{up_command}` "
                     f"used (default {default_state_dir(team)}), or start one there with "
-                    f"`{up_command} --state-dir {folder}`")
+                    f"`{up_command} --state-dir {folder}`{hint}")
     if without_stack == NOTHING_TO_DO:
         typer.echo(f"no {kind} in {folder}; nothing to stop")
         return None
     typer.secho(f"error: no {'team' if team else 'local'} stack has been started in {folder} (the state "
                 f"folder of this dmops checkout): start it with `{up_command}`, or name another with "
-                f"--state-dir or {ENV_STATE_DIR}", fg=typer.colors.RED, err=True)
+                f"--state-dir or {ENV_STATE_DIR}{hint}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def _team_stack_hint() -> str:
+    """For a command about the local stack that found none: "; ... add --team" when the team
+    stack's folder ($DMOPS_TEAM_STACK_DIR, else .stack-team) holds one (the user meant it)."""
+    from infra.layout import StateLayout
+    from infra.settings import StackSettings
+
+    folder = StackSettings.from_env(team=True).state_dir
+    if not StateLayout(folder).holds_team_stack():
+        return ""
+    return f"; a team stack is in {folder}: add --team (`dmops {_command()} --team`)"
 
 
 def _command() -> str:

@@ -74,8 +74,8 @@ def wait_until(spec: ServiceSpec, record: PidRecord, layout: StateLayout, deadli
         if not is_running(record):
             code = exit_code(record)
             status = f" with exit code {code}" if code is not None else ""
-            raise StackError(f"{spec.name} exited during start-up{status}; last 20 lines of {log}:\n"
-                             f"{log_tail(log)}")
+            raise StackError(f"{spec.name} exited during start-up{status}; its log {log} from this "
+                             f"start:\n{log_tail(log, this_start=True)}")
         if time.monotonic() >= deadline:
             raise StackError(f"{spec.name} did not {what} within {timeout:.0f} s (last: {reason}); "
                              f"last 20 lines of {log}:\n{log_tail(log)}\n"

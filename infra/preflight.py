@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from infra.errors import StackError
 from infra.layout import StateLayout
 from infra.ports import port_in_use
@@ -25,13 +27,21 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
             raise StackError(f"port {spec.port} ({spec.name}) is already SeaweedFS's internal "
                              f"{internal[spec.port]} port in {layout.seaweedfs_ports}; "
                              f"choose another with {spec.port_option}")
+    down = "dmops down --team" if s.team else "dmops down"
     for name, record in running.items():
         if record.port != specs[name].port:
             raise StackError(f"{name} of the stack in {layout.root} is running on port {record.port}, "
-                             f"not {specs[name].port}; run `dmops down` first to change its port")
+                             f"not {specs[name].port}; run `{down}` first to change its port")
     for name, spec in specs.items():
         if name in running:
             continue
+        lowest = unprivileged_port_start()
+        if name == "postgres" and spec.port < lowest:
+            # PostgreSQL never runs as root (as root, the stack runs it as the OS user
+            # `postgres`), and the kernel lets no other user bind a port below this
+            raise StackError(f"port {spec.port} (postgres) is a privileged port (below {lowest}), "
+                             f"which PostgreSQL, run as an unprivileged OS user, cannot bind; choose "
+                             f"one of {lowest}-65535 with {spec.port_option}")
         if port_in_use(s.host, spec.port):
             raise StackError(f"port {spec.port} ({name}) on {s.host} is in use by another program; "
                              f"stop it or choose another port with {spec.port_option}")
@@ -40,3 +50,12 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
                 raise StackError(f"port {port} (SeaweedFS internal {what} port) on {s.host} is in use "
                                  f"by another program; stop it, or delete {layout.seaweedfs_ports} "
                                  f"so that `dmops up` picks new ports")
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port a process without privileges may bind (Linux's
+    net.ipv4.ip_unprivileged_port_start; 1024 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024

@@ -19,6 +19,7 @@ from typing import Optional
 # that exited (no zombies that look alive) and keeps Popen from warning "still running" when
 # the object would otherwise be garbage-collected while the server keeps serving.
 _CHILDREN: dict[int, subprocess.Popen] = {}
+START_MARK = "===== "   # how `spawn` begins each start's part of a server's log
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, port:
     with open(log_path, "ab") as log:
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # argv holds paths and ports only (secrets travel in env), so it is safe to log.
-        log.write(f"\n===== {stamp} starting: {' '.join(argv)}\n".encode())
+        log.write(f"\n{START_MARK}{stamp} starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
@@ -188,8 +189,10 @@ def _memory(member) -> Optional[Memory]:
     return Memory(rss, pss, n) if n else None
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log file, or a note that there is none."""
+def log_tail(path: Path, lines: int = 20, this_start: bool = False) -> str:
+    """The last `lines` lines of a log file, or a note that there is none.  `this_start`: only
+    the lines since the last start `spawn` marked (a failed start-up's own words, not an
+    earlier run's)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -197,7 +200,12 @@ def log_tail(path: Path, lines: int = 20) -> str:
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
+    kept = text.splitlines()
+    if this_start:
+        marks = [i for i, line in enumerate(kept) if line.startswith(START_MARK) and " starting: " in line]
+        if marks:
+            kept = kept[marks[-1]:]
+    return "\n".join(kept[-lines:])
 
 
 def _stat(pid: int) -> Optional[tuple[str, int]]:

@@ -65,8 +65,26 @@ def test_a_named_folder_finds_the_running_stack_from_any_working_folder(stack, t
 def test_a_state_folder_whose_parent_does_not_exist_is_a_usage_error(command, tmp_path):
     folder = tmp_path / "missing" / "state"
     result = dmops(command, "--state-dir", str(folder), cwd=tmp_path)
-    _one_line(result, 2, f"--state-dir {folder}", f"{tmp_path / 'missing'} does not exist")
+    _one_line(result, 2, f"--state-dir {folder}", f"{tmp_path / 'missing'} does not exist",
+              f"(default {DEFAULT})", "for `dmops up` to start")
     assert not (tmp_path / "missing").exists()
+    # the team stack's commands name the team stack's default folder and command
+    role = ["--role", "viewer"] if command == "env" else []
+    team = dmops(command, "--team", *role, "--state-dir", str(folder), cwd=tmp_path)
+    _one_line(team, 2, f"{tmp_path / 'missing'} does not exist", f"(default {ROOT / '.stack-team'})",
+              "for `dmops up --team` to start")
+
+
+def test_a_local_stack_command_that_finds_none_points_at_the_team_stack_when_there_is_one(tmp_path):
+    empty, team = tmp_path / "empty", tmp_path / "team"
+    empty.mkdir()
+    team.mkdir()
+    (team / "team-credentials.json").write_text("{}")   # what marks a folder as a team stack's
+    result = dmops("status", cwd=tmp_path, DMOPS_STACK_DIR=str(empty), DMOPS_TEAM_STACK_DIR=str(team))
+    _one_line(result, 2, f"no stack was ever started in {empty}",
+              f"a team stack is in {team}: add --team (`dmops status --team`)")
+    assert "team stack" not in dmops("status", cwd=tmp_path, DMOPS_STACK_DIR=str(empty),
+                                     DMOPS_TEAM_STACK_DIR=str(empty)).stderr
 
 
 @pytest.mark.parametrize("command", ["status", "env", "down"])

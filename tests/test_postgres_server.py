@@ -171,3 +171,28 @@ def test_as_root_a_folder_the_server_user_cannot_enter_is_named(tmp_path):
     with pytest.raises(StackError, match=r"runs as the OS user '\w+' \(it refuses root\), which cannot enter "
                                          r"/.* \(mode 700\)"):
         pg.start()
+
+
+def test_a_privileged_port_is_refused_before_any_server_starts():
+    """PostgreSQL never runs as root, and no other user may bind a port below the kernel's
+    unprivileged start (1024 by default): said before any server starts, not as a start-up
+    failure with a log to read."""
+    from infra.preflight import unprivileged_port_start
+    from infra.settings import StackSettings
+    from infra.stack import Stack
+
+    low = unprivileged_port_start() - 1
+    if low < 1:
+        pytest.fail("this kernel lets every user bind every port (ip_unprivileged_port_start 0): "
+                    "no privileged port to try")
+    s3, mlflow, prefect = free_ports(3)
+    state = reachable_state_dir()
+    try:
+        stack = Stack(StackSettings(state_dir=state / "state", team=True, s3_port=s3, mlflow_port=mlflow,
+                                    prefect_port=prefect, postgres_port=low))
+        with pytest.raises(StackError, match=rf"^port {low} \(postgres\) is a privileged port \(below "
+                                             rf"{low + 1}\), .* choose one of {low + 1}-65535 with --postgres-port"):
+            stack.up()
+        assert not any(s.running for s in stack.status().values())   # no server was started
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -231,12 +231,16 @@ def _spec(tmp_path: Path, argv: list[str]) -> ServiceSpec:
 
 def test_server_that_exits_during_start_up_is_reported_with_its_log(tmp_path):
     layout = StateLayout(tmp_path)
+    # an earlier run's lines stay in the log, but are not this start's story
+    layout.log("demo").parent.mkdir(parents=True, exist_ok=True)
+    layout.log("demo").write_text("===== 2026-01-01T00:00:00+00:00 starting: demo\nduplicate key in an old run\n")
     spec = _spec(tmp_path, [sys.executable, "-c", "print('cannot open database: disk full'); raise SystemExit(3)"])
     record = spawn(spec.argv, spec.env, spec.cwd, layout.log("demo"), spec.port)
     with pytest.raises(StackError) as info:
         wait_healthy(spec, record, layout, time.monotonic() + 30, 30)
     assert "demo exited during start-up with exit code 3" in str(info.value)
     assert "cannot open database: disk full" in str(info.value)
+    assert "old run" not in str(info.value) and "from this start" in str(info.value)
 
 
 def test_server_that_never_answers_times_out_with_its_log(tmp_path):
