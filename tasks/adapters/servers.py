@@ -192,6 +192,9 @@ def refusal(server: str, status: int, last: BaseException, *, code: str = "", ac
         url = next((env[var] for var in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
                     if env.get(var)), "(default AWS endpoint)")
         user, variables = env.get("AWS_ACCESS_KEY_ID") or None, _S3_VARS
+        if status == 401 and not env.get("MLFLOW_TRACKING_URI"):
+            # S3 settings alone are the reader's (serving code): its own keys are the fix
+            role, other = "reader", "`--role pipeline` to write"
         if code == "InvalidAccessKeyId":
             what = f"does not know access key {user!r} (InvalidAccessKeyId)"
         elif code == "SignatureDoesNotMatch":
