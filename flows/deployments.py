@@ -107,6 +107,28 @@ def _schedule(deployment) -> str:
     return "; ".join(parts) or "no schedule (run on demand)"
 
 
+def held_pools(planned: list[PlannedDeployment]) -> dict[str, str]:
+    """{deployment name: work pool} of the deployments the Prefect server holds under the
+    planned names (before a deploy: which of them it will move).  Imports Prefect, like
+    `describe_deployments`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[d.name for d in planned])))
+    return {d.name: d.work_pool_name for d in found if d.work_pool_name}
+
+
+def moved_lines(planned: list[PlannedDeployment], before: dict[str, str]) -> list[str]:
+    """A line for each planned deployment that the server held on another work pool: the
+    deploy moved it (a flow's deployment name is one deployment on a server), so a worker of
+    the old pool no longer runs it."""
+    return [f"note: deployment {d.name!r} was on work pool {before[d.name]!r} and is now on "
+            f"{d.pool!r}: a worker of {before[d.name]!r} no longer runs it"
+            for d in planned if before.get(d.name, d.pool) != d.pool]
+
+
 def describe_deployments(planned: list[PlannedDeployment], api_url: str) -> list[str]:
     """One line per planned deployment as the Prefect server at `api_url` now holds it:
     `flow/name  pool P  schedule  params k=v  <UI URL>`, the lines aligned; a deployment the

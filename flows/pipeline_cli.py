@@ -197,6 +197,10 @@ def register(app: typer.Typer) -> None:
                         "in that file")
         env = server_env_or_exit(PREFECT_ENV)
         bound_client_env(env)   # Prefect's bounded client retries for the `prefect` calls below
+        from flows.deployments import describe_deployments, held_pools, moved_lines
+
+        os.environ.update(env)
+        before = held_pools(planned)   # which pool each name is on now, to say what moves
         for name in pools:
             if _prefect("work-pool", "inspect", name, env=env, check=False).returncode != 0:
                 _prefect("work-pool", "create", name, *create_args, env=env)
@@ -205,12 +209,11 @@ def register(app: typer.Typer) -> None:
         _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
         # Prefect's own transcript is boxes wrapped at 80 columns and advice to start a bare
         # `prefect worker` (without the bounded client settings): say what the server now holds
-        from flows.deployments import describe_deployments
-
-        os.environ.update(env)
         typer.echo(f"deployed to the Prefect server at {env[PREFECT_ENV]}:")
         for line in describe_deployments(planned, env[PREFECT_ENV]):
             typer.echo(f"  {line}")
+        for line in moved_lines(planned, before):
+            typer.echo(line)
         serve = ("`dmops worker`" if pool_type == "process"
                  else "the worker of infra/k8s/worker.yaml (`kubectl apply -k infra/k8s`)")
         typer.echo(f"deployments created; serve them with {serve} (pool {', '.join(pools)})")

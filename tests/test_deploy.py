@@ -1,6 +1,7 @@
 """`dmops deploy` prints what the Prefect server now holds, one whole line per deployment (its
 flow/name, work pool, schedule, parameters and UI page with the full id), never a transcript of
-`prefect deploy` cut to its last characters (which ended mid-identifier).  Against the `stack`
+`prefect deploy` cut to its last characters (which ended mid-identifier), and names each
+deployment it moved from another work pool.  Against the `stack`
 fixture's Prefect server, with a copy of infra/prefect.yaml whose names are the test's own."""
 
 import re
@@ -46,7 +47,20 @@ def test_deploy_prints_each_deployment_whole(stack, tmp_path):
         ids = re.findall(r"[0-9a-f]{8}-[0-9a-f-]*", proc.stdout)
         assert ids and all(UUID.fullmatch(i) for i in ids), ids
         assert f"`dmops worker` (pool {pool})" in proc.stdout and "prefect worker start" not in proc.stdout
+        assert "note:" not in proc.stdout   # nothing was moved
+
+        # the same names on another pool: the server moves them, and the deploy says so
+        for deployment in spec["deployments"]:
+            deployment["work_pool"]["name"] = pool + "-other"
+        prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        again = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--prefect-file",
+                                str(prefect_file)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        for name in names:
+            assert (f"note: deployment {name!r} was on work pool {pool!r} and is now on {pool + '-other'!r}: "
+                    f"a worker of {pool!r} no longer runs it") in again.stdout.splitlines(), again.stdout
     finally:
         for d in prefect_api("POST", "/deployments/filter", {"deployments": {"name": {"any_": names}}}) or []:
             prefect_api("DELETE", f"/deployments/{d['id']}")
         prefect_api("DELETE", f"/work_pools/{pool}")
+        prefect_api("DELETE", f"/work_pools/{pool}-other")
