@@ -96,6 +96,18 @@ class ModelSpec(_Record):
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
+    def sample_signature(self) -> str:
+        """What a model's samples are, as text two models are compared by: the sample shape
+        ('1x8x8', '2'); for a table, also its vector layout ('75 layout 3f2a9c0d1e4b',
+        diffusion/tabular/encoding.py TableEncoder.layout_signature), since two tables with
+        as many dimensions may still mean other columns."""
+        shape = "x".join(map(str, self.shape))
+        if self.data.kind != "table" or self.data.table is None:
+            return shape
+        from .tabular.encoding import TableEncoder
+
+        return f"{shape} layout {TableEncoder.from_dict(self.data.table).layout_signature()}"
+
     @property
     def method(self) -> str | None:
         """'progressive' / 'consistency' for a distilled student, None for a trained model."""

@@ -119,7 +119,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         save_reference(settings.data_bucket, cfg.data.name, validation.details["statistics"])
         step_done(progress, validation, pid)
         # before any training: a model of this data must be comparable with the registered one
-        check_comparable(settings.model_name, dataset)
+        check_comparable(settings.model_name, dataset, cfg.data.categorical)
 
         train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)

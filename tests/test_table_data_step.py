@@ -139,3 +139,30 @@ def test_a_tables_vectors_must_carry_their_encoder_and_nothing_else_does():
         validate(Dataset("t", x, None, split, list("abcd"), "table"))
     with pytest.raises(DataError, match="kind 'vector' with an encoder state"):
         validate(Dataset("t", x, None, split, list("abcd"), "vector", table={"format": "x"}))
+
+
+def test_a_tables_model_and_its_data_agree_on_the_vector_layout_they_are_compared_by(tmp_path):
+    """Before training, the pipeline compares the data with the registered champion
+    (tasks/steps/register.py check_comparable): for a table, the vectors' width and layout from
+    schema.json and data.categorical must equal what the trained model's spec says, and
+    another encoding or other columns must not."""
+    from tasks.steps.register import dataset_sample
+
+    table = small_table()
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    signatures = {}
+    for categorical in ("onehot", "analog_bits"):
+        data = table_settings(tmp_path / "rows.csv", categorical=categorical)
+        out = prepare_dataset(data, root=tmp_path / "processed", log=lambda line: None)
+        ds = load_data(data, out)
+        cfg = load_config("params.yaml", "tiny", ["model.net.kind=mlp"])
+        spec = cfg.model_spec(ds.sample_shape, dataset="table", kind=ds.kind, table=ds.table)
+        from_data = dataset_sample({"path": str(out)}, categorical)
+        assert from_data == (spec.sample_signature(), "table"), (from_data, spec.sample_signature())
+        assert spec.sample_signature().startswith(f"{ds.x.shape[1]} layout ")
+        signatures[categorical] = from_data[0]
+    assert signatures["onehot"] != signatures["analog_bits"]
+    table.rename(columns={"minutes": "seconds"}).to_csv(tmp_path / "rows.csv", index=False)
+    data = table_settings(tmp_path / "rows.csv")
+    out = prepare_dataset(data, root=tmp_path / "processed", log=lambda line: None)
+    assert dataset_sample({"path": str(out)}, "onehot")[0] != signatures["onehot"]   # same width, other column

@@ -100,6 +100,19 @@ class TableEncoder:
         self.decimals: dict[str, int | None] = {}
         self.n_train = 0
 
+    def layout_signature(self) -> str:
+        """12 hex digits naming the vector layout: each column's name, type, categories,
+        nullability and dimensions, and the categorical encoding.  Two models whose vectors
+        mean the same thing have the same signature (known before fitting: the layout depends
+        on the schema alone), so a champion and a challenger are compared in one space."""
+        import hashlib
+
+        layout = [[c.name, c.type, list(c.categories or ()), bool(c.nullable),
+                   self.column_slices[c.name].start, self.column_slices[c.name].stop]
+                  for c in self.schema.columns]
+        text = json.dumps([self.categorical, layout], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
     # --- fitting ------------------------------------------------------------------------
 
     def fit(self, df: pd.DataFrame) -> TableEncoder:

@@ -84,7 +84,8 @@ def plot_marginals(real, synthetic, columns, path, *, scores=None, max_categorie
                    bins: int = 30, ncols: int = 4) -> Path:
     """Each described column's real and synthetic marginal in one grid, written as PNG.
 
-    real, synthetic: DataFrames holding the described columns (other columns ignored);
+    real, synthetic: DataFrames holding the described columns (other columns ignored); real
+    may be None (the synthetic marginals alone, e.g. a student's samples with no data at hand);
     columns: a column description (diffusion/tabular/metrics_inputs.py).  Numbers: density
     histograms on shared bins (real filled, synthetic outlined), nulls left out and their
     shares in the title when any.  Categories: side-by-side bars of each category's share,
@@ -93,8 +94,9 @@ def plot_marginals(real, synthetic, columns, path, *, scores=None, max_categorie
     `TableEvaluation.per_column`).  Returns `path`.  Raises TableEvaluationError for bad
     input, diffusion.atomic.WriteError when the file cannot be written."""
     types = column_types(columns)
-    real = canonical(real, types, "real")
     synthetic = canonical(synthetic, types, "synthetic")
+    alone = real is None   # the synthetic rows' marginals only (no real rows at hand)
+    real = synthetic.iloc[:0] if alone else canonical(real, types, "real")
     plt = _figure()
     n = len(types)
     ncols = max(1, min(ncols, n))
@@ -107,8 +109,9 @@ def plot_marginals(real, synthetic, columns, path, *, scores=None, max_categorie
         if kind == "categorical":
             labels, rs, ss = _categorical_shares(real[column], synthetic[column], max_categories)
             x = np.arange(len(labels))
-            ax.bar(x - 0.2, rs, width=0.4, label="real", color="tab:blue", alpha=0.7)
-            ax.bar(x + 0.2, ss, width=0.4, label="synthetic", color="tab:orange", alpha=0.7)
+            if not alone:
+                ax.bar(x - 0.2, rs, width=0.4, label="real", color="tab:blue", alpha=0.7)
+            ax.bar(x + (0 if alone else 0.2), ss, width=0.4, label="synthetic", color="tab:orange", alpha=0.7)
             ax.set_xticks(x, [str(lbl)[:14] for lbl in labels], rotation=60, ha="right", fontsize=6)
             ax.set_ylabel("share", fontsize=7)
         else:
@@ -130,7 +133,7 @@ def plot_marginals(real, synthetic, columns, path, *, scores=None, max_categorie
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("real versus synthetic marginals", fontsize=10)
+    fig.suptitle("synthetic marginals" if alone else "real versus synthetic marginals", fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, Path(path), "marginals plot")
 
@@ -218,17 +221,14 @@ def plot_association_difference(real, synthetic, columns, path) -> Path:
     return _save(fig, plt, Path(path), "association-difference plot")
 
 
-def save_table_samples(state: dict, x, path, *, reference) -> Path:
+def save_table_samples(state: dict, x, path, *, reference=None) -> Path:
     """The picture of a table model's samples: `x` (N, D) vectors in the encoder's layout
     (`state`: TableEncoder.to_dict) decoded to rows, each column's marginal drawn against the
-    `reference` rows' (vectors of the same layout, e.g. the train split), as `plot_marginals`
-    does.  Returns `path`.  ValueError without a reference: a table's samples alone are rows,
-    written as CSV, not a picture."""
+    `reference` rows' (vectors of the same layout, e.g. the train split; None: the samples'
+    marginals alone), as `plot_marginals` does.  Returns `path`."""
     from .vectors import decode
 
-    if reference is None:
-        raise ValueError("a table model's samples are drawn against real rows; without them "
-                         "write the rows as CSV (dmops sample --out rows.csv)")
-    synthetic, real = decode(state, x), decode(state, reference)
+    synthetic = decode(state, x)
+    real = None if reference is None else decode(state, reference)
     columns = {c["name"]: c["type"] for c in state["schema"]["columns"]}
     return plot_marginals(real, synthetic, columns, path)

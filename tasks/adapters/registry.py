@@ -377,7 +377,7 @@ def registered_sample(name: str) -> tuple[str, str, str] | None:
 
     with tempfile.TemporaryDirectory(prefix="dmops-registered-") as tmp:
         spec = read_spec(download_model(f"{name}/{version}", Path(tmp) / "model"))
-    return "x".join(map(str, spec.shape)), spec.data.kind or "unknown", version
+    return spec.sample_signature(), spec.data.kind or "unknown", version
 
 
 def download_model(name_or_uri: str, dest) -> Path:

@@ -35,7 +35,7 @@ def lineage_tags(model_dir: Path, weights_sha256: str) -> dict[str, str]:
     tags = {"weights_sha256": weights_sha256, "weights_git_commit": p.git_commit or "unknown",
             "weights_code_sha256": p.code_sha256, "weights_settings_sha256": p.settings_sha256,
             "training_data_sha256": p.data_sha256,
-            "sample_shape": "x".join(map(str, spec.shape)), "data_kind": spec.data.kind or "unknown"}
+            "sample_shape": spec.sample_signature(), "data_kind": spec.data.kind or "unknown"}
     if p.teacher_sha256:
         tags["teacher_sha256"] = p.teacher_sha256
     return tags
@@ -94,24 +94,34 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
     return Registered(version, model_dir, candidate, numbers)
 
 
-def dataset_sample(dataset: dict) -> tuple[str, str]:
-    """(sample shape as '1x8x8', kind 'image' | 'vector') of a processed dataset folder, read
-    from its manifest and meta.json without loading the arrays."""
+def dataset_sample(dataset: dict, categorical: str = "onehot") -> tuple[str, str]:
+    """(sample shape as '1x8x8', kind 'image' | 'vector' | 'table') of a processed dataset
+    folder, read from its manifest and meta.json without loading the arrays; for a table, the
+    vectors' width and layout (ModelSpec.sample_signature) that schema.json and the
+    `categorical` encoding (data.categorical) give."""
     folder = Path(dataset["path"])
     kind = json.loads((folder / "meta.json").read_text()).get("kind", "unknown")
+    if kind == "table":
+        from diffusion.tabular.encoding import TableEncoder
+        from diffusion.tabular.schema import TableSchema
+
+        encoder = TableEncoder(TableSchema.from_dict(json.loads((folder / "schema.json").read_text())),
+                               categorical)
+        return f"{encoder.dim} layout {encoder.layout_signature()}", kind
     with open(folder / "manifest.csv", newline="") as f:
         first = next(csv.DictReader(f), None)
     return (first or {}).get("shape", "unknown"), kind
 
 
-def check_comparable(model_name: str, dataset: dict) -> None:
+def check_comparable(model_name: str, dataset: dict, categorical: str = "onehot") -> None:
     """Refuse, before any training, a run whose data cannot give a model comparable with the
-    versions already registered under `model_name` (another sample shape or modality): its
+    versions already registered under `model_name` (another sample shape or modality; for a
+    table, another vector layout: columns, categories or `categorical` encoding): its
     challenger could never be scored against the champion.  ConfigError names the setting."""
     registered = registered_sample(model_name)
     if registered is None:
         return
-    shape, kind = dataset_sample(dataset)
+    shape, kind = dataset_sample(dataset, categorical)
     if (shape, kind) != registered[:2]:
         raise ConfigError(
             f"pipeline.model_name {model_name!r} holds models of {registered[1]} samples of shape "
