@@ -168,14 +168,22 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
             key = f"{row['model']}.{row['sampler']}.nfe{int(row['nfe'])}"
             metrics.update({f"fid/{key}": float(row["fid"]),
                             f"images_per_s/{key}": float(row["images_per_s"])})
+        quality = report.table_quality
+        if quality is not None:   # a table's rows: table/<model>/<metric>, the floor as table/floor/...
+            for model, scores in {"floor": quality["floor"], **quality["models"]}.items():
+                metrics.update({f"table/{model}/{key}": value for key, value in scores.items()})
         mlflow.log_metrics(metrics)
         for name in ("csv", "json", "plot"):
             mlflow.log_artifact(str(report.files[name]), "quality_vs_nfe")
+        if quality is not None:
+            for name in ("table_csv", "table_json"):
+                mlflow.log_artifact(str(report.files[name]), "table_quality")
         for png in sorted(out.glob("*.png")):
             mlflow.log_artifact(str(png), "samples")
-        return StepResult(step="evaluate", run_id=run.info.run_id, metrics=metrics,
-                          details={"table": report.table.to_dict(orient="records"),
-                                   "floor": float(report.floor)})
+        details = {"table": report.table.to_dict(orient="records"), "floor": float(report.floor)}
+        if quality is not None:
+            details["table_quality"] = quality
+        return StepResult(step="evaluate", run_id=run.info.run_id, metrics=metrics, details=details)
 
 
 def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, str],

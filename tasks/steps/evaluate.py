@@ -9,6 +9,8 @@ Writes into the output folder:
     samples_<sampler>.png        a grid from each teacher sampler's best setting
     samples_<student>.png        a grid from each student's best setting
     filmstrip.png                x0 predictions along a few trajectories
+    table_quality.csv / .json    tables: each model's best setting scored as rows beside the
+                                 floor (tasks/steps/table_quality.py), association_<name>.png
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class EvaluationReport:
     floor: float
     best: dict
     files: dict
+    # tables: each model's best setting scored as rows (tasks/steps/table_quality.py)
+    table_quality: dict | None = None
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
@@ -82,9 +86,18 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         sampling=spec.sampling.model_dump(), test_labels=test.y if labelled else None,
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, students=loaded)
-    return write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
-                        device=device, reference=train.x if ds.kind in ("vector", "table") else None,
-                        students=loaded)
+    report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
+                          device=device, reference=train.x if ds.kind in ("vector", "table") else None,
+                          students=loaded)
+    if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
+        from tasks.steps.table_quality import table_quality
+
+        models = {"teacher": (denoiser, spec.sampling.model_dump())}
+        models.update({s.name: (s.denoiser, s.sampling) for s in loaded})
+        report.table_quality = table_quality(models, best_rows(table), ds, Path(out_dir),
+                                             seed=ev.seed, device=device)
+        report.files.update(report.table_quality.pop("files"))
+    return report
 
 
 def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, device,

@@ -1,0 +1,78 @@
+"""The evaluation step's table part (tasks/steps/table_quality.py): each model's best setting
+generates rows that are decoded and scored beside the floor.  Two generators whose rows are
+known make the scores checkable: one that reproduces held-out real rows (a perfect
+generator: it scores like the floor) and one that replays training rows (a copier: the privacy
+scores must catch it)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffusion.data import Dataset
+from tasks.steps.table_quality import table_quality
+from test_table_data_step import small_table
+
+
+class Replay(torch.nn.Module):
+    """A 'denoiser' whose prediction of x0 is always the given rows: DDIM's last step returns
+    its x0 prediction (sigma_min is its final noise level, eta 0), so the samples are these rows
+    up to that last sigma."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, x, sigma):
+        return self.rows[: len(x)].to(x.dtype)
+
+
+@pytest.fixture(scope="module")
+def churn_like(tmp_path_factory):
+    from diffusion.config import DataConfig
+    from tasks.steps.prepare_dataset import load_data
+
+    folder = tmp_path_factory.mktemp("table")
+    small_table(n=1200).to_csv(folder / "rows.csv", index=False)
+    # val as large as test: the fresh-row generator replays val rows, one per test row
+    return load_data(DataConfig(name="table", path=str(folder / "rows.csv"), target="churned",
+                                id_column="customer", val_fraction=0.2, test_fraction=0.2))
+
+
+def _best(*names: str) -> pd.DataFrame:
+    return pd.DataFrame([{"model": name, "sampler": "ddim", "steps": 4, "nfe": 4, "fid": 0.0}
+                         for name in names])
+
+
+def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(churn_like, tmp_path):
+    ds: Dataset = churn_like
+    train, val = ds.subset("train"), ds.subset("val")
+    sampling = {"grid": "karras", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+    models = {"teacher": (Replay(val.x), sampling),        # rows it was never trained on
+              "copier": (Replay(train.x), sampling)}       # its own training rows
+    best = pd.concat([_best("teacher"), _best("copier")])
+    out = table_quality(models, best, ds, tmp_path, seed=0, device="cpu")
+
+    assert set(out["models"]) == {"ddim", "copier"}      # a teacher row is named by its sampler
+    assert out["rows"] == len(ds.subset("test").ids)
+    fresh, copier, floor = out["models"]["ddim"], out["models"]["copier"], out["floor"]
+    # every training row replayed: each synthetic row is a training row
+    assert copier["exact_copies"] == 1.0 and copier["dcr_median"] == 0.0
+    assert fresh["exact_copies"] <= 0.05 and fresh["dcr_ratio"] > 0.8
+    # fresh real rows: fidelity as high as the floor's within sampling noise (both ~240 rows)
+    for key in ("column_shapes", "column_pair_trends"):
+        assert abs(fresh[key] - floor[key]) < 0.06, (key, fresh[key], floor[key])
+    assert abs(fresh["detection_auc"] - 0.5) < 0.15
+
+    saved = json.loads((tmp_path / "table_quality.json").read_text())
+    assert saved["models"]["copier"] == copier and saved["floor"] == floor
+    csv = pd.read_csv(tmp_path / "table_quality.csv")
+    assert list(csv["model"]) == ["floor (held-out real rows)", "ddim", "copier"]
+    for name in ("ddim", "copier"):
+        assert (tmp_path / f"association_{name}.png").stat().st_size > 1000
+        assert out["files"][f"association_{name}"] == tmp_path / f"association_{name}.png"
+    assert all(np.isfinite(v) for v in copier.values())
