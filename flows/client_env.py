@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
-from tasks.adapters.missing_env import MLFLOW, PREFECT, S3, SERVERS, fix_for_missing, missing_message
+from tasks.adapters.missing_env import (MLFLOW, PREFECT, S3, SERVERS, TEAM_MARKERS, fix_for_missing,
+                                       missing_message)
 
 __all__ = ["MLFLOW", "PREFECT", "S3", "SERVERS", "MissingStackEnv", "client_env",
            "fix_for_missing", "missing_message", "server_env_or_exit"]
@@ -45,8 +46,9 @@ def client_env(*needed: str, environ: Optional[Mapping[str, str]] = None) -> dic
     if not missing:
         return environ
     present = [name for name in needed if name not in missing]
-    if present:   # mixing a team's server with the local stack's would split one run's records
-        raise MissingStackEnv(missing_message(missing, present))
+    team = any(environ.get(marker) for marker in TEAM_MARKERS)
+    if present or team:   # mixing a team's server with the local stack's would split one run's records
+        raise MissingStackEnv(missing_message(missing, present, team=team))
     from infra.settings import StackSettings
     from infra.stack import Stack
 
@@ -61,8 +63,10 @@ def client_env(*needed: str, environ: Optional[Mapping[str, str]] = None) -> dic
     return {**environ, **stack.client_env()}
 
 
-# one cheap request per server that refuses it without valid credentials (both answer 401)
-_PROBES = {MLFLOW: "/api/2.0/mlflow/experiments/search?max_results=1", PREFECT: "/admin/version"}
+# one cheap read per server that refuses it without valid credentials (both answer 401) and
+# that reads the server's database (so a database that is down shows as a server error)
+_PROBES = {MLFLOW: ("/api/2.0/mlflow/experiments/search?max_results=1", None),
+           PREFECT: ("/flows/filter", b'{"limit": 1}')}
 
 
 def check_credentials(env: Mapping[str, str], needed) -> None:
@@ -98,7 +102,10 @@ def check_credentials(env: Mapping[str, str], needed) -> None:
             headers["Authorization"] = "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
         elif variable == PREFECT and env.get("PREFECT_API_KEY"):
             continue   # Prefect Cloud: its workspace API has no route that every key may read
-        request = urllib.request.Request(base.rstrip("/") + _PROBES[variable], headers=headers)
+        path, body = _PROBES[variable]
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(base.rstrip("/") + path, data=body, headers=headers)
         try:
             with opener.open(request, timeout=5):
                 pass

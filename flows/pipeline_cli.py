@@ -172,7 +172,8 @@ def register(app: typer.Typer) -> None:
                               "kubernetes, infra/k8s/prefect.yaml)."),
                pool: Optional[str] = typer.Option(
                    None, help="Work pool to create / use: the one the deployments file "
-                              f"names ({WORK_POOL}); another name is refused."),
+                              f"names ({WORK_POOL}; with --pool-type kubernetes, dmops-kubernetes); "
+                              "another name is refused."),
                pool_type: str = typer.Option(
                    "process", "--pool-type",
                    help="process (served by `dmops worker`) or kubernetes (a Job per flow run from "

@@ -18,6 +18,7 @@ parent must exist (`up` creates the folder itself, never a chain of folders), an
 from __future__ import annotations
 
 import shlex
+import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -60,6 +61,7 @@ def _stack_errors() -> Iterator[None]:
 CREATE, REFUSE, NOTHING_TO_DO = "create", "refuse", "nothing to do"
 # `dmops status` exit status when a server is stopped or not answering (LSB: "not running")
 NOT_HEALTHY = 3
+STACK_COMMANDS = ("up", "down", "status", "env")
 
 
 def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optional[int],
@@ -85,6 +87,14 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
              "--prefect-port": settings.prefect_port}
     if team:
         ports["--postgres-port"] = settings.postgres_port
+    if team:
+        from infra.preflight import unprivileged_port_start
+
+        lowest = unprivileged_port_start()
+        if settings.postgres_port < lowest:
+            usage_error(f"--postgres-port {settings.postgres_port}: a privileged port (below {lowest}), which "
+                        f"PostgreSQL, run as an unprivileged OS user, cannot bind; choose one of "
+                        f"{lowest}-65535")
     if len(set(ports.values())) < len(ports):
         usage_error(f"two servers cannot share a port ({', '.join(f'{k} {v}' for k, v in ports.items())}): "
                     "give each its own")
@@ -103,7 +113,7 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
             usage_error(f"{named}: {folder} is a file, not a stack's state folder")
     # a folder of the other kind of stack: the user typed the wrong command (or folder)
     if not team and stack.layout.holds_team_stack():
-        usage_error(f"{folder} holds a team stack: add --team (`dmops {_command()} --team`)")
+        usage_error(f"{folder} holds a team stack: add --team (`{_team_command()}`)")
     if team and stack.layout.holds_stack() and not stack.layout.holds_team_stack():
         usage_error(f"{folder} holds a local stack, not a team stack: drop --team, or give the team "
                     f"stack its own folder (default {default_state_dir(team=True)})")
@@ -136,7 +146,13 @@ def _team_stack_hint() -> str:
     folder = StackSettings.from_env(team=True).state_dir
     if not StateLayout(folder).holds_team_stack():
         return ""
-    return f"; a team stack is in {folder}: add --team (`dmops {_command()} --team`)"
+    return f"; a team stack is in {folder}: add --team (`{_team_command()}`)"
+
+
+def _team_command() -> str:
+    """This command for the team stack (`env` also needs a role: its settings are a role's)."""
+    command = _command()
+    return "dmops env --team --role pipeline|viewer|reader" if command == "env" else f"dmops {command} --team"
 
 
 def _command() -> str:
@@ -144,7 +160,10 @@ def _command() -> str:
     import click
 
     ctx = click.get_current_context(silent=True)
-    return ctx.info_name if ctx is not None else "status"
+    if ctx is not None and ctx.info_name in STACK_COMMANDS:
+        return ctx.info_name
+    # no click context where a command is run through its function: the command line says
+    return next((word for word in sys.argv[1:] if word in STACK_COMMANDS), "status")
 
 
 def _runs_line(mlflow_url: str, params: Path = Path("params.yaml"), stack=None) -> str | None:
@@ -194,9 +213,11 @@ def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortO
        mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
        timeout: float = typer.Option(180, "--timeout", min=1, help="Seconds to wait for the servers to be ready."),
        team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
-    """Start SeaweedFS (S3), the MLflow server and the Prefect server on loopback, in the background;
-    return once each serves what it holds (a stored object reads back, API reads succeed).
-    --team: first the stack's own PostgreSQL, then the three with authentication and roles."""
+    """Start the local stack (--team: the team stack) on loopback, in the background.
+
+    SeaweedFS (S3), the MLflow server and the Prefect server; return once each serves what it
+    holds (a stored object reads back, API reads succeed).  --team: first the stack's own
+    PostgreSQL, then the three with authentication and roles."""
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=CREATE, team=team,
                        postgres_port=postgres_port)
@@ -213,7 +234,8 @@ def up(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortO
 def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
          mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
          team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
-    """Stop the stack's servers. Data, credentials and logs stay in the state folder."""
+    """Stop the local stack's servers (--team: the team stack's). Data, credentials and logs
+    stay in the state folder."""
     with _stack_errors():
         stack = _stack(state_dir, s3_port, mlflow_port, prefect_port, without_stack=NOTHING_TO_DO, team=team,
                        postgres_port=postgres_port)
@@ -224,7 +246,8 @@ def down(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Por
 def status(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3PortOpt,
            mlflow_port: Optional[int] = MlflowPortOpt, prefect_port: Optional[int] = PrefectPortOpt,
            team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt):
-    """Show each server: running or not, healthy or not, pid, URL, memory (PSS), log file.
+    """Show each server of the local stack (--team: the team stack): running or not, healthy
+    or not, pid, URL, memory (PSS), log file.
     Exit status 0 when every server is healthy, 3 when one is stopped or not answering (as
     `systemctl status` does), so that a script can tell a working stack from a broken one."""
     with _stack_errors():
@@ -252,7 +275,8 @@ def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Port
         team: bool = TeamOpt, postgres_port: Optional[int] = PostgresPortOpt,
         role: Optional[str] = typer.Option(None, "--role", help="With --team: whose settings to print, "
                                            "pipeline, viewer or reader.")):
-    """Print `export ...` lines for clients of the stack, S3 secret included: eval "$(dmops env)".
+    """Print `export ...` lines for clients of the local stack, S3 secret included:
+    eval "$(dmops env)"; --team --role ROLE: one team role's settings.
     --team --role ROLE: one role's settings (its MLflow account, Prefect auth string, S3 keys)."""
     from flows.cli_options import usage_error
     from infra.team import ROLES

@@ -13,10 +13,12 @@ from infra.settings import StackSettings
 
 
 def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[str, PidRecord],
-                layout: StateLayout) -> None:
+                layout: StateLayout, bound: dict[str, int] | None = None) -> None:
     """StackError when the public ports clash with each other or with SeaweedFS's internal
-    ports, when a running server of this stack uses another port than asked for, or when a
-    port of a server about to start is taken by another program."""
+    ports, when a running server of this stack uses another port than asked for (or a stopped
+    PostgreSQL another port than the running MLflow and Prefect expect it on: `bound`, port
+    field -> port, infra/stack.py `_bound_ports`), or when a port of a server about to start
+    is taken by another program."""
     public = s.public_ports        # the team stack's includes PostgreSQL's
     if len(set(public.values())) != len(public):
         options = ", ".join(f"--{name}-port" for name in public)
@@ -32,6 +34,11 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
         if record.port != specs[name].port:
             raise StackError(f"{name} of the stack in {layout.root} is running on port {record.port}, "
                              f"not {specs[name].port}; run `{down}` first to change its port")
+    expected = (bound or {}).get("postgres_port")
+    if "postgres" in specs and "postgres" not in running and expected not in (None, specs["postgres"].port):
+        raise StackError(f"postgres of the stack in {layout.root} is stopped, but its MLflow and Prefect "
+                         f"run against it on port {expected}, not {specs['postgres'].port}: leave "
+                         f"--postgres-port out to bring it back there, or run `{down}` first to change its port")
     for name, spec in specs.items():
         if name in running:
             continue

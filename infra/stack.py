@@ -119,7 +119,7 @@ class Stack:
                 self.postgres.initialise()     # once; the role passwords the specs hold come with it
             weed_ports = weed_internal_ports(self.layout, self.settings)
             specs = service_specs(self.settings, self.layout, creds, weed_ports, accounts)
-            check_ports(self.settings, specs, running, self.layout)
+            check_ports(self.settings, specs, running, self.layout, self._bound_ports(running))
             specs = {name: spec for name, spec in specs.items() if name in services}
             if "seaweedfs" not in running:
                 write_seaweedfs_identities(self.layout.seaweedfs_identities, creds,
@@ -269,6 +269,13 @@ class Stack:
                 memory = group_memory(record.pid) if running else None
             out[name] = ServiceStatus(name=name, url=url, pid=record.pid if running else None, running=running,
                                       healthy=healthy, memory=memory, log=self.layout.log(name), problem=problem)
+        database = out.get("postgres")
+        if database is not None and not database.healthy:
+            # their health pages answer without the database; every request of a client fails
+            for name in ("mlflow", "prefect"):
+                if out[name].running:
+                    out[name] = replace(out[name], healthy=False,
+                                        problem="its database, PostgreSQL, does not answer (see its line)")
         return out
 
     def client_env(self, role: Optional[str] = None) -> dict[str, str]:
@@ -315,23 +322,32 @@ class Stack:
                 records[name] = record
         return records
 
-    def _following_running(self, running: dict[str, PidRecord]) -> StackSettings:
-        """The settings with a running server's port wherever nobody chose that port
-        (StackSettings.default_ports); a chosen port that differs is check_ports' error."""
-        return replace(self.settings, **{PORT_FIELDS[name]: r.port for name, r in running.items()
-                                         if PORT_FIELDS[name] in self.settings.default_ports})
-
-    def _effective_settings(self, running: dict[str, PidRecord]) -> StackSettings:
-        """The settings with the ports the running servers really use: `dmops env` or
-        `status` without port options still point at a stack started with other ports.  A
-        stopped PostgreSQL whose port nobody chose is looked for where it last ran."""
+    def _bound_ports(self, running: dict[str, PidRecord]) -> dict[str, int]:
+        """{port field: port} of the servers that hold one: each running server's, and a
+        stopped PostgreSQL's last port while MLflow or Prefect run (they were started against
+        it and reconnect there, so that is where it must come back)."""
         ports = {PORT_FIELDS[name]: r.port for name, r in running.items()}
         if ("postgres" in self.services and "postgres" not in running
-                and "postgres_port" in self.settings.default_ports):
+                and {"mlflow", "prefect"} & running.keys()):
             last = self.postgres.last_port()
             if last is not None:
                 ports["postgres_port"] = last
-        return replace(self.settings, **ports)
+        return ports
+
+    def _following_running(self, running: dict[str, PidRecord]) -> StackSettings:
+        """The settings with a bound port (`_bound_ports`) wherever nobody chose that port
+        (StackSettings.default_ports); a chosen port that differs is check_ports' error."""
+        return replace(self.settings, **{field: port for field, port in self._bound_ports(running).items()
+                                         if field in self.settings.default_ports})
+
+    def _effective_settings(self, running: dict[str, PidRecord]) -> StackSettings:
+        """The settings with the ports the running servers really use (`_bound_ports`):
+        `dmops env` or `status` without port options still point at a stack started with
+        other ports, and at a stopped PostgreSQL where its clients expect it."""
+        bound = self._bound_ports(running)
+        if "postgres" not in running and "postgres_port" not in self.settings.default_ports:
+            bound.pop("postgres_port", None)   # a chosen port is shown as chosen
+        return replace(self.settings, **bound)
 
     def _live_records(self) -> dict[str, PidRecord]:
         """Pid records of the servers that run; pid files of servers that are gone are removed."""

@@ -76,6 +76,9 @@ BAD_ARGUMENTS = {
                      ["cannot share a port", "give each its own"]),
     "env-port": (["env", "--prefect-port", "70000"], ["--prefect-port", "less than or equal to 65535"]),
     "down-ports": (["down", "--mlflow-port", "4200", "--prefect-port", "4200"], ["cannot share a port"]),
+    # PostgreSQL runs as an unprivileged OS user (1024: Linux's default unprivileged port start)
+    "up-team-privileged": (["up", "--team", "--postgres-port", "80"],
+                           ["--postgres-port 80: a privileged port", "choose one of"]),
 }
 
 # (command line, the variables the error must name): run without any server's variables and
@@ -169,6 +172,22 @@ def test_a_partial_environment_is_refused_naming_the_missing_variable(tmp_path):
                                 "while MLFLOW_TRACKING_URI is", 'eval "$(dmops env)"',
                                 # the team's viewer settings (MLflow only) running the pipeline
                                 'eval "$(dmops env --team --role pipeline)"` sets all of them'])
+
+
+@pytest.mark.parametrize("args, role_fix", [
+    (["run", "-p", "tiny"], 'run `eval "$(dmops env --team --role pipeline)"` (a role'),
+    (["history", "digits-diffusion"],
+     'run `eval "$(dmops env --team --role pipeline)"` or `eval "$(dmops env --team --role reader)"`'),
+])
+def test_a_team_roles_settings_that_lack_a_server_name_the_role_that_has_them(tmp_path, args, role_fix):
+    """The viewer's settings (MLflow only) running the pipeline, or reading the promotion
+    history (kept in S3): the fix is another role's settings, not the local stack."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_VARS}
+    env.update(DMOPS_STACK_DIR=str(tmp_path), MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+               MLFLOW_TRACKING_USERNAME="viewer", MLFLOW_TRACKING_PASSWORD="not-a-real-one")
+    [result] = probe([args], env)
+    _one_line_error(result, 1, ["this shell holds a team role's settings without", role_fix])
+    assert "dmops up" not in result["stderr"]
 
 
 def test_model_references_are_checked_without_mlflow_as_the_registry_reads_them():

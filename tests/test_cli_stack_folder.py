@@ -83,6 +83,10 @@ def test_a_local_stack_command_that_finds_none_points_at_the_team_stack_when_the
     result = dmops("status", cwd=tmp_path, DMOPS_STACK_DIR=str(empty), DMOPS_TEAM_STACK_DIR=str(team))
     _one_line(result, 2, f"no stack was ever started in {empty}",
               f"a team stack is in {team}: add --team (`dmops status --team`)")
+    env = dmops("env", cwd=tmp_path, DMOPS_STACK_DIR=str(empty), DMOPS_TEAM_STACK_DIR=str(team))
+    _one_line(env, 2, "add --team (`dmops env --team --role pipeline|viewer|reader`)")
+    named = dmops("down", "--state-dir", str(team), cwd=tmp_path)
+    _one_line(named, 2, f"{team} holds a team stack: add --team (`dmops down --team`)")
     assert "team stack" not in dmops("status", cwd=tmp_path, DMOPS_STACK_DIR=str(empty),
                                      DMOPS_TEAM_STACK_DIR=str(empty)).stderr
 

@@ -21,6 +21,7 @@ import requests
 
 from async_run import run_async
 from infra.errors import StackError
+from infra.ports import free_ports
 from infra.team import ROLES
 
 pytestmark = pytest.mark.stack
@@ -285,6 +286,8 @@ def test_a_wrong_password_or_a_stopped_postgres_is_one_line_naming_the_server_an
         status = dmops("status", "--team", "--state-dir", str(team_stack.state_dir))
         assert status.returncode == 3 and line in status.stdout.splitlines()[2], status.stdout
         assert status.stdout.splitlines()[1].split()[:2] == ["postgres", "stopped"]
+        # MLflow's and Prefect's health pages answer without it; they are not healthy
+        assert status.stdout.count("its database, PostgreSQL, does not answer") == 2, status.stdout
         # a client of MLflow (whose answer, a server error, says nothing of why) is told too
         viewer = {**team_stack.client_env("viewer"), "DMOPS_TEAM_STACK_DIR": str(team_stack.state_dir)}
         sample = dmops("sample", "--model", "digits-diffusion@champion", "--out", str(tmp_path / "x.png"),
@@ -293,6 +296,17 @@ def test_a_wrong_password_or_a_stopped_postgres_is_one_line_naming_the_server_an
         assert sample.returncode == 1 and len(err) == 1, sample.stderr
         assert err[0].startswith(f"error: MLflow server at {team_stack.settings.mlflow_url} answers 5"), err
         assert err[0].endswith(f"its database is down: {line}"), err
+        # a Prefect-only command too (its probe reads the database)
+        pipeline = {**team_stack.client_env("pipeline"), "DMOPS_TEAM_STACK_DIR": str(team_stack.state_dir)}
+        deploy = dmops("deploy", env=pipeline)
+        err = deploy.stderr.strip().splitlines()
+        assert deploy.returncode == 1 and len(err) == 1, deploy.stderr
+        assert err[0].startswith("error: ") and err[0].endswith(f"its database is down: {line}"), err
+        # another PostgreSQL port while its clients run: refused at once, naming the fix
+        [other] = free_ports(1)
+        moved = dmops("up", "--team", "--state-dir", str(team_stack.state_dir), "--postgres-port", str(other))
+        assert moved.returncode == 1 and f"run against it on port {pg.port}, not {other}" in moved.stderr, moved.stderr
+        assert "dmops down --team" in moved.stderr
     finally:
         team_stack.up()   # PostgreSQL alone; MLflow's and Prefect's pools reconnect (pre-ping)
     answer = requests.get(f"{team_stack.settings.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
