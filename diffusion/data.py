@@ -41,6 +41,7 @@ import sklearn.datasets
 import torch
 
 from .atomic import atomic_folder
+from .data_errors import DataError
 from .gmm import GaussianMixture
 from .data_settings import background_rgb
 from .image_files import (EXTENSIONS_TEXT, Background, Fit, FolderScan, ImageFileError,
@@ -54,10 +55,6 @@ TOY_NAMES = ("moons", "swiss_roll", "gmm8")
 MANIFEST_COLUMNS = ["id", "split", "label", "shape", "min", "max", "mean", "std",
                     "nonfinite", "sha256"]
 PROCESSED_FILES = ("data.npz", "manifest.csv", "meta.json")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used: the message says where, what and what is accepted."""
 
 
 @dataclass

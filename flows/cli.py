@@ -266,7 +266,8 @@ def _fetch_model(model: Optional[str], release: Optional[str], dest: Path) -> Pa
 @app.command()
 def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = RegisteredModelOpt,
            release: Optional[str] = ReleaseOpt,
-           out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
+           out: Path = typer.Option(Path("samples.png"), "--out", "-o",
+                                    help="PNG to write; for a table model also .csv or .parquet (its rows)."),
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
            seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1,
                                    help="Seed of the starting noise (0 .. 2^64-1, torch's range)."),
@@ -274,7 +275,8 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
                                                  "(default: the model's; distilled students carry theirs)."),
            steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),
            device: str = typer.Option("cpu", help="cpu or cuda.")):
-    """Draw samples from a trained model and write them as a PNG grid (or scatter plot).
+    """Draw samples from a trained model and write them as a PNG grid (or scatter plot); a
+    table model's rows as CSV or Parquet (--out rows.csv), or their marginals as a PNG.
 
     The model is one of: a local folder (--model-dir), a registered version (--model) or an S3
     release (--release); the same seed gives the same picture from all three."""
@@ -298,23 +300,25 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
     if sampler is not None:
         check_samplers([sampler], "--sampler")
     check_device(device)
+    if out.suffix.lower() not in (".png", ".csv", ".parquet"):
+        usage_error(f"--out {out}: write a .png (samples), or a table model's rows as .csv or .parquet")
     if model_dir is not None:
         check_model_source(model_dir, "--model-dir")
     options = dict(n=n, seed=seed, sampler=sampler, steps=steps, device=device)
     if model_dir is not None:
         with _friendly_errors():
-            from tasks.steps.sample import sample_to_png
+            from tasks.steps.sample import sample_to_file
 
-            sample_to_png(model_dir, out, **options)
+            sample_to_file(model_dir, out, **options)
         return
     servers = server_env_or_exit(MLFLOW if model is not None else S3)
     with tempfile.TemporaryDirectory(prefix="dmops-sample-") as tmp, _env_defaults(**servers):
         with _remote_errors(model or release):
             folder = _fetch_model(model, release, Path(tmp) / "model")
         with _friendly_errors():
-            from tasks.steps.sample import sample_to_png
+            from tasks.steps.sample import sample_to_file
 
-            sample_to_png(folder, out, **options)
+            sample_to_file(folder, out, **options)
 
 
 def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:

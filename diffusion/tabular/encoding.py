@@ -38,7 +38,7 @@ from scipy.stats import norm
 from sklearn.preprocessing import QuantileTransformer
 from sklearn.preprocessing._data import BOUNDS_THRESHOLD
 
-from ..data import DataError
+from ..data_errors import DataError
 from .schema import TableSchema, pandas_dtype
 
 CATEGORICAL = ("onehot", "analog_bits")

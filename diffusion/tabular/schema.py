@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from ..data import DataError
+from ..data_errors import DataError
 
 TYPES = ("numerical", "integer", "categorical")
 _COLUMN_KEYS = ("name", "type", "dtype", "nullable", "categories", "ordered", "min", "max")

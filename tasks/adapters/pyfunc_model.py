@@ -12,7 +12,9 @@ load_model checks the weights against model.json's own record: a corrupted store
 `mlflow.pyfunc.load_model` with a ModelError naming the file, instead of serving wrong samples.
 
 A request is one row (or several) of `n`, `seed` and optional `sampler` / `steps`; the answer is
-the samples as float32 (N, C, H, W) for images or (N, D) for vectors, drawn with
+the samples as float32 (N, C, H, W) for images or (N, D) for vectors, or for a table model a
+DataFrame of N rows with the schema's columns and dtypes (decoded by the encoder model.json
+carries: diffusion/tabular/encoding.py), drawn with
 `diffusion.samplers.generate`: the same seed gives the same samples as `dmops sample`.  A row
 without sampler or steps (or with null there) gets the model's own.  A request the model cannot
 answer raises SampleRequestError, an MlflowException with INVALID_PARAMETER_VALUE: the scoring
@@ -170,7 +172,7 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
 
     # The pd.DataFrame hint tells MLflow to take the explicit signature as the schema (dicts
     # arrive converted to a one-row frame) instead of inferring one from type hints.
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray | pd.DataFrame:
         from diffusion.samplers import generate
 
         # every row is checked before any is sampled: a bad row answers at once
@@ -178,7 +180,13 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
         batches = [generate(self._denoiser, self._spec.shape, request.n, seed=request.seed,
                             device=self._device, **options).x.detach().cpu().numpy()
                    for request, options in settings]
-        return np.concatenate(batches).astype(np.float32)
+        x = np.concatenate(batches).astype(np.float32)
+        if self._spec.data.kind != "table":
+            return x
+        # a table model answers rows: the schema's columns in their dtypes, categories as labels
+        from diffusion.tabular.encoding import TableEncoder
+
+        return TableEncoder.from_dict(self._spec.data.table).inverse_transform(x)
 
     def _options(self, request: SampleRequest) -> tuple[SampleRequest, dict]:
         """(request, generate's keyword arguments): the model's sampling settings with the
@@ -198,9 +206,14 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
         return request, options
 
 
-def signature(sample_shape) -> ModelSignature:
+# a table column's type as MLflow's column spec names it (the output schema of a table model)
+_COLUMN_TYPES = {"numerical": "double", "integer": "long", "categorical": "string"}
+
+
+def signature(sample_shape, table: dict | None = None) -> ModelSignature:
     """Input columns: n (samples), seed, optional sampler and steps; output: float32 samples
-    (-1, *shape).
+    (-1, *shape), or for a table model (`table`: its encoder state, ModelSpec.data.table) one
+    column per schema column (numerical: double, integer: long, categorical: string).
 
     Every column is declared `Any` (the names and which are required still say what a row
     holds; parse_requests checks the values): MLflow's scoring server casts typed columns
@@ -211,7 +224,10 @@ def signature(sample_shape) -> ModelSignature:
     inputs = Schema([ColSpec(AnyType(), "n"), ColSpec(AnyType(), "seed"),
                      ColSpec(AnyType(), "sampler", required=False),
                      ColSpec(AnyType(), "steps", required=False)])
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, sample_shape)))])
+    if table is None:
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, sample_shape)))])
+    else:
+        outputs = Schema([ColSpec(_COLUMN_TYPES[c["type"]], c["name"]) for c in table["schema"]["columns"]])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -31,12 +31,13 @@ ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 ENTRY_MODULE = "tasks.adapters.pyfunc_entry"
 
 # Distributions of the modules the carried code imports at load or predict time: mlflow,
-# torch, diffusers, safetensors, numpy, pandas, pydantic.  mlflow-skinny provides the `mlflow`
+# torch, diffusers, safetensors, numpy, pandas, pydantic; scikit-learn and scipy decode a table
+# model's rows (its quantile transform).  mlflow-skinny provides the `mlflow`
 # package with what loading and the scoring server (uvicorn, FastAPI) need, without the
 # tracking server's database and UI dependencies; a full `mlflow` of the same version
 # satisfies it too.
 SERVING_DISTRIBUTIONS = ("mlflow-skinny", "torch", "diffusers", "safetensors", "numpy", "pandas",
-                         "pydantic")
+                         "pydantic", "scikit-learn", "scipy")
 
 
 def carried_modules() -> dict[str, Path]:

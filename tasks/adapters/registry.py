@@ -223,7 +223,7 @@ def register_model(model_dir, name: str, tags: dict[str, str], run_id: str | Non
         info = mlflow.pyfunc.log_model(
             name=name, python_model=str(ENTRY), code_paths=code,
             artifacts={ARTIFACT: str(model_dir)},
-            signature=signature(spec.shape), input_example=input_example(),
+            signature=signature(spec.shape, spec.data.table), input_example=input_example(),
             pip_requirements=pip_requirements(), model_config=model_config(files))
     # tags travel with the registration itself, so no version is ever seen without its lineage.
     # Not retried here (a second try could make a second version): MLflow's own request

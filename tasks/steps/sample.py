@@ -1,4 +1,5 @@
-"""Pipeline step: draw samples from a saved model and write them as a PNG."""
+"""Pipeline step: draw samples from a saved model and write them as a PNG, or a table model's
+rows as CSV or Parquet (`sample_to_file`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,42 @@ from diffusion.model import load_for_sampling
 from diffusion.samplers import SAMPLERS, generate
 
 
-def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: str | None = None,
-                  steps: int | None = None, device: str = "cpu",
-                  reference: torch.Tensor | None = None) -> Path:
-    """Sample with the model's own sampling settings (from its model.json), overridden by
-    `sampler` / `steps` when given."""
+ROW_SUFFIXES = (".csv", ".parquet")
+
+
+def sample_to_file(model_path, out, *, n: int = 64, seed: int = 0, sampler: str | None = None,
+                   steps: int | None = None, device: str = "cpu") -> Path:
+    """`sample_to_png` for a .png `out`; for .csv or .parquet, a table model's rows: n rows with
+    the schema's columns and dtypes (category labels, whole integers), written atomically.
+    ValueError for rows asked of a model that does not make tables, or another suffix."""
+    out = Path(out)
+    if out.suffix.lower() not in ROW_SUFFIXES:
+        return sample_to_png(model_path, out, n=n, seed=seed, sampler=sampler, steps=steps, device=device)
     denoiser, spec = load_for_sampling(model_path, device)
+    if spec.data.kind != "table":
+        raise ValueError(f"{out}: rows are written for a table model; this one makes "
+                         f"{spec.data.kind or 'other'} samples of shape {spec.shape}: write a .png")
+    from diffusion.atomic import atomic_file
+    from diffusion.tabular.vectors import decode
+
+    options = _options(spec, sampler, steps)
+    t0 = time.perf_counter()
+    x = generate(denoiser, spec.shape, n, seed=seed, device=device, **options).x
+    rows = decode(spec.data.table, x)
+    seconds = time.perf_counter() - t0
+    with atomic_file(out, "sampled rows") as tmp:
+        if out.suffix.lower() == ".csv":
+            rows.to_csv(tmp, index=False)
+        else:
+            rows.to_parquet(tmp, index=False)
+    print(f"{n} rows ({options.get('sampler', 'heun')}, {len(rows.columns)} columns) in "
+          f"{seconds:.2f} s -> {out}", flush=True)
+    return out
+
+
+def _options(spec, sampler: str | None, steps: int | None) -> dict:
+    """generate's keyword arguments: the model's own sampling settings, with `sampler` /
+    `steps` when given (ValueError for an unknown sampler or steps below 1)."""
     options = spec.sampling.model_dump()
     if sampler is not None:
         if sampler not in SAMPLERS:
@@ -27,6 +58,16 @@ def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: s
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         options["steps"] = steps
+    return options
+
+
+def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: str | None = None,
+                  steps: int | None = None, device: str = "cpu",
+                  reference: torch.Tensor | None = None) -> Path:
+    """Sample with the model's own sampling settings (from its model.json), overridden by
+    `sampler` / `steps` when given."""
+    denoiser, spec = load_for_sampling(model_path, device)
+    options = _options(spec, sampler, steps)
     shape = spec.shape
     t0 = time.perf_counter()
     out = generate(denoiser, shape, n, seed=seed, device=device, **options)

@@ -1,0 +1,101 @@
+"""A table through the whole pipeline, against the session's real stack: `dmops run` on a small
+CSV (tiny profile, MLP denoiser) versions it with DVC, gates it with the table suite, trains,
+distils, evaluates (the vectors' FID for selection, the rows' SDMetrics / utility / detection /
+privacy scores beside their floor), registers, promotes and releases; the registered model and
+the release answer rows in the schema's columns and dtypes; a new category in the next version
+of the file stops the run at the gate, naming the column, and moves nothing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline_run import run
+from test_table_data_step import small_table
+from user_repo import git, make_user_repo, params_for
+
+MODEL = "table-test"
+DTYPES = {"plan": "object", "minutes": "float64", "calls": "int64", "churned": "bool"}
+
+
+def _params(csv: str) -> dict:
+    params = params_for(MODEL, MODEL)
+    params["data"] = {**params["data"], "name": "table", "path": csv, "target": "churned",
+                      "id_column": "customer"}
+    params["model"]["net"] = {"kind": "mlp", "hidden": 64, "depth": 2}
+    params["model"]["precond"]["sigma_data"] = 1.0   # quantile-normal numbers, +-1 categories
+    params["profiles"]["tiny"].pop("model", None)     # the tiny profile's UNet channels
+    return params
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory, stack):
+    repo = tmp_path_factory.mktemp("table-repo")
+    small_table(n=400).to_csv(repo / "customers.csv", index=False)
+    make_user_repo(repo, stack.settings.data_bucket, _params("customers.csv"))
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", cwd=repo)
+    return repo, proc
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+@pytest.mark.slow
+def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dtypes(table_run, tmp_path):
+    import mlflow
+
+    repo, proc = table_run
+    assert "PROMOTED to champion" in proc.stdout, proc.stdout[-3000:]
+    champion = _client().get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == "1" and champion.tags["data_kind"] == "table"
+    # the rows' scores are logged beside their floor, from the evaluate step's run
+    runs = mlflow.search_runs(experiment_names=[MODEL], filter_string="tags.step = 'evaluate'",
+                              output_format="list")
+    assert runs, "no evaluate run"
+    logged = runs[0].data.metrics
+    for key in ("column_shapes", "column_pair_trends", "detection_auc", "dcr_ratio", "utility_auc"):
+        assert f"table/floor/{key}" in logged, sorted(logged)[:20]
+        assert any(k.startswith("table/") and k.endswith(f"/{key}") and "/floor/" not in k for k in logged)
+
+    # the registered model answers rows with the schema's columns and dtypes
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    rows = served.predict(pd.DataFrame({"n": [7], "seed": [3]}))
+    assert isinstance(rows, pd.DataFrame) and len(rows) == 7
+    assert {c: str(t) for c, t in rows.dtypes.items()} == DTYPES
+    assert set(rows["plan"]) <= {"basic", "plus", "pro"}
+
+    # the release gives the same rows as a CSV (what serving code that only reads S3 gets)
+    release = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("release:")][0]
+    out = tmp_path / "rows.csv"
+    run("sample", "--release", release, "--out", out, "--n", 7, "--seed", 3, cwd=repo)
+    from_release = pd.read_csv(out)
+    assert list(from_release.columns) == list(DTYPES)
+    pd.testing.assert_frame_equal(from_release, pd.read_csv(_csv(rows, tmp_path)), check_exact=True)
+
+
+def _csv(rows: pd.DataFrame, folder) -> str:
+    path = folder / "served.csv"
+    rows.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_new_category_in_the_next_version_stops_at_the_gate_naming_the_column(table_run):
+    repo, _ = table_run
+    before = _client().get_model_version_by_alias(MODEL, "champion").version
+    table = small_table(n=400)
+    table.loc[:9, "plan"] = "enterprise"
+    table.to_csv(repo / "customers.csv", index=False)
+    git(repo, "commit", "-qam", "customers: a new plan")
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", cwd=repo, check=False)
+    assert proc.returncode != 0
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "plan" in said and "enterprise" in said, said[-3000:]
+    assert _client().get_model_version_by_alias(MODEL, "champion").version == before
+    assert len(_client().search_model_versions(f"name='{MODEL}'")) == 1   # nothing trained or registered
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["data"]["name"] == "table"
