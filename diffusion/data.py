@@ -523,6 +523,15 @@ def _write_synced(path: Path, data: bytes):
         os.fsync(f.fileno())
 
 
+def require_replaceable(target: Path, files, what: str) -> Path:
+    """`target`, unless it exists as something other than a `what` folder holding only
+    `files` (names): DataError then, so that a mistyped path never deletes unrelated data."""
+    if target.exists() and not (target.is_dir() and {p.name for p in target.iterdir()} <= set(files)):
+        raise DataError(f"{target}: exists and is not a {what} folder; refusing to replace it "
+                        f"(accepted: a new path or a folder holding only {', '.join(files)})")
+    return target
+
+
 def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
     """Write `ds` to `out_dir` atomically (see the module docstring for the layout).
 
@@ -533,12 +542,7 @@ def save_processed(ds: Dataset, out_dir, require_finite: bool = True) -> Path:
     with the previous folder left as it was.
     """
     validate(ds, require_finite)
-    target = Path(out_dir)
-    if target.exists() and not (target.is_dir()
-                                and {p.name for p in target.iterdir()} <= set(PROCESSED_FILES)):
-        raise DataError(f"{target}: exists and is not a processed-dataset folder; refusing to "
-                        f"replace it (accepted: a new path or a folder holding only "
-                        f"{', '.join(PROCESSED_FILES)})")
+    target = require_replaceable(Path(out_dir), PROCESSED_FILES, "processed-dataset")
     with atomic_folder(target, "processed dataset") as tmp:
         arrays = {"x": ds.x.detach().cpu().numpy(), "split": ds.split.astype(str),
                   "ids": np.array(ds.ids, dtype=str)}

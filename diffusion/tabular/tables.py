@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_folder
-from ..data import SPLITS, DataError, _numbered_ids, _write_synced, split_indices
+from ..data import SPLITS, DataError, _numbered_ids, _write_synced, require_replaceable, split_indices
 from .schema import TableSchema, check_table, complete_schema, conform, describe
 
 log = logging.getLogger(__name__)
@@ -290,12 +290,7 @@ def save_table(ds: TableDataset, out_dir) -> Path:
     delete other data.  DataError for a table that does not fit its schema or such a path;
     diffusion.atomic.WriteError when the disk refuses a write (the old folder stays)."""
     check_table(ds.table, ds.schema, ds.name)
-    target = Path(out_dir)
-    if target.exists() and not (target.is_dir()
-                                and {p.name for p in target.iterdir()} <= set(PROCESSED_FILES)):
-        raise DataError(f"{target}: exists and is not a processed-table folder; refusing to "
-                        f"replace it (accepted: a new path or a folder holding only "
-                        f"{', '.join(PROCESSED_FILES)})")
+    target = require_replaceable(Path(out_dir), PROCESSED_FILES, "processed-table")
     with atomic_folder(target, "processed table") as tmp:
         # pyarrow writes no timestamp: the same table gives the same bytes
         ds.frame().to_parquet(tmp / "table.parquet", index=False)

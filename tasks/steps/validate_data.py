@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.adapters.gx.report import DataValidationError, ValidationReport, failure_lines, jsonable
+from tasks.adapters.gx.report import (DataValidationError, ValidationReport, docs_folder, failure_lines,
+                                      jsonable)
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import StructureError, read_processed_table, reference_statistics
 
@@ -47,18 +48,14 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     try:
         table = read_processed_table(processed_dir)
     except StructureError as exc:
-        return ValidationReport(success=False, failures=exc.problems,
-                                result={"success": False, "structure_problems": exc.problems},
-                                statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
+        return ValidationReport.unreadable(processed_dir, exc.problems)
 
     # Great Expectations takes seconds to import: only when a validation runs
     from tasks.adapters.gx.checkpoint import run_checkpoint
     from tasks.adapters.gx.suite import build_expectations
 
     expectations = build_expectations(table, settings, reference)
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir)
-        docs_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir = docs_folder(docs_dir)
     result = jsonable(run_checkpoint(table.name, table.frame, expectations, docs_dir))
     failures = failure_lines(result, order=[e.meta["check"] for e in expectations])
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,

@@ -20,6 +20,13 @@ class ValidationReport:
     docs_dir: Path | None = None   # Data Docs folder (index.html inside), when built
     dataset: str = "dataset"       # the dataset's name, for messages
 
+    @classmethod
+    def unreadable(cls, processed_dir, problems: list[str]) -> "ValidationReport":
+        """The failed report of a folder that could not be read: its problems, no statistics."""
+        return cls(success=False, failures=problems,
+                   result={"success": False, "structure_problems": problems},
+                   statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
+
     @property
     def evaluated(self) -> int:
         """How many expectations ran (for a folder that could not be read: its problems)."""
@@ -153,3 +160,12 @@ def _expected(kind: str, kwargs: dict) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def docs_folder(docs_dir) -> Path | None:
+    """The Data Docs folder, made when missing (None: no Data Docs)."""
+    if docs_dir is None:
+        return None
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    return docs_dir

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.adapters.gx.checkpoint import run_checkpoint
-from tasks.adapters.gx.report import ValidationReport, jsonable
+from tasks.adapters.gx.report import ValidationReport, docs_folder, jsonable
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import StructureError
 from tasks.adapters.gx.table_data import ID, read_table_folder, reference_statistics
@@ -30,17 +30,13 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     try:
         data = read_table_folder(processed_dir)
     except StructureError as exc:
-        return ValidationReport(success=False, failures=exc.problems,
-                                result={"success": False, "structure_problems": exc.problems},
-                                statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
+        return ValidationReport.unreadable(processed_dir, exc.problems)
 
     from tasks.adapters.gx.table_report import table_failure_lines
     from tasks.adapters.gx.table_suite import build_table_expectations
 
     expectations = build_table_expectations(data, settings, reference)
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir)
-        docs_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir = docs_folder(docs_dir)
     # the table's own row id names the offending rows (a user's table may have an `id` column)
     result = jsonable(run_checkpoint(data.name, data.frame, expectations, docs_dir,
                                      index_column=ID, asset="table", gate="table"))
