@@ -198,7 +198,7 @@ def test_a_wrong_or_missing_password_is_one_line_naming_server_account_and_fix(f
                        cwd=repo, check=False, env=as_role("reader", AWS_SECRET_ACCESS_KEY=wrong)),
                    f"S3 store at {s.s3_url} refused the secret key of access key "
                    f"'{team_stack.client_env('reader')['AWS_ACCESS_KEY_ID']}'",
-                   'eval "$(dmops env --team --role reader)" (`--role pipeline` to write)', secret=wrong)
+                   'eval "$(dmops env --team --role reader)"` (`--role pipeline` to write)', secret=wrong)
     # the flow's own Prefect client: refused before anything runs
     auth = team_stack.client_env("pipeline")["PREFECT_API_AUTH_STRING"]
     one_error_line(run("run", "--repo", repo, *WEAK, cwd=repo, check=False,
