@@ -202,7 +202,8 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
         tracking.log_json(config.model_dump(mode="json"), "lineage/config.json")
         registered = register_candidate(evaluation.details["table"], folders, weights, work_dir,
                                         settings.model_name, settings.max_fid_ratio, tags,
-                                        run.info.run_id)
+                                        run.info.run_id,
+                                        table_quality=evaluation.details.get("table_quality"))
         metrics = registered.metrics
         mlflow.log_metrics(metrics)
         mlflow.set_tag("served_as", registered.candidate.name)

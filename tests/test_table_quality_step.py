@@ -76,3 +76,16 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
         assert (tmp_path / f"association_{name}.png").stat().st_size > 1000
         assert out["files"][f"association_{name}"] == tmp_path / f"association_{name}.png"
     assert all(np.isfinite(v) for v in copier.values())
+
+
+def test_a_table_models_card_states_its_rows_scores_beside_the_floor():
+    from tasks.adapters.model_card import model_card
+
+    metrics = {"fid": 0.5, "fid_floor": 0.1, "table_column_shapes": 0.912, "table_floor_column_shapes": 0.97,
+               "table_detection_auc": 0.71, "table_floor_detection_auc": 0.5, "table_dcr_ratio": 1.01}
+    card = model_card("churn-diffusion", "3", metrics)
+    rows = card.split("## Rows", 1)[1].split("##", 1)[0]
+    assert "| column shapes (SDMetrics: 1 - KS or TV distance, mean over columns) | 0.912 | 0.97 |" in rows
+    assert "| detection AUC, real vs synthetic rows (0.5: indistinguishable) | 0.71 | 0.5 |" in rows
+    assert "0.912" not in card.split("## Rows", 1)[0]     # not repeated among the other numbers
+    assert "## Rows" not in model_card("digits-diffusion", "1", {"fid": 0.5})

@@ -148,6 +148,31 @@ _EVALUATION = (
 )
 
 
+# a table model's rows scored beside the floor (tasks/steps/table_quality.py): the numbers
+# register puts in as table_<metric> and table_floor_<metric>
+_ROWS = (
+    ("column_shapes", "column shapes (SDMetrics: 1 - KS or TV distance, mean over columns)"),
+    ("column_pair_trends", "column-pair trends (SDMetrics, related pairs)"),
+    ("utility_ratio", "utility: synthetic-trained / real-trained model on held-out rows"),
+    ("utility_auc", "utility: AUC of the synthetic-trained model"),
+    ("utility_r2", "utility: R^2 of the synthetic-trained model"),
+    ("detection_auc", "detection AUC, real vs synthetic rows (0.5: indistinguishable)"),
+    ("dcr_ratio", "privacy: median distance to the closest training row, synthetic / held-out"),
+    ("exact_copies", "privacy: share of rows equal to a training row"),
+)
+_ROW_PREFIX, _FLOOR_PREFIX = "table_", "table_floor_"
+
+
+def _rows_lines(metrics: dict) -> list[str]:
+    """The table model's rows section: each score beside the floor's (held-out real rows)."""
+    lines = ["| metric | this model | floor (held-out real rows) |", "|---|---|---|"]
+    for key, label in _ROWS:
+        if _ROW_PREFIX + key in metrics:
+            floor = metrics.get(_FLOOR_PREFIX + key, "-")
+            lines.append(f"| {label} | {_cell(metrics[_ROW_PREFIX + key])} | {_cell(floor)} |")
+    return lines
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -171,8 +196,9 @@ def _evaluation_lines(metrics: dict) -> list[str]:
             shown.add("kid_std")
         lines.append(_row(label, value))
         shown.add(key)
-    # the sampling table states these; everything else the evaluation measured follows as is
-    shown |= {"nfe", "steps", "sampler", "model"}
+    # the sampling table states these, the rows section a table's; everything else the
+    # evaluation measured follows as is
+    shown |= {"nfe", "steps", "sampler", "model"} | {k for k in metrics if k.startswith(_ROW_PREFIX)}
     rest = {k: v for k, v in metrics.items() if k not in shown}
     if rest:
         lines += ["", "All other numbers of its evaluation row:", "", "| | |", "|---|---|"]
@@ -320,8 +346,12 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
         lines += [_what(spec), "", "## Sampling", "", *_sampling_rows(spec, metrics)]
     else:
         lines.append("How it samples is stored in its `model.json` (`sampling`).")
-    lines += ["", "## Evaluation", "", *_evaluation_lines(metrics),
-              "", "## Lineage", "", *_lineage_lines(spec, metadata)]
+    lines += ["", "## Evaluation", "", *_evaluation_lines(metrics)]
+    if any(k.startswith(_ROW_PREFIX) for k in metrics):
+        lines += ["", "## Rows", "",
+                  "Its best setting's rows, decoded to the table's columns, scored beside held-out "
+                  "real rows scored the same way:", "", *_rows_lines(metrics)]
+    lines += ["", "## Lineage", "", *_lineage_lines(spec, metadata)]
     links = _links(model, version, ids)
     if links:
         lines += ["", "## Links", "", *links]

@@ -69,17 +69,26 @@ class Registered:
 
 def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
                        work_dir, model_name: str, max_fid_ratio: float, tags: dict[str, str],
-                       run_id: str, log=say) -> Registered:
+                       run_id: str, log=say, table_quality: dict | None = None) -> Registered:
     """Choose the model to serve from the evaluation `table` (select_candidate.choose_candidate),
     write its served copy under `work_dir`, and register it as `model_name`'s `challenger`,
     logged in MLflow run `run_id`.  Its tags: `tags`, what made its weights (`lineage_tags`), the
-    served setting and its headline metrics.  Raises RegistryError (tasks.adapters.registry)."""
+    served setting and its headline metrics; for a table model (`table_quality`: the
+    evaluation's rows scores, tasks/steps/table_quality.py) also its rows' scores and the floor's
+    as table_<metric> / table_floor_<metric>.  Raises RegistryError (tasks.adapters.registry)."""
     candidate = choose_candidate(pd.DataFrame(table), {k: Path(v) for k, v in folders.items()},
                                  max_fid_ratio)
     model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
     log(f"candidate: {candidate.describe()}")
     numbers = numeric(candidate.row)
     numbers.update(derived_metrics(table, numbers))
+    if table_quality is not None:   # rows scores are named like the evaluation's models
+        name = candidate.sampler if candidate.name == "teacher" else candidate.name
+        scored = table_quality.get("settings", {}).get(name)
+        # only the setting it is served at: a student scored at another step count says nothing
+        if scored == {"sampler": candidate.sampler, "steps": candidate.steps}:
+            numbers.update({f"table_{k}": v for k, v in table_quality["models"][name].items()})
+            numbers.update({f"table_floor_{k}": v for k, v in table_quality["floor"].items()})
     all_tags = {**tags, **lineage_tags(model_dir, weights[candidate.name]),
                 "served_as": candidate.name, "sampler": candidate.sampler,
                 "nfe": str(int(candidate.row["nfe"])),

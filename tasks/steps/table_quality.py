@@ -37,7 +37,8 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     models: evaluation-table name -> (denoiser, its sampling settings); best: the sweep's best
     row per model (diffusion.evaluation.best_rows); ds: the table's dataset (kind "table",
     its encoder state in ds.table).  Returns {"floor": {metric: float}, "models": {name:
-    {metric: float}}, "rows": n, "seconds": {name: s}, "files": {key: Path}}.  Raises
+    {metric: float}}, "settings": {name: {"sampler", "steps"}} (what was scored), "rows": n,
+    "seconds": {name: s}, "files": {key: Path}}.  Raises
     diffusion.tabular.metrics_inputs.TableEvaluationError for rows that cannot be scored."""
     from diffusion.tabular.metrics import evaluate_table, floor
     from diffusion.tabular.plots import plot_association_difference
@@ -48,7 +49,7 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     real_train, real_test = decode(ds.table, train.x), decode(ds.table, test.x)
     n = min(len(test.ids), MAX_ROWS)
     out = {"floor": floor(real_train, real_test, schema, seed=seed).metrics, "models": {},
-           "rows": n, "seconds": {}, "files": {}}
+           "settings": {}, "rows": n, "seconds": {}, "files": {}}
     for _, row in best[best["model"].isin(list(models))].iterrows():
         denoiser, sampling = models[row["model"]]
         name = row["sampler"] if row["model"] == "teacher" else row["model"]
@@ -58,6 +59,7 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
         synthetic = decode(ds.table, x.cpu())
         scored = evaluate_table(real_train, real_test, synthetic, schema, seed=seed)
         out["models"][name] = scored.metrics
+        out["settings"][name] = {"sampler": row["sampler"], "steps": int(row["steps"])}
         out["seconds"][name] = round(sum(scored.seconds.values()), 2)
         path = out_dir / f"association_{name}.png"
         out["files"][f"association_{name}"] = plot_association_difference(real_train, synthetic, schema, path)
@@ -67,6 +69,7 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     out["files"]["table_json"] = out_dir / "table_quality.json"
     atomic_write_text(out["files"]["table_csv"], pd.DataFrame(rows).to_csv(index=False), "table quality")
     atomic_write_text(out["files"]["table_json"],
-                      json.dumps({k: out[k] for k in ("floor", "models", "rows", "seconds")}, indent=2),
+                      json.dumps({k: out[k] for k in ("floor", "models", "settings", "rows", "seconds")},
+                                 indent=2),
                       "table quality")
     return out
