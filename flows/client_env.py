@@ -38,9 +38,10 @@ def client_env(*needed: str, environ: Optional[Mapping[str, str]] = None) -> dic
     """The environment for a command that talks to the servers named by `needed` (variable
     names such as MLFLOW, PREFECT, S3): `environ` (default os.environ) when it sets all of them,
     else, when it sets none, `environ` plus the running local stack's client environment.
-    Raises MissingStackEnv (message with the fix) when only some are set, or none and no local
-    stack is running (healthy); infra's StackError for an unreadable stack state or bad
-    DMOPS_* settings."""
+    Raises MissingStackEnv (message with the fix) when only some are set, or none while
+    `environ` holds a team account's settings (TEAM_MARKERS: the fix is another role's, never
+    the local stack), or none and no local stack is running (healthy); infra's StackError for
+    an unreadable stack state or bad DMOPS_* settings."""
     environ = dict(os.environ if environ is None else environ)
     missing = [name for name in needed if not environ.get(name)]
     if not missing:
