@@ -76,6 +76,11 @@ class DataSpec(_Record):
     # quantiles, categories), so a sample of vectors decodes to rows wherever the model goes
     table: dict[str, Any] | None = None
 
+    @property
+    def noun(self) -> str:
+        """What its samples are called in a rate ("images/s", "rows/s", "samples/s")."""
+        return {"image": "images", "table": "rows"}.get(self.kind or "", "samples")
+
 
 class ModelSpec(_Record):
     """The typed content of model.json (and of a checkpoint's "model" record)."""

@@ -145,7 +145,10 @@ def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
         run = train_teacher(cfg, resume=resume)
     if run.model_dir is not None:
         r = run.result
-        typer.echo(f"trained {r.step} steps in {r.seconds:.0f} s ({r.samples_per_second:.0f} images/s), "
+        from diffusion.model import read_spec
+
+        noun = read_spec(run.model_dir).data.noun
+        typer.echo(f"trained {r.step} steps in {r.seconds:.0f} s ({r.samples_per_second:.0f} {noun}/s), "
                    f"final loss {r.loss:.4f}")
         typer.echo(f"model:   {run.model_dir}")
         typer.echo(f"samples: {run.samples_png}")

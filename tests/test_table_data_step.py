@@ -113,6 +113,7 @@ def test_the_model_spec_carries_the_encoder_so_a_model_decodes_its_own_samples(t
     spec = cfg.model_spec(ds.sample_shape, dataset="table", kind=ds.kind, table=ds.table)
     back = parse_spec(json.loads(spec.to_json()), "model.json")
     assert back.data.kind == "table" and back.net["dim"] == ds.x.shape[1]
+    assert back.data.noun == "rows"   # "... rows/s" in what the steps print
     rows = decode(back.data.table, ds.x[:7])
     assert rows["plan"].tolist() == small_table()["plan"][:7].tolist()
 

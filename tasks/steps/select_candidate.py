@@ -24,8 +24,10 @@ class Candidate:
     row: dict         # its row of the evaluation table
 
     def describe(self) -> str:
+        # the metric keeps its name (images_per_s) whatever the data; the words follow the data
+        noun = read_spec(self.source).data.noun
         return (f"{self.name} ({self.sampler}, {int(self.row['nfe'])} NFE): "
-                f"FID {self.row['fid']:.3f}, {self.row['images_per_s']:.0f} images/s")
+                f"FID {self.row['fid']:.3f}, {self.row['images_per_s']:.0f} {noun}/s")
 
 
 def choose_candidate(table: pd.DataFrame, folders: dict[str, Path], max_fid_ratio: float) -> Candidate:
