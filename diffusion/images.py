@@ -60,12 +60,19 @@ def scatter_plot(x: torch.Tensor, path, title: str = "", reference: torch.Tensor
         plt.close(fig)
 
 
-def save_samples(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None) -> Path:
-    """PNG of samples: an image grid for (N, C, H, W), a scatter plot for (N, 2), written
-    atomically (the parent folder is created).  ValueError for other shapes or non-finite
-    samples; diffusion.atomic.WriteError when the disk refuses the file."""
+def save_samples(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None,
+                 table: dict | None = None) -> Path:
+    """PNG of samples: an image grid for (N, C, H, W), a scatter plot for (N, 2), and for a
+    table model (`table`: its encoder state, ModelSpec.data.table) the decoded rows' marginals
+    against the `reference` rows' (diffusion/tabular/plots.py), written atomically (the parent
+    folder is created).  ValueError for other shapes or non-finite samples;
+    diffusion.atomic.WriteError when the disk refuses the file."""
     path = Path(path)
-    if x.ndim == 4:
+    if table is not None:
+        from .tabular.plots import save_table_samples
+
+        save_table_samples(table, x, path, reference=reference)
+    elif x.ndim == 4:
         grid = image_grid(x)
         _save_atomic(lambda tmp: grid.save(tmp, format="PNG"), path, "sample grid")
     elif x.ndim == 2 and x.shape[1] == 2:

@@ -106,12 +106,11 @@ class ModelSpec(_Record):
         ('1x8x8', '2'); for a table, also its vector layout ('75 layout 3f2a9c0d1e4b',
         diffusion/tabular/encoding.py TableEncoder.layout_signature), since two tables with
         as many dimensions may still mean other columns."""
-        shape = "x".join(map(str, self.shape))
         if self.data.kind != "table" or self.data.table is None:
-            return shape
+            return "x".join(map(str, self.shape))
         from .tabular.encoding import TableEncoder
 
-        return f"{shape} layout {TableEncoder.from_dict(self.data.table).layout_signature()}"
+        return TableEncoder.from_dict(self.data.table).sample_signature()
 
     @property
     def method(self) -> str | None:

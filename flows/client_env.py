@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
-from tasks.adapters.missing_env import (MLFLOW, PREFECT, S3, SERVERS, TEAM_MARKERS, fix_for_missing,
+from tasks.adapters.missing_env import (MLFLOW, PREFECT, S3, SERVERS, fix_for_missing, holds_team_account,
                                        missing_message)
 
 __all__ = ["MLFLOW", "PREFECT", "S3", "SERVERS", "MissingStackEnv", "client_env",
@@ -47,7 +47,7 @@ def client_env(*needed: str, environ: Optional[Mapping[str, str]] = None) -> dic
     if not missing:
         return environ
     present = [name for name in needed if name not in missing]
-    team = any(environ.get(marker) for marker in TEAM_MARKERS)
+    team = holds_team_account(environ)
     if present or team:   # mixing a team's server with the local stack's would split one run's records
         raise MissingStackEnv(missing_message(missing, present, team=team))
     from infra.settings import StackSettings
@@ -142,10 +142,9 @@ def team_database_problem(url: str) -> Optional[str]:
         status = stack.status()
     except (StackError, OSError):
         return None
-    base = url.rstrip("/")
+    # the status URLs are the servers' own; a client's Prefect URL ends in /api
     ours = {status[name].url.rstrip("/") for name in ("mlflow", "prefect") if name in status}
-    ours |= {u.removesuffix("/api") for u in ours}
-    if base not in ours and base.removesuffix("/api") not in ours:
+    if url.rstrip("/").removesuffix("/api") not in ours:
         return None
     postgres = status.get("postgres")
     return None if postgres is None or postgres.healthy else postgres.problem

@@ -28,7 +28,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from diffusion.messages import show_messages  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
-from tasks.adapters.missing_env import TEAM_MARKERS, missing_message
+from tasks.adapters.missing_env import holds_team_account, missing_message
 from tasks.adapters.experiment import use_experiment
 from tasks.adapters.servers import bound_client_env
 from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
@@ -52,8 +52,8 @@ class PipelineError(RuntimeError):
 def _require_stack_env() -> None:
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
-        team = any(os.environ.get(marker) for marker in TEAM_MARKERS)
-        raise PipelineError(missing_message(missing, [n for n in REQUIRED_ENV if n not in missing], team=team))
+        raise PipelineError(missing_message(missing, [n for n in REQUIRED_ENV if n not in missing],
+                                            team=holds_team_account(os.environ)))
 
 
 def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str, code: dict[str, str]) -> Path:

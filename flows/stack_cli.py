@@ -86,15 +86,12 @@ def _stack(state_dir: Optional[Path], s3_port: Optional[int], mlflow_port: Optio
     ports = {"--s3-port": settings.s3_port, "--mlflow-port": settings.mlflow_port,
              "--prefect-port": settings.prefect_port}
     if team:
-        ports["--postgres-port"] = settings.postgres_port
-    if team:
-        from infra.preflight import unprivileged_port_start
+        from infra.preflight import privileged_port_problem
 
-        lowest = unprivileged_port_start()
-        if settings.postgres_port < lowest:
-            usage_error(f"--postgres-port {settings.postgres_port}: a privileged port (below {lowest}), which "
-                        f"PostgreSQL, run as an unprivileged OS user, cannot bind; choose one of "
-                        f"{lowest}-65535")
+        ports["--postgres-port"] = settings.postgres_port
+        problem = privileged_port_problem(settings.postgres_port)
+        if problem:
+            usage_error(f"--postgres-port {settings.postgres_port}: {problem}")
     if len(set(ports.values())) < len(ports):
         usage_error(f"two servers cannot share a port ({', '.join(f'{k} {v}' for k, v in ports.items())}): "
                     "give each its own")
@@ -276,8 +273,8 @@ def env(state_dir: Optional[Path] = StateDirOpt, s3_port: Optional[int] = S3Port
         role: Optional[str] = typer.Option(None, "--role", help="With --team: whose settings to print, "
                                            "pipeline, viewer or reader.")):
     """Print `export ...` lines for clients of the local stack, S3 secret included:
-    eval "$(dmops env)"; --team --role ROLE: one team role's settings.
-    --team --role ROLE: one role's settings (its MLflow account, Prefect auth string, S3 keys)."""
+    eval "$(dmops env)".  --team --role ROLE: one team role's settings (its MLflow account,
+    Prefect auth string, S3 keys)."""
     from flows.cli_options import usage_error
     from infra.team import ROLES
 

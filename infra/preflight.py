@@ -42,13 +42,9 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
     for name, spec in specs.items():
         if name in running:
             continue
-        lowest = unprivileged_port_start()
-        if name == "postgres" and spec.port < lowest:
-            # PostgreSQL never runs as root (as root, the stack runs it as the OS user
-            # `postgres`), and the kernel lets no other user bind a port below this
-            raise StackError(f"port {spec.port} (postgres) is a privileged port (below {lowest}), "
-                             f"which PostgreSQL, run as an unprivileged OS user, cannot bind; choose "
-                             f"one of {lowest}-65535 with {spec.port_option}")
+        problem = privileged_port_problem(spec.port) if name == "postgres" else None
+        if problem:
+            raise StackError(f"port {spec.port} (postgres) is {problem} with {spec.port_option}")
         if port_in_use(s.host, spec.port):
             raise StackError(f"port {spec.port} ({name}) on {s.host} is in use by another program; "
                              f"stop it or choose another port with {spec.port_option}")
@@ -57,6 +53,18 @@ def check_ports(s: StackSettings, specs: dict[str, ServiceSpec], running: dict[s
                 raise StackError(f"port {port} (SeaweedFS internal {what} port) on {s.host} is in use "
                                  f"by another program; stop it, or delete {layout.seaweedfs_ports} "
                                  f"so that `dmops up` picks new ports")
+
+
+def privileged_port_problem(port: int) -> str | None:
+    """Why PostgreSQL cannot serve on `port` when it is below the kernel's unprivileged start
+    (PostgreSQL never runs as root: as root, the stack runs it as the OS user `postgres`, and
+    no other user may bind such a port); None when it can.  The text ("a privileged port ...;
+    choose one of N-65535") is for the caller to name the port and its option around."""
+    lowest = unprivileged_port_start()
+    if port >= lowest:
+        return None
+    return (f"a privileged port (below {lowest}), which PostgreSQL, run as an unprivileged OS "
+            f"user, cannot bind; choose one of {lowest}-65535")
 
 
 def unprivileged_port_start() -> int:

@@ -113,6 +113,11 @@ class TableEncoder:
         text = json.dumps([self.categorical, layout], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def sample_signature(self) -> str:
+        """'<dim> layout <layout_signature>': what a table model's samples are, as text
+        (diffusion.model.ModelSpec.sample_signature)."""
+        return f"{self.dim} layout {self.layout_signature()}"
+
     # --- fitting ------------------------------------------------------------------------
 
     def fit(self, df: pd.DataFrame) -> TableEncoder:

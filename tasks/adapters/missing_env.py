@@ -29,6 +29,11 @@ _ROLES_FOR = {MLFLOW: ("pipeline", "viewer"), PREFECT: ("pipeline",), S3: ("pipe
 TEAM_MARKERS = ("MLFLOW_TRACKING_USERNAME", "PREFECT_API_AUTH_STRING")
 
 
+def holds_team_account(environ) -> bool:
+    """Whether `environ` holds a team account's settings (TEAM_MARKERS)."""
+    return any(environ.get(marker) for marker in TEAM_MARKERS)
+
+
 def team_roles_for(needed) -> list[str]:
     """The team roles whose settings name every server of `needed` (variable names), the one
     with the least rights last: e.g. S3 alone -> ["pipeline", "reader"]."""

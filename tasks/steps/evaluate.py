@@ -92,12 +92,18 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
         from tasks.steps.table_quality import table_quality
 
-        models = {"teacher": (denoiser, spec.sampling.model_dump())}
-        models.update({s.name: (s.denoiser, s.sampling) for s in loaded})
-        report.table_quality = table_quality(models, best_rows(table), ds, Path(out_dir),
+        report.table_quality = table_quality(evaluated_models(denoiser, spec, loaded), best_rows(table),
+                                             ds, Path(out_dir),
                                              seed=ev.seed, device=device)
         report.files.update(report.table_quality.pop("files"))
     return report
+
+
+def evaluated_models(denoiser, spec, students: list[Student] | None) -> dict[str, tuple]:
+    """Evaluation-table name -> (denoiser, its sampling settings): the teacher and each student."""
+    models = {"teacher": (denoiser, spec.sampling.model_dump())}
+    models.update({s.name: (s.denoiser, s.sampling) for s in students or ()})
+    return models
 
 
 def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, device,
@@ -119,8 +125,7 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         "best": best.iloc[0].to_dict(), "rows": table.to_dict(orient="records")},
         indent=2, default=float), "evaluation table")
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
-    models = {"teacher": (denoiser, spec.sampling.model_dump())}
-    models.update({s.name: (s.denoiser, s.sampling) for s in students or ()})
+    models = evaluated_models(denoiser, spec, students)
     for _, row in best[best["model"].isin(list(models))].iterrows():
         model, sampling = models[row["model"]]
         # a teacher's grids are named by sampler, a student's by its own name
@@ -128,12 +133,8 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
         out = generate(model, shape, 64, sampler=row["sampler"], steps=int(row["steps"]),
                        seed=seed, device=device, **grid_options(sampling))
         path = out_dir / f"samples_{name}.png"
-        if spec.data.kind == "table":   # decoded rows' marginals against the train rows'
-            from diffusion.tabular.plots import save_table_samples
-
-            save_table_samples(spec.data.table, out.x.cpu(), path, reference=reference)
-        else:
-            save_samples(out.x.cpu(), path, title=f"{name}, {int(row['nfe'])} NFE", reference=reference)
+        save_samples(out.x.cpu(), path, title=f"{name}, {int(row['nfe'])} NFE", reference=reference,
+                     table=spec.data.table)
         files[f"samples_{name}"] = path
     if len(shape) == 3:
         strip = denoising_filmstrip(denoiser, shape, n=8, frames=8, seed=seed, device=device,

@@ -114,9 +114,8 @@ def dataset_sample(dataset: dict, categorical: str = "onehot") -> tuple[str, str
         from diffusion.tabular.encoding import TableEncoder
         from diffusion.tabular.schema import TableSchema
 
-        encoder = TableEncoder(TableSchema.from_dict(json.loads((folder / "schema.json").read_text())),
-                               categorical)
-        return f"{encoder.dim} layout {encoder.layout_signature()}", kind
+        schema = TableSchema.from_dict(json.loads((folder / "schema.json").read_text()))
+        return TableEncoder(schema, categorical).sample_signature(), kind
     with open(folder / "manifest.csv", newline="") as f:
         first = next(csv.DictReader(f), None)
     return (first or {}).get("shape", "unknown"), kind

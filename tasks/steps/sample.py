@@ -73,11 +73,6 @@ def sample_to_png(model_path, out_png, *, n: int = 64, seed: int = 0, sampler: s
     out = generate(denoiser, shape, n, seed=seed, device=device, **options)
     seconds = time.perf_counter() - t0
     title = f"{options.get('sampler', 'heun')}, {out.nfe} NFE"
-    if spec.data.kind == "table":   # decoded rows' marginals against the reference rows'
-        from diffusion.tabular.plots import save_table_samples
-
-        path = save_table_samples(spec.data.table, out.x, out_png, reference=reference)
-    else:
-        path = save_samples(out.x, out_png, title=title, reference=reference)
+    path = save_samples(out.x, out_png, title=title, reference=reference, table=spec.data.table)
     print(f"{n} samples ({title}) in {seconds:.2f} s -> {path}", flush=True)
     return path
