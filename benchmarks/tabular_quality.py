@@ -6,7 +6,10 @@ baseline, scored as rows beside the held-out real floor, per built-in table (iss
     .venv/bin/python benchmarks/tabular_quality.py churn --categorical onehot --steps 6000
 
 For each table (load_table, seeded split stratified on the target) and each categorical
-encoding (`--categorical`, default both, one pair of rows each):
+encoding (`--categorical`, default all three: onehot and analog_bits, the pipeline's Gaussian
+encodings, one teacher + student pair of rows each; multinomial, TabDDPM's multinomial
+diffusion of benchmarks/tabular_multinomial.py with the same MLP and budget, a teacher row
+alone, sampled by `--multinomial-steps` ancestral steps):
 
 1. the rows are encoded by table_vectors (encoder fit on the train split);
 2. a teacher -- the MLP denoiser with EDM preconditioning (sigma_data 1.0: the quantile
@@ -51,6 +54,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.tabular_baseline import CopulaBaseline  # noqa: E402
+from benchmarks.tabular_multinomial import multinomial_rows, train_multinomial  # noqa: E402
 from diffusion.config import Config  # noqa: E402
 from diffusion.data import DataError  # noqa: E402
 from diffusion.distill.consistency import consistency_distillation  # noqa: E402
@@ -63,7 +67,9 @@ from diffusion.tabular.tables import BUILTINS, TableDataset, load_table  # noqa:
 from diffusion.tabular.vectors import decode, table_vectors  # noqa: E402
 from diffusion.train import resolve_device, train  # noqa: E402
 
-ENCODINGS = ("onehot", "analog_bits")
+# onehot / analog_bits: categories in the Gaussian sigma space (the pipeline's encodings);
+# multinomial: TabDDPM's multinomial diffusion (benchmarks/tabular_multinomial.py), teacher only
+ENCODINGS = ("onehot", "analog_bits", "multinomial")
 # issue 13's targets: (metric key, label, bound, higher is better)
 TARGETS = [("column_shapes", "column shapes", 0.97, True),
            ("column_pair_trends", "pair trends", 0.95, True),
@@ -195,12 +201,22 @@ def benchmark_table(name: str, args, cfg: Config, work: Path) -> tuple[list[dict
     results = [{"model": "floor (held-out real rows)", "nfe": None, "train_s": None,
                 "rows_per_s": None,
                 **floor(train_rows, test_rows, tds.schema, seed=args.seed, threads=args.threads).metrics}]
-    vectors = {enc: table_vectors(tds, enc) for enc in args.categorical}
-    onehot = vectors["onehot"] if "onehot" in vectors else table_vectors(tds, "onehot")
+    onehot = table_vectors(tds, "onehot")  # the copula's and multinomial diffusion's layout
+    vectors = {enc: onehot if enc in ("onehot", "multinomial") else table_vectors(tds, enc)
+               for enc in args.categorical}
     rows, fit_s, sample_s = copula_rows(onehot, n, args.seed)
     results.append(scored("gaussian copula (copulas)", rows, None, fit_s, sample_s))
     device = resolve_device(args.device)
     for enc, ds in vectors.items():
+        if enc == "multinomial":
+            log(f"{name} (multinomial, D={ds.x.shape[1]}): training the TabDDPM teacher, "
+                f"{args.steps} steps")
+            process, net, train_s = train_multinomial(ds, args)
+            log(f"{name} (multinomial): trained in {train_s:.0f} s")
+            rows, nfe, sample_s = multinomial_rows(ds, process, net, n, seed=args.seed,
+                                                   steps=args.multinomial_steps)
+            results.append(scored("teacher ancestral (multinomial)", rows, nfe, train_s, sample_s))
+            continue
         folder = work / name / enc
         log(f"{name} ({enc}, D={ds.x.shape[1]}): training the teacher, {args.steps} steps")
         teacher_dir, train_s = train_teacher(ds, cfg, folder)
@@ -290,7 +306,8 @@ def header(args, argv: list[str]) -> list[str]:
             f"load average at start {load1:.2f} (1 min), {load5:.2f} (5 min)",
             f"budgets: teacher MLP hidden {args.hidden} x depth {args.depth}, {args.steps} steps of "
             f"batch {args.batch_size}, lr {args.lr}; consistency student {args.distill_steps} steps; "
-            f"teacher sampled with {args.teacher_sampler} at {args.teacher_nfe} NFE; rows generated: "
+            f"teacher sampled with {args.teacher_sampler} at {args.teacher_nfe} NFE (multinomial: "
+            f"{args.multinomial_steps or 1000} ancestral steps, the same net and budget, no student); rows generated: "
             f"the test split's, at most {args.rows}; table rows: "
             f"{args.table_rows or 'all'}; seed {args.seed}{'; SMOKE run' if args.smoke else ''}",
             ""]
@@ -303,7 +320,7 @@ def parse_args(argv=None):
     p.add_argument("tables", nargs="*", default=list(BUILTINS),
                    help=f"built-in names ({', '.join(BUILTINS)}) or .csv/.parquet paths; default: all built-ins")
     p.add_argument("--categorical", choices=ENCODINGS, action="append",
-                   help="categorical encoding (repeatable); default: both, as separate rows")
+                   help="categorical encoding (repeatable); default: all three, as separate rows")
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny budgets for a check that it runs: {SMOKE}")
     p.add_argument("--steps", type=int, help=f"teacher training steps (default {FULL['steps']})")
@@ -318,6 +335,8 @@ def parse_args(argv=None):
                    help="use a seeded random subset of this many table rows (default: all)")
     p.add_argument("--teacher-sampler", default="dpmpp_2m", choices=sorted(set(SAMPLERS) - {"consistency"}))
     p.add_argument("--teacher-nfe", type=int, default=32)
+    p.add_argument("--multinomial-steps", type=int, default=None,
+                   help="ancestral steps of the multinomial teacher (default: all of its T = 1000)")
     p.add_argument("--seed", type=int, default=0, help="split, weights, sampling and scoring")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=None,
