@@ -11,7 +11,7 @@ PROFILE ?= quick
 
 .PHONY: install run team test browser postgres bench down clean help
 help:
-	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile, digits)"
+	@echo "make run    start the local stack and run the whole pipeline ($(PROFILE) profile; PROFILE=churn or diamonds: a table)"
 	@echo "make test   run the test suite (starts and stops its own servers)"
 	@echo "make team   start the team stack (PostgreSQL, MLflow and Prefect with auth, S3 roles)"
 	@echo "make down   stop the local stack (its data stays in .stack/)"

@@ -7,16 +7,23 @@ params.yaml holds the base settings plus named `profiles` (e.g. `quick` for 2 CP
 
 merged key by key and then validated as a whole.  Any unknown key, wrong type or
 impossible value raises ConfigError naming the key and what is allowed.
+
+Datasets are named: the file's `datasets` maps a name to a dataset's settings, `dataset` picks
+the one a run uses (a profile or --set may pick another), and the effective `data` section is
+that entry (with `data.*` overrides on top, for work outside the pipeline).  Each entry is a
+DVC stage of its own (dvc.yaml's `prepare@<name>`), so the pipeline can version every dataset
+the file names while a profile switches between them; profiles and --set never change an
+entry itself.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
 
 from .data_settings import DataConfig
 from .distill.settings import ConsistencyConfig, DistillConfig, ProgressiveConfig
@@ -34,13 +41,23 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every offending key."""
 
 
+# a dataset's name is a folder (data/processed/<name>) and part of a DVC stage's name
+# (prepare@<name>): letters, digits, '_', '-' and '.', starting with a letter or digit
+DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
 class Config(Settings):
     """The whole file: one section per part of the core, each defined beside the code that
     reads it; `pipeline` is the orchestration's own section (see `load_config(schema=...)`)."""
 
     profile: str | None = None
     out_dir: str = "runs/default"
-    data: DataConfig = DataConfig()
+    # the name of the dataset in use (a key of `datasets`), None for a config built in code
+    dataset: DatasetName | None = None
+    # every dataset the file names; left out of dumps (`dmops config`, a run's recorded
+    # config, its cache keys): a run is defined by the one it uses, `data`
+    datasets: dict[DatasetName, DataConfig] = Field(default_factory=dict, exclude=True)
+    data: DataConfig = DataConfig()   # the dataset in use: datasets[dataset] (+ data.* overrides)
     model: ModelConfig = ModelConfig()
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = SampleConfig()
@@ -148,14 +165,17 @@ def validate(raw: dict, schema: type[AnyConfig] = Config) -> AnyConfig:
 
 def load_config(path="params.yaml", profile: str | None = None,
                 overrides: list[str] | tuple[str, ...] = (), *,
-                schema: type[AnyConfig] = Config, pinned: tuple[str, ...] = ()) -> AnyConfig:
+                schema: type[AnyConfig] = Config, pin_data: bool = False) -> AnyConfig:
     """Read params.yaml, apply a profile (default: the file's `profile` key) and overrides
-    ("key.path=value"), and validate the result as `schema`: `Config` for the core, a subclass
-    that types the `pipeline` section for the pipeline (tasks/pipeline_settings.py).
+    ("key.path=value"), select the dataset (`data` = datasets[dataset], then any `data.*`
+    override), and validate the result as `schema`: `Config` for the core, a subclass that
+    types the `pipeline` section for the pipeline (tasks/pipeline_settings.py).
 
-    `pinned` names top-level sections that must stay as the file itself writes them: the
-    pipeline pins `data`, which its DVC stage `prepare` reads from the file, so a profile or
-    override that changed it would train on data DVC never versioned.
+    `pin_data`: refuse `data.*` overrides from the profile or --set, for the commands whose
+    dataset DVC versions (the pipeline, `dmops prepare`, `dmops fingerprint`): DVC's stage
+    `prepare@<name>` reads datasets[<name>] from the file, so a run that changed it would train
+    on data DVC never versioned.  A profile or --set may always pick another dataset
+    (`dataset: <name>`); neither may change an entry of `datasets`.
 
     Raises ConfigError (a ValueError) naming the file, the profile or every offending key.
     """
@@ -169,33 +189,60 @@ def load_config(path="params.yaml", profile: str | None = None,
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     profiles = raw.pop("profiles", {}) or {}
-    as_written = copy.deepcopy(raw)
+    if "data" in raw:
+        raise ConfigError(f"{path}: a dataset's settings are an entry of `datasets` (e.g. "
+                          f"`datasets: {{digits: {{name: digits}}}}`, with `dataset: digits` "
+                          f"picking it), not a top-level `data` section: move them there")
     profile = profile or raw.get("profile")
+    layers: list[tuple[str, dict]] = []
     if profile is not None:
         if profile not in profiles:
             raise ConfigError(f"unknown profile {profile!r}; profiles in {path}: "
                               f"{', '.join(sorted(profiles)) or '(none)'}")
-        raw = deep_merge(raw, profiles[profile] or {})
+        layers.append((f"profile {profile!r}", profiles[profile] or {}))
+    layers += [(f"--set {text}", parse_override(text)) for text in overrides]
+    data_overrides = []
+    for source, layer in layers:
+        if "datasets" in layer:
+            raise ConfigError(f"{source} changes `datasets`, which only {path} itself writes (DVC "
+                              f"versions each entry as written); pick a dataset with "
+                              f"`dataset: <name>`, or change its entry in {path}")
+        if "data" in layer:
+            data_overrides.append(source)
+        raw = deep_merge(raw, layer)
+    if profile is not None:
         raw["profile"] = profile
-    for text in overrides:
-        raw = deep_merge(raw, parse_override(text))
-    cfg = validate(raw, schema)
-    for section in pinned:
-        _require_as_written(cfg, section, as_written, path)
-    return cfg
+    if pin_data and data_overrides:
+        name = raw.get("dataset")
+        raise ConfigError(f"{', '.join(data_overrides)} changes `data`, but this command uses "
+                          f"the dataset as {path} writes it (DVC's stage `prepare@{name}` reads "
+                          f"`datasets.{name}` there and versions what it made): change that entry "
+                          f"in {path} itself, or add another dataset there and pick it with "
+                          f"`dataset: <name>`")
+    return validate(_select_dataset(raw, path), schema)
 
 
-def _require_as_written(cfg: Config, section: str, as_written: dict, path: Path) -> None:
-    field = _fields(type(cfg))[section]
-    try:
-        written = field.annotation.model_validate(as_written.get(section) or {})
-    except ValidationError:
-        written = None  # the file's own section is invalid: whatever changed it, it differs
-    if getattr(cfg, section) != written:
-        raise ConfigError(f"{section}: changed by the profile or --set, but this command uses the "
-                          f"`{section}` section of {path} as written (the pipeline's DVC stage "
-                          f"`prepare` reads it there and versions what it made): change it in "
-                          f"{path} itself")
+def _select_dataset(raw: dict, path: Path) -> dict:
+    """`raw` with its `data` section = datasets[dataset], `data.*` overrides on top."""
+    datasets, name = raw.get("datasets"), raw.get("dataset")
+    if not datasets:
+        if name is not None:
+            raise ConfigError(f"dataset: {name!r}, but {path} names no datasets (add a "
+                              f"`datasets` section with an entry {name!r})")
+        return raw
+    if not isinstance(datasets, dict):
+        return raw   # validation reports `datasets`
+    if name is None:
+        raise ConfigError(f"dataset: not set; pick one of the datasets of {path} with `dataset: "
+                          f"<name>` ({', '.join(map(str, datasets))})")
+    if name not in datasets:
+        raise ConfigError(f"dataset: {name!r} is not one of the datasets of {path} "
+                          f"({', '.join(map(str, datasets))}); add it under `datasets` or pick "
+                          f"one of those")
+    entry = datasets[name]
+    if not isinstance(entry, dict):
+        return raw   # validation reports datasets.<name>
+    return {**raw, "data": deep_merge(entry, raw.get("data") or {})}
 
 
 __all__ = ["Config", "ConfigError", "DataConfig", "DistillConfig", "ProgressiveConfig",

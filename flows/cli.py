@@ -70,13 +70,21 @@ def _imported_user_errors() -> tuple[type, ...]:
                  if module in sys.modules)
 
 
-def _load(config: Path, profile: Optional[str], overrides: Optional[list[str]], out: Optional[Path]):
+def _load(config: Path, profile: Optional[str], overrides: Optional[list[str]], out: Optional[Path],
+          pin_data: bool = False):
     from diffusion.config import load_config
     from tasks.pipeline_settings import PipelineConfig
 
     # the whole file, its `pipeline` section too: a typo anywhere is reported by any command
     extra = list(overrides or []) + ([f"out_dir={out}"] if out else [])
-    return load_config(config, profile, extra, schema=PipelineConfig)
+    return load_config(config, profile, extra, schema=PipelineConfig, pin_data=pin_data)
+
+
+def _versioned_dataset(config: Path, profile: Optional[str], overrides: Optional[list[str]]):
+    """(name, data settings) of the dataset in use, as the file writes it: what DVC's stages
+    `fingerprint@<name>` and `prepare@<name>` make (a file without `datasets`: data.name)."""
+    cfg = _load(config, profile, overrides, None, pin_data=True)
+    return cfg.dataset or cfg.data.name, cfg.data
 
 
 @app.command()
@@ -91,7 +99,8 @@ def config(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
 @app.command()
 def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
             set_: Optional[list[str]] = SetOpt,
-            root: Path = typer.Option(Path("data/processed"), help="Folder that receives <name>/."),
+            root: Path = typer.Option(Path("data/processed"),
+                                      help="Folder that receives <name>/ (the dataset's name in `datasets`)."),
             finite_check: bool = typer.Option(
                 True, "--finite-check/--no-finite-check",
                 help="Refuse NaN/inf values here. The pipeline's DVC stage turns this off and lets "
@@ -99,31 +108,33 @@ def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
             fingerprint: Optional[Path] = typer.Option(
                 None, help="The source fingerprint `dmops fingerprint` wrote (the DVC stage passes "
                            "it): refuse a source that no longer matches it.")):
-    """Load and validate the configured dataset; write arrays + manifest to ROOT/<name>/ (the DVC
-    stage). Prints how many files were read, skipped (by reason) and altered (by kind)."""
+    """Load and validate the dataset in use (`dataset`, an entry of `datasets`: pick another with
+    --set dataset=<name>); write arrays + manifest to ROOT/<name>/ (DVC's stage prepare@<name>).
+    Prints how many files were read, skipped (by reason) and altered (by kind)."""
     if fingerprint is not None:
         check_exists(fingerprint, "--fingerprint", "the source fingerprint",
                      "write it with `dmops fingerprint`, or leave the option out")
     with _friendly_errors():
-        data = _load(config, profile, set_, None).data
+        name, data = _versioned_dataset(config, profile, set_)
         from tasks.steps.prepare_dataset import prepare_dataset
 
-        prepare_dataset(data, root, require_finite=finite_check, fingerprint=fingerprint)
+        prepare_dataset(data, root, require_finite=finite_check, fingerprint=fingerprint, name=name)
 
 
 @app.command()
 def fingerprint(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
                 set_: Optional[list[str]] = SetOpt,
                 out: Optional[Path] = typer.Option(
-                    None, "--out", "-o", help="Where to write it (default data/source/<name>.json).")):
+                    None, "--out", "-o", help="Where to write it (default data/source/<name>.json, "
+                                              "<name> the dataset's name in `datasets`).")):
     """Write the dataset source's fingerprint (every file's sha256, the settings, the preparing
     code's hash, library versions): the DVC prepare stage depends on it, so it reruns when any
     of them changes."""
     with _friendly_errors():
-        data = _load(config, profile, set_, None).data
+        name, data = _versioned_dataset(config, profile, set_)
         from tasks.steps.data_fingerprint import write_fingerprint
 
-        write_fingerprint(data, out or Path("data/source") / f"{data.name}.json")
+        write_fingerprint(data, out or Path("data/source") / f"{name}.json")
 
 
 @app.command()

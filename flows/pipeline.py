@@ -103,7 +103,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
             **source_commit_tag(commit)}) as parent:
         pid = parent.info.run_id
         progress = track_pipeline(settings.methods, cfg.profile, parent)  # a line per step
-        prepared = steps.prepare_dataset_task(str(repo_path), cfg.data.name, settings.dvc_remote,
+        prepared = steps.prepare_dataset_task(str(repo_path), cfg.dataset, settings.dvc_remote,
                                               os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
         step_done(progress, prepared, pid)
         dataset = prepared.details
@@ -111,13 +111,13 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
         mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work),
                          **{f"code_sha256.{step}": sha for step, sha in code.items()}})
-        mlflow.log_params(headline_params(cfg.profile, cfg.data.name, dataset["md5"], commit, code))
+        mlflow.log_params(headline_params(cfg.profile, cfg.dataset, dataset["md5"], commit, code))
 
         gate = settings.validate_data.model_dump(mode="json")
-        reference = load_reference(settings.data_bucket, cfg.data.name)
+        reference = load_reference(settings.data_bucket, cfg.dataset)
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
-        save_reference(settings.data_bucket, cfg.data.name, validation.details["statistics"])
+        save_reference(settings.data_bucket, cfg.dataset, validation.details["statistics"])
         step_done(progress, validation, pid)
         # before any training: a model of this data must be comparable with the registered one
         check_comparable(settings.model_name, dataset, cfg.data.categorical)
@@ -149,7 +149,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         step_runs["evaluate"] = evaluation.run_id
         step_done(progress, evaluation, pid)
 
-        tags = {"dataset": cfg.data.name, "dataset_md5": dataset["md5"],
+        tags = {"dataset": cfg.dataset, "dataset_md5": dataset["md5"],
                 "git_commit": commit,
                 "validation": validation.details["summary"].splitlines()[0],
                 "prefect_flow_run_id": str(flow_run.get_id()), "mlflow_parent_run_id": pid,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from diffusion.config import Config, load_config
+from diffusion.config import Config, ConfigError, load_config
 from diffusion.settings import Settings
 
 from .adapters.gx.settings import ValidationSettings
@@ -50,8 +50,15 @@ class PipelineConfig(Config):
 
 def load_pipeline_config(path, profile: str | None = None,
                          overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """The pipeline's configuration, validated in one read of the file.  Its `data` section is
-    pinned to what the file writes: the DVC stage `prepare` reads it there, so a profile or
-    --set that changed it would train on data DVC never versioned.  Raises ConfigError naming
+    """The pipeline's configuration, validated in one read of the file.  Its dataset is the
+    entry of `datasets` that `dataset` names, as the file writes it: DVC's stage
+    `prepare@<name>` reads it there, so a profile or --set that changed `data` would train on
+    data DVC never versioned (a profile may pick another dataset).  Raises ConfigError naming
     every offending key (diffusion.config.load_config)."""
-    return load_config(path, profile, overrides, schema=PipelineConfig, pinned=("data",))
+    cfg = load_config(path, profile, overrides, schema=PipelineConfig, pin_data=True)
+    if cfg.dataset is None:
+        raise ConfigError(f"{path} names no datasets: the pipeline versions its dataset with DVC's "
+                          f"stage prepare@<name>, one per entry of `datasets`; add one (e.g. "
+                          f"`datasets: {{digits: {{name: digits}}}}`) and pick it with "
+                          f"`dataset: <name>`")
+    return cfg

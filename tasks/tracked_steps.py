@@ -34,8 +34,9 @@ from tasks.steps.lineage import model_weights_sha256
 
 def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
                     parent_run_id: str | None = None) -> StepResult:
-    """DVC runs the `prepare` stage when its inputs changed and pushes the folder to `remote`
-    (S3 at `endpoint_url`).  details: the DatasetVersion (name, path, md5, remote).  A store
+    """DVC runs the stage `prepare@<data_name>` (`data_name`: a name of params.yaml's
+    `datasets`) when its inputs changed and pushes the folder to `remote` (S3 at
+    `endpoint_url`).  details: the DatasetVersion (name, path, md5, remote).  A store
     that does not answer raises ServerUnavailable naming it; another DVC failure, DVCError."""
     with tracking.step_run("prepare_dataset", parent_run_id) as run:
         try:

@@ -81,3 +81,74 @@ def test_changing_a_sections_kind_replaces_its_settings():
     assert cfg.model.net.kind == "mlp" and cfg.model.net.hidden == 64
     cfg = load_config(PARAMS, "quick", ["model.precond={kind: vp, prediction: eps}"])
     assert cfg.model.precond.kind == "vp" and cfg.model.precond.prediction == "eps"
+
+
+def _file(tmp_path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+TWO_DATASETS = """
+dataset: points
+datasets:
+  points: {name: gmm8, n: 256}
+  digits: {name: digits, seed: 1}
+profiles:
+  other: {dataset: digits}
+  bigger: {data: {n: 512}}
+  rewrite: {datasets: {points: {n: 9}}}
+"""
+
+
+def test_data_is_the_dataset_that_dataset_names(tmp_path):
+    path = _file(tmp_path, TWO_DATASETS)
+    cfg = load_config(path)
+    assert cfg.dataset == "points" and cfg.data.name == "gmm8" and cfg.data.n == 256
+    # a profile or --set picks another; neither changes the entries
+    assert load_config(path, "other").data.seed == 1
+    assert load_config(path, None, ["dataset=digits"]).data.name == "digits"
+    # data.* overrides apply on top of the entry, for the plain commands
+    assert load_config(path, "bigger").data.n == 512
+    assert load_config(path, None, ["data.seed=4"]).data.seed == 4
+    # what a run records: the dataset it uses, not every entry of the file
+    assert "datasets" not in cfg.model_dump() and cfg.model_dump()["data"]["n"] == 256
+
+
+@pytest.mark.parametrize("profile, overrides, expected", [
+    (None, ["dataset=nope"], "dataset: 'nope' is not one of the datasets of"),
+    ("rewrite", [], "profile 'rewrite' changes `datasets`, which only"),
+    (None, ["datasets.points.n=3"], "--set datasets.points.n=3 changes `datasets`"),
+    (None, ["dataset=a/b"], "dataset: 'a/b' is not one of the datasets"),
+])
+def test_a_dataset_that_is_not_named_or_an_entry_changed_is_refused(tmp_path, profile, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(_file(tmp_path, TWO_DATASETS), profile, overrides)
+    assert expected in str(err.value)
+
+
+def test_what_dvc_versions_cannot_be_changed_by_a_profile_or_set(tmp_path):
+    """The pipeline, `dmops prepare` and `dmops fingerprint` use the entry as written (DVC's
+    stage prepare@<name> reads it from the file): `data.*` overrides are refused, naming the
+    stage and the entry, while picking another dataset is fine."""
+    path = _file(tmp_path, TWO_DATASETS)
+    assert load_config(path, "other", pin_data=True).data.name == "digits"
+    for profile, overrides, source in [("bigger", [], "profile 'bigger'"),
+                                       (None, ["data.n=3"], "--set data.n=3")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, profile, overrides, pin_data=True)
+        said = str(err.value)
+        assert source in said and "prepare@points" in said and "datasets.points" in said, said
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("data: {name: moons}\n", "not a top-level `data` section"),
+    ("datasets: {a: {name: moons}}\n", "dataset: not set; pick one of the datasets"),
+    ("dataset: a\n", "names no datasets"),
+    ("dataset: 'x y'\ndatasets: {'x y': {name: moons}}\n", "datasets.x y"),
+    ("dataset: a\ndatasets: {a: {name: mnist}}\n", "datasets.a.name"),
+])
+def test_malformed_datasets_are_named(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(_file(tmp_path, text))
+    assert expected in str(err.value), str(err.value)

@@ -1,7 +1,8 @@
-"""The DVC `prepare` stage follows the data: in a temporary git + DVC repository set up as a
-user's (dvc.yaml and params.yaml only; the project is the installed package), adding, changing
-or removing one file of the source reruns the stage and gives a new dataset md5, and a repro
-with nothing changed reruns nothing and keeps the md5.  No S3 is needed for `dvc repro`.
+"""The DVC stage `prepare@<name>` follows the data: in a temporary git + DVC repository set up
+as a user's (dvc.yaml and params.yaml only; the project is the installed package), adding,
+changing or removing one file of the source reruns the stage and gives a new dataset md5, and a
+repro with nothing changed reruns nothing and keeps the md5.  Each entry of `datasets` is a
+stage of its own: changing one reruns only its stage.  No S3 is needed for `dvc repro`.
 """
 
 from __future__ import annotations
@@ -30,27 +31,33 @@ def _run(repo: Path, *cmd: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def repro(repo: Path) -> tuple[str, str]:
-    """`dvc repro prepare`; (its output, the md5 dvc.lock records for the processed folder)."""
-    out = _run(repo, str(BIN / "dvc"), "repro", "prepare")
-    name = yaml.safe_load((repo / "params.yaml").read_text())["data"]["name"]
-    return out, stage_md5(repo, f"data/processed/{name}")
+def repro(repo: Path, name: str = "mine") -> tuple[str, str]:
+    """`dvc repro prepare@<name>`; (its output, the md5 dvc.lock records for the processed
+    folder)."""
+    out = _run(repo, str(BIN / "dvc"), "repro", f"prepare@{name}")
+    return out, stage_md5(repo, f"prepare@{name}", f"data/processed/{name}")
 
 
-def prepare_ran(output: str) -> bool:
-    if "Running stage 'prepare'" in output:
+def prepare_ran(output: str, name: str = "mine") -> bool:
+    if f"Running stage 'prepare@{name}'" in output:
         return True
-    assert "Stage 'prepare' didn't change" in output, output
+    assert f"Stage 'prepare@{name}' didn't change" in output, output
     return False
 
 
+def write_params(repo: Path, datasets: dict) -> None:
+    """The project's params.yaml with `datasets` extended by `datasets` (name -> entry)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"].update(datasets)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def make_repo(tmp_path: Path, data: dict) -> Path:
+    """A user's repository whose params.yaml adds dataset `mine` (settings `data`)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"] = {**params["data"], **data}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(repo, {"mine": data})
     _run(repo, "git", "init", "-q")
     _run(repo, "git", "config", "user.email", "test@example.com")
     _run(repo, "git", "config", "user.name", "test")
@@ -105,8 +112,8 @@ def test_folder_stage_reruns_on_every_change_and_only_then(folder_repo):
     # every rerun a "new" dataset)
     out, again = repro(repo)
     assert not prepare_ran(out) and again == removed
-    _run(repo, str(BIN / "dvc"), "repro", "-f", "prepare")
-    assert stage_md5(repo, "data/processed/folder") == removed
+    _run(repo, str(BIN / "dvc"), "repro", "-f", "prepare@mine")
+    assert stage_md5(repo, "prepare@mine", "data/processed/mine") == removed
 
 
 def test_npz_stage_follows_the_file(tmp_path):
@@ -124,3 +131,24 @@ def test_npz_stage_follows_the_file(tmp_path):
     assert prepare_ran(out) and changed != first
     out, md5 = repro(repo)
     assert not prepare_ran(out) and md5 == changed
+
+
+def test_each_dataset_is_a_stage_of_its_own(tmp_path):
+    """Two datasets in one file: each is versioned apart; changing one entry reruns its stage
+    alone, and the other keeps its version."""
+    rng = np.random.default_rng(0)
+    source = tmp_path / "points.npz"
+    np.savez(source, x=rng.normal(size=(40, 2)).astype(np.float32))
+    repo = make_repo(tmp_path, {"name": "npz", "path": str(source)})
+    write_params(repo, {"mine": {"name": "npz", "path": str(source)},
+                        "ring": {"name": "gmm8", "n": 64}})
+    _, mine = repro(repo)
+    out, ring = repro(repo, "ring")
+    assert prepare_ran(out, "ring") and (repo / "data/processed/ring/data.npz").is_file()
+
+    write_params(repo, {"mine": {"name": "npz", "path": str(source)},
+                        "ring": {"name": "gmm8", "n": 64, "seed": 1}})   # another split
+    out, ring_seed1 = repro(repo, "ring")
+    assert prepare_ran(out, "ring") and ring_seed1 != ring
+    out, mine_again = repro(repo)
+    assert not prepare_ran(out) and mine_again == mine

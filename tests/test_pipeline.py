@@ -39,8 +39,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 def write_params(repo: Path, data: dict | None = None, gate: dict | None = None) -> None:
     params = params_for(MODEL, "pipeline-test")
-    if data is not None:
-        params["data"] = {**params["data"], **data}
+    if data is not None:   # the digits entry's settings replaced: the run's dataset
+        params["datasets"]["digits"] = {**params["datasets"]["digits"], **data}
     params["pipeline"]["validate_data"].update(gate or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -98,7 +98,7 @@ def test_first_run_registers_a_champion_with_lineage_tags(first, repo):
     current = champion()
     assert current is not None and current.version == "1"
     tags = current.tags
-    dataset_md5 = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
+    dataset_md5 = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare@digits"]["outs"][0]["md5"]
     assert tags["dataset_md5"] == dataset_md5
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
     assert tags["git_commit"].startswith(head.stdout.strip())
@@ -223,7 +223,7 @@ def test_parent_and_promote_runs_carry_the_headline_numbers_commit_and_dataset(f
     assert float(promote.params["promote.tolerance"]) >= 0 and promote.params["challenger_version"] == "1"
 
     inputs = parent.inputs.dataset_inputs
-    data_name = yaml.safe_load((repo / "params.yaml").read_text())["data"]["name"]
+    data_name = yaml.safe_load((repo / "params.yaml").read_text())["dataset"]
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == \
         [(data_name, version.tags["dataset_md5"])], inputs
     # the registry's descriptions: the model's purpose, the version's model card with links

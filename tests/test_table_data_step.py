@@ -51,11 +51,26 @@ def test_table_settings_name_what_is_wrong(fields, message):
 
 
 def test_a_table_profile_is_an_ordinary_override(tmp_path):
-    """`--set data.name=churn` (or a profile) is all a table run needs; columns are optional."""
+    """`--set data.name=churn` is all a plain command needs for a table; columns are optional."""
     cfg = load_config("params.yaml", None, ["data.name=churn", "data.categorical=analog_bits"])
     assert cfg.data.is_table and cfg.data.loader_options()["source"] == "churn"
     with pytest.raises(ConfigError, match="data.path"):
         load_config("params.yaml", None, ["data.name=table"])
+
+
+@pytest.mark.parametrize("profile", ["churn", "diamonds"])
+def test_each_built_in_table_has_a_profile_whose_model_takes_its_rows(profile):
+    """`dmops run -p churn` / `-p diamonds`: the profile picks the table's entry of `datasets`
+    as written (what DVC versions), an MLP over its encoded width and a model name of its own
+    (another layout under the digits model's name would be refused)."""
+    from tasks.pipeline_settings import load_pipeline_config
+
+    cfg = load_pipeline_config("params.yaml", profile)
+    assert cfg.dataset == profile and cfg.data == cfg.datasets[profile] and cfg.data.is_table
+    assert cfg.pipeline.model_name != load_pipeline_config("params.yaml").pipeline.model_name
+    assert cfg.model.precond.sigma_data == 1.0   # quantile-normal numbers, +-1 categories
+    spec = cfg.model_spec((27,), dataset=profile, kind="table")
+    assert spec.net["kind"] == "mlp" and spec.net["dim"] == 27
 
 
 def test_prepare_writes_the_processed_table_and_load_data_gives_vectors_that_decode_back(tmp_path):

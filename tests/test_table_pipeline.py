@@ -21,8 +21,9 @@ DTYPES = {"plan": "object", "minutes": "float64", "calls": "int64", "churned": "
 
 def _params(csv: str) -> dict:
     params = params_for(MODEL, MODEL)
-    params["data"] = {**params["data"], "name": "table", "path": csv, "target": "churned",
-                      "id_column": "customer"}
+    params["datasets"]["customers"] = {"name": "table", "path": csv, "target": "churned",
+                                       "id_column": "customer"}
+    params["dataset"] = "customers"
     params["model"]["net"] = {"kind": "mlp", "hidden": 64, "depth": 2}
     params["model"]["precond"]["sigma_data"] = 1.0   # quantile-normal numbers, +-1 categories
     params["profiles"]["tiny"].pop("model", None)     # the tiny profile's UNet channels
@@ -98,4 +99,4 @@ def test_a_new_category_in_the_next_version_stops_at_the_gate_naming_the_column(
     assert _client().get_model_version_by_alias(MODEL, "champion").version == before
     assert len(_client().search_model_versions(f"name='{MODEL}'")) == 1   # nothing trained or registered
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["data"]["name"] == "table"
+    assert params["datasets"][params["dataset"]]["name"] == "table"

@@ -1,8 +1,9 @@
-"""DVC: the dataset's `prepare` stage run through DVC in the project's git repository, its
-output pushed to the DVC remote in S3, and its version (DVC's md5 of the output folder).
+"""DVC: the dataset's `prepare@<name>` stage run through DVC in the project's git repository,
+its output pushed to the DVC remote in S3, and its version (DVC's md5 of the output folder).
 
-The stage's own command is `dmops prepare` (tasks/steps/prepare_dataset.py); dvc.yaml says
-what it depends on, so DVC reruns it only when the source, the code or the settings changed.
+dvc.yaml has one such stage per entry of params.yaml's `datasets`; its command is `dmops
+prepare` (tasks/steps/prepare_dataset.py), and dvc.yaml says what it depends on, so DVC reruns
+it only when the source, the code or the entry's settings changed.
 """
 
 from __future__ import annotations
@@ -79,13 +80,18 @@ def remote_object_uri(repo: Path, remote: str, md5: str) -> str:
     raise DVCError(f"{repo}: DVC remote {remote!r} is not defined")
 
 
-def stage_md5(repo: Path, out: str) -> str:
-    """The md5 that dvc.lock records for output `out` of the prepare stage."""
+def prepare_stage(dataset: str) -> str:
+    """The name of dataset `dataset`'s prepare stage (dvc.yaml's foreach over `datasets`)."""
+    return f"prepare@{dataset}"
+
+
+def stage_md5(repo: Path, stage: str, out: str) -> str:
+    """The md5 that dvc.lock records for output `out` of stage `stage`."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    for entry in lock["stages"]["prepare"].get("outs", []):
+    for entry in lock["stages"].get(stage, {}).get("outs", []):
         if entry["path"] == out:
             return entry["md5"]
-    raise DVCError(f"{repo / 'dvc.lock'}: the prepare stage has no output {out!r}")
+    raise DVCError(f"{repo / 'dvc.lock'}: stage {stage} has no output {out!r}")
 
 
 def _say(text: str) -> None:
@@ -135,26 +141,28 @@ def _repository_turn(repo: Path, log) -> Iterator[None]:
         yield   # closing the file releases the lock
 
 
-def dvc_prepare(repo, data_name: str, remote: str, endpoint_url: str,
+def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
                 env: dict[str, str] | None = None, log=_say) -> DatasetVersion:
-    """`dvc repro prepare` then `dvc push` in `repo`; returns the dataset's version.  What DVC
-    says goes to `log` (default: print) as readable_repro_output."""
+    """`dvc repro prepare@<dataset>` then `dvc push` in `repo` (`dataset`: a name of
+    params.yaml's `datasets`); returns the dataset's version.  What DVC says goes to `log`
+    (default: print) as readable_repro_output."""
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")
+    stage = prepare_stage(dataset)
     with _repository_turn(repo, log):
         configure_remote(repo, remote, endpoint_url)
-        log(f"dvc repro prepare ({data_name}) in {repo}")
-        said = readable_repro_output(run_dvc(repo, "repro", "prepare", env=env))
+        log(f"dvc repro {stage} in {repo}")
+        said = readable_repro_output(run_dvc(repo, "repro", stage, env=env))
         if said:
             log(said)
-        out = f"data/processed/{data_name}"
-        md5 = stage_md5(repo, out)
+        out = f"data/processed/{dataset}"
+        md5 = stage_md5(repo, stage, out)
         # --with-deps: the source fingerprint goes to the remote too, the record of what the
         # version was made from
-        run_dvc(repo, "push", "-r", remote, "--with-deps", "prepare", env=env)
-    log(f"dataset {data_name}: md5 {md5}, pushed to DVC remote {remote!r}")
-    return DatasetVersion(data_name, str(repo / out), md5, remote)
+        run_dvc(repo, "push", "-r", remote, "--with-deps", stage, env=env)
+    log(f"dataset {dataset}: md5 {md5}, pushed to DVC remote {remote!r}")
+    return DatasetVersion(dataset, str(repo / out), md5, remote)
 
 
 def raise_if_store_down(endpoint_url: str, error: DVCError) -> None:

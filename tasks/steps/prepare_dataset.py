@@ -1,5 +1,5 @@
-"""Pipeline step: turn the configured dataset into data/processed/<name>/ (arrays + manifest,
-or for a table table.parquet + schema + manifest).
+"""Pipeline step: turn the dataset in use into data/processed/<name>/ (arrays + manifest, or for
+a table table.parquet + schema + manifest), <name> its name in params.yaml's `datasets`.
 
 `prepare_dataset` is the work itself (what `dmops prepare`, the DVC stage's command, calls);
 tasks/steps/data_fingerprint.py writes what the stage depends on (the raw source, the code, the
@@ -24,8 +24,9 @@ from tasks.steps.data_fingerprint import source_files
 
 
 def prepare_dataset(data: DataConfig, root="data/processed", require_finite: bool = True,
-                    fingerprint=None, log=partial(print, flush=True)) -> Path:
-    """Load the dataset, check its structure, then write it atomically; returns the folder.
+                    fingerprint=None, log=partial(print, flush=True), name: str | None = None) -> Path:
+    """Load the dataset, check its structure, then write it atomically to root/<name> (`name`:
+    the dataset's name in `datasets`, default data.name); returns the folder.
 
     With `require_finite=False` NaN/inf values are stored as they are (and counted in the
     manifest) so the data-quality gate reports them; only .npz files can carry them.
@@ -35,20 +36,21 @@ def prepare_dataset(data: DataConfig, root="data/processed", require_finite: boo
     DVC fingerprint stage wrote) a source that no longer matches it -- changed between the two
     stages or while loading -- is a DataError, so a version never pairs one source's record
     with another's data.  Prints what was read, skipped (by reason) and altered."""
+    name = name or data.name
     if data.is_table:
-        return _prepare_table(data, Path(root), fingerprint, log)
+        return _prepare_table(data, Path(root) / name, fingerprint, log)
     options = data.loader_options()
     if data.name == "npz":
         options["require_finite"] = require_finite
     ds = load_dataset(data.name, **options)
     _record_source(ds, data, fingerprint)
-    out = save_processed(ds, Path(root) / data.name, require_finite=require_finite)
+    out = save_processed(ds, Path(root) / name, require_finite=require_finite)
     counts = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
-    log(f"{data.name}: {len(ds.ids)} samples of shape {tuple(ds.sample_shape)} "
+    log(f"{name}: {len(ds.ids)} samples of shape {tuple(ds.sample_shape)} "
         f"(train {counts['train']}, val {counts['val']}, test {counts['test']}) -> {out}")
     if ds.ingestion is not None and ds.ingestion.get("source") != "builtin":
         for line in describe(ds.ingestion):
-            log(f"{data.name}: {line}")
+            log(f"{name}: {line}")
     return out
 
 
@@ -62,17 +64,17 @@ def _record_source(ds, data: DataConfig, fingerprint) -> None:
         _require_fingerprint(Path(fingerprint), data, source)
 
 
-def _prepare_table(data: DataConfig, root: Path, fingerprint, log) -> Path:
+def _prepare_table(data: DataConfig, folder: Path, fingerprint, log) -> Path:
     """A table: read, schema completed and checked, split (diffusion/tabular/tables.py), then
     the processed folder; prints the schema (declared or inferred) and the splits."""
     from diffusion.tabular.tables import load_table, save_table
 
     ds = load_table(**data.loader_options())
     _record_source(ds, data, fingerprint)
-    out = save_table(ds, root / data.name)
+    out = save_table(ds, folder)
     for line in ds.summary():
         log(line)
-    log(f"{data.name}: -> {out}")
+    log(f"{folder.name}: -> {out}")
     return out
 
 
@@ -81,13 +83,14 @@ def _require_fingerprint(path: Path, data: DataConfig, source: dict | None) -> N
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the source fingerprint ({exc}); run "
-                        "`dvc repro prepare` (its fingerprint stage writes it)") from None
+                        f"`dvc repro prepare@{path.stem}` (its fingerprint stage writes it)") from None
     if recorded.get("data") != data.model_dump(mode="json"):
-        raise DataError(f"{path}: records other dataset settings than params.yaml's data "
-                        "section; run `dvc repro prepare` again")
+        raise DataError(f"{path}: records other dataset settings than params.yaml's "
+                        f"datasets.{path.stem}; run `dvc repro prepare@{path.stem}` again")
     if (recorded.get("source") or {}).get("sha256") != (source or {}).get("sha256"):
         raise DataError(f"data.path {data.path}: changed since {path} was written (files added, "
-                        "removed or modified while preparing); run `dvc repro prepare` again")
+                        f"removed or modified while preparing); run `dvc repro "
+                        f"prepare@{path.stem}` again")
 
 
 def load_data(data: DataConfig, data_dir=None) -> Dataset:
