@@ -164,7 +164,7 @@ class MultinomialDiffusion:
         """The net's (eps prediction (N, numbers), [x_0 probabilities (N, K) per block])."""
         out = net(self.layout.join(num_t, cats_t), self._c_noise(t))
         eps = out[:, list(self.layout.numeric)]
-        probs = [torch.softmax(out[:, a:a + k].to(torch.float64), 1) for a, k in self.layout.blocks]
+        probs = [torch.softmax(out[:, a:a + k], 1) for a, k in self.layout.blocks]
         return eps, probs
 
     def loss_terms(self, net, x0: torch.Tensor, t: torch.Tensor | None = None,
@@ -178,16 +178,16 @@ class MultinomialDiffusion:
         num_t, eps, cats_t = self.noised(num0, cats0, t, generator)
         eps_hat, probs = self.predict(net, num_t, cats_t, t)
         mse = ((eps_hat - eps) ** 2).mean(1) if num0.shape[1] else torch.zeros(n, device=x0.device)
-        kl = torch.zeros(n, dtype=torch.float64, device=x0.device)
+        kl = torch.zeros(n, dtype=x0.dtype, device=x0.device)
         if self.layout.blocks:
             ab_t, ab_s = self._ab(t, kl), self._ab(t - 1, kl)
             for (_, k), idx0, idxt, p0 in zip(self.layout.blocks, cats0, cats_t, probs):
-                xt = F.one_hot(idxt, k).to(torch.float64)
-                true = posterior(xt, F.one_hot(idx0, k).to(torch.float64), ab_t, ab_s)
+                xt = F.one_hot(idxt, k).to(x0.dtype)
+                true = posterior(xt, F.one_hot(idx0, k).to(x0.dtype), ab_t, ab_s)
                 model = posterior(xt, p0, ab_t, ab_s)
                 kl = kl + categorical_kl(true, model)
             kl = kl / len(self.layout.blocks)
-        return mse, kl.to(mse.dtype)
+        return mse, kl
 
     def loss(self, net, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The scalar training loss: mean over rows of MSE + categorical KL."""
@@ -225,7 +225,7 @@ class MultinomialDiffusion:
                 xt = F.one_hot(idx, k).to(torch.float64)
                 abt = torch.full((n,), float(ab_t), dtype=torch.float64, device=device)
                 abs_ = torch.full((n,), float(ab_s), dtype=torch.float64, device=device)
-                new.append(sample_categorical(posterior(xt, p0, abt, abs_), generator))
+                new.append(sample_categorical(posterior(xt, p0.double(), abt, abs_), generator))
             cats = new
         return self.layout.join(num, cats)
 
