@@ -23,7 +23,8 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
              f"**Dataset md5:** `{result['dataset_md5']}`; cached steps: "
              f"{', '.join(result['cached_steps']) or 'none'}", "",
              f"## Quality versus NFE (FID floor {evaluation['floor']:.3f})", "",
-             _row(["model", "sampler", "NFE", "FID", "KID", "images/s"]),
+             # the rate's unit: images/s, rows/s (a table) or samples/s (vectors)
+             _row(["model", "sampler", "NFE", "FID", "KID", f"{evaluation.get('noun', 'images')}/s"]),
              _row(["---"] * 6)]
     for r in rows:
         lines.append(_row([r["model"], r["sampler"], int(r["nfe"]), f"{r['fid']:.3f}",

@@ -181,7 +181,8 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
                 mlflow.log_artifact(str(report.files[name]), "table_quality")
         for png in sorted(out.glob("*.png")):
             mlflow.log_artifact(str(png), "samples")
-        details = {"table": report.table.to_dict(orient="records"), "floor": float(report.floor)}
+        details = {"table": report.table.to_dict(orient="records"), "floor": float(report.floor),
+                   "noun": report.noun}
         if quality is not None:
             details["table_quality"] = quality
         return StepResult(step="evaluate", run_id=run.info.run_id, metrics=metrics, details=details)

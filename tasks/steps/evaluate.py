@@ -44,6 +44,7 @@ class EvaluationReport:
     files: dict
     # tables: each model's best setting scored as rows (tasks/steps/table_quality.py)
     table_quality: dict | None = None
+    noun: str = "samples"   # what the samples are, for the rate's unit: images, rows, samples
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
@@ -89,6 +90,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
                           students=loaded)
+    report.noun = spec.data.noun
     if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
         from tasks.steps.table_quality import table_quality
 
