@@ -1,5 +1,5 @@
 """The `distill` section: the settings every distillation run shares, and one subsection per
-method (progressive.py and consistency.py read them)."""
+method (progressive.py, consistency.py and dmd.py read them)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,34 @@ class ConsistencyConfig(DistillRunConfig):
     sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
 
 
+class DMDConfig(DistillRunConfig):
+    """Distribution matching distillation (dmd.py).  `sigma_max`/`sigma_min`/`rho` of the shared
+    settings are the teacher's ODE grid for the optional regression pairs only."""
+    steps: Positive = 2000                    # generator updates
+    batch_size: Positive = 128
+    lr: Annotated[float, Field(gt=0)] = 1e-4  # generator and fake score network alike
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.0  # no momentum: G chases a moving fake
+    fake_updates: Positive = 5                # DMD2's two time-scale rule: fake steps per G step
+    generator_sigma: Annotated[float, Field(gt=0)] = 2.5   # G(z) = D_G(sigma_g z, sigma_g)
+    dm_sigma_min: Annotated[float, Field(gt=0)] = 0.02     # the matching's noise levels:
+    dm_sigma_max: Annotated[float, Field(gt=0)] = 20.0     # log-uniform in this range
+    fake_p_mean: float = -1.2                 # the fake network's denoising levels (EDM's
+    fake_p_std: Annotated[float, Field(gt=0)] = 1.2        # lognormal)
+    regression_weight: Annotated[float, Field(ge=0)] = 0.0  # DMD's paired regression term
+    regression_pairs: Positive = 1024         # teacher ODE samples (noise, sample) for it
+    regression_steps: Positive = 32           # the teacher's dpmpp_2m steps for one pair
+    ema_decay: Fraction = 0.999               # slow EMA (with warm-up) that is exported
+    sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
+
+    @model_validator(mode="after")
+    def _dm_range(self):
+        if self.dm_sigma_min >= self.dm_sigma_max:
+            raise ValueError("dm_sigma_min must be below dm_sigma_max")
+        return self
+
+
 class DistillConfig(Settings):
     """`dmops distill`: one section per method (the library's own validated configs)."""
     progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    dmd: DMDConfig = Field(default_factory=DMDConfig)
