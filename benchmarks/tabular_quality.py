@@ -115,7 +115,10 @@ def make_config(args) -> Config:
         "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                   "lr_warmup_steps": warmup, "checkpoint_every": args.steps,
                   "log_every": max(1, args.steps // 5), "seed": args.seed, "device": args.device,
-                  "progress": False},
+                  "progress": False,
+                  # EDM's noise-level distribution, ln sigma ~ N(p_mean, p_std^2)
+                  "objective": {"p_mean": getattr(args, "p_mean", -1.2),
+                                "p_std": getattr(args, "p_std", 1.2)}},
         "sample": {"sampler": args.teacher_sampler,
                    "steps": steps_for_nfe(args.teacher_sampler, args.teacher_nfe)},
         "distill": {"consistency": {"steps": args.distill_steps, "batch_size": args.batch_size,
@@ -305,7 +308,8 @@ def header(args, argv: list[str]) -> list[str]:
             f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; device {device} ({where}); "
             f"load average at start {load1:.2f} (1 min), {load5:.2f} (5 min)",
             f"budgets: teacher MLP hidden {args.hidden} x depth {args.depth}, {args.steps} steps of "
-            f"batch {args.batch_size}, lr {args.lr}; consistency student {args.distill_steps} steps; "
+            f"batch {args.batch_size}, lr {args.lr}, noise levels ln sigma ~ N({args.p_mean}, "
+            f"{args.p_std}^2); consistency student {args.distill_steps} steps; "
             f"teacher sampled with {args.teacher_sampler} at {args.teacher_nfe} NFE (multinomial: "
             f"{args.multinomial_steps or 1000} ancestral steps, the same net and budget, no student); rows generated: "
             f"the test split's, at most {args.rows}; table rows: "
@@ -328,6 +332,9 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, help=f"MLP width (default {FULL['hidden']})")
     p.add_argument("--depth", type=int, help=f"MLP residual blocks (default {FULL['depth']})")
     p.add_argument("--lr", type=float, default=2e-3, help="teacher learning rate")
+    p.add_argument("--p-mean", type=float, default=-0.4,
+                   help="teacher's training noise levels: ln sigma ~ N(p_mean, p_std^2)")
+    p.add_argument("--p-std", type=float, default=1.4)
     p.add_argument("--distill-steps", type=int,
                    help=f"consistency distillation steps (default {FULL['distill_steps']})")
     p.add_argument("--rows", type=int, help=f"most rows generated per model (default {FULL['rows']})")
