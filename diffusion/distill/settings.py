@@ -78,7 +78,7 @@ class DMDConfig(DistillRunConfig):
     settings are the teacher's ODE grid for the optional regression pairs only."""
     steps: Positive = 2000                    # generator updates
     batch_size: Positive = 128
-    lr: Annotated[float, Field(gt=0)] = 1e-4  # generator and fake score network alike
+    lr: Annotated[float, Field(gt=0)] = 1e-3  # generator and fake score network alike
     adam_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.0  # no momentum: G chases a moving fake
     fake_updates: Positive = 5                # DMD2's two time-scale rule: fake steps per G step
     generator_sigma: Annotated[float, Field(gt=0)] = 2.5   # G(z) = D_G(sigma_g z, sigma_g)
@@ -86,7 +86,9 @@ class DMDConfig(DistillRunConfig):
     dm_sigma_max: Annotated[float, Field(gt=0)] = 20.0     # log-uniform in this range
     fake_p_mean: float = -1.2                 # the fake network's denoising levels (EDM's
     fake_p_std: Annotated[float, Field(gt=0)] = 1.2        # lognormal)
-    regression_weight: Annotated[float, Field(ge=0)] = 0.0  # DMD's paired regression term
+    # DMD's paired regression term (DMD's own weight): on churn at 1000 steps it took the rows'
+    # spread from 0.66 to 0.77 of the data's and detection AUC from 0.88 to 0.75
+    regression_weight: Annotated[float, Field(ge=0)] = 0.25
     regression_pairs: Positive = 1024         # teacher ODE samples (noise, sample) for it
     regression_steps: Positive = 32           # the teacher's dpmpp_2m steps for one pair
     ema_decay: Fraction = 0.999               # slow EMA (with warm-up) that is exported
