@@ -90,11 +90,12 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    n: int = 1000, seed: int = 0, sampling: dict | None = None,
                    test_labels=None, n_classes: int | None = None, kid_subsets: int = 50,
                    device="cpu", extra_rows: list[dict] | None = None,
-                   students: list[Student] | None = None) -> pd.DataFrame:
+                   students: list[Student] | None = None, noun: str = "samples") -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
-    time, images/s.  One info record per row on this module's logger as it is measured."""
+    time, images_per_s (samples per second, whatever they are).  One info record per row on
+    this module's logger as it is measured, its rate named `noun`/s (ModelSpec.data.noun)."""
     sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
@@ -122,7 +123,7 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
         who = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
         logger.info(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
                     f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, "
-                    f"{row['images_per_s']:.0f} img/s")
+                    f"{row['images_per_s']:.0f} {noun}/s")
     return pd.DataFrame(rows)
 
 

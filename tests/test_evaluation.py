@@ -94,3 +94,14 @@ def test_cli_evaluate_rejects_bad_arguments(tmp_path):
                             ([], "holds no model")):
         result = subprocess.run(cmd + extra, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and fragment in result.stderr, result.stderr
+
+
+def test_each_row_is_logged_with_its_rate_named_by_what_the_samples_are(caplog):
+    g = torch.Generator().manual_seed(0)
+    train, _ = MIX.sample(400, g)
+    test, _ = MIX.sample(400, g)
+    with caplog.at_level("INFO", logger="diffusion.evaluation"):
+        quality_vs_nfe(MIX.denoiser, (2,), Identity(), train_x=train.float(), test_x=test.float(),
+                       samplers=["ddim"], nfes=[1], n=100, noun="rows")
+    said = [r.getMessage() for r in caplog.records if "NFE" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(" rows/s"), said

@@ -86,7 +86,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         samplers=samplers or ev.samplers, nfes=nfes or ev.nfes, n=n, seed=ev.seed,
         sampling=spec.sampling.model_dump(), test_labels=test.y if labelled else None,
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
-        device=device, students=loaded)
+        device=device, students=loaded, noun=spec.data.noun)
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
                           students=loaded)
