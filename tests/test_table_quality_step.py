@@ -55,7 +55,8 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
     models = {"teacher": (Replay(val.x), sampling),        # rows it was never trained on
               "copier": (Replay(train.x), sampling)}       # its own training rows
     best = pd.concat([_best("teacher"), _best("copier")])
-    out = table_quality(models, best, ds, tmp_path, seed=0, device="cpu")
+    said = []
+    out = table_quality(models, best, ds, tmp_path, seed=0, device="cpu", log=said.append)
 
     assert set(out["models"]) == {"ddim", "copier"}      # a teacher row is named by its sampler
     assert out["rows"] == len(ds.subset("test").ids)
@@ -76,6 +77,10 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
         assert (tmp_path / f"association_{name}.png").stat().st_size > 1000
         assert out["files"][f"association_{name}"] == tmp_path / f"association_{name}.png"
     assert all(np.isfinite(v) for v in copier.values())
+    # one progress line per scoring, as it is done: the floor first, then each model's setting
+    assert [line.split(":")[0] for line in said] == [
+        "rows of the floor (held-out real rows)", "rows of ddim (ddim, 4 NFE)", "rows of copier (ddim, 4 NFE)"]
+    assert f"column shapes {copier['column_shapes']:.3f}" in said[2] and said[2].endswith(" s)")
 
 
 def test_a_table_models_card_states_its_rows_scores_beside_the_floor():

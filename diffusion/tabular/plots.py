@@ -116,7 +116,9 @@ def plot_marginals(real, synthetic, columns, path, *, scores=None, max_categorie
             ax.set_ylabel("share", fontsize=7)
         else:
             r, s = real[column].to_numpy(), synthetic[column].to_numpy()
-            r_null, s_null = np.isnan(r).mean(), np.isnan(s).mean()
+            # no real rows when the samples are shown alone: no share to state, and no
+            # "mean of empty slice" warning in the step's log
+            r_null, s_null = (float(np.isnan(v).mean()) if len(v) else 0.0 for v in (r, s))
             r, s = r[~np.isnan(r)], s[~np.isnan(s)]
             edges = _bin_edges(r, s, kind, bins)
             clip = (edges[0], edges[-1])

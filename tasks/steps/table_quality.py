@@ -25,14 +25,26 @@ import torch
 from diffusion.atomic import atomic_write_text
 from diffusion.data import Dataset
 from diffusion.samplers import generate, grid_options
+from tasks.say import say
 
 # rows generated per model: the test split's, at most this many (the scores' sampling noise is
 # ~1/sqrt(rows) and their cost grows with rows: 5,000 keeps each model to seconds)
 MAX_ROWS = 5000
 
+# the figures of the progress line, in the order a data scientist reads them
+SHOWN = (("column_shapes", "column shapes"), ("column_pair_trends", "pair trends"),
+         ("utility_ratio", "utility"), ("detection_auc", "detection AUC"), ("dcr_ratio", "DCR ratio"))
+
+
+def _line(name: str, metrics: dict, seconds: float) -> str:
+    shown = ", ".join(f"{label} {metrics[key]:.3f}" for key, label in SHOWN if key in metrics)
+    return f"rows of {name}: {shown} ({seconds:.0f} s)"
+
+
 def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out_dir: Path, *,
-                  seed: int, device: str) -> dict:
-    """Score each model's best setting as rows (module docstring).
+                  seed: int, device: str, log=say) -> dict:
+    """Score each model's best setting as rows (module docstring); one line per model (and the
+    floor) goes to `log` as it is scored.
 
     models: evaluation-table name -> (denoiser, its sampling settings); best: the sweep's best
     row per model (diffusion.evaluation.best_rows); ds: the table's dataset (kind "table",
@@ -48,7 +60,9 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     train, test = ds.subset("train"), ds.subset("test")
     real_train, real_test = decode(ds.table, train.x), decode(ds.table, test.x)
     n = min(len(test.ids), MAX_ROWS)
-    out = {"floor": floor(real_train, real_test, schema, seed=seed).metrics, "models": {},
+    scored_floor = floor(real_train, real_test, schema, seed=seed)
+    log(_line("the floor (held-out real rows)", scored_floor.metrics, sum(scored_floor.seconds.values())))
+    out = {"floor": scored_floor.metrics, "models": {},
            "settings": {}, "rows": n, "seconds": {}, "files": {}}
     for _, row in best[best["model"].isin(list(models))].iterrows():
         denoiser, sampling = models[row["model"]]
@@ -61,6 +75,7 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
         out["models"][name] = scored.metrics
         out["settings"][name] = {"sampler": row["sampler"], "steps": int(row["steps"])}
         out["seconds"][name] = round(sum(scored.seconds.values()), 2)
+        log(_line(f"{name} ({row['sampler']}, {int(row['nfe'])} NFE)", scored.metrics, out["seconds"][name]))
         path = out_dir / f"association_{name}.png"
         out["files"][f"association_{name}"] = plot_association_difference(real_train, synthetic, schema, path)
     rows = [{"model": "floor (held-out real rows)", **out["floor"]}]
