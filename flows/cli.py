@@ -166,10 +166,11 @@ def train(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
 
 
 @app.command()
-def distill(method: str = typer.Option(..., "--method", metavar="progressive|consistency",
+def distill(method: str = typer.Option(..., "--method", metavar="progressive|consistency|dmd",
                                        help="progressive: rounds that halve the DDIM steps, a "
                                             "student per round; consistency: one student sampling "
-                                            "in 1, 2 or 4 steps."),
+                                            "in 1, 2 or 4 steps; dmd: a one-step generator by "
+                                            "distribution matching."),
             teacher: Path = typer.Option(..., "--teacher", "-t",
                                          help="The teacher: a model folder, a training run folder or a "
                                               "checkpoint folder."),
@@ -205,7 +206,7 @@ def distill(method: str = typer.Option(..., "--method", metavar="progressive|con
 
 # the methods `dmops distill` offers: tasks/steps/distill.py's METHODS, spelled here so that
 # a typo is refused before torch is imported (a test holds the two equal)
-DISTILL_METHODS = ("progressive", "consistency")
+DISTILL_METHODS = ("progressive", "consistency", "dmd")
 
 
 @contextmanager

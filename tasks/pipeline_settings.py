@@ -27,7 +27,7 @@ BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 class PipelineSettings(Settings):
     model_name: str = "digits-diffusion"    # the registered model's name in MLflow
     experiment: str = "dmops"               # MLflow experiment of the flow's runs
-    methods: list[Literal["progressive", "consistency"]] = ["progressive", "consistency"]
+    methods: list[Literal["progressive", "consistency", "dmd"]] = ["progressive", "consistency"]
     # Which model is registered: the student with the fewest network evaluations whose FID is
     # within `max_fid_ratio` x the teacher's best FID, else the teacher at its best setting.
     max_fid_ratio: Annotated[float, Field(ge=1)] = 2.5

@@ -36,13 +36,15 @@ URI = f"s3://dmops-releases/{MODEL}/{VERSION}/"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
     """A tiny digits teacher (a few optimiser steps: the check is the sampling path, not
-    quality), its 2-step progressive student and its consistency student."""
+    quality), its 2-step progressive student, its consistency student and its DMD student."""
     out = tmp_path_factory.mktemp("interop")
     cfg = load_config(PARAMS, "tiny", [f"out_dir={out}", "train.steps=6"])
     teacher = train_teacher(cfg, resume=False).model_dir
     progressive = distill_sampler(cfg, "progressive", teacher, out_dir=out, log=lambda _: None)
     consistency = distill_sampler(cfg, "consistency", teacher, out_dir=out, log=lambda _: None)
-    return {"teacher": teacher, "progressive-2": progressive[0], "consistency": consistency[0]}
+    dmd = distill_sampler(cfg, "dmd", teacher, out_dir=out, log=lambda _: None)
+    return {"teacher": teacher, "progressive-2": progressive[0], "consistency": consistency[0],
+            "dmd": dmd[0]}
 
 
 def _release(models: dict[str, Path], name: str, sampler: str, steps: int, tmp_path: Path):
@@ -145,6 +147,8 @@ CASES = [  # (model, served sampler, steps, diffusers scheduler)
     ("consistency", "consistency", 1, "CMStochasticIterativeScheduler"),
     # 4 steps: fresh noise between steps, so the generator's draws must line up too
     ("consistency", "consistency", 4, "CMStochasticIterativeScheduler"),
+    # a one-step generator: one Euler step from its own sigma_g (2.5), not from sigma_max
+    ("dmd", "ddim", 1, "EDMEulerScheduler"),
 ]
 
 

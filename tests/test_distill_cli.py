@@ -48,13 +48,14 @@ def _fails_cleanly(result, *fragments):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny digits teacher and both kinds of students distilled from it."""
+    """A tiny digits teacher and every kind of student distilled from it."""
     out = tmp_path_factory.mktemp("run")
     _ok(dmops("train", "-p", "tiny", "--out", out))
     progressive = _ok(dmops("distill", "--method", "progressive", "-p", "tiny", "--teacher", out,
                             "--out", out))
     consistency = _ok(dmops("distill", "--method", "consistency", "-p", "tiny", "--teacher",
                             out / "model", "--out", out))
+    _ok(dmops("distill", "--method", "dmd", "-p", "tiny", "--teacher", out, "--out", out))
     return out, progressive, consistency
 
 
@@ -89,6 +90,17 @@ def test_consistency_student_carries_its_sampling(run):
     assert "consistency: consistency, 1 step(s)" in result.stdout
 
 
+def test_dmd_student_is_a_one_step_generator_at_its_sigma(run):
+    out, _, _ = run
+    folder = out / "distill" / "dmd"
+    spec = json.loads((folder / "model" / "model.json").read_text())
+    assert spec["distillation"]["method"] == "dmd" and spec["precond"]["kind"] == "edm"
+    # G(z) = D(sigma_g z, sigma_g): one DDIM step from sigma_g, as the settings say
+    assert (spec["sampling"]["sampler"], spec["sampling"]["steps"], spec["sampling"]["sigma_max"]) == \
+        ("ddim", 1, 2.5)
+    assert (folder / "samples.png").exists()
+
+
 def test_sample_from_students_uses_their_own_sampling(run, tmp_path):
     out, _, _ = run
     work = out / "distill"
@@ -113,7 +125,7 @@ def test_evaluate_puts_students_in_the_teachers_table(run, tmp_path):
     assert rows == {("teacher", "heun", 1),  # Heun at budget 2 rounds down to 1 step = 1 NFE
                     ("progressive-2", "ddim", 2), ("progressive-1", "ddim", 1),
                     ("consistency", "consistency", 1), ("consistency", "consistency", 2),
-                    ("consistency", "consistency", 4)}
+                    ("consistency", "consistency", 4), ("dmd", "ddim", 1)}
     assert table["fid"].notna().all() and (table["fid_floor"] > 0).all()
     saved = json.loads((report / "quality_vs_nfe.json").read_text())
     assert {r["model"] for r in saved["rows"]} >= {"teacher", "consistency", "progressive-1"}

@@ -103,6 +103,9 @@ def _what(spec: ModelSpec) -> str:
                 f"{dist.get('teacher_steps', '?')} → {dist.get('student_steps', '?')} DDIM steps)")
     elif spec.method == "consistency":
         what = "A consistency-distillation student"
+    elif spec.method == "dmd":
+        what = ("A distribution-matching student (DMD/DMD2): a one-step generator at sigma "
+                f"{spec.sampling.sigma_max:g}")
     else:
         trained = f", trained for {_plural(spec.trained_steps, 'step')}" if spec.trained_steps else ""
         what = f"A diffusion model{trained}"

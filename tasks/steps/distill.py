@@ -1,4 +1,5 @@
-"""Pipeline step: distil a trained teacher into few-step samplers (progressive or consistency).
+"""Pipeline step: distil a trained teacher into few-step samplers (progressive, consistency or
+distribution matching).
 
 Students are written under <run>/distill/<method>/:
 
@@ -7,6 +8,8 @@ Students are written under <run>/distill/<method>/:
     ...
     consistency/model/                     one consistency student (1, 2 or 4 steps)
     consistency/samples.png
+    dmd/model/                             one distribution-matching student (1 step)
+    dmd/samples.png
 
 Each model folder is a model like the teacher's (model.json + safetensors) whose `sampling`
 block is the procedure and step count it was distilled for, and whose `distillation` block
@@ -20,6 +23,7 @@ from pathlib import Path
 from diffusion.config import Config
 from diffusion.distill.shared import load_teacher
 from diffusion.distill.consistency import consistency_distillation
+from diffusion.distill.dmd import dmd_distillation
 from diffusion.distill.progressive import progressive_distillation
 from diffusion.evaluation import student_name
 from diffusion.model import ModelError, read_spec, resolve_model_path
@@ -31,7 +35,7 @@ from tasks.steps.prepare_dataset import load_data
 from tasks.steps.sample import sample_to_png
 from tasks.say import say
 
-METHODS = ("progressive", "consistency")
+METHODS = ("progressive", "consistency", "dmd")
 
 
 def distill_dir(cfg: Config, method: str, out_dir=None) -> Path:
@@ -58,8 +62,9 @@ def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume
         students = progressive_distillation(teacher, spec, train_split.x, method_cfg, work,
                                             resume=resume, on_log=on_log, lineage=lineage)
     else:
-        students = [consistency_distillation(teacher, spec, train_split.x, method_cfg, work,
-                                             resume=resume, on_log=on_log, lineage=lineage)]
+        one_student = consistency_distillation if method == "consistency" else dmd_distillation
+        students = [one_student(teacher, spec, train_split.x, method_cfg, work,
+                                resume=resume, on_log=on_log, lineage=lineage)]
     reference = train_split.x if ds.kind == "vector" else None
     for folder in students:
         student = read_spec(folder)
@@ -74,7 +79,8 @@ def distill_sampler(cfg: Config, method: str, teacher_path, out_dir=None, resume
 
 def find_students(root) -> list[Path]:
     """The distilled model folders under `root` (a model folder itself, or any folder above
-    some, e.g. runs/digits/distill), consistency first, then progressive by falling steps."""
+    some, e.g. runs/digits/distill), consistency first, then dmd, then progressive by falling
+    steps."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of distilled students")
@@ -90,6 +96,6 @@ def find_students(root) -> list[Path]:
 
     def order(folder):
         spec = read_spec(folder)
-        return (spec.method != "consistency", -spec.sampling.steps)
+        return ({"consistency": 0, "dmd": 1}.get(spec.method, 2), -spec.sampling.steps)
 
     return sorted(found, key=order)
