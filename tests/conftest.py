@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+
+import diffusion  # noqa: F401  -- before torch: it sets OpenMP's wait policy (diffusion/__init__.py)
 import torch
 
 # the first pipeline run, shared by the modules that look at it (run once per session)
