@@ -53,31 +53,61 @@ def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def configure_remote(repo: Path, remote: str, endpoint_url: str) -> None:
-    """Point `remote` (defined in .dvc/config, committed) at this machine's S3 endpoint.
-    The endpoint goes to .dvc/config.local, which git ignores; credentials are never written:
-    DVC reads them from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment."""
-    listed = run_dvc(repo, "remote", "list")
-    if not any(line.split()[:1] == [remote] for line in listed.splitlines()):
+# what configure_remote sets in .dvc/config.local, besides the endpoint: bounded like every other
+# request to the store, so a hung store costs a push seconds, not botocore's default 60 s per
+# connection attempt
+REMOTE_TIMEOUTS = {"connect_timeout": "5", "read_timeout": "60"}
+
+
+def _dvc_config(repo: Path):
+    """DVC's own reader of the repository's configuration (system, global, .dvc/config and
+    .dvc/config.local, as the `dvc` command merges them), in this process: a `dvc remote ...`
+    subprocess is a Python start-up of 1-2 s for a few lines of INI."""
+    from dvc.config import Config, ConfigError
+
+    try:
+        return Config(dvc_dir=Path(repo) / ".dvc"), ConfigError
+    except ConfigError as e:
+        raise DVCError(f"{repo}: DVC's configuration cannot be read: {e}") from None
+
+
+def _remote_url(config, repo: Path, remote: str) -> str:
+    remotes = config.read()["remote"]   # every level merged, as `dvc remote list` shows them
+    if remote not in remotes:
         raise DVCError(f"{repo}: DVC remote {remote!r} is not defined (remotes: "
-                       f"{listed.strip() or 'none'}); add it with `dvc remote add -d {remote} "
-                       "s3://<bucket>/<prefix>` and commit .dvc/config")
-    run_dvc(repo, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
-    # bounded like every other request to the store: a hung store costs a push seconds, not
-    # botocore's default 60 s per connection attempt
-    run_dvc(repo, "remote", "modify", "--local", remote, "connect_timeout", "5")
-    run_dvc(repo, "remote", "modify", "--local", remote, "read_timeout", "60")
+                       f"{', '.join(sorted(remotes)) or 'none'}); add it with `dvc remote add -d "
+                       f"{remote} s3://<bucket>/<prefix>` and commit .dvc/config")
+    return remotes[remote]["url"]
+
+
+def configure_remote(repo: Path, remote: str, endpoint_url: str) -> None:
+    """Point `remote` (defined in .dvc/config, committed) at this machine's S3 endpoint, with
+    REMOTE_TIMEOUTS.  The settings go to .dvc/config.local, which git ignores, written as `dvc
+    remote modify --local` writes them and only when one differs (a second run in the same
+    checkout writes nothing); credentials are never written: DVC reads them from
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment.  DVCError when the remote is
+    not defined (naming the fix) or DVC refuses the configuration."""
+    repo = Path(repo)
+    config, config_error = _dvc_config(repo)
+    _remote_url(config, repo, remote)
+    wanted = {"endpointurl": endpoint_url, **REMOTE_TIMEOUTS}
+    if all(config.read("local")["remote"].get(remote, {}).get(key) == value
+           for key, value in wanted.items()):
+        return
+    try:
+        with config.edit("local") as local:
+            local["remote"].setdefault(remote, {}).update(wanted)
+    except config_error as e:
+        raise DVCError(f"{repo}: DVC refused the settings of remote {remote!r}: {e}") from None
 
 
 def remote_object_uri(repo: Path, remote: str, md5: str) -> str:
     """Where DVC 3 keeps the object of content hash `md5` on `remote` (<url>/files/md5/<2>/<rest>,
     a folder's being its `.dir` listing), e.g. s3://dmops-dvc/datasets/files/md5/3f/1c...dir.
     DVCError when the remote is not defined."""
-    for line in run_dvc(repo, "remote", "list").splitlines():
-        parts = line.split()   # "<name> <url> [(default)]"
-        if len(parts) >= 2 and parts[0] == remote:
-            return f"{parts[1].rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
-    raise DVCError(f"{repo}: DVC remote {remote!r} is not defined")
+    config, _ = _dvc_config(Path(repo))
+    url = _remote_url(config, Path(repo), remote)
+    return f"{url.rstrip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
 
 
 def prepare_stage(dataset: str) -> str:
