@@ -43,7 +43,7 @@ def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, tota
              lr_decay: Callable[[int], float] | None = None,
              on_log: Callable[[int, dict], None] | None = None, log_extra: dict | None = None,
              progress: bool = True, desc: str = "train", what: str = "training",
-             loss: float = math.nan) -> LoopResult:
+             loss: float = math.nan, noun: str = "samples") -> LoopResult:
     """Run optimiser steps `step` .. `total` - 1.  The learning rate of step s is
     `lr * min(1, (s + 1) / lr_warmup_steps) * lr_decay(s)` (no decay without `lr_decay`);
     `grad_clip` <= 0 clips nothing.  `after_step(step)` runs after each optimiser step (e.g. a
@@ -51,7 +51,8 @@ def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, tota
     Every `log_every` steps and at the end, `on_log(step, metrics)` gets {"loss", "grad_norm",
     "lr", "samples_per_second", "seconds", **log_extra}.  `save(step, loss)` writes a
     checkpoint every `checkpoint_every` steps and at the end; `loss` is the mean loss recorded
-    with the checkpoint resumed from, returned as is when there is nothing left to do.
+    with the checkpoint resumed from, returned as is when there is nothing left to do.  The
+    progress line names the rate by `noun` (ModelSpec.data.noun: "images", "rows", ...).
     Raises TrainingError, naming `what` and the step, when the mean loss or a weight is not
     finite at a log or checkpoint step."""
     # a live bar on a terminal, a few plain lines in a log (diffusion/progress.py)
@@ -82,7 +83,7 @@ def optimise(net: nn.Module, opt: torch.optim.Optimizer, ema, *, step: int, tota
             _check_finite(loss_value, net, step, what, kept=save is not None)
         if log_due:
             rate = (step - start) * samples_per_step / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(**{"loss": f"{loss_value:.4f}", f"{noun}_s": f"{rate:.0f}"})
             if on_log:
                 on_log(step, {"loss": loss_value, "grad_norm": float(grad_norm),
                               "lr": opt.param_groups[0]["lr"], "samples_per_second": rate,

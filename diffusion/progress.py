@@ -10,8 +10,8 @@ one when at least `every_fraction` of the steps *and* `every_s` seconds have pas
 previous one (whichever is rarer), and one at the end.  A loop therefore writes at most
 ceil(1 / every_fraction) + 1 lines, each of bounded length:
 
-    train: 1200/5000 steps (24 %), loss=0.0312, img_s=410; 2.1 min elapsed, about 6.5 min left
-    train: 5000/5000 steps in 8.7 min (9.6 step/s), loss=0.0288, img_s=412
+    train: 1200/5000 steps (24 %), loss=0.0312, images_s=410; 2.1 min elapsed, about 6.5 min left
+    train: 5000/5000 steps in 8.7 min (9.6 step/s), loss=0.0288, images_s=412
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ def train(denoiser: Denoiser, data: torch.Tensor, cfg: TrainConfig, out_dir,
                       log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                       samples_per_step=cfg.batch_size, save=save if ddp.main else None,
                       on_log=on_log if ddp.main else None, progress=cfg.progress and ddp.main,
-                      loss=last_loss)
+                      loss=last_loss, noun=spec.data.noun if spec is not None else "samples")
     averaged = _ema_copy(net, ema)
     agreed = _ranks_agree(averaged, ddp, device) if ddp.world > 1 else ()
     model_dir = None

@@ -112,3 +112,20 @@ def test_the_training_loop_logs_plain_lines_off_a_terminal(caplog, capsys):
     assert "\r" not in capsys.readouterr().err
     written = lines(caplog)
     assert len(written) == 1 and written[0].startswith("toy: 30/30 steps in ")
+
+
+def test_a_training_loops_rate_is_named_by_what_it_trains_on(caplog):
+    """optimise's progress names its rate after the samples (`noun`): rows_s for a table."""
+    import torch
+
+    from diffusion.loop import optimise
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.ones(4, 2)
+    with caplog.at_level("INFO", logger="diffusion.progress"):
+        optimise(net, opt, None, step=0, total=3, loss_at=lambda _: net(x).pow(2).mean(), lr=0.1,
+                 lr_warmup_steps=1, grad_clip=1.0, log_every=1, checkpoint_every=3,
+                 samples_per_step=4, progress=True, noun="rows")
+    said = [r.getMessage() for r in caplog.records]
+    assert said and "rows_s=" in said[-1] and "images_s" not in said[-1], said

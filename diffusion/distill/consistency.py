@@ -174,7 +174,7 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
              lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
              checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
              after_step=update_target, on_log=on_log, progress=cfg.progress, desc="consistency",
-             what="consistency distillation", loss=last_loss)
+             what="consistency distillation", loss=last_loss, noun=teacher_spec.data.noun)
     exported = copy.deepcopy(net).cpu()
     ema.copy_to(exported)
     saved = save_model(exported.eval(),

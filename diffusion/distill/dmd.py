@@ -226,7 +226,7 @@ def dmd_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: torch.Ten
              lr_warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip, log_every=cfg.log_every,
              checkpoint_every=cfg.checkpoint_every, samples_per_step=n * (1 + cfg.fake_updates),
              save=save, on_log=logged, progress=cfg.progress, desc="dmd",
-             what="DMD distillation", loss=last_loss)
+             what="DMD distillation", loss=last_loss, noun=teacher_spec.data.noun)
     exported = copy.deepcopy(net).cpu()
     ema.copy_to(exported)
     saved = save_model(exported.eval(), student_spec(teacher_spec, cfg, cfg.steps, requested), folder)

@@ -137,7 +137,7 @@ def progressive_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
             student, spec = load_model(folder, device)
         else:
             student = _train_round(teacher, data, cfg, round_, n_teacher, folder.parent, resume,
-                                   on_log, device, requested)
+                                   on_log, device, requested, teacher_spec.data.noun)
             spec = student_spec(spec, cfg, round_, n_teacher, cfg.steps_per_round, requested)
             save_model(student.net, spec, folder)
             shutil.rmtree(folder.parent / "checkpoints", ignore_errors=True)  # done with them
@@ -149,7 +149,8 @@ def progressive_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
 
 
 def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n_teacher: int,
-                 work: Path, resume: bool, on_log, device, provenance: Provenance) -> Denoiser:
+                 work: Path, resume: bool, on_log, device, provenance: Provenance,
+                 noun: str = "samples") -> Denoiser:
     """One round: a copy of the teacher learns to take one step for every two of the teacher's.
     Returns the student holding its EMA weights."""
     student = copy.deepcopy(teacher).train()
@@ -188,6 +189,6 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
              checkpoint_every=cfg.checkpoint_every, samples_per_step=cfg.batch_size, save=save,
              on_log=on_log, log_extra={"round": round_, "teacher_steps": n_teacher},
              progress=cfg.progress, desc=f"progressive {n_teacher}->{n_teacher // 2}",
-             what=what, loss=last_loss)
+             what=what, loss=last_loss, noun=noun)
     ema.copy_to(net)
     return student.eval()
