@@ -25,13 +25,13 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..loop import optimise
 from ..model import ModelSpec, SamplingSpec, save_model
-from ..objectives import ConsistencyPreconditioning, Denoiser, EDMPreconditioning
-from ..provenance import Lineage, Provenance, tensor_sha256
+from ..objectives import ConsistencyPreconditioning, Denoiser
+from ..provenance import Lineage, Provenance
 from ..schedules import karras_sigmas
 from ..train import EMA, resolve_device, step_generator
 from .settings import ConsistencyConfig
-from .shared import (check_data, check_teacher, distillation_provenance, finished_student, freeze,
-                     resume_run)
+from .shared import (finished_student, freeze, resume_or_start, student_request,
+                     student_sigma_data)
 
 SUPPORTED_STEPS = (1, 2, 4)
 
@@ -112,24 +112,14 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     returns it.  With `resume`, a finished student is returned as is and an interrupted run
     continues from out_dir/checkpoints/latest, both only when made from the same settings,
     data, teacher and code (else ProvenanceError, nothing written)."""
-    check_data(data)
-    check_teacher(teacher_spec, data.shape[1:])
-    out_dir = Path(out_dir)
-    folder = out_dir / "model"
-    settings = {"method": "consistency", "config": cfg.result_settings()}
-    requested = distillation_provenance(settings, tensor_sha256(data), teacher, teacher_spec,
+    folder, requested = student_request("consistency", cfg, teacher, teacher_spec, data, out_dir,
                                         lineage, __name__)
     if resume and finished_student(folder, requested, "consistency student"):
         return folder
     device = resolve_device(cfg.device)
     data = data.to(device)
     teacher = freeze(copy.deepcopy(teacher).to(device))
-    if cfg.sigma_data is not None:
-        sigma_data = cfg.sigma_data
-    elif isinstance(teacher.precond, EDMPreconditioning):
-        sigma_data = teacher.precond.sigma_data
-    else:
-        sigma_data = float(data.std())
+    sigma_data = student_sigma_data(cfg.sigma_data, teacher, data)
     dim = math.prod(data.shape[1:])
     c = cfg.huber_c if cfg.huber_c is not None else 0.00054 * math.sqrt(dim)
 
@@ -147,12 +137,9 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     live_params = list(net.parameters())
     grid = training_grid(cfg).to(device)
 
-    ckpt_dir = out_dir / "checkpoints"
-    resumed = (resume_run(ckpt_dir, opt, ema, {"model": net, "target": target.net}, requested,
-                          cfg.steps, "consistency distillation") if resume else None)
-    step, last_loss = (resumed.step, resumed.loss) if resumed else (0, float("nan"))
-    if not resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    ckpt_dir = folder.parent / "checkpoints"
+    step, last_loss = resume_or_start(ckpt_dir, opt, ema, {"model": net, "target": target.net},
+                                      requested, cfg.steps, "consistency distillation", resume)
     meta = {"method": "consistency", "provenance": requested.model_dump(mode="json")}
 
     def loss_at(step: int) -> torch.Tensor:

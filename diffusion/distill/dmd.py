@@ -39,14 +39,14 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..loop import optimise
 from ..model import ModelSpec, SamplingSpec, save_model
-from ..objectives import Denoiser, EDMPreconditioning, denoising_loss, sample_sigma_lognormal, weight_edm
-from ..provenance import Lineage, Provenance, tensor_sha256
+from ..objectives import Denoiser, denoising_loss, sample_sigma_lognormal, weight_edm
+from ..provenance import Lineage, Provenance
 from ..samplers import sample_dpmpp_2m
 from ..schedules import karras_sigmas
 from ..train import EMA, resolve_device, step_generator
 from .settings import DMDConfig
-from .shared import (check_data, check_teacher, distillation_provenance, finished_student, freeze,
-                     resume_run)
+from .shared import (finished_student, freeze, resume_or_start, student_request,
+                     student_sigma_data)
 
 SUPPORTED_STEPS = (1,)
 # the per-sample normaliser mean|x - D_r| is floored here: a sample the real denoiser already
@@ -135,24 +135,14 @@ def dmd_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: torch.Ten
     out_dir/checkpoints/latest, both only when made from the same settings, data, teacher and
     code (else ProvenanceError, nothing written).  Raises DistillationError for a teacher that
     cannot teach or data of another shape, TrainingError when the run diverges."""
-    check_data(data)
-    check_teacher(teacher_spec, data.shape[1:])
-    out_dir = Path(out_dir)
-    folder = out_dir / "model"
-    settings = {"method": "dmd", "config": cfg.result_settings()}
-    requested = distillation_provenance(settings, tensor_sha256(data), teacher, teacher_spec,
-                                        lineage, __name__)
+    folder, requested = student_request("dmd", cfg, teacher, teacher_spec, data, out_dir, lineage,
+                                        __name__)
     if resume and finished_student(folder, requested, "DMD student"):
         return folder
     device = resolve_device(cfg.device)
     shape = tuple(data.shape[1:])
     real = freeze(copy.deepcopy(teacher).to(device))
-    if cfg.sigma_data is not None:
-        sigma_data = cfg.sigma_data
-    elif isinstance(teacher.precond, EDMPreconditioning):
-        sigma_data = teacher.precond.sigma_data
-    else:
-        sigma_data = float(data.std())
+    sigma_data = student_sigma_data(cfg.sigma_data, teacher, data)
 
     def trainable_copy() -> Denoiser:
         d = Denoiser(copy.deepcopy(teacher.net), teacher.precond).to(device).train()
@@ -172,12 +162,9 @@ def dmd_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: torch.Ten
     pairs = (teacher_pairs(real, shape, cfg.regression_pairs, cfg, device)
              if cfg.regression_weight > 0 else None)
 
-    ckpt_dir = out_dir / "checkpoints"
-    resumed = (resume_run(ckpt_dir, opt, ema, {"model": net, "fake": fake.net}, requested,
-                          cfg.steps, "DMD distillation") if resume else None)
-    step, last_loss = (resumed.step, resumed.loss) if resumed else (0, float("nan"))
-    if not resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    ckpt_dir = folder.parent / "checkpoints"
+    step, last_loss = resume_or_start(ckpt_dir, opt, ema, {"model": net, "fake": fake.net},
+                                      requested, cfg.steps, "DMD distillation", resume)
     meta = {"method": "dmd", "provenance": requested.model_dump(mode="json")}
     fake_params = list(fake.net.parameters())
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")

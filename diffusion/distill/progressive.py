@@ -32,7 +32,7 @@ from ..schedules import nested_karras_sigmas
 from ..train import EMA, resolve_device, step_generator
 from .settings import ProgressiveConfig
 from .shared import (check_data, check_teacher, distillation_provenance, finished_student, freeze,
-                     resume_run)
+                     resume_or_start)
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -165,11 +165,8 @@ def _train_round(teacher: Denoiser, data, cfg: ProgressiveConfig, round_: int, n
     grid = nested_karras_sigmas(n_teacher, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(device)
     ckpt_dir = work / "checkpoints"
     what = f"progressive round {round_}"
-    resumed = (resume_run(ckpt_dir, opt, ema, {"model": net}, provenance, cfg.steps_per_round, what)
-               if resume else None)
-    step, last_loss = (resumed.step, resumed.loss) if resumed else (0, float("nan"))
-    if not resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    step, last_loss = resume_or_start(ckpt_dir, opt, ema, {"model": net}, provenance,
+                                      cfg.steps_per_round, what, resume)
     meta = {"method": "progressive", "round": round_, "teacher_steps": n_teacher,
             "provenance": provenance.model_dump(mode="json")}
 

@@ -11,6 +11,7 @@ code -- matches the request (diffusion/provenance.py).
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ from torch import nn
 
 from ..checkpoint import FRESH_START, Resumed, load_into, resume_checkpoint
 from ..model import ModelError, ModelSpec, load_for_sampling, read_spec
-from ..objectives import Denoiser
-from ..provenance import Lineage, Provenance, code_sha256, stored_provenance, weights_sha256
+from ..objectives import Denoiser, EDMPreconditioning
+from ..provenance import (Lineage, Provenance, code_sha256, stored_provenance, tensor_sha256,
+                          weights_sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,29 @@ def check_data(data: torch.Tensor) -> None:
         raise DistillationError("distillation data contains NaN or inf")
 
 
+def student_sigma_data(setting: float | None, teacher: Denoiser, data: torch.Tensor) -> float:
+    """A student's sigma_data: the setting when given, else the EDM teacher's own, else the
+    training data's std (a VP teacher has none)."""
+    if setting is not None:
+        return setting
+    if isinstance(teacher.precond, EDMPreconditioning):
+        return teacher.precond.sigma_data
+    return float(data.std())
+
+
 # --- provenance and reuse ------------------------------------------------------------
+
+def student_request(method: str, cfg, teacher: Denoiser, teacher_spec: ModelSpec,
+                    data: torch.Tensor, out_dir, lineage: Lineage | None,
+                    module: str) -> tuple[Path, Provenance]:
+    """Check the teacher and the data, then (out_dir/model, the provenance a one-student method
+    `method` with settings `cfg` requests).  Raises DistillationError."""
+    check_data(data)
+    check_teacher(teacher_spec, data.shape[1:])
+    settings = {"method": method, "config": cfg.result_settings()}
+    return Path(out_dir) / "model", distillation_provenance(
+        settings, tensor_sha256(data), teacher, teacher_spec, lineage, module)
+
 
 def distillation_provenance(settings: dict, data_sha256: str, teacher: Denoiser,
                             teacher_spec: ModelSpec, lineage: Lineage | None,
@@ -111,3 +135,14 @@ def resume_run(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module], requeste
         ema.load(resumed.weights["ema"])
         logger.info("%s: resuming from %s (step %d)", what, resumed.path, resumed.step)
     return resumed
+
+
+def resume_or_start(ckpt_dir: Path, opt, ema, modules: dict[str, nn.Module],
+                    requested: Provenance, total: int, what: str, resume: bool) -> tuple[int, float]:
+    """(first step, the loss recorded with it): with `resume`, where ckpt_dir's checkpoint made
+    from `requested`'s inputs left off (resume_run), else 0 after clearing ckpt_dir's
+    checkpoints of another run."""
+    resumed = resume_run(ckpt_dir, opt, ema, modules, requested, total, what) if resume else None
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another run: not ours
+    return (resumed.step, resumed.loss) if resumed else (0, float("nan"))
