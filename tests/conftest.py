@@ -9,6 +9,18 @@ import torch
 from pipeline_run import first_pipeline_run, pipeline_repo  # noqa: F401
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _shared_feature_cache(tmp_path_factory):
+    """One folder of evaluation feature extractors for every user repository of the session
+    (tests/user_repo.py's params_for): a repository whose dataset's extractor another one trained
+    reuses it, as a user's second checkout on the same machine could."""
+    import user_repo
+
+    user_repo.SHARED_FEATURE_CACHE = tmp_path_factory.mktemp("features")
+    yield
+    user_repo.SHARED_FEATURE_CACHE = None
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module that trains: on a shared 2-core machine torch's two

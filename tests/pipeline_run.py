@@ -7,6 +7,7 @@ suite runs it once; conftest.py makes the fixtures visible to every module.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -21,8 +22,13 @@ WEAK = ["--set", "train.steps=1"]
 
 def run(*args, cwd, check=True, timeout=900, env=None):
     """`python -m flows.cli *args` in `cwd`, as a user runs dmops (with the environment `env`,
-    default this process's); with `check`, exit code 0 or the assertion shows the end of both
-    streams."""
+    default this process's, with OMP_NUM_THREADS=1 unless it sets one); with `check`, exit
+    code 0 or the assertion shows the end of both streams."""
+    # one torch thread, as in-process tests take (conftest.py's one_torch_thread): on the shared
+    # 2-core machine torch's second OpenMP thread waits for a core that the servers or another
+    # process hold (the same tiny run's extractor training took 36 s once and 7 s the next time)
+    env = {**(os.environ if env is None else env)}
+    env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env)
     if check:

@@ -31,9 +31,13 @@ def dmops(*args, cwd, timeout=900):
 def repo(tmp_path_factory, stack):
     """A user's checkout with the code in it (the commit's own diffusion/ and tasks/ are what a
     reproduction runs), in git + DVC with the remote in the stack's data bucket."""
+    params = params_for(MODEL, MODEL)
+    # the repository's own feature cache, not the session's shared one: the reproduction trains
+    # its extractor anew, and the recorded metrics must come from one this module's run trained
+    # the same way (not from one another module's process left in the shared cache)
+    params["evaluate"]["feature_cache"] = "data/features"
     return make_user_repo(tmp_path_factory.mktemp("repro-repo"), stack.settings.data_bucket,
-                          params_for(MODEL, MODEL),
-                          {"NOTES.md": "a tracked file that is not code\n"})
+                          params, {"NOTES.md": "a tracked file that is not code\n"})
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,20 @@ def dvc(repo, *args) -> None:
                    capture_output=True)
 
 
+# the evaluation's feature extractors, shared by every user repository of the session (set by
+# conftest.py's session fixture): an extractor is keyed by its training rows, seed, steps and code
+# (diffusion/features.py), so repositories of the same dataset reuse one instead of each training
+# its own (7-40 s per repository on the shared machine); None: each repository's data/features
+SHARED_FEATURE_CACHE: Path | None = None
+
+
 def params_for(model: str, experiment: str) -> dict:
-    """The project's params.yaml with the tiny profile and a model and experiment of the test's own."""
+    """The project's params.yaml with the tiny profile, a model and experiment of the test's own,
+    and the session's SHARED_FEATURE_CACHE when there is one."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
+    if SHARED_FEATURE_CACHE is not None:
+        params["evaluate"]["feature_cache"] = str(SHARED_FEATURE_CACHE)
     params["pipeline"]["model_name"] = model
     params["pipeline"]["experiment"] = experiment
     return params
@@ -48,8 +58,13 @@ def make_user_repo(repo: Path, data_bucket: str, params: dict, extra_files: dict
     git(repo, "config", "user.email", "test@example.com")
     git(repo, "config", "user.name", "test")
     dvc(repo, "init", "-q")
-    dvc(repo, "config", "core.analytics", "false")
-    dvc(repo, "remote", "add", "-d", "dmops", f"s3://{data_bucket}/datasets")
+    # `dvc config core.analytics false` and `dvc remote add -d dmops <url>`, written by DVC's own
+    # config code in this process (each `dvc` command is a Python start-up of 1-2 s)
+    from dvc.config import Config
+
+    with Config(dvc_dir=repo / ".dvc").edit("repo") as conf:
+        conf["core"].update({"analytics": "false", "remote": "dmops"})
+        conf["remote"]["dmops"] = {"url": f"s3://{data_bucket}/datasets"}
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a user's pipeline repo")
     return repo
