@@ -17,6 +17,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from infra import processes
 from infra.processes import read_pid_file, wait_group_gone
 
 
@@ -33,6 +34,12 @@ class Outage:
         if record is None:
             raise RuntimeError(f"{self.service} of the test stack is not running")
         os.killpg(record.pid, signal.SIGKILL)
+        # reap it first when this process started it (the test session's stack): until then
+        # the killed server is a zombie whose group still answers, and the wait below took its
+        # full 10 s (infra.processes.is_running calls a zombie stopped without reaping it)
+        child = processes._CHILDREN.get(record.pid)
+        if child is not None:
+            child.wait(10)
         wait_group_gone(record.pid, 10)
         return record.pid
 
