@@ -26,10 +26,12 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:   # no torch at import: `dmops fingerprint` (run on every `dvc repro`) needs none
+    import torch
 
 PROJECT_PACKAGES = ("diffusion", "tasks", "flows")
 
@@ -74,7 +76,7 @@ def weights_sha256(net_or_state) -> str:
     """The identity of a network's weights: sha256 over every (name, dtype, shape, bytes) of
     its state dict in name order.  The same weights give the same hash whatever file layout
     held them (a model folder, a checkpoint's EMA file, a network in memory)."""
-    state = net_or_state.state_dict() if isinstance(net_or_state, torch.nn.Module) else net_or_state
+    state = net_or_state.state_dict() if hasattr(net_or_state, "state_dict") else net_or_state
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(f"{name};".encode())

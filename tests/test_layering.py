@@ -71,17 +71,32 @@ def test_the_steps_reach_servers_only_through_the_adapters(path):
                        "through a module of tasks/adapters/")
 
 
-def test_dmops_config_does_not_import_torch():
-    # a fresh interpreter: what `dmops config -p quick` imports, and nothing it did not
+def _imported_by(args: list[str]) -> dict:
+    """In a fresh interpreter: `dmops <args>`'s exit code, output and which heavy libraries it
+    imported (nothing it did not)."""
     code = ("import sys, json\n"
             "from typer.testing import CliRunner\n"
             "from flows.cli import app\n"
-            "result = CliRunner().invoke(app, ['config', '-p', 'quick'])\n"
+            f"result = CliRunner().invoke(app, {args!r})\n"
             "print(json.dumps({'exit': result.exit_code, 'output': result.output,\n"
-            "                  'heavy': sorted(m for m in ('torch', 'diffusers', 'mlflow', 'prefect')\n"
+            "                  'heavy': sorted(m for m in ('torch', 'diffusers', 'mlflow', 'prefect',\n"
+            "                                              'sklearn', 'pandas')\n"
             "                                  if m in sys.modules)}))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           check=True)
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dmops_config_does_not_import_torch():
+    report = _imported_by(["config", "-p", "quick"])
     assert report["exit"] == 0 and "profile: quick" in report["output"], report
     assert report["heavy"] == [], f"`dmops config` imported {report['heavy']}"
+
+
+def test_dmops_fingerprint_reads_and_hashes_without_the_ml_libraries(tmp_path):
+    """DVC runs `dmops fingerprint` on every `dvc repro` (its stage always runs): it hashes
+    files and source code, and a torch import would cost seconds each time."""
+    report = _imported_by(["fingerprint", "--out", str(tmp_path / "digits.json")])
+    assert report["exit"] == 0, report
+    assert report["heavy"] == [], f"`dmops fingerprint` imported {report['heavy']}"
+    assert json.loads((tmp_path / "digits.json").read_text())["data"]["name"] == "digits"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from diffusion.atomic import atomic_write_text
 from diffusion.config import DataConfig
-from diffusion.data import DataError
+from diffusion.data_errors import DataError
 from diffusion.image_files import scan_folder
 from diffusion.provenance import code_files, file_sha256
 
