@@ -19,7 +19,7 @@ from diffusion.tabular.multinomial import Layout, MultinomialDiffusion, T_DEFAUL
 from diffusion.tabular.vectors import decode
 
 
-def train_multinomial(ds_onehot, args, log=None):
+def train_multinomial(ds_onehot, args, on_log=None):
     """Train on `ds_onehot`'s train vectors (a one-hot table_vectors dataset) with the
     teacher's budget of `args` (steps, batch_size, hidden, depth, lr, seed); returns
     (process, EMA net, seconds)."""
@@ -30,7 +30,7 @@ def train_multinomial(ds_onehot, args, log=None):
     net = MLP(dim=x.shape[1], hidden=args.hidden, depth=args.depth)
     t0 = time.perf_counter()
     ema = train(process, net, x, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                warmup=min(100, max(1, args.steps // 10)), seed=args.seed, log=log)
+                warmup=min(100, max(1, args.steps // 10)), seed=args.seed, on_log=on_log)
     return process, ema, time.perf_counter() - t0
 
 

@@ -232,11 +232,11 @@ class MultinomialDiffusion:
 
 def train(process: MultinomialDiffusion, net, x: torch.Tensor, *, steps: int, batch_size: int,
           lr: float = 2e-3, warmup: int = 100, ema_decay: float = 0.999, seed: int = 0,
-          grad_clip: float = 1.0, log=None):
+          grad_clip: float = 1.0, on_log=None):
     """Train `net` on rows x (N, D) (encoder vectors) for `steps` Adam steps of `batch_size`
     rows drawn with replacement; linear warm-up over `warmup` steps; returns the EMA copy of
-    the net (decay `ema_decay`, warm-started as (1 + k) / (10 + k)) in eval mode.  `log(step,
-    loss)` is called every steps // 5 steps when given."""
+    the net (decay `ema_decay`, warm-started as (1 + k) / (10 + k)) in eval mode.
+    `on_log(step, {"loss": float})` is called every steps // 5 steps when given."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -258,6 +258,6 @@ def train(process: MultinomialDiffusion, net, x: torch.Tensor, *, steps: int, ba
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - decay)
-        if log is not None and (k + 1) % max(1, steps // 5) == 0:
-            log(k + 1, float(loss))
+        if on_log is not None and (k + 1) % max(1, steps // 5) == 0:
+            on_log(k + 1, {"loss": float(loss)})
     return ema
