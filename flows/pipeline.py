@@ -117,10 +117,12 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         reference = load_reference(settings.data_bucket, cfg.dataset)
         validation = steps.validate_data_task.with_options(**opts)(
             dataset, gate, reference, parent_run_id=pid)
-        save_reference(settings.data_bucket, cfg.dataset, validation.details["statistics"])
         step_done(progress, validation, pid)
         # before any training: a model of this data must be comparable with the registered one
         check_comparable(settings.model_name, dataset, cfg.data.categorical)
+        # only a version the run goes on with becomes the next drift reference: one refused
+        # here would otherwise be what the next version is compared with
+        save_reference(settings.data_bucket, cfg.dataset, validation.details["statistics"])
 
         train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)

@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 def write_params(repo: Path, data: dict | None = None, gate: dict | None = None) -> None:
     params = params_for(MODEL, "pipeline-test")
-    if data is not None:   # the digits entry's settings replaced: the run's dataset
-        params["datasets"]["digits"] = {**params["datasets"]["digits"], **data}
+    if data is not None:   # a dataset of the user's, beside digits, picked for the run
+        params["datasets"]["mine"] = data
+        params["dataset"] = "mine"
     params["pipeline"]["validate_data"].update(gate or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -371,7 +372,7 @@ def test_bad_dataset_fails_the_gate_and_changes_nothing(first, repo, kind, expec
     assert champion().version == before_champion
 
 
-def test_data_of_another_shape_is_refused_before_training_naming_the_model(first, repo):
+def test_data_of_another_shape_is_refused_before_training_naming_the_model(first, repo, stack):
     """Issue item 9: a 16x16 dataset under the 8x8 model's name was registered as its
     challenger and then crashed the promotion with a ModelError."""
     before_champion, before_versions = champion().version, len(versions())
@@ -390,6 +391,11 @@ def test_data_of_another_shape_is_refused_before_training_naming_the_model(first
     assert "pipeline.model_name" in message and MODEL in message and "1x16x16" in message, message
     assert _teacher_runs() == trained_before  # refused before any training
     assert len(versions()) == before_versions and champion().version == before_champion
+    # a refused version is not what the dataset's next version will be compared with
+    from tasks.adapters.drift_reference import reference_key
+    listed = stack.s3_client().list_objects_v2(Bucket=stack.settings.data_bucket,
+                                               Prefix=reference_key("mine"))
+    assert listed["KeyCount"] == 0, listed.get("Contents")
 
 
 def _teacher_runs() -> int:

@@ -299,3 +299,35 @@ def test_table_settings_are_strict_and_nested():
         ValidationSettings.model_validate({"table": {"max_null_fractions": 0.3}})
     with pytest.raises(ValueError):
         ValidationSettings.model_validate({"table": {"max_category_tvd": 0.0}})
+
+
+def _inferred(frame: pd.DataFrame) -> dict:
+    """The schema an undeclared table gets on each version: whatever the file now holds."""
+    full = churn_schema(frame.reindex(columns=COLUMNS))   # a dropped column: all nulls here
+    return {**full, "columns": [c for c in full["columns"] if c["name"] in frame.columns]}
+
+
+@pytest.mark.parametrize("edit, failed, words", [
+    # a new category: the version's own (inferred) schema lists it
+    (lambda f: f.assign(international_plan=f["international_plan"].astype(str)
+                        .where(f.index >= 5, "maybe").astype("category")),
+     ("categories_vs_reference", "international_plan"), ["'maybe'", "last validated version"]),
+    # a number written as text: re-inferred as a categorical column
+    (lambda f: f.assign(total_day_calls=f["total_day_calls"].astype(str) + " calls"),
+     ("type_vs_reference", "total_day_calls"), ["integer"]),
+    # a column dropped: the version's schema simply lacks it
+    (lambda f: f.drop(columns=["total_eve_minutes"]),
+     ("columns_vs_reference", None), ["missing 'total_eve_minutes'", "last validated version"]),
+])
+def test_an_inferred_schema_is_held_to_the_last_validated_version(churn, reference, tmp_path,
+                                                                  edit, failed, words):
+    """Without a declared schema each version is inferred anew, so its own schema.json agrees
+    with whatever changed: the reference's columns, kinds and categories catch it, naming the
+    column and what was seen."""
+    frame = edit(churn.copy())
+    report = validate_dataset(write_table(tmp_path / "t", frame, _inferred(frame)), reference=reference)
+    assert not report.success and failed in failed_checks(report), report.failures
+    line = next(f for f in report.failures if f.startswith(failed[0]))
+    assert all(w in line for w in words), line
+    if failed[1] is not None:
+        assert f"({failed[1]})" in line

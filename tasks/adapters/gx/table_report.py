@@ -42,19 +42,20 @@ def _line(r: dict) -> str:
 
 def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
     details = res.get("details") or {}
-    if check == "columns":
+    if check in ("columns", "columns_vs_reference"):
         mismatched = details.get("mismatched") or {}
         parts = [f"{what} {', '.join(map(repr, mismatched[what]))}"
                  for what in ("missing", "unexpected") if mismatched.get(what)]
         names = [c for c in kwargs["column_set"] if not c.startswith("__gate")]
+        source = "schema.json names" if check == "columns" else "the last validated version had"
         return "; ".join(parts) or "other columns", \
-            f"exactly the {len(names) - 2} columns schema.json names, _id and _split"
+            f"exactly the {len(names) - 2} columns {source}, _id and _split"
     if check == "columns_order":
         schema = [c for c in kwargs["column_list"]]
         seen = res.get("observed_value") or []
         return f"the order {', '.join(c for c in seen if c in schema)}", \
             f"the order {', '.join(schema)}"
-    if check == "type":
+    if check in ("type", "type_vs_reference"):
         return str(res.get("observed_value")), " or ".join(kwargs["kinds"]) + " values"
     if check == "nulls":
         count, total = res.get("unexpected_count", 0), res.get("element_count", 0)
@@ -62,13 +63,14 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
         limit = 1.0 - kwargs.get("mostly", 1.0)
         return (f"{share:.1%} nulls ({count} of {total} rows{_examples(res)})",
                 f"at most {limit:.1%}")
-    if check == "categories":
+    if check in ("categories", "categories_vs_reference"):
         # SUMMARY results hold the first unexpected rows only: their distinct values are
         # named, the row count is the whole table's
         new = list(dict.fromkeys(res.get("partial_unexpected_list") or []))
         values = ", ".join(repr(v) for v in new[:VALUES_SHOWN])
+        where = "schema.json" if check == "categories" else "the last validated version"
         return (f"{res.get('unexpected_count')} of {res.get('element_count')} rows with a "
-                f"category not in schema.json, e.g. {values}{_examples(res)}",
+                f"category not in {where}, e.g. {values}{_examples(res)}",
                 "each value one of " + _short(kwargs["value_set"]))
     if check in ("finite", "range"):
         low, high = kwargs.get("min_value"), kwargs.get("max_value")

@@ -2,8 +2,9 @@
 
 In the report's order: structure (columns as schema.json lists them, in order; ids; splits;
 row count; duplicate rows), then per column: type, nulls, known categories, finite values,
-range, then drift against the last validated version (mean and std of each number, category
-shares).  Every expectation carries a short check name in meta["check"] and meta["column"],
+range, then against the last validated version: its columns, each column's kind and its known
+categories (what an inferred schema cannot hold fixed), and drift (mean and std of each number,
+category shares).  Every expectation carries a short check name in meta["check"] and meta["column"],
 and a description with its thresholds.  A column's value checks are left out when the column
 is missing or holds another type than the schema's: its one failure (columns / type) says so,
 instead of a cascade of errors from checks that cannot apply.
@@ -49,7 +50,32 @@ def build_table_expectations(data: TableData, settings: ValidationSettings,
             continue  # the type check names what the column holds
         checks += _column_values(column, settings, ref_columns.get(column.name))
     if reference is not None:
+        checks += _against_reference(data, ref_columns)
         checks += _drift(data, settings, ref_columns, int(reference.get("rows") or 0))
+    return checks
+
+
+def _against_reference(data: TableData, ref_columns: dict) -> list:
+    """The last validated version's columns, their kinds and categories: an inferred schema
+    follows whatever the file holds (a column turned to text is re-inferred as categorical, a
+    dropped one is simply absent), so without these a changed version passes its own schema."""
+    ids = [data.id_column] if data.id_column else []
+    checks = [_check(gxe.ExpectTableColumnsToMatchSet, "columns_vs_reference",
+                     "the columns of the last validated version: "
+                     + ", ".join(ref_columns), column_set=[*ids, *ref_columns, ID, SPLIT, ROW_HASH],
+                     exact_match=True)]
+    for name, ref in ref_columns.items():
+        if name not in data.frame.columns or not isinstance(ref, dict) or "type" not in ref:
+            continue  # the columns check names it
+        then = SchemaColumn(name=name, type=ref["type"])
+        checks.append(_check(ExpectColumnTypeToBeOneOf, "type_vs_reference",
+                             f"a {then.type} column as in the last validated version", name,
+                             kinds=list(accepted_kinds(then)), schema_type=then.type))
+        if then.type == "categorical" and seen_type(data.frame[name])[0] in accepted_kinds(then):
+            known = [value for value, _ in _reference_value(ref, name, "shares") if value is not None]
+            checks.append(_check(gxe.ExpectColumnValuesToBeInSet, "categories_vs_reference",
+                                 f"values among the {len(known)} categories of the last "
+                                 "validated version", name, value_set=known))
     return checks
 
 
