@@ -192,3 +192,11 @@ def test_built_in_tables_round_trip(name):
     back = encoder.inverse_transform(encoder.transform(frame))
     # every column of both is categorical, integer or numerical with at most 2 decimals
     pd.testing.assert_frame_equal(back, frame)
+
+
+def test_a_binary_integer_target_decodes_to_its_dtype_and_values():
+    df = pd.DataFrame({"x": np.linspace(0, 1, 40), "y": np.array([0, 1] * 20, dtype=np.int64)})
+    schema = infer_schema(df, target="y")
+    encoder = TableEncoder(schema, "analog_bits").fit(df)
+    back = encoder.inverse_transform(encoder.transform(df))
+    assert str(back["y"].dtype) == "int64" and back["y"].tolist() == df["y"].tolist()

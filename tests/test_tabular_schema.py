@@ -175,3 +175,20 @@ def test_conform_casts_losslessly_and_leaves_the_rest_to_check(mixed):
     pd.testing.assert_frame_equal(back, mixed)
     with pytest.raises(DataError, match="column 'grade': value"):
         conform(as_read.assign(grade=["low", "top", "mid", "low"]), schema)
+
+
+def test_a_two_valued_integer_target_is_a_class_label():
+    """A 0/1 target read from a CSV is int64: as `integer` its utility would be a regression's
+    R^2 of a 0/1 column (and be dropped when that is <= 0); as a class it gets AUC and F1."""
+    df = pd.DataFrame({"x": np.arange(8) * 1.5, "n": [0, 1] * 4, "churned": [0, 1, 1, 0] * 2})
+    schema = infer_schema(df, target="churned")
+    col = {c.name: c for c in schema.columns}
+    assert (col["churned"].type, col["churned"].dtype, col["churned"].categories) == \
+        ("categorical", "int64", (0, 1))
+    assert col["n"].type == "integer"  # the same values in a feature stay integer
+    # three values are not a binary label; a declared type is kept
+    assert infer_schema(df.assign(churned=[0, 1, 2, 0] * 2), target="churned").columns[2].type == "integer"
+    declared = complete_schema({"columns": [{"name": "x"}, {"name": "n"},
+                                            {"name": "churned", "type": "integer"}]}, df, "churned")
+    assert declared.columns[2].type == "integer"
+    assert complete_schema({"target": "churned"}, df).columns[2].type == "categorical"

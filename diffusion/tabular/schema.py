@@ -27,6 +27,10 @@ Inference (`infer_schema`), one rule per dtype:
   values: a threshold would make a column's type depend on the sample's size (a 3-valued
   count in 100 rows, 40-valued in 50,000), and the quantile transform decodes a few-valued
   integer exactly anyway.  Declare a code (a zip code, a class number) categorical.
+  One exception, which no sample size changes: a target of an integer dtype that holds exactly
+  two values (0/1, 1/2) is a class label, so categorical (its dtype kept, categories sorted):
+  the utility score is then a classifier's AUC and F1, not a regression's R^2 of a 0/1
+  column.  Declare the target `integer` to have it regressed.
 - float dtypes are numerical, even when every value is whole (a float column of counts read
   from a CSV with a blank is one): declare `integer` to have it decoded as whole numbers.
 - anything else (datetimes, timedeltas, complex, intervals) is a DataError naming the column.
@@ -245,7 +249,7 @@ def _scalar(name: str, value):
 
 # --- inference ----------------------------------------------------------------------------
 
-def _infer_column(name: str, series: pd.Series) -> Column:
+def _infer_column(name: str, series: pd.Series, target: bool = False) -> Column:
     dtype = series.dtype
     nullable = bool(series.isna().any())
     if isinstance(dtype, pd.CategoricalDtype):
@@ -265,6 +269,10 @@ def _infer_column(name: str, series: pd.Series) -> Column:
         categories = tuple(sorted(_scalar(name, v) for v in values.unique()))
         return Column(name, "categorical", str(dtype), nullable, categories, False)
     if ptypes.is_integer_dtype(dtype):
+        values = series.dropna().unique()
+        if target and len(values) == 2:  # a binary class label (module docstring)
+            return Column(name, "categorical", str(dtype), nullable,
+                          tuple(sorted(_scalar(name, v) for v in values)), False)
         return Column(name, "integer", str(dtype), nullable)
     if ptypes.is_float_dtype(dtype):
         return Column(name, "numerical", str(dtype), nullable)
@@ -285,7 +293,8 @@ def infer_schema(df: pd.DataFrame, target: str | None = None,
     `df`'s order.  DataError when target or id is not a column, for an unusable dtype, or for
     an object column mixing kinds of values."""
     _check_names(df, target, id_column)
-    columns = tuple(_infer_column(str(name), df[name]) for name in df.columns if name != id_column)
+    columns = tuple(_infer_column(str(name), df[name], target=str(name) == target)
+                    for name in df.columns if name != id_column)
     filled = tuple(f"{c.name}.{p}" for c in columns for p in _properties(c))
     return replace(_validated(TableSchema(columns, target, id_column)), filled=filled)
 
@@ -342,7 +351,8 @@ def complete_schema(declared, df: pd.DataFrame, target: str | None = None,
     columns, filled = [], []
     for entry in entries:
         name = entry["name"]
-        inferred = _infer_column(name, df[name]) if _needs_data(entry) else None
+        inferred = (_infer_column(name, df[name], target=name == target)
+                    if _needs_data(entry) else None)
         out = dict(entry)
         if "type" not in out:
             out["type"] = inferred.type
