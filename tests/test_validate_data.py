@@ -138,6 +138,7 @@ def test_nan_or_inf_fails_and_the_message_names_it(tmp_path, bad):
     assert message == report.summary() and caught.value.report is report
     assert "no NaN/inf values" in message and "synthetic-00007" in message
     assert message.startswith(f"dataset synthetic failed {len(expected)} of ")
+    assert "the thresholds under pipeline.validate_data in params.yaml" in message
 
 
 def test_mixed_shapes_in_the_manifest_fail(tmp_path):

@@ -196,6 +196,9 @@ def test_bad_table_fails_naming_the_column(churn, schema, tmp_path, edit, failed
     for text in words:
         assert text in line, line
     assert line in report.summary()
+    # the hint names the params.yaml keys a user edits, not a Python class
+    assert "thresholds under pipeline.validate_data.table (" in report.summary()
+    assert "ValidationSettings" not in report.summary()
 
 
 def test_columns_out_of_the_schemas_order_fail(churn, schema, tmp_path):

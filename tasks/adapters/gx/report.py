@@ -19,6 +19,8 @@ class ValidationReport:
     statistics: dict               # this dataset's reference statistics ("last validated" on success)
     docs_dir: Path | None = None   # Data Docs folder (index.html inside), when built
     dataset: str = "dataset"       # the dataset's name, for messages
+    # where a user changes the gate's thresholds (params.yaml keys, not a Python class)
+    thresholds: str = "pipeline.validate_data"
 
     @classmethod
     def unreadable(cls, processed_dir, problems: list[str]) -> "ValidationReport":
@@ -45,8 +47,8 @@ class ValidationReport:
                     f"dataset {self.dataset} failed {len(self.failures)} of {self.evaluated} "
                     "expectations:")
             lines = [head, *(f"  - {line}" for line in self.failures),
-                     "Fix the data (or, if the data is right, the thresholds in "
-                     "ValidationSettings) and run again."]
+                     "Fix the data (or, if the data is right, the thresholds under "
+                     f"{self.thresholds} in params.yaml) and run again."]
         if self.docs_dir is not None:
             lines.append(f"Data Docs: {Path(self.docs_dir) / 'index.html'}")
         return "\n".join(lines)

@@ -43,4 +43,6 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     failures = table_failure_lines(result, expectations)
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(data)),
-                            docs_dir=docs_dir, dataset=data.name)
+                            docs_dir=docs_dir, dataset=data.name,
+                            thresholds="pipeline.validate_data.table (row count and duplicates: "
+                                       "pipeline.validate_data)")
