@@ -1,18 +1,46 @@
-"""The flow run's markdown summary (a Prefect artifact): metrics table and promotion decision."""
+"""The flow run's markdown summary (a Prefect artifact): metrics table and promotion decision;
+for a table model also the scores of the rows it is served at (sampler and NFE named)."""
 
 from __future__ import annotations
 
 from tasks.step_result import StepResult
+from tasks.table_rows import SHOWN, served_setting, utility_note
 
 
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _rows_section(challenger: StepResult) -> list[str]:
+    """A table model's rows scores, of the setting it is served at, beside the floor's: the
+    numbers its card and registered version carry (table_<metric>, table_floor_<metric>)."""
+    setting = challenger.details.get("rows_setting")
+    if setting is None:
+        return []
+    metrics = challenger.metrics
+    served = {k[len("table_"):]: v for k, v in metrics.items()
+              if k.startswith("table_") and not k.startswith("table_floor_")}
+    floor = {k[len("table_floor_"):]: v for k, v in metrics.items() if k.startswith("table_floor_")}
+    lines = ["", f"## Rows of the served model: {setting['model']} "
+                 f"({served_setting(setting['sampler'], setting['nfe'])})", ""]
+    if not served:
+        return lines + ["Its rows were not scored."]
+    lines += [_row(["score", "served rows", "floor (held-out real rows)"]), _row(["---"] * 3)]
+    for key, label in SHOWN:
+        if key in served:
+            shown_floor = f"{floor[key]:.3f}" if key in floor else "-"
+            lines.append(_row([label, f"{served[key]:.3f}", shown_floor]))
+    note = utility_note(served)
+    if note is not None:
+        lines += ["", note]
+    return lines
+
+
 def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResult,
                      decision: StepResult) -> str:
     """The summary of one flow run: its result (the flow's return value) and the StepResults of
     the evaluate, register and promote steps."""
+    rows_section = _rows_section(challenger)
     evaluation, challenger, decision = evaluation.details, challenger.details, decision.details
     rows = sorted(evaluation["table"], key=lambda r: (r["model"] != "teacher", r["model"], r["nfe"]))
     lines = [f"# {result['model']} version {result['version']}", "",
@@ -29,6 +57,7 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
     for r in rows:
         lines.append(_row([r["model"], r["sampler"], int(r["nfe"]), f"{r['fid']:.3f}",
                            f"{r.get('kid_mean', float('nan')):.4f}", f"{r['images_per_s']:.0f}"]))
+    lines += rows_section
     if decision.get("champion_metrics"):
         champ = decision["champion_metrics"]
         lines += ["", f"Previous champion (version {decision['previous_champion']}) on the same "

@@ -30,6 +30,7 @@ from tasks.adapters.servers import dvc_client_env
 from tasks.pipeline_settings import PipelineConfig
 from tasks.step_result import StepResult
 from tasks.steps.lineage import model_weights_sha256
+from tasks.table_rows import served_setting
 
 
 def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
@@ -184,7 +185,9 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
         details = {"table": report.table.to_dict(orient="records"), "floor": float(report.floor),
                    "noun": report.noun}
         if quality is not None:
-            details["table_quality"] = quality
+            # the register step scores the served setting's rows on the same table when the
+            # evaluation scored another one (tasks/steps/table_quality.py rows_of_served)
+            details.update(table_quality=quality, data_dir=dataset["path"])
         return StepResult(step="evaluate", run_id=run.info.run_id, metrics=metrics, details=details)
 
 
@@ -196,24 +199,57 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
     sha256, by the name the evaluation table gives it.  Its
     metrics are its row of the evaluation: the same n, seed and feature space that the promote
     step scores the champion with.  The effective configuration is logged as
-    lineage/config.json.  details: version, model_dir (the served copy), candidate (text)."""
+    lineage/config.json.  A table model's rows are those of the setting it is served at
+    (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>.
+    details: version, model_dir (the served copy), candidate (text); for a table model also
+    rows_setting {"model", "sampler", "steps", "nfe"}: the setting those rows are of."""
     from tasks.steps.register import register_candidate
 
     settings = config.pipeline
     with tracking.step_run("register_model", parent_run_id) as run:
         tracking.log_json(config.model_dump(mode="json"), "lineage/config.json")
+        rows, setting = _served_rows(config, evaluation, folders, work_dir)
         registered = register_candidate(evaluation.details["table"], folders, weights, work_dir,
                                         settings.model_name, settings.max_fid_ratio, tags,
-                                        run.info.run_id,
-                                        table_quality=evaluation.details.get("table_quality"))
+                                        run.info.run_id, table_quality=rows)
         metrics = registered.metrics
         mlflow.log_metrics(metrics)
         mlflow.set_tag("served_as", registered.candidate.name)
+        details = {"version": registered.version, "model_dir": str(registered.model_dir),
+                   "candidate": registered.candidate.describe()}
+        if setting is not None:
+            details["rows_setting"] = setting
+            mlflow.set_tag("rows_setting", served_setting(setting["sampler"], setting["nfe"]))
         return StepResult(step="register_model", run_id=run.info.run_id, metrics=metrics,
-                          folders={registered.candidate.name: str(registered.model_dir)},
-                          details={"version": registered.version,
-                                   "model_dir": str(registered.model_dir),
-                                   "candidate": registered.candidate.describe()})
+                          details=details,
+                          folders={registered.candidate.name: str(registered.model_dir)})
+
+
+def _served_rows(config: PipelineConfig, evaluation: StepResult, folders: dict[str, str],
+                 work_dir: str) -> tuple[dict | None, dict | None]:
+    """(rows scores in table_quality's shape, the setting they are of) of the model the register
+    step will serve (select_candidate's rule on the evaluation table), scored now when the
+    evaluation scored it at another setting (its files logged under table_quality/served);
+    (None, None) for a model that is not a table's."""
+    import pandas as pd
+
+    from tasks.steps.select_candidate import choose_candidate
+    from tasks.steps.table_quality import rows_of_served
+
+    quality = evaluation.details.get("table_quality")
+    if quality is None:
+        return None, None
+    candidate = choose_candidate(pd.DataFrame(evaluation.details["table"]),
+                                 {k: Path(v) for k, v in folders.items()},
+                                 config.pipeline.max_fid_ratio)
+    nfe = int(candidate.row["nfe"])
+    rows = rows_of_served(quality, candidate.name, candidate.source, candidate.sampler,
+                          candidate.steps, nfe, config, evaluation.details.get("data_dir"),
+                          Path(work_dir) / "candidate" / "rows")
+    for path in rows.pop("files", {}).values():
+        mlflow.log_artifact(str(path), "table_quality/served")
+    return rows, {"model": candidate.name, "sampler": candidate.sampler,
+                  "steps": candidate.steps, "nfe": nfe}
 
 
 def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, releases_bucket: str,

@@ -6,7 +6,9 @@ user of another library must know), how good it is (the evaluation's numbers wit
 spelled out), where it came from (data hash, commits, code and settings hashes, links to the
 MLflow run, the registered version and the Prefect flow run), and how to load it, with dmops and
 with diffusers alone (tasks/adapters/diffusers_interop.py; tests/test_diffusers_interop.py runs
-the card's own diffusers code).
+the card's own diffusers code).  A table model's card speaks of rows throughout: its "Rows"
+section holds the scores of the rows of the setting it is served at (tasks/steps/table_quality.py),
+and its code returns a DataFrame of the table's columns (the pyfunc, `dmops sample --out x.csv`).
 
 `model_card` needs no release: with `uri=None` it is the card of a registered version that may
 never be released (its description in the registry), and says where a release would be.
@@ -21,6 +23,7 @@ from tasks.adapters import ui_links
 from tasks.adapters.diffusers_interop import (CONSISTENCY, DPM_SOLVER, EULER, SAMPLER_NAMES,
                                               SCHEDULER_CONFIG, DiffusersScheduler,
                                               diffusers_scheduler, diffusers_snippet)
+from tasks.table_rows import served_setting, utility_note
 
 if TYPE_CHECKING:  # model.py imports torch; the card's readers need not
     from diffusion.model import ModelSpec
@@ -109,6 +112,13 @@ def _what(spec: ModelSpec) -> str:
     else:
         trained = f", trained for {_plural(spec.trained_steps, 'step')}" if spec.trained_steps else ""
         what = f"A diffusion model{trained}"
+    if spec.data.kind == "table" and spec.data.table:
+        schema = spec.data.table.get("schema", {})
+        target = f" (target `{schema['target']}`)" if schema.get("target") else ""
+        return (f"{what}: network {network}, made for the table {data}. It makes rows of "
+                f"{_plural(len(schema.get('columns', [])), 'column')}{target}, drawn as vectors "
+                f"of {shape} numbers and decoded to the columns' values and dtypes by the "
+                "encoder its model.json carries.")
     return f"{what}: network {network}, made for {data}, samples of shape {shape}."
 
 
@@ -134,10 +144,11 @@ def _sampling_rows(spec: ModelSpec, metrics: dict) -> list[str]:
 
 # --- how good it is -------------------------------------------------------------------------
 
-# (metric key, what the card calls it), in reading order; KID is shown as mean ± std
+# (metric key, what the card calls it), in reading order; KID is shown as mean ± std.  {one}
+# and {many}: what the model makes ("image"/"images", "row"/"rows", "sample"/"samples")
 _EVALUATION = (
     ("fid", "FID against the test split (the evaluation's feature space)"),
-    ("fid_floor", "real-data floor: FID of held-out real images, same n"),
+    ("fid_floor", "real-data floor: FID of held-out real {many}, same n"),
     ("fid_ratio", "FID / floor"),
     ("fid_vs_floor", "FID / floor"),
     ("teacher_best_fid", "teacher's best FID (its best sampler and steps)"),
@@ -145,10 +156,12 @@ _EVALUATION = (
     ("kid_mean", "KID (mean ± std over subsets)"),
     ("precision", "precision"), ("recall", "recall"), ("density", "density"),
     ("coverage", "coverage"),
-    ("memorisation_ratio", "memorisation: nearest-training-image distance, samples / test images"),
-    ("images_per_s", "images per second (sampling, evaluation machine)"),
-    ("n_samples", "samples scored"),
+    ("memorisation_ratio", "memorisation: nearest-training-{one} distance, generated / test {many}"),
+    ("images_per_s", "{many} per second (sampling, evaluation machine)"),
+    ("n_samples", "{many} scored"),
 )
+# a table's FID is over its rows' encoded vectors (the identity feature space)
+_TABLE_FID = "FID against the test split's rows as encoded vectors (what selection and promotion compare)"
 
 
 # a table model's rows scored beside the floor (tasks/steps/table_quality.py): the numbers
@@ -166,13 +179,24 @@ _ROWS = (
 _ROW_PREFIX, _FLOOR_PREFIX = "table_", "table_floor_"
 
 
-def _rows_lines(metrics: dict) -> list[str]:
-    """The table model's rows section: each score beside the floor's (held-out real rows)."""
-    lines = ["| metric | this model | floor (held-out real rows) |", "|---|---|---|"]
+def _rows_lines(metrics: dict, setting: str | None) -> list[str]:
+    """The table model's rows section: each score of the rows of its served `setting`
+    ('consistency, 1 NFE') beside the floor's (held-out real rows); what was left out says why."""
+    at = f" ({setting})" if setting else ""
+    if not any(k.startswith(_ROW_PREFIX) and not k.startswith(_FLOOR_PREFIX) for k in metrics):
+        return [f"The rows of the setting it is served at{at} were not scored."]
+    lines = [f"The rows of the setting it is served at{at}, decoded to the table's columns, "
+             "scored beside held-out real rows scored the same way:", "",
+             "| metric | this model | floor (held-out real rows) |", "|---|---|---|"]
     for key, label in _ROWS:
         if _ROW_PREFIX + key in metrics:
             floor = metrics.get(_FLOOR_PREFIX + key, "-")
             lines.append(f"| {label} | {_cell(metrics[_ROW_PREFIX + key])} | {_cell(floor)} |")
+    served = {k[len(_ROW_PREFIX):]: v for k, v in metrics.items()
+              if k.startswith(_ROW_PREFIX) and not k.startswith(_FLOOR_PREFIX)}
+    note = utility_note(served)
+    if note is not None:
+        lines += ["", f"{note[0].upper()}{note[1:]}."]
     return lines
 
 
@@ -180,9 +204,10 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _evaluation_lines(metrics: dict) -> list[str]:
+def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
     if not metrics:
         return ["No evaluation numbers were recorded."]
+    one = noun[:-1] if noun.endswith("s") else noun
     metrics = dict(metrics)
     best = metrics.get("teacher_best_fid")
     if "fid_vs_teacher_best" not in metrics and _is_number(best) and best > 0 and _is_number(metrics.get("fid")):
@@ -197,6 +222,7 @@ def _evaluation_lines(metrics: dict) -> list[str]:
         if key == "kid_mean" and _is_number(metrics.get("kid_std")):
             value = f"{_cell(value)} ± {_cell(metrics['kid_std'])}"
             shown.add("kid_std")
+        label = _TABLE_FID if key == "fid" and noun == "rows" else label.format(one=one, many=noun)
         lines.append(_row(label, value))
         shown.add(key)
     # the sampling table states these, the rows section a table's; everything else the
@@ -244,6 +270,42 @@ def _links(model: str, version: str, ids: dict) -> list[str]:
 
 
 # --- how to load ------------------------------------------------------------------------------
+
+def _pyfunc_lines(model: str, version: str) -> list[str]:
+    """A table model's rows from the registry, as the served pyfunc answers them."""
+    return ["```python", "import mlflow", "import pandas as pd", "",
+            f"model = mlflow.pyfunc.load_model(\"models:/{model}/{version}\")",
+            f"rows = model.predict(pd.DataFrame({{\"n\": [{_EXAMPLE_N}], \"seed\": [{_EXAMPLE_SEED}]}}))"
+            "  # a DataFrame: the table's columns in their dtypes", "```"]
+
+
+def _table_load_lines(model: str, version: str, uri: str | None, folder: str) -> list[str]:
+    """How to get a table model's rows: a DataFrame of the table's columns, or a CSV."""
+    sample = f"--n {_EXAMPLE_N} --seed {_EXAMPLE_SEED} --out rows.csv"
+    if uri is None:
+        return [f"Registered as `models:/{model}/{version}`; its rows as a DataFrame of the "
+                "table's columns in their dtypes:", "", *_pyfunc_lines(model, version), "",
+                f"or as a CSV file: `dmops sample --model {model}/{version} {sample}`. When this "
+                "version is promoted, its release (`s3://<releases bucket>/" f"{model}/{version}/`) "
+                "holds the model folder and this card."]
+    return ["Every file is listed with its sha256 in `manifest.json`, written last; "
+            "`read_release` verifies them all before anything is loaded.", "",
+            "```bash", f"dmops sample --release {uri} {sample}", "```", "",
+            "The same rows in Python, from the release (the model samples vectors; the encoder "
+            "its model.json carries decodes them to the table's columns):", "",
+            "```python",
+            "from diffusion.model import load_for_sampling",
+            "from diffusion.samplers import generate",
+            "from diffusion.tabular.vectors import decode",
+            "from tasks.adapters.release import read_release, s3_client_from_env", "",
+            f"folder = read_release(s3_client_from_env(), {uri!r}, {folder!r})",
+            "denoiser, spec = load_for_sampling(folder)",
+            f"x = generate(denoiser, spec.shape, {_EXAMPLE_N}, seed={_EXAMPLE_SEED}, "
+            "**spec.sampling.model_dump()).x",
+            "rows = decode(spec.data.table, x)  # a DataFrame: the table's columns in their dtypes",
+            "```", "", f"or from the registry, as served (`models:/{model}/{version}`):", "",
+            *_pyfunc_lines(model, version)]
+
 
 def _load_lines(model: str, version: str, uri: str | None, folder: str) -> list[str]:
     if uri is None:
@@ -304,6 +366,12 @@ def _timestep_lines(choice: DiffusersScheduler) -> list[str]:
 
 def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder: str,
                      released: bool) -> list[str]:
+    if spec.data.kind == "table":
+        return ["No diffusers scheduler is shipped: a table model's network is an MLP over the "
+                "rows' encoded vectors, not diffusers' UNet2DModel, and a diffusers pipeline "
+                "would give those vectors, not rows. Its rows come from the code above: "
+                "`decode(spec.data.table, x)` (`diffusion.tabular.vectors`) turns vectors into the "
+                "table's columns."]
     if choice is None:
         why = ("its network is not diffusers' UNet2DModel" if spec.net.get("kind") != "unet" else
                f"diffusers has no scheduler for `{spec.sampling.sampler}` on the "
@@ -321,14 +389,31 @@ def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder:
     return lines
 
 
+def _served(spec: ModelSpec | None, metrics: dict, metadata: dict) -> str | None:
+    """'consistency, 1 NFE': the setting the model is served at (its model.json's sampling, else
+    the registry's sampler and nfe tags), or None when neither says."""
+    nfe = metrics.get("nfe", metadata.get("nfe"))
+    if spec is not None:
+        from diffusion.samplers import nfe_for
+
+        nfe = nfe if _is_number(nfe) else nfe_for(spec.sampling.sampler, spec.sampling.steps)
+        return served_setting(spec.sampling.sampler, nfe)
+    sampler = metadata.get("sampler")
+    try:
+        return served_setting(sampler, int(float(nfe))) if sampler and nfe is not None else None
+    except ValueError:
+        return None
+
+
 def model_card(model: str, version: str, metrics: dict, metadata: dict | None = None, *,
                spec: ModelSpec | None = None, uri: str | None = None) -> str:
     """The model card as markdown (a release's README.md, a registered version's description).
 
     model, version: the registered model's name and version; metrics: the served model's
     evaluation numbers (its row: fid, fid_floor, fid_ratio, kid_mean, kid_std, images_per_s, nfe,
-    n_samples, ...; `teacher_best_fid` or `fid_vs_teacher_best` when known), shown with their
-    names spelled out; metadata: the run's lineage tags (dataset_md5, git_commit, profile, ...;
+    n_samples, ...; `teacher_best_fid` or `fid_vs_teacher_best` when known; for a table model
+    table_<metric> and table_floor_<metric>: the scores of the rows of its served setting and of
+    the floor, tasks/steps/table_quality.py), shown with their names spelled out; metadata: the run's lineage tags (dataset_md5, git_commit, profile, ...;
     mlflow_parent_run_id with mlflow_experiment_id, and prefect_flow_run_id become links into the
     UIs the environment points at, tasks/adapters/ui_links.py); spec: the model's model.json
     (without it the card says only what metrics and metadata tell); uri: the release's
@@ -336,6 +421,9 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
     missing fields: what is not known is not claimed."""
     metadata = {str(k): v for k, v in (metadata or {}).items()}
     metrics = dict(metrics or {})
+    table = (spec.data.kind == "table" if spec is not None else
+             metadata.get("data_kind") == "table" or any(k.startswith(_ROW_PREFIX) for k in metrics))
+    setting = _served(spec, metrics, metadata)
     ids = {k: metadata.pop(k) for k in _LINK_KEYS if k in metadata}
     metadata.pop("version", None)   # the title says it
     if metrics:
@@ -349,16 +437,16 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
         lines += [_what(spec), "", "## Sampling", "", *_sampling_rows(spec, metrics)]
     else:
         lines.append("How it samples is stored in its `model.json` (`sampling`).")
-    lines += ["", "## Evaluation", "", *_evaluation_lines(metrics)]
-    if any(k.startswith(_ROW_PREFIX) for k in metrics):
-        lines += ["", "## Rows", "",
-                  "Its best setting's rows, decoded to the table's columns, scored beside held-out "
-                  "real rows scored the same way:", "", *_rows_lines(metrics)]
+    noun = spec.data.noun if spec is not None else ("rows" if table else "images")
+    lines += ["", "## Evaluation", "", *_evaluation_lines(metrics, noun)]
+    if table:
+        lines += ["", "## Rows", "", *_rows_lines(metrics, setting)]
     lines += ["", "## Lineage", "", *_lineage_lines(spec, metadata)]
     links = _links(model, version, ids)
     if links:
         lines += ["", "## Links", "", *links]
-    lines += ["", "## How to load", "", *_load_lines(model, version, uri, folder)]
+    load = _table_load_lines if table else _load_lines
+    lines += ["", "## How to load", "", *load(model, version, uri, folder)]
     if spec is not None:
         lines += ["", DIFFUSERS_HEADING, "",
                   *_diffusers_lines(spec, diffusers_scheduler(spec), folder, uri is not None)]

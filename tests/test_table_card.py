@@ -1,0 +1,130 @@
+"""What a table model is called wherever it is described: its model card (a registered
+version's description and a release's README.md) speaks of rows, names the setting its rows
+were scored at (the one it is served at), gives code that returns a DataFrame of the table's
+columns, and says why a utility figure is missing; the flow summary and the evaluation's
+progress line say the same."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from diffusion.config import load_config
+from flows.summary import summary_markdown
+from tasks.adapters.model_card import model_card
+from tasks.step_result import StepResult
+from tasks.steps.prepare_dataset import load_data
+from tasks.steps.table_quality import _line
+from test_table_data_step import small_table
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+# what only an image model's card may say (a noise-level "grid" is the sampler's, not a picture)
+IMAGE_WORDS = re.compile(r"image|pixel|\.png|sample grid|grids\b|UNet2DModel\.from_pretrained", re.I)
+NOT_PREDICTABLE = ("utility n/a: the real-trained model's R^2 is -0.03, so the target is not "
+                   "predictable from the other columns")
+ROWS = {"table_column_shapes": 0.912, "table_floor_column_shapes": 0.97,
+        "table_column_pair_trends": 0.9, "table_floor_column_pair_trends": 0.95,
+        "table_utility_ratio": 0.93, "table_floor_utility_ratio": 0.99,
+        "table_detection_auc": 0.61, "table_floor_detection_auc": 0.5,
+        "table_dcr_ratio": 1.02, "table_floor_dcr_ratio": 1.0}
+EVALUATION = {"fid": 0.34, "fid_floor": 0.18, "nfe": 1, "images_per_s": 5200.0,
+              "memorisation_ratio": 1.3, "n_samples": 280}
+
+
+@pytest.fixture(scope="module")
+def table_spec(tmp_path_factory):
+    """A consistency student's model.json for a small table, served at 1 NFE (no training:
+    the card reads only the spec)."""
+    folder = tmp_path_factory.mktemp("card")
+    small_table().to_csv(folder / "rows.csv", index=False)
+    cfg = load_config(PARAMS, "tiny", ["data.name=table", f"data.path={folder / 'rows.csv'}",
+                                       "data.target=churned", "data.id_column=customer",
+                                       "model.net.kind=mlp"])
+    ds = load_data(cfg.data)
+    spec = cfg.model_spec(ds.sample_shape, dataset="customers", kind=ds.kind, table=ds.table)
+    sampling = spec.sampling.model_copy(update={"sampler": "consistency", "steps": 1})
+    return spec.model_copy(update={"sampling": sampling, "served_as": "consistency"})
+
+
+@pytest.mark.parametrize("uri", [None, "s3://dmops-releases/customers-diffusion/3/"])
+def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table_spec, uri):
+    card = model_card("customers-diffusion", "3", {**EVALUATION, **ROWS},
+                      {"dataset_md5": "d41d8cd9", "data_kind": "table"}, spec=table_spec, uri=uri)
+    assert not IMAGE_WORDS.search(card), IMAGE_WORDS.search(card)
+    assert "It makes rows of 4 columns (target `churned`)" in card
+    assert "| rows per second (sampling, evaluation machine) | 5200 |" in card
+    assert "| real-data floor: FID of held-out real rows, same n | 0.18 |" in card
+    # the rows section is of the setting it is served at, named
+    rows = card.split("## Rows", 1)[1].split("\n## ", 1)[0]
+    assert "The rows of the setting it is served at (consistency, 1 NFE)" in rows
+    assert "| column shapes (SDMetrics: 1 - KS or TV distance, mean over columns) | 0.912 | 0.97 |" in rows
+    assert "n/a" not in rows                           # utility is there: nothing to explain
+    # how to load: the pyfunc's DataFrame and a CSV of rows, never a picture
+    load = card.split("## How to load", 1)[1]
+    assert 'mlflow.pyfunc.load_model("models:/customers-diffusion/3")' in load
+    assert 'model.predict(pd.DataFrame({"n": [16], "seed": [0]}))' in load
+    assert "--out rows.csv" in load and "the table's columns in their dtypes" in load
+    if uri is not None:
+        assert f"dmops sample --release {uri} --n 16 --seed 0 --out rows.csv" in load
+        assert "rows = decode(spec.data.table, x)" in load
+    else:
+        assert "dmops sample --model customers-diffusion/3 --n 16 --seed 0 --out rows.csv" in load
+    # diffusers: no scheduler, and why its output would be vectors, not rows
+    assert "a diffusers pipeline would give those vectors, not rows" in card.split("## Use with diffusers")[1]
+
+
+def test_the_card_of_a_table_whose_rows_were_not_scored_says_so(table_spec):
+    card = model_card("customers-diffusion", "3", EVALUATION, {}, spec=table_spec)
+    assert "The rows of the setting it is served at (consistency, 1 NFE) were not scored." in card
+    # without a model.json the registry's tags say it is a table and how it is served
+    bare = model_card("customers-diffusion", "3", ROWS, {"data_kind": "table", "sampler": "consistency",
+                                                         "nfe": "1"})
+    assert "The rows of the setting it is served at (consistency, 1 NFE)" in bare
+    assert not IMAGE_WORDS.search(bare) and "--out rows.csv" in bare
+
+
+def test_an_omitted_utility_says_why_on_the_card_the_summary_and_the_progress_line(table_spec):
+    regression = {"table_column_shapes": 0.95, "table_utility_r2": -0.2, "table_utility_r2_real": -0.03,
+                  "table_floor_column_shapes": 0.97, "table_floor_utility_r2": -0.05,
+                  "table_floor_utility_r2_real": -0.03}
+    card = model_card("m", "1", {**EVALUATION, **regression}, {}, spec=table_spec)
+    assert "U" + NOT_PREDICTABLE[1:] + "." in card.split("## Rows", 1)[1]
+
+    summary = _summary({**EVALUATION, **regression})
+    assert NOT_PREDICTABLE in summary.split("## Rows of the served model", 1)[1]
+
+    line = _line("consistency (consistency, 1 NFE)",
+                 {k.removeprefix("table_"): v for k, v in regression.items() if "floor" not in k}, 3.0)
+    assert line == f"rows of consistency (consistency, 1 NFE): column shapes 0.950, {NOT_PREDICTABLE} (3 s)"
+    # a classification target always has its ratio: nothing to explain
+    assert "n/a" not in _line("x", {"utility_ratio": 0.9, "utility_auc_real": 0.8}, 1.0)
+
+
+def _summary(metrics: dict) -> str:
+    row = {"model": "consistency", "sampler": "consistency", "nfe": 1, "fid": 0.34,
+           "kid_mean": 0.001, "images_per_s": 5200.0}
+    evaluation = StepResult(step="evaluate", run_id="e", details={"table": [row], "floor": 0.18,
+                                                                  "noun": "rows"})
+    challenger = StepResult(step="register_model", run_id="r", metrics=metrics, details={
+        "candidate": "consistency (consistency, 1 NFE): FID 0.340, 5200 rows/s",
+        "rows_setting": {"model": "consistency", "sampler": "consistency", "steps": 1, "nfe": 1}})
+    decision = StepResult(step="promote", run_id="p", details={
+        "promoted": True, "reason": "first version", "release": "s3://b/m/1/"})
+    result = {"model": "m", "version": "1", "dataset_md5": "abc", "cached_steps": []}
+    return summary_markdown(result, evaluation, challenger, decision)
+
+
+def test_the_summary_shows_the_scores_of_the_rows_it_serves_naming_sampler_and_nfe():
+    summary = _summary({**EVALUATION, **ROWS})
+    section = summary.split("## Rows of the served model: consistency (consistency, 1 NFE)", 1)[1]
+    assert "| column shapes | 0.912 | 0.970 |" in section
+    assert "| detection AUC | 0.610 | 0.500 |" in section
+    assert not IMAGE_WORDS.search(summary)
+    # an image model's summary has no rows section
+    digits = StepResult(step="register_model", run_id="r", metrics=EVALUATION, details={"candidate": "x"})
+    assert "## Rows" not in summary_markdown(
+        {"model": "m", "version": "1", "dataset_md5": "abc", "cached_steps": []},
+        StepResult(step="evaluate", run_id="e", details={"table": [], "floor": 0.1}), digits,
+        StepResult(step="promote", run_id="p", details={"promoted": False, "reason": "r", "release": None}))
