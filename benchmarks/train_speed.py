@@ -220,10 +220,7 @@ def breakdown(spec, data, tcfg: TrainConfig, amp: bool, seed: int, device: torch
 
 
 def _train_kwargs(tcfg: TrainConfig) -> dict:
-    from dataclasses import asdict
-    kw = asdict(tcfg)
-    kw["objective"] = dict(kw["objective"])
-    return kw
+    return tcfg.model_dump()  # TrainConfig is a pydantic model: its dump rebuilds it
 
 
 # --- reporting -----------------------------------------------------------------

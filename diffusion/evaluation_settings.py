@@ -10,7 +10,7 @@ from .settings import Device, Settings
 
 
 class EvaluateConfig(Settings):
-    samplers: list[Literal["ddpm", "ddim", "dpmpp_2m", "heun"]] = ["ddim", "dpmpp_2m", "heun", "ddpm"]
+    samplers: list[Literal["ddpm", "ddim", "dpmpp_2m", "ipndm", "heun"]] = ["ddim", "dpmpp_2m", "heun", "ddpm"]
     nfes: list[Annotated[int, Field(gt=0)]] = [1, 2, 4, 8, 16, 32, 64]
     n_samples: Annotated[int, Field(ge=10)] = 1000   # generated per setting; the floor uses the same n
     kid_subsets: Annotated[int, Field(gt=0)] = 50

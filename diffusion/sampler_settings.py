@@ -11,7 +11,7 @@ from .settings import Settings
 
 class SampleConfig(Settings):
     # consistency: only for consistency-distilled students (their model.json says so)
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "heun", "consistency"] = "heun"
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "ipndm", "heun", "consistency"] = "heun"
     steps: Annotated[int, Field(gt=0)] = 18
     eta: Annotated[float, Field(ge=0, le=1)] = 0.0   # DDIM only
     grid: Literal["karras", "karras_nested", "logsnr"] = "karras"

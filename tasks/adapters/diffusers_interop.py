@@ -17,7 +17,7 @@ Which scheduler (`diffusers_scheduler`):
 | `ddim` (eta 0), EDM network             | EDMEulerScheduler                        | yes       |
 | `dpmpp_2m`, EDM network                 | EDMDPMSolverMultistepScheduler (2M, ++)  | yes       |
 | `consistency`, consistency student      | CMStochasticIterativeScheduler           | yes       |
-| `heun`, `ddpm`, DDIM with eta > 0       | EDMDPMSolverMultistepScheduler, same NFE | no        |
+| `heun`, `ddpm`, `ipndm`, DDIM eta > 0  | EDMDPMSolverMultistepScheduler, same NFE | no        |
 
 "Same path" means: from the same starting noise the two give the same samples up to float32
 rounding (tests/test_diffusers_interop.py).  Progressive students and consistency students
@@ -48,7 +48,8 @@ EULER = "EDMEulerScheduler"
 DPM_SOLVER = "EDMDPMSolverMultistepScheduler"
 CONSISTENCY = "CMStochasticIterativeScheduler"
 SAMPLER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "heun": "EDM's Heun (2nd order)",
-                 "ddpm": "DDPM (ancestral)", "consistency": "multistep consistency sampling"}
+                 "ipndm": "iPNDM, 4th-order multistep", "ddpm": "DDPM (ancestral)",
+                 "consistency": "multistep consistency sampling"}
 
 
 @dataclass(frozen=True)
