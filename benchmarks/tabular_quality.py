@@ -81,7 +81,7 @@ STUDENT_GAP = 0.03   # the student within 3 % of the teacher on each figure
 # (measured on churn, 1 thread of a loaded 2-core machine: a teacher step of this MLP at batch
 # 256 takes about 16 ms, a distillation step about 27 ms; scoring one model's 5,000 rows
 # against diamonds' 37,758 train rows takes tens of seconds, six times per table)
-FULL = dict(steps=8000, batch_size=256, hidden=256, depth=3, distill_steps=2000, rows=5000,
+FULL = dict(steps=8000, batch_size=256, hidden=256, depth=3, distill_steps=4000, rows=5000,
             table_rows=None)
 SMOKE = dict(steps=50, batch_size=64, hidden=64, depth=2, distill_steps=20, rows=200,
              table_rows=600)
