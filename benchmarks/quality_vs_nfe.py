@@ -130,7 +130,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="report folder")
     p.add_argument("--students", nargs="?", const="distill", default=None, metavar="FOLDER",
                    help="add distilled students: a folder to search, or without a value "
-                        "<run>/distill, distilling both methods first where missing")
+                        "<run>/distill, distilling --methods first where missing")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated distillation methods for --students without a folder "
+                        f"(default: {','.join(METHODS)})")
     p.add_argument("--speed-repeats", type=int, default=7,
                    help="timed runs behind the 1-step students' speed ratio (median)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -151,11 +154,15 @@ def main(argv=None) -> int:
     students, distill_seconds = None, {}
     if args.students == "distill":
         run_dir = checkpoint if checkpoint.name != "model" else checkpoint.parent
-        for method in METHODS:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown or not methods:
+            p.error(f"--methods: unknown {unknown or 'none given'}; allowed: {', '.join(METHODS)}")
+        for method in methods:
             t0 = time.perf_counter()
             distill_sampler(cfg, method, checkpoint, out_dir=run_dir)  # reuses finished students
             distill_seconds[method] = time.perf_counter() - t0
-        students = find_students(distill_dir(cfg, "progressive", run_dir).parent)
+        students = find_students(distill_dir(cfg, methods[0], run_dir).parent)
     elif args.students is not None:
         students = find_students(args.students)
     suffix = "_students" if students else ""
