@@ -7,6 +7,8 @@ of the file stops the run at the gate, naming the column, and moves nothing."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -35,7 +37,10 @@ def table_run(tmp_path_factory, stack):
     repo = tmp_path_factory.mktemp("table-repo")
     small_table(n=400).to_csv(repo / "customers.csv", index=False)
     make_user_repo(repo, stack.settings.data_bucket, _params("customers.csv"))
-    proc = run("run", "--repo", repo, "--set", "train.steps=30", cwd=repo)
+    # served: the consistency student at 1 NFE (the fewest, its FID within 100x the teacher's),
+    # which is seldom its best setting: the card's rows must still be of 1 NFE
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", "--set", "pipeline.methods=[consistency]",
+               "--set", "pipeline.max_fid_ratio=100", cwd=repo)
     return repo, proc
 
 
@@ -76,6 +81,62 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     from_release = pd.read_csv(out)
     assert list(from_release.columns) == list(DTYPES)
     pd.testing.assert_frame_equal(from_release, pd.read_csv(_csv(rows, tmp_path)), check_exact=True)
+
+
+@pytest.mark.slow
+def test_the_card_states_the_rows_it_serves_and_its_code_gives_them(table_run, tmp_path, monkeypatch):
+    """The card (the version's description and the release's README.md) scores the rows of the
+    setting that is served, whichever setting the evaluation found best, speaks of rows, and its
+    two code snippets give the same DataFrame as the served model."""
+    import re
+
+    import mlflow
+
+    from diffusion.model import read_spec
+    from tasks.adapters.release import read_release, s3_client_from_env
+
+    repo, proc = table_run
+    version = _client().get_model_version_by_alias(MODEL, "champion")
+    register = _client().get_run(version.run_id)
+    setting = f"{version.tags['sampler']}, {version.tags['nfe']} NFE"      # what is served
+    assert register.data.tags["rows_setting"] == setting
+    logged = register.data.metrics
+    release = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("release:")][0]
+    readme = (read_release(s3_client_from_env(), release, tmp_path / "release") / "README.md").read_text()
+    for card in (readme, version.description):
+        assert not re.search(r"image|pixel|\.png|sample grid", card, re.I), card
+        rows = card.split("## Rows", 1)[1].split("\n## ", 1)[0]
+        assert f"The rows of the setting it is served at ({setting})" in rows, rows
+        shapes = re.search(r"\| column shapes [^|]*\| ([0-9.]+) \| ([0-9.]+) \|", rows)
+        assert shapes, rows
+        assert abs(float(shapes[1]) - logged["table_column_shapes"]) < 5e-4      # 4 significant digits
+        assert abs(float(shapes[2]) - logged["table_floor_column_shapes"]) < 5e-4
+    assert "--out rows.csv" in readme and "mlflow.pyfunc.load_model" in readme
+    # the numbers are those of the served setting: the evaluation's, or scored by the register
+    # step when the evaluation scored the student at its best setting, another one
+    work = next(repo.glob("runs/pipeline/*/evaluation")).parent
+    evaluated = json.loads((work / "evaluation" / "table_quality.json").read_text())
+    name = version.tags["served_as"]
+    sampling = read_spec(work / "candidate" / "model").sampling
+    served = {"sampler": sampling.sampler, "steps": sampling.steps}
+    if evaluated["settings"][name] == served:
+        scores = evaluated["models"][name]
+    else:
+        scores = json.loads((work / "candidate" / "rows" / "served_rows.json").read_text())["models"][name]
+        said = " ".join((proc.stdout + proc.stderr).split())     # Prefect's log lines: stderr
+        assert f"rows of {name} ({setting}, the setting it is served at)" in said, said[-3000:]
+    assert scores["column_shapes"] == pytest.approx(logged["table_column_shapes"], rel=1e-12)
+
+    # the card's own code: from the release and from the registry, the served model's rows
+    monkeypatch.chdir(tmp_path)
+    code = re.findall(r"```python\n(.*?)```", readme.split("## How to load", 1)[1], re.S)
+    assert len(code) == 2, code
+    found = [{}, {}]
+    for snippet, names in zip(code, found):
+        exec(snippet, names)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(pd.DataFrame({"n": [16], "seed": [0]}))
+    for names in found:
+        pd.testing.assert_frame_equal(names["rows"], served, check_exact=True)
 
 
 def _csv(rows: pd.DataFrame, folder) -> str:

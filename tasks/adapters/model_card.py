@@ -115,7 +115,7 @@ def _what(spec: ModelSpec) -> str:
     if spec.data.kind == "table" and spec.data.table:
         schema = spec.data.table.get("schema", {})
         target = f" (target `{schema['target']}`)" if schema.get("target") else ""
-        return (f"{what}: network {network}, made for the table {data}. It makes rows of "
+        return (f"{what}: network {network}, made for the table `{data}`. It makes rows of "
                 f"{_plural(len(schema.get('columns', [])), 'column')}{target}, drawn as vectors "
                 f"of {shape} numbers and decoded to the columns' values and dtypes by the "
                 "encoder its model.json carries.")
