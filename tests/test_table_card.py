@@ -128,3 +128,14 @@ def test_the_summary_shows_the_scores_of_the_rows_it_serves_naming_sampler_and_n
         {"model": "m", "version": "1", "dataset_md5": "abc", "cached_steps": []},
         StepResult(step="evaluate", run_id="e", details={"table": [], "floor": 0.1}), digits,
         StepResult(step="promote", run_id="p", details={"promoted": False, "reason": "r", "release": None}))
+
+
+def test_the_registered_models_description_speaks_of_rows(table_spec, tmp_path):
+    from diffusion.model import write_spec
+    from tasks.steps.register import model_description
+
+    write_spec(table_spec, tmp_path)
+    text = model_description("customers-diffusion", "customers", tmp_path)
+    columns = len(table_spec.data.table["schema"]["columns"])
+    assert f"(rows of {columns} columns, drawn as vectors of {table_spec.shape[0]} numbers)" in text
+    assert not IMAGE_WORDS.search(text) and "samples of shape" not in text

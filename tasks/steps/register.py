@@ -46,8 +46,13 @@ def model_description(model_name: str, dataset: str | None, model_dir: Path) -> 
     aliases and versions are to be read."""
     spec = read_spec(model_dir)
     shape = "x".join(map(str, spec.shape))
+    if spec.data.kind == "table" and spec.data.table:
+        what = (f"rows of {len(spec.data.table['schema']['columns'])} columns, drawn as vectors "
+                f"of {shape} numbers")
+    else:
+        what = f"{spec.data.kind or 'unknown'} samples of shape {shape}"
     return (f"Diffusion model of the `{dataset or spec.data.dataset or '?'}` dataset "
-            f"({spec.data.kind or 'unknown'} samples of shape {shape}), trained, distilled, "
+            f"({what}), trained, distilled, "
             "evaluated and promoted by the dmops pipeline.\n\n"
             "- alias `champion`: the version being served; its release (weights, model card, "
             "checksums) is in the S3 releases bucket\n"
