@@ -13,7 +13,9 @@ the one a run uses (a profile or --set may pick another), and the effective `dat
 that entry (with `data.*` overrides on top, for work outside the pipeline).  Each entry is a
 DVC stage of its own (dvc.yaml's `prepare@<name>`), so the pipeline can version every dataset
 the file names while a profile switches between them; profiles and --set never change an
-entry itself.
+entry itself.  Only the entry in use is validated (its errors named `datasets.<name>`, once):
+a malformed entry blocks the runs that use it, not every other dataset's.  Every entry's name
+is checked, since dvc.yaml's stage names are made of them all.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class ConfigError(ValueError):
 
 # a dataset's name is a folder (data/processed/<name>) and part of a DVC stage's name
 # (prepare@<name>): letters, digits, '_', '-' and '.', starting with a letter or digit
-DatasetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+DatasetName = Annotated[str, StringConstraints(pattern=DATASET_NAME, max_length=64)]
 
 
 class Config(Settings):
@@ -54,8 +57,9 @@ class Config(Settings):
     out_dir: str = "runs/default"
     # the name of the dataset in use (a key of `datasets`), None for a config built in code
     dataset: DatasetName | None = None
-    # every dataset the file names; left out of dumps (`dmops config`, a run's recorded
-    # config, its cache keys): a run is defined by the one it uses, `data`
+    # the entry of the dataset in use as the file writes it (load_config keeps that one alone:
+    # another entry's faults are not this run's); left out of dumps (`dmops config`, a run's
+    # recorded config, its cache keys): a run is defined by the data it uses, `data`
     datasets: dict[DatasetName, DataConfig] = Field(default_factory=dict, exclude=True)
     data: DataConfig = DataConfig()   # the dataset in use: datasets[dataset] (+ data.* overrides)
     model: ModelConfig = ModelConfig()
@@ -140,10 +144,14 @@ def _allowed_keys(schema: type[Settings], loc: tuple) -> list[str]:
     return list(_fields(model))
 
 
-def _describe(schema: type[Settings], err: dict) -> str:
-    key = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS) or "(top level)"
+def _describe(schema: type[Settings], err: dict, data_key: str = "data") -> str:
+    loc = [p for p in err["loc"] if p not in _UNION_TAGS]
+    key = ".".join(str(p) for p in ([data_key, *loc[1:]] if loc[:1] == ["data"] else loc))
+    key = key or "(top level)"
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        allowed = _allowed_keys(schema, err["loc"])
+        # an entry of `datasets` has the keys of the data section
+        where = ("data", *err["loc"][2:]) if err["loc"][:1] == ("datasets",) else err["loc"]
+        allowed = _allowed_keys(schema, where)
         hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
         return f"{key}: unknown key{hint}"
     shown = "" if err["type"] == "value_error" else f" (got {err.get('input')!r})"
@@ -154,12 +162,16 @@ def _describe(schema: type[Settings], err: dict) -> str:
 AnyConfig = TypeVar("AnyConfig", bound=Config)
 
 
-def validate(raw: dict, schema: type[AnyConfig] = Config) -> AnyConfig:
-    """`raw` (the merged mapping) as `schema`; ConfigError names every offending key."""
+def validate(raw: dict, schema: type[AnyConfig] = Config, data_key: str = "data") -> AnyConfig:
+    """`raw` (the merged mapping) as `schema`; ConfigError names every offending key, each
+    fault once.  `data_key`: what the `data` section's faults are named by (load_config:
+    `datasets.<name>`, the entry `data` is, when no override changed it)."""
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe(schema, err) for err in e.errors()]
+        # dict: each line once (the entry in use is validated as `datasets.<name>` and as
+        # `data`; unchanged, the two say the same)
+        lines = dict.fromkeys(_describe(schema, err, data_key) for err in e.errors())
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
@@ -219,11 +231,17 @@ def load_config(path="params.yaml", profile: str | None = None,
                           f"`datasets.{name}` there and versions what it made): change that entry "
                           f"in {path} itself, or add another dataset there and pick it with "
                           f"`dataset: <name>`")
-    return validate(_select_dataset(raw, path), schema)
+    selected = _select_dataset(raw, path)
+    # the entry's faults named as the file writes it, unless an override changed the section
+    name = selected.get("dataset")
+    data_key = f"datasets.{name}" if name is not None and not data_overrides else "data"
+    return validate(selected, schema, data_key)
 
 
 def _select_dataset(raw: dict, path: Path) -> dict:
-    """`raw` with its `data` section = datasets[dataset], `data.*` overrides on top."""
+    """`raw` with its `data` section = datasets[dataset], `data.*` overrides on top, and
+    `datasets` reduced to that entry: the others are not validated here (a malformed one
+    blocks only what uses it), their names are (dvc.yaml's stages are named by all of them)."""
     datasets, name = raw.get("datasets"), raw.get("dataset")
     if not datasets:
         if name is not None:
@@ -232,6 +250,7 @@ def _select_dataset(raw: dict, path: Path) -> dict:
         return raw
     if not isinstance(datasets, dict):
         return raw   # validation reports `datasets`
+    _check_names(datasets, path)
     if name is None:
         raise ConfigError(f"dataset: not set; pick one of the datasets of {path} with `dataset: "
                           f"<name>` ({', '.join(map(str, datasets))})")
@@ -241,8 +260,25 @@ def _select_dataset(raw: dict, path: Path) -> dict:
                           f"one of those")
     entry = datasets[name]
     if not isinstance(entry, dict):
-        return raw   # validation reports datasets.<name>
-    return {**raw, "data": deep_merge(entry, raw.get("data") or {})}
+        raise ConfigError(f"datasets.{name}: {entry!r} is not a dataset's settings; write them as "
+                          f"a mapping, e.g. `{name}: {{name: table, path: rows.csv}}`")
+    return {**raw, "datasets": {name: entry}, "data": deep_merge(entry, raw.get("data") or {})}
+
+
+def _check_names(datasets: dict, path: Path) -> None:
+    """ConfigError naming each entry whose name is no DatasetName: DVC makes a stage
+    `prepare@<name>` of every entry, and one such name (an '@', a '/') makes dvc.yaml unreadable
+    for every dataset, so it blocks them all."""
+    import re
+
+    bad = [key for key in datasets
+           if not (isinstance(key, str) and len(key) <= 64 and re.match(DATASET_NAME, key))]
+    if bad:
+        raise ConfigError("; ".join(f"datasets.{key}: {key!r} is not a dataset name" for key in bad)
+                          + f" (in {path}; a name is letters, digits, '_', '-', '.', starting with "
+                          f"a letter or digit, at most 64): DVC names every entry's stages "
+                          f"prepare@<name>, so such a name breaks dvc.yaml for every dataset; "
+                          f"rename the entry")
 
 
 __all__ = ["Config", "ConfigError", "DataConfig", "DistillConfig", "ProgressiveConfig",

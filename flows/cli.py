@@ -134,7 +134,7 @@ def fingerprint(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
         name, data = _versioned_dataset(config, profile, set_)
         from tasks.steps.data_fingerprint import write_fingerprint
 
-        write_fingerprint(data, out or Path("data/source") / f"{name}.json")
+        write_fingerprint(data, out or Path("data/source") / f"{name}.json", name)
 
 
 @app.command()

@@ -34,6 +34,7 @@ from tasks.adapters.servers import bound_client_env
 from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
 from tasks.pipeline_settings import load_pipeline_config
 from tasks.step_result import StepResult
+from tasks.steps.dataset_entry import check_dataset
 from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS, headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
@@ -82,6 +83,9 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     send_core_messages_to_prefect()   # also where Prefect was imported first (a worker's run)
     repo_path = Path(repo).resolve()
     cfg = load_pipeline_config(repo_path / config, profile, overrides or [])
+    # a missing or unreadable source, a target that is no column: one line naming the entry
+    # before any run or stage starts (`dmops run` checked already; a worker's run has not)
+    check_dataset(cfg.data, cfg.dataset or cfg.data.name, repo_path)
     settings = cfg.pipeline
     # the model steps' settings (their cache key): not the run's name, folder or orchestration
     cfg_json = cfg.model_dump(mode="json", exclude={"out_dir", "pipeline", "profile"})

@@ -7,10 +7,17 @@ imported.
 
 `dmops worker` becomes the Prefect worker (exec): killing its pid, with any signal, stops the
 worker itself, so none is left polling the work pool (tests/test_worker.py).
+
+A fault of the user's data or settings (DataError, ConfigError) is one `error: ...` line and
+exit code 2, said once: `dmops run` checks the dataset's entry before anything starts
+(tasks/steps/dataset_entry.py, `check_dataset`), and one found inside the flow (a declared
+schema the data does not fit, met by the DVC stage) is kept off the console's Prefect lines
+(`QuietUserErrors`: Prefect's server still records the failure with its traceback).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +45,59 @@ PIPELINE_SERVERS = (MLFLOW, PREFECT_ENV, S3)
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The faults that are the user's to fix (the data, the settings): exit code 2, one line."""
+    from diffusion.config import ConfigError
+    from diffusion.data_errors import DataError
+
+    return (ConfigError, DataError)
+
+
+class QuietUserErrors(logging.Filter):
+    """A console handler's filter for one `dmops run`: Prefect's records of a flow or task run
+    that failed on a user error (`kinds`) are dropped -- its "failed with exception" line with
+    the traceback, the retry notice, "Encountered exception", and the "Finished in state
+    Failed(... <Kind>: ...)" lines that repeat the message -- since the command prints that
+    error itself, once.  Every other record passes, and Prefect's API handler, which is not
+    filtered, still sends all of them to the flow run's logs on the server."""
+
+    RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def __init__(self, kinds: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.kinds, self.seen = kinds, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.RUN_LOGGERS):
+            return True
+        carried = [record.exc_info[1] if record.exc_info else None,
+                   *(record.args if isinstance(record.args, tuple) else ())]
+        errors = [e for e in carried if isinstance(e, self.kinds)]
+        if errors:
+            self.seen.update(type(e).__name__ for e in errors)
+            return False
+        message = record.getMessage()
+        return not any(f"{kind}: " in message for kind in self.seen)
+
+
+def _quiet_console(kinds: tuple[type[BaseException], ...]) -> list[tuple[logging.Handler, QuietUserErrors]]:
+    """Put a QuietUserErrors on each of Prefect's console handlers (set up when Prefect is
+    imported); returns them, for _loud_console."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = {h for name in ("", "prefect", *QuietUserErrors.RUN_LOGGERS)
+                for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)}
+    added = [(handler, QuietUserErrors(kinds)) for handler in handlers]
+    for handler, quiet in added:
+        handler.addFilter(quiet)
+    return added
+
+
+def _loud_console(added: list[tuple[logging.Handler, QuietUserErrors]]) -> None:
+    for handler, quiet in added:
+        handler.removeFilter(quiet)
 
 
 def _tail_lines(text: str, lines: int = 30) -> str:
@@ -132,12 +192,15 @@ def register(app: typer.Typer) -> None:
         if not repo.is_dir():
             usage_error(f"--repo {repo} is not a folder: give the git + DVC repository that holds "
                         "params.yaml and dvc.yaml (default: the current folder)")
-        from diffusion.config import ConfigError
         from tasks.pipeline_settings import load_pipeline_config
+        from tasks.steps.dataset_entry import check_dataset
 
-        try:  # settings are checked before servers or the flow: a typo is one line, exit code 2
-            load_pipeline_config(repo.resolve() / config, profile, list(set_ or []))
-        except ConfigError as e:
+        user_errors = _user_errors()
+        try:  # settings and the dataset's entry are checked before servers or the flow: a
+            # typo or a missing file is one line at once, exit code 2
+            cfg = load_pipeline_config(repo.resolve() / config, profile, list(set_ or []))
+            check_dataset(cfg.data, cfg.dataset or cfg.data.name, repo.resolve())
+        except user_errors as e:
             _fail(" ".join(str(e).split()), 2)
         env = server_env_or_exit(*PIPELINE_SERVERS)
         os.environ.update(env)
@@ -145,16 +208,19 @@ def register(app: typer.Typer) -> None:
         from flows.pipeline import training_pipeline
 
         t0 = time.perf_counter()
+        quiet = _quiet_console(user_errors)
         try:
             result = training_pipeline(config=str(config), profile=profile, overrides=list(set_ or []),
                                        repo=str(repo), refresh=refresh)
-        except ConfigError as e:  # found only once the data is known (its sample shape)
+        except user_errors as e:  # found only inside: a stage's data fault, the sample shape
             _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
             from tasks.adapters.servers import mlflow_unavailable, refused
 
             _fail(f"the pipeline failed: "
                   f"{prefect_unavailable(e) or mlflow_unavailable(e) or refused(e) or e}")
+        finally:
+            _loud_console(quiet)
         minutes = (time.perf_counter() - t0) / 60
         typer.echo("")
         typer.echo(f"pipeline finished in {minutes:.1f} min")

@@ -152,3 +152,44 @@ def test_malformed_datasets_are_named(tmp_path, text, expected):
     with pytest.raises(ConfigError) as err:
         load_config(_file(tmp_path, text))
     assert expected in str(err.value), str(err.value)
+
+
+ONE_BAD_ENTRY = """
+dataset: points
+datasets:
+  points: {name: gmm8, n: 256}
+  sheet: {name: table, path: rows.xlsx}
+  loose: 3
+  typo: {name: moons, nn: 3}
+profiles:
+  sheet: {dataset: sheet}
+"""
+
+
+def test_a_bad_entry_blocks_only_what_uses_it_and_is_said_once_by_its_name(tmp_path):
+    """Only the entry in use is validated: another's fault (an .xlsx path, not a mapping, an
+    unknown key) blocks nothing else; used, each is one line naming `datasets.<name>`, once (it
+    was validated as the entry and again as `data`)."""
+    path = _file(tmp_path, ONE_BAD_ENTRY)
+    cfg = load_config(path)
+    assert cfg.data.n == 256 and list(cfg.datasets) == ["points"]
+    for profile, overrides, expected in [
+            ("sheet", [], "datasets.sheet: data.path 'rows.xlsx': a table is read from a .csv"),
+            (None, ["dataset=loose"], "datasets.loose: 3 is not a dataset's settings"),
+            (None, ["dataset=typo"], "datasets.typo.nn: unknown key; allowed keys: name, path")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, profile, overrides)
+        said = str(err.value)
+        assert expected in said and said.count("unknown key") <= 1, said
+        assert len(said.splitlines()) <= 2 and "\n  data:" not in said and "\n  data." not in said, said
+    # with a data.* override the section is no longer the entry as written: named `data`
+    with pytest.raises(ConfigError, match=r"data\.n: Input should be greater than 0"):
+        load_config(path, None, ["data.n=-1"])
+
+
+def test_an_entry_name_dvc_cannot_name_a_stage_by_blocks_every_dataset(tmp_path):
+    """dvc.yaml's foreach makes stage names of every entry's name: one with an '@' makes DVC
+    refuse the whole file, so that name is refused whichever dataset is in use."""
+    path = _file(tmp_path, "dataset: points\ndatasets:\n  points: {name: gmm8}\n  'a@b': {name: moons}\n")
+    with pytest.raises(ConfigError, match=r"datasets\.a@b: 'a@b' is not a dataset name .*rename"):
+        load_config(path)

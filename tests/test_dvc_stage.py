@@ -152,3 +152,30 @@ def test_each_dataset_is_a_stage_of_its_own(tmp_path):
     assert prepare_ran(out, "ring") and ring_seed1 != ring
     out, mine_again = repro(repo)
     assert not prepare_ran(out) and mine_again == mine
+
+
+def test_a_bad_entry_blocks_only_its_own_stage(tmp_path):
+    """`dvc repro prepare@mine` runs mine's two stages alone, whatever another entry holds (an
+    .xlsx path, not a mapping, an unknown key); repro of the bad entry fails in its own stage
+    with the command's one line, naming the entry, as StageRefused (a DataError: no retry)."""
+    from diffusion.data_errors import DataError
+    from tasks.adapters.dvc import StageRefused, run_dvc
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "points.npz"
+    np.savez(source, x=rng.normal(size=(40, 2)).astype(np.float32))
+    repo = make_repo(tmp_path, {"name": "npz", "path": str(source)})
+    write_params(repo, {"mine": {"name": "npz", "path": str(source)},
+                        "sheet": {"name": "table", "path": "rows.xlsx"}, "loose": 3,
+                        "typo": {"name": "moons", "nn": 3}})
+    out, _ = repro(repo)
+    assert prepare_ran(out)
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["fingerprint@mine", "prepare@mine"], out
+
+    with pytest.raises(StageRefused) as refused:
+        run_dvc(repo, "repro", "prepare@sheet")
+    said = str(refused.value)
+    assert isinstance(refused.value, DataError) and "\n" not in said, said
+    assert said.startswith("invalid configuration: datasets.sheet: data.path 'rows.xlsx'"), said
+    assert "Running stage 'fingerprint@sheet'" in refused.value.output

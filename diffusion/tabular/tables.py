@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,11 +43,13 @@ import pandas as pd
 
 from ..atomic import atomic_folder
 from ..data import SPLITS, DataError, _numbered_ids, _write_synced, require_replaceable, split_indices
+from ..data_settings import TABLE_SUFFIXES
 from .schema import TableSchema, check_table, complete_schema, conform, describe
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".csv", ".parquet")
+# what data.path may name (the data section's own rule): CSV, or Parquet as .parquet or .pq
+EXTENSIONS = TABLE_SUFFIXES
 PROCESSED_FILES = ("table.parquet", "schema.json", "manifest.csv", "meta.json")
 MANIFEST_COLUMNS = ["id", "split", "sha256"]
 ID, SPLIT = "_id", "_split"
@@ -110,12 +113,14 @@ class TableDataset:
                              "sha256": row_sha256(self.table[self.schema.names])},
                             columns=MANIFEST_COLUMNS)
 
-    def summary(self) -> list[str]:
-        """What a command prints after loading: rows per split and the schema's lines."""
+    def summary(self, label: str | None = None) -> list[str]:
+        """What a command prints after loading: rows per split and the schema's lines, the
+        table named by `label` (default: its path, else its built-in name, e.g.
+        "datasets.customers (customers.csv)" when a caller knows the entry)."""
         counts = ", ".join(f"{s} {int((self.split == s).sum())}" for s in SPLITS)
-        source = self.ingestion.get("path") or self.ingestion.get("builtin") or self.name
-        head = f"table {self.name}: {len(self.table)} rows ({counts}); schema {self.ingestion['schema']}"
-        return [head] + describe(self.schema, str(source))
+        label = label or self.ingestion.get("path") or self.ingestion.get("builtin") or self.name
+        head = f"table {label}: {len(self.table)} rows ({counts}); schema {self.ingestion['schema']}"
+        return [head] + describe(self.schema)
 
 
 def row_sha256(df: pd.DataFrame) -> list[str]:
@@ -171,23 +176,72 @@ def _read(source: str | Path, schema) -> tuple[pd.DataFrame, dict, str]:
                         f"{', '.join(BUILTINS)}")
     if not path.is_file():
         raise DataError(f"{path}: {'is not a file' if path.exists() else 'does not exist'}; "
-                        f"accepted: a {' or '.join(EXTENSIONS)} file")
+                        f"accepted: a {', '.join(EXTENSIONS[:-1])} or {EXTENSIONS[-1]} file")
+    with _readable(path):
+        df = (pd.read_csv(path, dtype=_text_columns(schema)) if suffix == ".csv"
+              else pd.read_parquet(path))
+    return df, {"source": _FORMATS[suffix], "path": str(path)}, path.stem
+
+
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@contextmanager
+def _readable(path: Path):
+    """Turn a reader's failure on `path` into one DataError naming the file and its format."""
+    form = _FORMATS[path.suffix.lower()]
     try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, dtype=_text_columns(schema))
-        else:
-            df = pd.read_parquet(path)
+        yield
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; accepted: a table with a header and at "
                         "least one row") from None
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: unreadable as {suffix[1:]} ({reason})") from None
+        raise DataError(f"{path}: unreadable as {form} ({reason})") from None
     except Exception as exc:  # pyarrow's ArrowInvalid and kin are not ValueErrors in every version
         if type(exc).__module__.startswith("pyarrow"):
-            raise DataError(f"{path}: unreadable as parquet ({exc})") from None
+            raise DataError(f"{path}: unreadable as {form} ({exc})") from None
         raise
-    return df, {"source": suffix[1:], "path": str(path)}, path.stem
+
+
+def check_source(source, target: str | None = None, id_column: str | None = None,
+                 label: str | None = None) -> list[str]:
+    """What can be checked of a table before it is read whole, cheaply (a CSV's header and
+    first row, a Parquet file's footer): the format is known, the file exists and reads as its
+    format, it has a row, and `target` / `id_column` are columns.  Returns the column names
+    ([] for a built-in table with its own target and id).  DataError with load_table's own
+    message, naming the table by `label` (default: the path), so a pipeline can refuse a bad
+    source before it starts; everything else (the declared schema's fit, ids, splits) is
+    load_table's to find."""
+    where = label or str(source)
+    try:
+        if str(source) in BUILTINS:
+            if target is None and id_column is None:
+                return []   # a built-in table reads and fits its own defaults
+            df = _read(source, None)[0]
+            names, rows = [str(c) for c in df.columns], len(df)
+        else:
+            path = Path(source)
+            if path.suffix.lower() not in EXTENSIONS or not path.is_file():
+                _read(path, None)   # its DataError: unknown format, missing, not a file
+            with _readable(path):
+                if path.suffix.lower() == ".csv":
+                    head = pd.read_csv(path, nrows=1, dtype=str)
+                    names, rows = [str(c) for c in head.columns], len(head)
+                else:
+                    import pyarrow.parquet as pq
+
+                    meta = pq.ParquetFile(path).metadata
+                    names, rows = list(meta.schema.to_arrow_schema().names), meta.num_rows
+    except DataError as exc:
+        raise DataError(_named(str(exc), label, str(source))) from None
+    if rows == 0 or not names:
+        raise DataError(f"{where}: the table is empty ({rows} rows, {len(names)} columns); at "
+                        "least one row and one column are needed")
+    for role, name in (("target", target), ("id column", id_column)):
+        if name is not None and name not in names:
+            raise DataError(f"{where}: {role} {name!r} is not a column of the table; columns: {names}")
+    return names
 
 
 def _text_columns(schema) -> dict | None:
@@ -223,7 +277,8 @@ def _strata(df: pd.DataFrame, schema: TableSchema) -> np.ndarray | None:
 
 
 def load_table(source, schema=None, target: str | None = None, id_column: str | None = None,
-               seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2) -> TableDataset:
+               seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+               label: str | None = None, announce: bool = True) -> TableDataset:
     """A table from `source` -- a .csv or .parquet path, or a built-in name ("diamonds",
     "churn") -- with its schema, split and ids.
 
@@ -231,8 +286,10 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
     declaration) or a declared schema (dict in the JSON shape, any properties left out, or a
     TableSchema): completed from the data, the table's columns cast to its dtypes where
     lossless, then checked.  `target` / `id_column` name those columns when the schema does
-    not (a built-in's defaults: its target, id `rownames`).  The summary (`summary()`) is
-    logged at INFO.  Raises DataError naming the file or column: unreadable file, unknown
+    not (a built-in's defaults: its target, id `rownames`).  The summary (`summary(label)`) is
+    logged at INFO unless `announce` is False (a caller that prints it itself: once).
+    `label`: how messages and the summary name the table (default: its path, else its
+    built-in name).  Raises DataError naming the file or column: unreadable file, unknown
     extension, empty table, target or id not a column, id values null or repeated, a column
     that does not fit the schema, fractions that leave a split or train empty."""
     declared = schema
@@ -242,8 +299,11 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
         if declared is None or isinstance(declared, dict) and "target" not in declared:
             target = target or builtin_target
             id_column = id_column or "rownames"
-    df, ingestion, name = _read(source, declared)
-    where = ingestion.get("path") or name
+    try:
+        df, ingestion, name = _read(source, declared)
+    except DataError as exc:
+        raise DataError(_named(str(exc), label, str(source))) from None
+    where = label or ingestion.get("path") or name
     if df.empty or len(df.columns) == 0:
         raise DataError(f"{where}: the table is empty ({len(df)} rows, {len(df.columns)} "
                         "columns); at least one row and one column are needed")
@@ -271,9 +331,20 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
                      schema=_schema_origin(declared, resolved),
                      inferred=list(resolved.filled))
     ds = TableDataset(name, df, resolved, split, ids, ingestion)
-    for line in ds.summary():
-        log.info(line)
+    if announce:
+        for line in ds.summary(label):
+            log.info(line)
     return ds
+
+
+def _named(message: str, label: str | None, source: str) -> str:
+    """`message` (which starts with the source's path) naming the table by `label` instead."""
+    if label is None:
+        return message
+    for prefix in (source, str(Path(source))):
+        if message.startswith(prefix + ": "):
+            return f"{label}: {message[len(prefix) + 2:]}"
+    return f"{label}: {message}"
 
 
 def _schema_origin(declared, resolved: TableSchema) -> str:

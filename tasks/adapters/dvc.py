@@ -9,6 +9,7 @@ it only when the source, the code or the entry's settings changed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,11 +19,29 @@ from typing import Iterator
 
 import yaml
 
+from diffusion.data_errors import DataError
+
 from .servers import S3, ServerUnavailable, boto_config, retry_call
 
 
 class DVCError(RuntimeError):
     """A DVC command failed; the message carries its output."""
+
+
+class StageRefused(DVCError, DataError):
+    """A stage's `dmops` command refused its input (exit code 2 and one `error: ...` line: the
+    dataset entry's data or settings, or a disk that refused the write).  The message is that
+    line alone, which names the entry; `output` keeps DVC's whole transcript.  A DataError: a
+    retry reads the same input, and a command reports it as the user's to fix (exit code 2)."""
+
+    def __init__(self, line: str, output: str):
+        super().__init__(line)
+        self.output = output
+
+
+# DVC's last line when a stage's command failed: "ERROR: failed to reproduce 'prepare@x':
+# failed to run: dmops prepare ..., exited with 2"
+_EXITED = re.compile(r"^ERROR: .*failed to run: .*, exited with (\d+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,9 @@ def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
         output = (proc.stdout + proc.stderr).strip()
         # a stage's `dmops` command says what went wrong in one `error: ...` line: lead with it
         said = [line[len("error: "):] for line in output.splitlines() if line.startswith("error: ")]
+        exited = _EXITED.findall(output)
+        if said and exited and exited[-1] == "2":   # the stage refused its input: that line alone
+            raise StageRefused(said[-1], output)
         raise DVCError(f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode})"
                        f"{': ' + said[-1] if said else ''}:\n{output[-3000:]}")
     return proc.stdout
@@ -175,7 +197,10 @@ def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
                 env: dict[str, str] | None = None, log=_say) -> DatasetVersion:
     """`dvc repro prepare@<dataset>` then `dvc push` in `repo` (`dataset`: a name of
     params.yaml's `datasets`); returns the dataset's version.  What DVC says goes to `log`
-    (default: print) as readable_repro_output."""
+    (default: print) as readable_repro_output.  `dvc repro` of that one stage runs only its own
+    stages (fingerprint@<dataset>, prepare@<dataset>): another entry of `datasets`, even a
+    malformed one, is neither run nor read.  StageRefused when the stage's command refused the
+    entry (its one line names it); DVCError for any other failure of DVC."""
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")

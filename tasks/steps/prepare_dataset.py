@@ -21,6 +21,7 @@ from diffusion.data import DataError, Dataset, load_dataset, load_processed, sav
 from diffusion.image_files import describe
 
 from tasks.steps.data_fingerprint import source_files
+from tasks.steps.dataset_entry import entry_label, named_errors
 
 
 def prepare_dataset(data: DataConfig, root="data/processed", require_finite: bool = True,
@@ -35,16 +36,19 @@ def prepare_dataset(data: DataConfig, root="data/processed", require_finite: boo
     into meta.json's ingestion record as `source_sha256`.  With `fingerprint` (the file the
     DVC fingerprint stage wrote) a source that no longer matches it -- changed between the two
     stages or while loading -- is a DataError, so a version never pairs one source's record
-    with another's data.  Prints what was read, skipped (by reason) and altered."""
+    with another's data.  Every DataError names the entry (`datasets.<name>: ...`, the
+    entry's path in brackets for a table).  Prints what was read, skipped (by reason) and
+    altered; a table's schema once."""
     name = name or data.name
-    if data.is_table:
-        return _prepare_table(data, Path(root) / name, fingerprint, log)
-    options = data.loader_options()
-    if data.name == "npz":
-        options["require_finite"] = require_finite
-    ds = load_dataset(data.name, **options)
-    _record_source(ds, data, fingerprint)
-    out = save_processed(ds, Path(root) / name, require_finite=require_finite)
+    with named_errors(name):
+        if data.is_table:
+            return _prepare_table(data, name, Path(root) / name, fingerprint, log)
+        options = data.loader_options()
+        if data.name == "npz":
+            options["require_finite"] = require_finite
+        ds = load_dataset(data.name, **options)
+        _record_source(ds, data, fingerprint)
+        out = save_processed(ds, Path(root) / name, require_finite=require_finite)
     counts = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     log(f"{name}: {len(ds.ids)} samples of shape {tuple(ds.sample_shape)} "
         f"(train {counts['train']}, val {counts['val']}, test {counts['test']}) -> {out}")
@@ -64,17 +68,19 @@ def _record_source(ds, data: DataConfig, fingerprint) -> None:
         _require_fingerprint(Path(fingerprint), data, source)
 
 
-def _prepare_table(data: DataConfig, folder: Path, fingerprint, log) -> Path:
+def _prepare_table(data: DataConfig, name: str, folder: Path, fingerprint, log) -> Path:
     """A table: read, schema completed and checked, split (diffusion/tabular/tables.py), then
-    the processed folder; prints the schema (declared or inferred) and the splits."""
+    the processed folder; prints the splits and the schema (declared or inferred) once, to
+    `log` (load_table's own announcement is off: a command showed both)."""
     from diffusion.tabular.tables import load_table, save_table
 
-    ds = load_table(**data.loader_options())
+    label = entry_label(name, data)
+    ds = load_table(**data.loader_options(), label=label, announce=False)
     _record_source(ds, data, fingerprint)
     out = save_table(ds, folder)
-    for line in ds.summary():
+    for line in ds.summary(label):
         log(line)
-    log(f"{folder.name}: -> {out}")
+    log(f"datasets.{name}: -> {out}")
     return out
 
 
