@@ -10,6 +10,12 @@ trajectory, to be looked at rather than read.
 Distilled students join the same table as extra models (`Student`): each is run with its own
 sampling procedure at the step counts it was distilled for, so teacher samplers and students
 are compared on one plot.
+
+Measurement noise: each row carries bootstrap intervals of its FID and KID (fid_lo / fid_hi,
+kid_lo / kid_hi; diffusion/bootstrap.py: intervals of the estimator at this n, from resampling
+the generated and the test features): their width is the evaluation's noise.  Two models are
+compared with a paired interval of their difference instead (bootstrap.paired_difference),
+which is narrower: the test split's noise is shared and cancels.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, quality_intervals
 from .metrics import extract_features, sample_quality
 from .model import ModelSpec
 from .samplers import generate, grid_options, nfe_for, steps_for_nfe
@@ -90,15 +97,25 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    n: int = 1000, seed: int = 0, sampling: dict | None = None,
                    test_labels=None, n_classes: int | None = None, kid_subsets: int = 50,
                    device="cpu", extra_rows: list[dict] | None = None,
-                   students: list[Student] | None = None, noun: str = "samples") -> pd.DataFrame:
+                   students: list[Student] | None = None, noun: str = "samples",
+                   replicates: int = DEFAULT_REPLICATES, level: float = DEFAULT_LEVEL,
+                   features: dict | None = None) -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
-    time, images_per_s (samples per second, whatever they are).  One info record per row on
-    this module's logger as it is measured, its rate named `noun`/s (ModelSpec.data.noun)."""
+    time, images_per_s (samples per second, whatever they are), and, unless `replicates` is 0,
+    fid_lo / fid_hi / kid_lo / kid_hi: `level` bootstrap intervals from `replicates`
+    resamples (diffusion/bootstrap.py).  One info record per row on this module's logger as
+    it is measured, its rate named `noun`/s (ModelSpec.data.noun).
+
+    features: a dict to fill with the features scored, float64 on the CPU: "real" -> the
+    test features (N_test, d), (model, sampler, steps) -> that row's generated features
+    (n, d): what a paired comparison of two models needs (diffusion/bootstrap.py)."""
     sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
+    if features is not None:
+        features["real"] = test_f
     rows = list(extra_rows or [])
     runs = [("teacher", denoiser, setting.sampler, setting.steps, sampling)
             for setting in settings_for(samplers, nfes)]
@@ -113,15 +130,22 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
         if device != "cpu" and torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        fake_f = extract_features(extractor, out.x.cpu(), name="fake")
         scores = sample_quality(extractor, out.x.cpu(), train=train_x, test=test_x, train_f=train_f,
                                 test_f=test_f, test_labels=test_labels, n_classes=n_classes,
-                                kid_subsets=kid_subsets, seed=seed)
+                                kid_subsets=kid_subsets, seed=seed, fake_f=fake_f)
+        if replicates:
+            scores.update(quality_intervals(test_f, fake_f, replicates=replicates, level=level,
+                                            seed=seed, centres={"kid": scores["kid_mean"]}))
+        if features is not None:
+            features[(model, sampler, steps)] = fake_f
         row = {"model": model, "sampler": sampler, "steps": steps,
                "nfe": out.nfe, "n_samples": n, **_scalars(scores), "seconds": seconds,
                "images_per_s": n / seconds if seconds > 0 else math.inf}
         rows.append(row)
         who = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
-        logger.info(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f} "
+        noise = (f" [{row['fid_lo']:.3f}, {row['fid_hi']:.3f}]" if replicates else "")
+        logger.info(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f}{noise} "
                     f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, "
                     f"{row['images_per_s']:.0f} {noun}/s")
     return pd.DataFrame(rows)

@@ -516,11 +516,13 @@ def real_floor(train_f, test_f, n: int, seed: int = 0) -> float:
 def sample_quality(extractor: nn.Module, fake, *, train=None, test=None,
                    labels_of: Callable | None = None, n_classes: int | None = None,
                    k: int = 5, kid_subsets: int = 50, seed: int = 0,
-                   train_f=None, test_f=None, test_labels=None, batch_size: int = 512) -> dict:
+                   train_f=None, test_f=None, test_labels=None, batch_size: int = 512,
+                   fake_f=None) -> dict:
     """Every metric for one set of generated samples, the test split as the real reference.
 
     Features are extracted once per set; pass `train_f` / `test_f` (from
-    `extract_features`) to reuse cached ones instead of `train` / `test`.
+    `extract_features`) to reuse cached ones instead of `train` / `test`, and `fake_f` (the
+    features of `fake`, e.g. kept for a bootstrap) to skip extracting them again.
 
     Returns fid, fid_floor (`real_floor` at n = len(fake)), fid_ratio, kid_mean, kid_std,
     precision, recall, density, coverage, fake_to_train_median, test_to_train_median,
@@ -542,7 +544,10 @@ def sample_quality(extractor: nn.Module, fake, *, train=None, test=None,
             raise EvaluationError("sample_quality: pass the test samples (test=) or their features (test_f=)")
         test = _check_samples(test, "test", shape=fake.shape[1:])
         test_f = extract_features(extractor, test, batch_size, name="test")
-    fake_f = extract_features(extractor, fake, batch_size, name="fake")
+    fake_f = (extract_features(extractor, fake, batch_size, name="fake") if fake_f is None
+              else _check_features(fake_f, "fake features", dim=None))
+    if len(fake_f) != len(fake):
+        raise EvaluationError(f"sample_quality: {len(fake_f)} fake features for {len(fake)} samples")
     test_f = _check_features(test_f, "test features", min_n=2, dim=fake_f.shape[1])
     train_f = _check_features(train_f, "train features", dim=fake_f.shape[1])
 

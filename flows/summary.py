@@ -36,6 +36,21 @@ def _rows_section(challenger: StepResult) -> list[str]:
     return lines
 
 
+def _outcome(decision: dict) -> str:
+    """' (tie)' etc. when the step reports the rule's outcome and the reason does not lead with it."""
+    outcome = decision.get("outcome")
+    if not outcome or str(decision.get("reason", "")).startswith(f"{outcome}:"):
+        return ""
+    return f" ({outcome})"
+
+
+def _with_interval(row: dict) -> str:
+    """FID with its bootstrap interval (diffusion/bootstrap.py) when the row has one."""
+    if row.get("fid_lo") is None or row.get("fid_hi") is None:
+        return f"{row['fid']:.3f}"
+    return f"{row['fid']:.3f} [{row['fid_lo']:.3f}, {row['fid_hi']:.3f}]"
+
+
 def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResult,
                      decision: StepResult) -> str:
     """The summary of one flow run: its result (the flow's return value) and the StepResults of
@@ -44,8 +59,9 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
     evaluation, challenger, decision = evaluation.details, challenger.details, decision.details
     rows = sorted(evaluation["table"], key=lambda r: (r["model"] != "teacher", r["model"], r["nfe"]))
     lines = [f"# {result['model']} version {result['version']}", "",
-             f"**Promotion:** {'promoted to champion' if decision['promoted'] else 'not promoted'}: "
-             f"{decision['reason']}", "",
+             f"**Promotion:** {'promoted to champion' if decision['promoted'] else 'not promoted'}"
+             # the rule's word (promote, keep, tie) leads the reason of a paired decision
+             f"{_outcome(decision)}: {decision['reason']}", "",
              f"**Served as:** {challenger['candidate']}", "",
              f"**Release:** {decision['release'] or '(none: not promoted)'}", "",
              f"**Dataset md5:** `{result['dataset_md5']}`; cached steps: "
@@ -55,8 +71,12 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
              _row(["model", "sampler", "NFE", "FID", "KID", f"{evaluation.get('noun', 'images')}/s"]),
              _row(["---"] * 6)]
     for r in rows:
-        lines.append(_row([r["model"], r["sampler"], int(r["nfe"]), f"{r['fid']:.3f}",
+        lines.append(_row([r["model"], r["sampler"], int(r["nfe"]), _with_interval(r),
                            f"{r.get('kid_mean', float('nan')):.4f}", f"{r['images_per_s']:.0f}"]))
+    if any(r.get("fid_lo") is not None for r in rows):
+        lines += ["", "FID [lo, hi]: the bootstrap interval of the FID at this n (evaluate."
+                      "confidence_level; diffusion/bootstrap.py): its width is this evaluation's "
+                      "noise; the promotion compares two models with a paired, narrower one."]
     lines += rows_section
     if decision.get("champion_metrics"):
         champ = decision["champion_metrics"]

@@ -3,8 +3,10 @@
 Writes into the output folder:
     quality_vs_nfe.csv / .json   one row per (model, sampler, NFE): model 'teacher' for the
                                  evaluated model, e.g. 'progressive-4' / 'consistency' for
-                                 distilled students; the JSON adds the floor, the feature
-                                 extractor's report and the best setting
+                                 distilled students, with fid_lo / fid_hi / kid_lo / kid_hi
+                                 (bootstrap intervals, diffusion/bootstrap.py); the JSON adds
+                                 the floor, the feature extractor's report, the best setting
+                                 and `intervals` (level, replicates, what they are of)
     quality_vs_nfe.png           FID against NFE, one line per sampler (students dashed), the floor dotted
     samples_<sampler>.png        a grid from each teacher sampler's best setting
     samples_<student>.png        a grid from each student's best setting
@@ -19,6 +21,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -45,6 +48,8 @@ class EvaluationReport:
     # tables: each model's best setting scored as rows (tasks/steps/table_quality.py)
     table_quality: dict | None = None
     noun: str = "samples"   # what the samples are, for the rate's unit: images, rows, samples
+    # the scored features: "real" -> test features, (model, sampler, steps) -> generated ones
+    features: dict | None = None
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
@@ -81,16 +86,19 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     extractor, extractor_report, reused = load_or_train_feature_extractor(
         ds, ev.feature_cache, seed=ev.seed, device=device)
     labelled = extractor.kind == "classifier"
+    features: dict = {}
     table = quality_vs_nfe(
         denoiser, shape, extractor, train_x=train.x, test_x=test.x,
         samplers=samplers or ev.samplers, nfes=nfes or ev.nfes, n=n, seed=ev.seed,
         sampling=spec.sampling.model_dump(), test_labels=test.y if labelled else None,
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
-        device=device, students=loaded, noun=spec.data.noun)
+        device=device, students=loaded, noun=spec.data.noun,
+        replicates=ev.bootstrap_replicates, level=ev.confidence_level, features=features)
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
-                          students=loaded)
+                          students=loaded, intervals=intervals_note(ev))
     report.noun = spec.data.noun
+    report.features = features
     if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
         from tasks.steps.table_quality import table_quality
 
@@ -108,8 +116,20 @@ def evaluated_models(denoiser, spec, students: list[Student] | None) -> dict[str
     return models
 
 
+def intervals_note(ev) -> dict | None:
+    """What the table's fid_lo / fid_hi / kid_lo / kid_hi are (the JSON report's `intervals`);
+    None when the evaluate section asks for none (bootstrap_replicates 0)."""
+    if not ev.bootstrap_replicates:
+        return None
+    return {"level": ev.confidence_level, "replicates": ev.bootstrap_replicates,
+            "method": "bootstrap percentile interval recentred on the estimate (generated and "
+                      "test features resampled); an interval of the estimator at this n, "
+                      "not of the population FID (diffusion/bootstrap.py)"}
+
+
 def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, device,
-                 reference=None, students: list[Student] | None = None) -> EvaluationReport:
+                 reference=None, students: list[Student] | None = None,
+                 intervals: dict | None = None) -> EvaluationReport:
     """The table, its plot and the sample grids into `out_dir` (see the module docstring),
     each file replaced in one rename.  Raises diffusion.atomic.WriteError (path and cause)
     when the disk refuses one; the files not yet replaced keep their previous content."""
@@ -124,7 +144,8 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
     atomic_write_text(files["csv"], table.to_csv(index=False), "evaluation table")
     atomic_write_text(files["json"], json.dumps({
         "n_samples": n, "fid_floor": floor, "feature_extractor": extractor_report,
-        "best": best.iloc[0].to_dict(), "rows": table.to_dict(orient="records")},
+        "best": best.iloc[0].to_dict(), "intervals": intervals,
+        "rows": table.to_dict(orient="records")},
         indent=2, default=float), "evaluation table")
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
     models = evaluated_models(denoiser, spec, students)
@@ -177,8 +198,25 @@ def score_model(model_path, cfg: Config, out_dir, *, data_dir=None) -> dict:
     """One model at its own stored setting (the sampler and steps in its model.json) on the
     held-out evaluation: the row the promotion step compares, computed the same way (same
     data, feature extractor, sample count and seed) for the challenger and the champion."""
+    return score_with_features(model_path, cfg, out_dir, data_dir=data_dir).row
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model's row at its stored setting and the features behind it: real_f (N_test, d)
+    test features, fake_f (n, d) its generated samples' features (float64, CPU)."""
+    row: dict
+    real_f: Any
+    fake_f: Any
+
+
+def score_with_features(model_path, cfg: Config, out_dir, *, data_dir=None) -> Score:
+    """`score_model` with the features it scored, for the promotion's paired bootstrap
+    (diffusion/bootstrap.py paired_difference)."""
     spec = read_spec(resolve_model_path(model_path))
     sampler, steps = spec.sampling.sampler, spec.sampling.steps
     report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
                             nfes=[nfe_for(sampler, steps)], data_dir=data_dir)
-    return report.best
+    row = report.best
+    return Score(row, report.features["real"],
+                 report.features[(row["model"], row["sampler"], int(row["steps"]))])
