@@ -130,17 +130,20 @@ def test_two_promotions_racing_leave_one_champion_and_both_decisions(promotion_s
     assert first["previous_champion"] is None and first["decision"] == "promoted"
     assert "no champion yet" in first["reason"]
     # the second waited, then scored the first one's champion on the same data: the same model,
-    # so the same FID, within tolerance: promoted over it
+    # so the same FID and a paired difference of exactly 0: a tie at the same NFE, which keeps
+    # the champion (tasks/steps/promote.py's rule)
     assert any("waiting for the promotion lock" in line for line in logs[second["version"]])
     assert second["previous_champion"] == first["version"]
     assert second["champion_metrics"]["fid"] == pytest.approx(second["challenger_value"], rel=1e-6)
-    assert second["decision"] == "promoted" and second["champion"] == second["version"]
-    assert champion_version(name) == second["version"]
-    assert [results[e["version"]].decision.promoted for e in history] == [True, True]
-    for entry in history:
-        assert entry["flow_run_id"] == f"flow-run-{entry['version']}"
-        assert verify_release(s3, entry["release"])["version"] == entry["version"]
-        assert version_tags(name, entry["version"])["promotion"] == "promoted"
+    assert (second["decision"], second["outcome"]) == ("rejected", "tie")
+    assert second["difference"]["lo"] == second["difference"]["hi"] == 0.0
+    assert second["champion"] == first["version"] == champion_version(name)
+    assert [results[e["version"]].decision.promoted for e in history] == [True, False]
+    assert first["flow_run_id"] == f"flow-run-{first['version']}"
+    assert verify_release(s3, first["release"])["version"] == first["version"]
+    assert version_tags(name, first["version"])["promotion"] == "promoted"
+    assert version_tags(name, second["version"])["promotion_outcome"] == "tie"
+    assert second["release"] is None
     assert s3.list_objects_v2(Bucket=bucket, Prefix=lease_key(name))["KeyCount"] == 0
 
 
@@ -155,7 +158,8 @@ def test_a_losing_challenger_is_recorded_and_moves_nothing(promotion_setup, stac
     entry = read_history(s3, bucket, name)[-1]
     assert (entry["version"], entry["decision"], entry["champion"], entry["release"]) == \
         (v2, "rejected", v1, None)
-    assert entry["reason"] == result.decision.reason and " > champion " in entry["reason"]
+    assert entry["reason"] == result.decision.reason and entry["reason"].startswith("keep: ")
+    assert entry["outcome"] == "keep" and entry["difference"]["lo"] > 0
     assert s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/{v2}/").get("KeyCount", 0) == 0
 
 
@@ -185,9 +189,11 @@ def test_the_champion_is_scored_on_the_challengers_versioned_data(stack, tmp_pat
     v1, v2 = (register(model_dir, name) for _ in range(2))
     promote_version(setup, name, v1, metrics, tmp_path / v1, bucket)
     result = promote_version(setup, name, v2, metrics, tmp_path / v2, bucket)
-    # one model, one dataset folder, one feature extractor, n and seed: one number
+    # one model, one dataset folder, one feature extractor, n and seed: one number, so a tie
+    # (a difference of exactly 0) that keeps the champion
     assert result.champion_metrics["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
-    assert result.decision.promoted and champion_version(name) == v2
+    assert result.decision.outcome == "tie" and result.decision.difference["hi"] == 0.0
+    assert not result.decision.promoted and champion_version(name) == v1
 
 
 # --- a champion of another shape --------------------------------------------------------------

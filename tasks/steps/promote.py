@@ -17,9 +17,25 @@ NOT promoted; the decision's reason names both shapes (or the error) and the way
 `pipeline.model_name`), and it is recorded like any other decision: version tags and history,
 with `comparable: false`.  Never a crash, never a silent win.
 
-`decide` is pure: it compares one metric of the two, with a relative tolerance that lets a
-challenger as good as the champion up to noise win (fresh data, fresh code), and says why in
-words.  `apply` makes it true, as one transaction (tasks.steps.promotion_transaction): the decision is
+`decide` is pure: it compares one metric of the two and says why in words.  The rule, for FID
+and KID (`pipeline.promote.metric` fid or kid_mean): the challenger is re-scored beside the
+champion, and a paired bootstrap (diffusion/bootstrap.py `paired_difference`: one resample
+of the test features shared by both models in each replicate, and one of the generated
+features, whose i-th rows start from the same noise) gives the `level` interval of
+D = metric(challenger) - metric(champion), lower is better for both:
+
+- `promote`: the interval lies below 0, the challenger is better beyond the noise;
+- `keep`: it lies above 0, the challenger is worse beyond the noise;
+- `tie`: it contains 0.  A tie keeps the champion (a model as good as the one serving is no
+  reason to move the alias: a champion that flips on noise is not one a team trusts), unless
+  the challenger is cheaper to sample (fewer NFE per sample) at that equal quality, when it is
+  promoted.
+
+The outcome word, the difference and its interval are in the reason, the history entry
+(`outcome`, `difference`), the version tag `promotion_outcome` and the flow summary.  Any
+other metric keeps the older relative-tolerance rule (`pipeline.promote.tolerance`): no
+resampling is defined here for it (precision, a table's utility score), so that is the only
+rule it can have.  `apply` makes it true, as one transaction (tasks.steps.promotion_transaction): the decision is
 stored as the model's pending promotion first; on a win the immutable S3 release is written and
 read back verifying every checksum, and only THEN `champion` moves, so whatever champion points
 at always has a release that readers accept; either way the decision is recorded on the
@@ -60,14 +76,25 @@ class PromotionError(ValueError):
     """The comparison cannot be made (a metric is missing or not a number)."""
 
 
+PROMOTE, KEEP, TIE = "promote", "keep", "tie"
+# the metrics a paired bootstrap is defined for: settings.metric -> diffusion.bootstrap's name
+BOOTSTRAPPED = {"fid": "fid", "kid_mean": "kid"}
+
+
 @dataclass(frozen=True)
 class Decision:
+    """promoted: whether champion moves; outcome: PROMOTE, KEEP or TIE (a tie that promotes
+    the cheaper challenger is TIE with promoted True); difference: the paired interval of
+    metric(challenger) - metric(champion) as a dict (estimate, lo, hi, level, replicates), None
+    under the tolerance rule or without a champion."""
     promoted: bool
     reason: str
     metric: str
     challenger_value: float
     champion_value: float | None = None
     release_uri: str | None = None
+    outcome: str | None = None
+    difference: dict | None = None
 
 
 def _value(record: dict, metric: str, who: str) -> float:
@@ -86,16 +113,26 @@ def _value(record: dict, metric: str, who: str) -> float:
 
 
 def decide(challenger: dict, champion: dict | None, metric: str, tolerance: float,
-           lower_is_better: bool = True) -> Decision:
-    """Promote when the challenger's `metric` is no worse than the champion's by more than
-    `tolerance` (relative to the champion's magnitude), or when there is no champion yet."""
+           lower_is_better: bool = True, difference=None) -> Decision:
+    """The decision on `metric` (see the module docstring).
+
+    difference: the paired bootstrap interval of metric(challenger) - metric(champion)
+    (diffusion.bootstrap.Interval or a dict with lo, hi, level, replicates): the rule is then
+    promote / keep / tie by where 0 lies, a tie promoting only a challenger with fewer `nfe`
+    (both dicts' "nfe").  None: the relative-tolerance rule: promote when the challenger's
+    `metric` is no worse than the champion's by more than `tolerance` (relative to the
+    champion's magnitude).  Without a champion the challenger is promoted either way.
+    Raises PromotionError naming a missing or non-numeric metric or a bad tolerance."""
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise PromotionError(f"tolerance must be a finite number >= 0, got {tolerance}")
     new = _value(challenger, metric, "challenger")
     if champion is None:
         return Decision(True, f"no champion yet: challenger {metric} {new:.4g} becomes the first",
-                        metric, new)
+                        metric, new, outcome=PROMOTE)
     old = _value(champion, metric, "champion")
+    if difference is not None:
+        return _paired_rule(challenger, champion, metric, new, old, lower_is_better,
+                            difference if isinstance(difference, dict) else difference.to_dict())
     # |old| keeps the allowance on the lenient side for metrics that can be negative
     allowance = tolerance * abs(old)
     if lower_is_better:
@@ -109,7 +146,68 @@ def decide(challenger: dict, champion: dict | None, metric: str, tolerance: floa
               f"{tolerance:g}) = {bound:.4g} ({'lower' if lower_is_better else 'higher'} is better)")
     if old < 0:  # a negative champion: say it in the additive form actually used
         reason = reason.replace(f"x (1 {sign} {tolerance:g})", f"{sign} {tolerance:g} x |{old:.4g}|")
-    return Decision(promoted, reason, metric, new, old)
+    return Decision(promoted, reason, metric, new, old, outcome=PROMOTE if promoted else KEEP)
+
+
+def _nfe(record: dict) -> float | None:
+    try:
+        value = float(record.get("nfe"))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _paired_rule(challenger: dict, champion: dict, metric: str, new: float, old: float,
+                 lower_is_better: bool, difference: dict) -> Decision:
+    """promote / keep / tie by the interval of new - old (the module docstring's rule)."""
+    lo, hi = float(difference["lo"]), float(difference["hi"])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise PromotionError(f"the {metric} difference interval [{lo}, {hi}] is not an interval; "
+                             "check the two models' features")
+    better, worse = (hi < 0, lo > 0) if lower_is_better else (lo > 0, hi < 0)
+    shown = (f"challenger {metric} {new:.4g} vs champion {old:.4g}: difference {new - old:+.4g}, "
+             f"{difference['level'] * 100:g} % paired bootstrap interval [{lo:+.4g}, {hi:+.4g}] "
+             f"({difference['replicates']} replicates; {'lower' if lower_is_better else 'higher'} "
+             "is better)")
+    if better:
+        return Decision(True, f"promote: {shown}: better beyond the measurement noise", metric,
+                        new, old, outcome=PROMOTE, difference=difference)
+    if worse:
+        return Decision(False, f"keep: {shown}: worse beyond the measurement noise", metric,
+                        new, old, outcome=KEEP, difference=difference)
+    ours, theirs = _nfe(challenger), _nfe(champion)
+    cheaper = ours is not None and theirs is not None and ours < theirs
+    cost = (f"{ours:g} NFE per sample against the champion's {theirs:g}"
+            if ours is not None and theirs is not None else "NFE not known for both")
+    if cheaper:
+        return Decision(True, f"tie: {shown}: equal within the noise, and the challenger is "
+                              f"cheaper to sample ({cost}): promoted", metric, new, old,
+                        outcome=TIE, difference=difference)
+    return Decision(False, f"tie: {shown}: equal within the noise, and the challenger is not "
+                           f"cheaper to sample ({cost}): the champion stays", metric, new, old,
+                    outcome=TIE, difference=difference)
+
+
+def paired_interval(challenger, champion, settings, challenger_value: float,
+                    champion_value: float) -> dict:
+    """The paired bootstrap interval of metric(challenger) - metric(champion) (settings: the
+    PromoteSettings; challenger / champion: tasks.steps.evaluate.Score of each, scored on the
+    same test split with the same n and seed), placed at the recorded difference
+    challenger_value - champion_value: its width comes from the features, its centre from the
+    two rows the decision names (the same number when both rows come from one scoring)."""
+    from diffusion.bootstrap import paired_difference
+
+    if len(challenger.real_f) != len(champion.real_f) or not bool(
+            (challenger.real_f == champion.real_f).all()):
+        raise PromotionError("the challenger and the champion were scored on different test "
+                             "features; a paired comparison needs one test split and one "
+                             "feature extractor")
+    interval = paired_difference(champion.real_f, champion.fake_f, challenger.fake_f,
+                                 BOOTSTRAPPED[settings.metric], replicates=settings.replicates,
+                                 level=settings.level, seed=settings.seed).to_dict()
+    shift = (challenger_value - champion_value) - interval["estimate"]
+    return {**interval, "estimate": challenger_value - champion_value,
+            "lo": interval["lo"] + shift, "hi": interval["hi"] + shift}
 
 
 def apply(decision: Decision, name: str, version: str, release_files: dict[str, Path], s3,
@@ -142,7 +240,8 @@ def _carry_out(decision: Decision, name: str, version: str, files: dict[str, Pat
         previous_champion=previous, release=uri, flow_run_id=flow_run_id,
         entry={"comparable": True, "challenger_metrics": None, "champion_metrics": None,
                **entry, "metric": decision.metric, "challenger_value": decision.challenger_value,
-               "champion_value": decision.champion_value})
+               "champion_value": decision.champion_value, "outcome": decision.outcome,
+               "difference": decision.difference})
     metadata = None
     if decision.promoted:
         lineage = version_tags(name, version)
@@ -216,7 +315,8 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
             log=say) -> PromotionResult:
     """Promote `challenger` of `model_name` when it beats the current champion.
 
-    settings: tasks.steps.promote_settings.PromoteSettings (or its dict): metric, tolerance, lower_is_better.
+    settings: tasks.steps.promote_settings.PromoteSettings (or its dict): metric, lower_is_better,
+    level, replicates, seed (the paired rule), tolerance (other metrics).
     bucket: the releases bucket; data_dir: the versioned dataset folder the challenger was
     evaluated on; cfg: the run's diffusion.config.Config (its `evaluate` section scores the
     champion); work_dir: scratch space (champion download, score report, release files);
@@ -230,7 +330,7 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
     first; when it was this same version's, its outcome is returned.
     Raises PromotionError (a metric missing), ReleaseError, PromotionLockError, RegistryError,
     PromotionInterrupted (a server failed part-way; the decision stays pending)."""
-    from tasks.steps.evaluate import score_model   # torch and the evaluation stack only when promoting
+    from tasks.steps.evaluate import score_with_features   # torch and the evaluation stack only when promoting
 
     s3 = s3 if s3 is not None else s3_client_from_env()
     if isinstance(settings, dict):
@@ -245,14 +345,15 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
             # this very version's decision, interrupted before (a retried task): it is done now
             return _result(recovered[0], recovered[1])
         previous = champion_version(model_name)
-        champion_metrics, comparable, reason = None, True, None
+        champion_metrics, comparable, reason, scores = None, True, None, None
         if previous is not None:
             champion_dir = download_model(f"{model_name}/{previous}", work / "champion" / previous)
             reason = _not_comparable(previous, champion_dir, Path(challenger.model_dir))
             if reason is None:
                 try:
-                    champion_metrics = score_model(champion_dir, cfg, work / "champion" / "score",
-                                                   data_dir=data_dir)
+                    scores = score_with_features(champion_dir, cfg, work / "champion" / "score",
+                                                 data_dir=data_dir)
+                    champion_metrics = scores.row
                 except ModelError as e:
                     reason = (f"champion v{previous} cannot be scored on the challenger's data "
                               f"({e}): not comparable, so not promoted; register models of other "
@@ -260,10 +361,19 @@ def promote(challenger: Challenger, model_name: str, settings, bucket: str, data
         if reason is not None:
             comparable = False
             value = _value(challenger.metrics, settings.metric, "challenger")
-            decision = Decision(False, reason, settings.metric, value)
+            decision = Decision(False, reason, settings.metric, value, outcome=KEEP)
         else:
+            difference = None
+            if champion_metrics is not None and settings.metric in BOOTSTRAPPED:
+                # the challenger's features, scored on the same terms as the champion's
+                ours = score_with_features(challenger.model_dir, cfg, work / "challenger" / "score",
+                                           data_dir=data_dir)
+                difference = paired_interval(
+                    ours, scores, settings,
+                    _value(challenger.metrics, settings.metric, "challenger"),
+                    _value(champion_metrics, settings.metric, "champion"))
             decision = decide(challenger.metrics, champion_metrics, settings.metric,
-                              settings.tolerance, settings.lower_is_better)
+                              settings.tolerance, settings.lower_is_better, difference)
         files = {}
         if decision.promoted:
             # the release is made from the local folder: it must be the registered bytes
@@ -299,6 +409,7 @@ def _result(record: PendingPromotion, done: Completion) -> PromotionResult:
     """The PromotionResult of a decision that a recovery finished."""
     entry = record.entry
     decision = Decision(done.outcome == PROMOTED, done.reason, entry["metric"],
-                        entry["challenger_value"], entry.get("champion_value"), done.release)
+                        entry["challenger_value"], entry.get("champion_value"), done.release,
+                        entry.get("outcome"), entry.get("difference"))
     return PromotionResult(decision, record.previous_champion, entry.get("champion_metrics"),
                            bool(entry.get("comparable", True)), done.history_key)

@@ -93,6 +93,8 @@ def _release(s3, bucket: str, record: PendingPromotion, files: dict[str, Path] |
 
 def _set_tags(record: PendingPromotion, outcome: str, reason: str, release: str | None) -> None:
     tags = {"promotion": outcome, "promotion_reason": reason}
+    if record.entry.get("outcome"):   # the rule's word: promote, keep or tie (tasks/steps/promote.py)
+        tags["promotion_outcome"] = str(record.entry["outcome"])
     if release:
         tags["release"] = release
     set_version_tags(record.model, record.version, tags,
