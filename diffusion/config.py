@@ -169,10 +169,19 @@ def validate(raw: dict, schema: type[AnyConfig] = Config, data_key: str = "data"
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        # dict: each line once (the entry in use is validated as `datasets.<name>` and as
-        # `data`; unchanged, the two say the same)
-        lines = dict.fromkeys(_describe(schema, err, data_key) for err in e.errors())
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        described = [_describe(schema, err, data_key) for err in e.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
+            _each_once(described, raw.get("dataset")))) from None
+
+
+def _each_once(lines: list[str], entry) -> list[str]:
+    """`lines` without repeats: the entry in use is validated as `datasets.<entry>` and again
+    as `data` (the entry, perhaps with overrides), and a fault of the entry is said by both."""
+    prefix = f"datasets.{entry}"
+    of_entry = {line[len(prefix):] for line in lines if line.startswith((prefix + ".", prefix + ":"))}
+    return list(dict.fromkeys(line for line in lines
+                              if not (line.startswith(("data.", "data:"))
+                                      and line[len("data"):] in of_entry)))
 
 
 def load_config(path="params.yaml", profile: str | None = None,

@@ -182,6 +182,10 @@ def test_a_bad_entry_blocks_only_what_uses_it_and_is_said_once_by_its_name(tmp_p
         said = str(err.value)
         assert expected in said and said.count("unknown key") <= 1, said
         assert len(said.splitlines()) <= 2 and "\n  data:" not in said and "\n  data." not in said, said
+    # an override on top of a bad entry: the entry's fault still said once, by the entry
+    with pytest.raises(ConfigError) as err:
+        load_config(path, "sheet", ["data.seed=3"])
+    assert str(err.value).count("a table is read from") == 1, str(err.value)
     # with a data.* override the section is no longer the entry as written: named `data`
     with pytest.raises(ConfigError, match=r"data\.n: Input should be greater than 0"):
         load_config(path, None, ["data.n=-1"])

@@ -40,7 +40,8 @@ NARROW = [{"name": "plan", "type": "categorical", "categories": ["basic"]}, {"na
           {"name": "calls"}, {"name": "churned"}]
 # entries that are wrong in themselves: each must block only what uses it
 BAD_ENTRIES = {"sheet": {"name": "table", "path": "rows.xlsx"}, "loose": 3,
-               "typo": {"name": "table", "path": "customers.csv", "taregt": "churned"}}
+               "typo": {"name": "table", "path": "customers.csv", "taregt": "churned"},
+               "gone": {"name": "table", "path": "gone.csv"}}
 
 
 def dmops(*args, cwd) -> subprocess.CompletedProcess:
@@ -139,6 +140,7 @@ def test_prepare_prints_the_schema_once_and_names_the_entry(entries_folder):
     ("sheet", ["datasets.sheet", "rows.xlsx", "a table is read from a .csv, .parquet, .pq file"]),
     ("loose", ["datasets.loose: 3 is not a dataset's settings"]),
     ("typo", ["datasets.typo.taregt: unknown key"]),
+    ("gone", ["datasets.gone", "gone.csv", "does not exist"]),   # a DataError, not the config's
 ])
 def test_a_bad_entry_is_said_once_by_the_commands_that_use_it(entries_folder, command, entry, fragments):
     proc = dmops(command, "--set", f"dataset={entry}", cwd=entries_folder)
