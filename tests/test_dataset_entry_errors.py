@@ -218,3 +218,15 @@ def test_run_says_a_stage_data_error_once_and_trains_nothing(entry_repo):
     both = proc.stdout + proc.stderr
     assert not any(f"prepare@{name}" in both for name in BAD_ENTRIES), both[-3000:]
     _nothing_made(entry_repo)
+
+
+def test_the_quick_check_of_a_table_imports_no_torch(tmp_path):
+    """`dmops run` answers a bad table entry before servers, Prefect or torch: the check reads a
+    CSV's header with pandas alone (diffusion/tabular/table_files.py)."""
+    small_table(20).to_csv(tmp_path / "customers.csv", index=False)
+    code = ("import sys; from diffusion.data_settings import DataConfig; "
+            "from tasks.steps.dataset_entry import check_dataset; "
+            f"check_dataset(DataConfig(name='table', path='customers.csv', target='churned'), 'mine', {str(tmp_path)!r}); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'prefect', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

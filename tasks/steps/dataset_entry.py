@@ -1,8 +1,8 @@
 """A dataset entry of params.yaml (`datasets.<name>`) as the user knows it: how messages name it,
 and the checks of it that cost next to nothing, made before DVC runs its stages.
 
-Imports nothing heavy (no torch, pandas or scikit-learn) until a table is checked, so that `dmops
-run` and `dmops fingerprint` answer a bad entry at once.
+Imports nothing heavy (no torch or scikit-learn; pandas only when a table is checked), so that
+`dmops run` and `dmops fingerprint` answer a bad entry at once.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def check_dataset(data: DataConfig, name: str, repo=".") -> None:
     source (`data.path`, relative to `repo` as the stages read it) exists -- a folder, an .npz,
     a table file -- and a table reads as its format (a CSV's header and first row, a Parquet
     file's footer), has a row and holds the target and id columns
-    (diffusion.tabular.tables.check_source).  Nothing is hashed or read whole.
+    (diffusion.tabular.table_files.check_source).  Nothing is hashed or read whole.
 
     Raises DataError naming the entry.  What only reading everything finds (a declared schema
     the values do not fit, repeated ids, unreadable images) is `dmops prepare`'s, in the stage.
@@ -50,7 +50,7 @@ def check_dataset(data: DataConfig, name: str, repo=".") -> None:
         path = Path(repo) / path
     with named_errors(name):
         if data.is_table:
-            from diffusion.tabular.tables import check_source
+            from diffusion.tabular.table_files import check_source
 
             check_source(str(path) if path is not None else data.name, data.target,
                          data.id_column, label=entry_label(name, data))
