@@ -103,7 +103,8 @@ def save_filmstrip(strip: torch.Tensor, path) -> Path:
 
 
 def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = None) -> Path:
-    """`metric` against NFE (log x), one line per model/sampler, the real-data floor dashed."""
+    """`metric` against NFE (log x), one line per model/sampler, the real-data floor dashed;
+    FID with its bootstrap interval as error bars where the table has fid_lo / fid_hi."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +117,14 @@ def plot_quality_vs_nfe(table, path, metric: str = "fid", floor: float | None = 
         # a student named after its sampler (consistency) is not labelled twice
         label = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
         style = "-o" if model == "teacher" else "--s"
-        ax.plot(rows["nfe"], rows[metric], style, label=label, markersize=4)
+        bounds = (f"{metric}_lo", f"{metric}_hi")
+        if set(bounds) <= set(rows.columns) and rows[list(bounds)].notna().all().all():
+            # the interval is recentred on the estimate, so both arms are >= 0 up to rounding
+            yerr = np.clip([rows[metric] - rows[bounds[0]], rows[bounds[1]] - rows[metric]], 0, None)
+            ax.errorbar(rows["nfe"], rows[metric], yerr=yerr, fmt=style, label=label,
+                        markersize=4, capsize=2)
+        else:
+            ax.plot(rows["nfe"], rows[metric], style, label=label, markersize=4)
     if floor is not None:
         ax.axhline(floor, color="black", linestyle=":", label=f"real-data floor ({floor:.3g})")
     ax.set_xscale("log", base=2)

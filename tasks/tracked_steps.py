@@ -170,6 +170,10 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
             key = f"{row['model']}.{row['sampler']}.nfe{int(row['nfe'])}"
             metrics.update({f"fid/{key}": float(row["fid"]),
                             f"images_per_s/{key}": float(row["images_per_s"])})
+            # the bootstrap interval of each setting's FID and KID (diffusion/bootstrap.py)
+            metrics.update({f"{bound}/{key}": float(row[bound])
+                            for bound in ("fid_lo", "fid_hi", "kid_lo", "kid_hi")
+                            if row.get(bound) is not None and row[bound] == row[bound]})
         quality = report.table_quality
         if quality is not None:   # a table's rows: table/<model>/<metric>, the floor as table/floor/...
             for model, scores in {"floor": quality["floor"], **quality["models"]}.items():
@@ -259,7 +263,10 @@ def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, relea
     move under the model's promotion lock, one promotion-history entry.  `tags` (lineage of the
     run, with its prefect_flow_run_id) go on the model card.  metrics: the champion's scores
     (champion_*, when there is a champion), the challenger's score on the rule's metric
-    (challenger_<metric>) and promoted (1 or 0); params: the rule (promote.*); details: promoted, reason, release, previous_champion, comparable."""
+    (challenger_<metric>), promoted (1 or 0) and, when the paired bootstrap decided,
+    difference_estimate / _lo / _hi; params: the rule (promote.*); tags: promoted, outcome
+    (promote | keep | tie), reason, ...; details: promoted, outcome, difference, reason,
+    release, previous_champion, comparable."""
     from tasks.steps.promote import Challenger, promote as promote_challenger
 
     version = str(challenger.details["version"])
@@ -279,14 +286,19 @@ def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, relea
         metrics.update({f"challenger_{k}": v for k, v in challenger.metrics.items()
                         if k == rule.metric})
         metrics["promoted"] = 1.0 if decision.promoted else 0.0
+        if decision.difference:  # the paired interval of metric(challenger) - metric(champion)
+            metrics.update({f"difference_{k}": float(decision.difference[k])
+                            for k in ("estimate", "lo", "hi") if k in decision.difference})
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"promoted": str(decision.promoted), "reason": decision.reason,
+                         "outcome": str(decision.outcome),
                          "challenger_version": version,
                          "previous_champion": str(result.previous_champion),
                          "comparable": str(result.comparable),
                          "promotion_history": f"s3://{releases_bucket}/{result.history_key}"})
         return StepResult(step="promote", run_id=run.info.run_id, metrics=metrics,
                           details={"promoted": decision.promoted, "reason": decision.reason,
+                                   "outcome": decision.outcome, "difference": decision.difference,
                                    "release": decision.release_uri,
                                    "previous_champion": result.previous_champion,
                                    "comparable": result.comparable,

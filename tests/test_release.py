@@ -86,6 +86,15 @@ def test_model_card_says_what_how_good_and_how_to_load(tiny_model):
     assert "stored in its `model.json`" in bare and "diffusers" not in bare
 
 
+def test_model_card_gives_fid_and_kid_with_their_bootstrap_intervals(tiny_model):
+    card = model_card("digits", "7", {**METRICS, "fid_lo": 0.37, "fid_hi": 0.46, "kid_mean": 0.004,
+                                      "kid_std": 0.001, "kid_lo": 0.003, "kid_hi": 0.005}, {},
+                      spec=read_spec(tiny_model))
+    assert "| 0.41, bootstrap interval [0.37, 0.46] |" in card
+    assert "| 0.004 ± 0.001, bootstrap interval [0.003, 0.005] |" in card
+    assert "`fid_lo`" not in card and "`kid_hi`" not in card  # not repeated among the rest
+
+
 def _consistency_spec(teacher: ModelSpec) -> ModelSpec:
     """The model.json of a 1-step consistency student of `teacher` (no weights needed)."""
     return teacher.model_copy(update={

@@ -222,6 +222,12 @@ def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
         if key == "kid_mean" and _is_number(metrics.get("kid_std")):
             value = f"{_cell(value)} ± {_cell(metrics['kid_std'])}"
             shown.add("kid_std")
+        base = {"fid": "fid", "kid_mean": "kid"}.get(key)
+        if base and _is_number(metrics.get(f"{base}_lo")) and _is_number(metrics.get(f"{base}_hi")):
+            # evaluate.confidence_level's interval (diffusion/bootstrap.py), of the estimate at n
+            value = (f"{value if isinstance(value, str) else _cell(value)}, bootstrap interval "
+                     f"[{_cell(metrics[f'{base}_lo'])}, {_cell(metrics[f'{base}_hi'])}]")
+            shown |= {f"{base}_lo", f"{base}_hi"}
         label = _TABLE_FID if key == "fid" and noun == "rows" else label.format(one=one, many=noun)
         lines.append(_row(label, value))
         shown.add(key)
