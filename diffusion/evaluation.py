@@ -32,7 +32,7 @@ import torch
 from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, quality_intervals
 from .metrics import extract_features, sample_quality
 from .model import ModelSpec
-from .samplers import generate, grid_options, nfe_for, steps_for_nfe
+from .samplers import generate, grid_options, nfe_for, steps_for_nfe, unusable_setting
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    device="cpu", extra_rows: list[dict] | None = None,
                    students: list[Student] | None = None, noun: str = "samples",
                    replicates: int = DEFAULT_REPLICATES, level: float = DEFAULT_LEVEL,
-                   features: dict | None = None) -> pd.DataFrame:
+                   features: dict | None = None, dropped: list | None = None) -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
@@ -110,19 +110,36 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
 
     features: a dict to fill with the features scored, float64 on the CPU: "real" -> the
     test features (N_test, d), (model, sampler, steps) -> that row's generated features
-    (n, d): what a paired comparison of two models needs (diffusion/bootstrap.py)."""
+    (n, d): what a paired comparison of two models needs (diffusion/bootstrap.py).
+
+    A teacher setting that cannot work (samplers.unusable_setting: Heun with too few steps
+    from sigma_max) is not run and not in the table: one info record says why, and
+    `dropped`, when given, receives {"sampler", "steps", "nfe", "reason"} for it.  Raises
+    ValueError when no setting is left to run."""
     sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
     if features is not None:
         features["real"] = test_f
     rows = list(extra_rows or [])
-    runs = [("teacher", denoiser, setting.sampler, setting.steps, sampling)
-            for setting in settings_for(samplers, nfes)]
+    runs, unusable = [], 0
+    for setting in settings_for(samplers, nfes):
+        reason = unusable_setting(setting.sampler, setting.steps, **sampling)
+        if reason is None:
+            runs.append(("teacher", denoiser, setting.sampler, setting.steps, sampling))
+            continue
+        logger.info(f"skipped: {reason}")
+        unusable += 1
+        if dropped is not None:
+            dropped.append({"sampler": setting.sampler, "steps": setting.steps,
+                            "nfe": setting.nfe, "reason": reason})
     for student in students or ():
         options = grid_options(student.sampling)
         runs += [(student.name, student.denoiser, student.sampling.get("sampler", "heun"), k, options)
                  for k in student.steps]
+    if not runs:
+        raise ValueError(f"no sampler setting left to evaluate: {unusable} dropped "
+                         "as unusable; ask for more NFE (evaluate.nfes) or another sampler")
     for i, (model, net, sampler, steps, options) in enumerate(runs, 1):
         t0 = time.perf_counter()
         out = generate(net, shape, n, sampler=sampler, steps=steps, seed=seed, device=device,

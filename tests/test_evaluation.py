@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from diffusion.evaluation import (Setting, best_rows, denoising_filmstrip, quality_vs_nfe,
@@ -57,6 +58,24 @@ def test_exact_denoiser_reaches_the_real_data_floor_and_one_step_does_not():
     assert best_rows(table).iloc[0]["fid"] == table["fid"].min()
 
 
+def test_settings_that_cannot_work_are_dropped_with_their_reason(caplog):
+    """Heun's corrector multiplies the denoiser's error by (sigma_from - sigma_to) / (2 sigma_to):
+    2e4 for 2 Karras steps from 80 (3 NFE), 117 for 4 steps (7 NFE), 8.3 for 8 (15 NFE)."""
+    dropped: list = []
+    with caplog.at_level("INFO", logger="diffusion.evaluation"):
+        table = quality_vs_nfe(MIX.denoiser, (2,), Identity(), train_x=MIX.sample(500)[0].float(),
+                               test_x=MIX.sample(500)[0].float(), samplers=["heun"],
+                               nfes=[1, 4, 8, 16], n=200, seed=1, dropped=dropped, replicates=0)
+    assert list(table["nfe"]) == [1, 15]
+    assert [(d["nfe"], d["steps"]) for d in dropped] == [(3, 2), (7, 4)]
+    assert "multiplies the denoiser's error by 2e+04" in dropped[0]["reason"]
+    assert "from sigma 0.47 to 0.002 multiplies the denoiser's error by 117" in dropped[1]["reason"]
+    assert sum("skipped: heun at" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError, match="no sampler setting left to evaluate: 1 dropped"):
+        quality_vs_nfe(MIX.denoiser, (2,), Identity(), train_x=MIX.sample(500)[0].float(),
+                       test_x=MIX.sample(500)[0].float(), samplers=["heun"], nfes=[4], n=50)
+
+
 def test_filmstrip_ends_with_the_sample_of_the_same_seed():
     strip = denoising_filmstrip(MIX.denoiser, (2,), n=4, frames=5, sampler="heun", steps=6, seed=3)
     assert strip.shape == (4, 5, 2)
@@ -79,8 +98,12 @@ def test_cli_evaluate_writes_table_plot_grids_and_filmstrip(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     out = run / "evaluation"
     table = pd.read_csv(out / "quality_vs_nfe.csv")
-    assert sorted(set(zip(table.sampler, table.nfe))) == [("ddim", 1), ("ddim", 3), ("heun", 1), ("heun", 3)]
+    # Heun at 3 NFE (one Heun step from sigma 80 to 0.002) cannot work: dropped, with its reason
+    assert sorted(set(zip(table.sampler, table.nfe))) == [("ddim", 1), ("ddim", 3), ("heun", 1)]
     report = json.loads((out / "quality_vs_nfe.json").read_text())
+    (dropped,) = report["dropped"]
+    assert (dropped["sampler"], dropped["nfe"]) == ("heun", 3)
+    assert "skipped: heun at 3 NFE cannot work: its step from sigma 80 to 0.002" in result.stdout + result.stderr
     assert report["fid_floor"] > 0 and report["feature_extractor"]["kind"] == "classifier"
     for name in ("quality_vs_nfe.png", "samples_heun.png", "samples_ddim.png", "filmstrip.png"):
         assert (out / name).stat().st_size > 0, name

@@ -6,7 +6,9 @@ Writes into the output folder:
                                  distilled students, with fid_lo / fid_hi / kid_lo / kid_hi
                                  (bootstrap intervals, diffusion/bootstrap.py); the JSON adds
                                  the floor, the feature extractor's report, the best setting
-                                 and `intervals` (level, replicates, what they are of)
+                                 and `intervals` (level, replicates, what they are of), and
+                                 `dropped`: settings that cannot work, not run, each with
+                                 its reason (diffusion/samplers.py unusable_setting)
     quality_vs_nfe.png           FID against NFE, one line per sampler (students dashed), the floor dotted
     samples_<sampler>.png        a grid from each teacher sampler's best setting
     samples_<student>.png        a grid from each student's best setting
@@ -87,16 +89,18 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         ds, ev.feature_cache, seed=ev.seed, device=device)
     labelled = extractor.kind == "classifier"
     features: dict = {}
+    dropped: list = []
     table = quality_vs_nfe(
         denoiser, shape, extractor, train_x=train.x, test_x=test.x,
         samplers=samplers or ev.samplers, nfes=nfes or ev.nfes, n=n, seed=ev.seed,
         sampling=spec.sampling.model_dump(), test_labels=test.y if labelled else None,
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, students=loaded, noun=spec.data.noun,
-        replicates=ev.bootstrap_replicates, level=ev.confidence_level, features=features)
+        replicates=ev.bootstrap_replicates, level=ev.confidence_level, features=features,
+        dropped=dropped)
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
-                          students=loaded, intervals=intervals_note(ev))
+                          students=loaded, intervals=intervals_note(ev), dropped=dropped)
     report.noun = spec.data.noun
     report.features = features
     if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
@@ -129,7 +133,7 @@ def intervals_note(ev) -> dict | None:
 
 def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, device,
                  reference=None, students: list[Student] | None = None,
-                 intervals: dict | None = None) -> EvaluationReport:
+                 intervals: dict | None = None, dropped: list | None = None) -> EvaluationReport:
     """The table, its plot and the sample grids into `out_dir` (see the module docstring),
     each file replaced in one rename.  Raises diffusion.atomic.WriteError (path and cause)
     when the disk refuses one; the files not yet replaced keep their previous content."""
@@ -144,7 +148,7 @@ def write_report(table, denoiser, spec, out_dir, extractor_report, *, n, seed, d
     atomic_write_text(files["csv"], table.to_csv(index=False), "evaluation table")
     atomic_write_text(files["json"], json.dumps({
         "n_samples": n, "fid_floor": floor, "feature_extractor": extractor_report,
-        "best": best.iloc[0].to_dict(), "intervals": intervals,
+        "best": best.iloc[0].to_dict(), "intervals": intervals, "dropped": dropped or [],
         "rows": table.to_dict(orient="records")},
         indent=2, default=float), "evaluation table")
     plot_quality_vs_nfe(table, files["plot"], floor=floor)
