@@ -199,8 +199,9 @@ def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
     params.yaml's `datasets`); returns the dataset's version.  What DVC says goes to `log`
     (default: print) as readable_repro_output.  `dvc repro` of that one stage runs only its own
     stages (fingerprint@<dataset>, prepare@<dataset>): another entry of `datasets`, even a
-    malformed one, is neither run nor read.  StageRefused when the stage's command refused the
-    entry (its one line names it); DVCError for any other failure of DVC."""
+    malformed one, is not run, and its settings are not checked.  StageRefused when the
+    stage's command refused the entry (its one line names it); DVCError for any other failure
+    of DVC."""
     repo = Path(repo).resolve()
     if not (repo / ".dvc").is_dir():
         raise DVCError(f"{repo} is not a DVC repository (no .dvc folder); run `git init && dvc init`")
