@@ -67,7 +67,9 @@ class QuietUserErrors(logging.Filter):
 
     def __init__(self, kinds: tuple[type[BaseException], ...]):
         super().__init__()
-        self.kinds, self.seen = kinds, set()
+        # a "Finished in state Failed(...)" line can come before any record carrying the
+        # error itself (no retry), so every user-error class's name is known from the start
+        self.kinds, self.seen = kinds, set(_class_names(kinds))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self.RUN_LOGGERS):
@@ -80,6 +82,14 @@ class QuietUserErrors(logging.Filter):
             return False
         message = record.getMessage()
         return not any(f"{kind}: " in message for kind in self.seen)
+
+
+def _class_names(kinds) -> list[str]:
+    """The names of `kinds` and of all their subclasses (StageRefused is a DataError)."""
+    names = []
+    for kind in kinds:
+        names += [kind.__name__, *_class_names(kind.__subclasses__())]
+    return names
 
 
 def _quiet_console(kinds: tuple[type[BaseException], ...]) -> list[tuple[logging.Handler, QuietUserErrors]]:

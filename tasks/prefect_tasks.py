@@ -24,6 +24,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 
 from diffusion.atomic import WriteError
 from diffusion.config import Config
+from diffusion.data_errors import DataError
 
 from tasks import tracked_steps
 from tasks.adapters.servers import ServerUnavailable
@@ -61,8 +62,11 @@ def retry_may_help(task: Any, task_run: Any, state: Any) -> bool:
     spent, a retry would only add their time again and replace the error, which already names
     the server and the fix, with its own) or a disk that refused a write for lack of room or
     permission to grow (WriteError with ENOSPC, EDQUOT, EFBIG or EROFS: a retry seconds later
-    meets the same disk).  Every other failure goes to the task's retries."""
+    meets the same disk) or data that cannot be used (DataError, e.g. a dataset stage's
+    refusal: a retry reads the same input).  Every other failure goes to the task's retries."""
     error = getattr(state, "data", None)
+    if isinstance(error, DataError):
+        return False
     if isinstance(error, WriteError):
         return error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
     return not isinstance(error, ServerUnavailable)

@@ -216,6 +216,7 @@ def test_run_says_a_stage_data_error_once_and_trains_nothing(entry_repo):
     assert said.startswith("error: the pipeline stopped: datasets.customers"), said
     assert "prepare@customers" in proc.stdout + proc.stderr   # DVC ran that stage alone
     both = proc.stdout + proc.stderr
+    assert both.count("dvc repro prepare@customers in") == 1, both[-3000:]  # no retry of bad data
     assert not any(f"prepare@{name}" in both for name in BAD_ENTRIES), both[-3000:]
     _nothing_made(entry_repo)
 

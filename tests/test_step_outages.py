@@ -185,6 +185,7 @@ def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_b
     from prefect import flow, task
 
     from diffusion.atomic import WriteError
+    from diffusion.data_errors import DataError
     from tasks.prefect_tasks import retry_may_help
 
     calls = []
@@ -192,6 +193,7 @@ def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_b
                                           ConnectionRefusedError()),
               "full disk": WriteError("/x/step_00000020", errno.ENOSPC, "checkpoint"),
               "denied": WriteError("/x/step_00000020", errno.EACCES, "checkpoint"),
+              "bad data": DataError("datasets.mine: target 'y' is not a column"),
               "other": RuntimeError("another failure")}
 
     @task(retries=1, retry_delay_seconds=0, retry_condition_fn=retry_may_help)
@@ -205,9 +207,9 @@ def test_a_step_that_spent_its_server_budget_or_met_a_full_disk_is_not_retried_b
             step(error, return_state=True)
 
     steps()
-    # a retry may mend a permission (fixed meanwhile) or another failure, not a spent budget
-    # or a disk without room
-    assert calls == ["server", "full disk", "denied", "denied", "other", "other"]
+    # a retry may mend a permission (fixed meanwhile) or another failure, not a spent budget,
+    # a disk without room or data that cannot be used
+    assert calls == ["server", "full disk", "denied", "denied", "bad data", "other", "other"]
 
 
 @pytest.mark.slow    # DVC runs the prepare stage first (about 20 s here)
