@@ -95,6 +95,18 @@ def test_quality_intervals_are_the_table_columns_and_seeded():
     assert centred["kid_lo"] < 1.0 < centred["kid_hi"] and centred["fid_lo"] == a["fid_lo"]
 
 
+def test_a_fid_interval_never_goes_below_zero():
+    """Two draws of one distribution: FID near 0, where the recentred interval's lower end
+    would fall below 0 (a FID cannot); KID's unbiased estimate may be negative."""
+    g = torch.Generator().manual_seed(5)
+    real = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    fake = torch.randn(30, 2, generator=g, dtype=torch.float64)  # unclipped: [-0.118, 0.606]
+    fid = metric_interval("fid", real, fake, replicates=100, seed=1)
+    assert fid.lo == 0.0 < fid.estimate < fid.hi
+    columns = quality_intervals(real, fake, replicates=100, seed=1)
+    assert columns["fid_lo"] == 0.0 and columns["kid_lo"] < 0.0
+
+
 def test_paired_difference_cancels_the_shared_noise():
     """Two models whose i-th samples start from the same noise (the challenger's = the
     champion's plus a small perturbation): the paired interval of their difference is far
