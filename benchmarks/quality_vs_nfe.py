@@ -109,11 +109,14 @@ def markdown(table) -> str:
             ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
             ("memorisation_ratio", "mem ratio", "{:.2f}"), ("images_per_s", "img/s", "{:.0f}")]
     cols = [c for c in cols if c[0] in table.columns]
+    if {"fid_lo", "fid_hi"} <= set(table.columns):  # the evaluation's bootstrap interval
+        cols.insert(4, ("fid_interval", "FID interval", "{}"))
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, row in table.iterrows():
         cells = []
         for key, _, fmt in cols:
-            value = row[key]
+            value = (f"[{row['fid_lo']:.3f}, {row['fid_hi']:.3f}]" if key == "fid_interval"
+                     else row[key])
             cells.append(fmt.format(int(value) if fmt == "{:d}" else value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
