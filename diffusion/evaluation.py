@@ -99,7 +99,8 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    device="cpu", extra_rows: list[dict] | None = None,
                    students: list[Student] | None = None, noun: str = "samples",
                    replicates: int = DEFAULT_REPLICATES, level: float = DEFAULT_LEVEL,
-                   features: dict | None = None, dropped: list | None = None) -> pd.DataFrame:
+                   features: dict | None = None, dropped: list | None = None,
+                   drop_unusable: bool = True) -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
@@ -114,8 +115,9 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
 
     A teacher setting that cannot work (samplers.unusable_setting: Heun with too few steps
     from sigma_max) is not run and not in the table: one info record says why, and
-    `dropped`, when given, receives {"sampler", "steps", "nfe", "reason"} for it.  Raises
-    ValueError when no setting is left to run."""
+    `dropped`, when given, receives {"sampler", "steps", "nfe", "reason"} for it; with
+    `drop_unusable` False every setting is run.  Raises ValueError when no setting is left
+    to run."""
     sampling = grid_options(sampling)
     train_f = extract_features(extractor, train_x)
     test_f = extract_features(extractor, test_x)
@@ -124,7 +126,8 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
     rows = list(extra_rows or [])
     runs, unusable = [], 0
     for setting in settings_for(samplers, nfes):
-        reason = unusable_setting(setting.sampler, setting.steps, **sampling)
+        reason = (unusable_setting(setting.sampler, setting.steps, **sampling)
+                  if drop_unusable else None)
         if reason is None:
             runs.append(("teacher", denoiser, setting.sampler, setting.steps, sampling))
             continue

@@ -55,9 +55,12 @@ class EvaluationReport:
 
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
-                   students: list[Path] | None = None, data_dir=None) -> EvaluationReport:
+                   students: list[Path] | None = None, data_dir=None,
+                   drop_unusable: bool = True) -> EvaluationReport:
     """The teacher at `model_path` with every sampler at every NFE budget, plus one row group per
-    student model folder in `students` at its own sampler and step count(s)."""
+    student model folder in `students` at its own sampler and step count(s).  drop_unusable:
+    leave out the sweep's settings that cannot work (diffusion.evaluation.quality_vs_nfe);
+    False scores every setting asked for (a model's own served setting is scored as it is)."""
     ev = cfg.evaluate
     device = str(resolve_device(ev.device))
     denoiser, spec = load_for_sampling(model_path, device)
@@ -97,7 +100,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, students=loaded, noun=spec.data.noun,
         replicates=ev.bootstrap_replicates, level=ev.confidence_level, features=features,
-        dropped=dropped)
+        dropped=dropped, drop_unusable=drop_unusable)
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
                           students=loaded, intervals=intervals_note(ev), dropped=dropped)
@@ -219,8 +222,10 @@ def score_with_features(model_path, cfg: Config, out_dir, *, data_dir=None) -> S
     (diffusion/bootstrap.py paired_difference)."""
     spec = read_spec(resolve_model_path(model_path))
     sampler, steps = spec.sampling.sampler, spec.sampling.steps
+    # what the model serves is scored as it is, however poor (it is what users get)
     report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
-                            nfes=[nfe_for(sampler, steps)], data_dir=data_dir)
+                            nfes=[nfe_for(sampler, steps)], data_dir=data_dir,
+                            drop_unusable=False)
     row = report.best
     return Score(row, report.features["real"],
                  report.features[(row["model"], row["sampler"], int(row["steps"]))])
