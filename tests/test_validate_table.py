@@ -334,3 +334,29 @@ def test_an_inferred_schema_is_held_to_the_last_validated_version(churn, referen
     assert all(w in line for w in words), line
     if failed[1] is not None:
         assert f"({failed[1]})" in line
+
+
+def test_a_target_of_integer_codes_passes_against_its_own_reference(churn, tmp_path):
+    """A 0/1 target is inferred categorical with an int64 dtype: the next version (here the
+    same table) must pass the reference's kind check, also against a reference written before
+    references recorded dtypes (trial: every version after the first failed type_vs_reference)."""
+    from diffusion.tabular.schema import infer_schema
+
+    coded = churn.assign(churn=(churn["churn"] == "yes").astype("int64"))
+    schema = infer_schema(coded, target="churn").to_dict()
+    assert next(c for c in schema["columns"] if c["name"] == "churn")["type"] == "categorical"
+    first = validate_dataset(write_table(tmp_path / "v1", coded, schema))
+    assert first.success, first.summary()
+    reference = json.loads(json.dumps(first.statistics))
+    assert reference["columns"]["churn"]["dtype"] == "int64"
+    older = json.loads(json.dumps(reference))
+    for stats in older["columns"].values():
+        del stats["dtype"]
+    for ref, folder in ((reference, "v2"), (older, "v3")):
+        again = validate_dataset(write_table(tmp_path / folder, coded, schema), reference=ref)
+        assert again.success, again.summary()
+    # a code turned to text still fails, naming the column
+    texted = coded.assign(churn=coded["churn"].map({0: "no", 1: "yes"}))
+    report = validate_dataset(write_table(tmp_path / "v4", texted, infer_schema(texted, target="churn").to_dict()),
+                              reference=reference)
+    assert not report.success and ("categories_vs_reference", "churn") in failed_checks(report), report.failures

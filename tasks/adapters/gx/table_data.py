@@ -125,7 +125,7 @@ def category_shares(series: pd.Series) -> list[list]:
 
 def reference_statistics(data: TableData) -> dict:
     """This table's summary, to pass as `reference` when validating its next version:
-    {"kind": "table", "rows": n, "columns": {name: {"type", "null_share", and for numbers
+    {"kind": "table", "rows": n, "columns": {name: {"type", "dtype", "null_share", and for numbers
     "min", "max", "mean", "std" (sample std, ddof = 1, as GX's column stdev) or for categories
     "shares" ([[value, share], ...])}}}.  Columns of the schema that the table lacks, or that
     hold another kind than the schema's, are left out (nothing trustworthy to compare with)."""
@@ -137,8 +137,9 @@ def reference_statistics(data: TableData) -> dict:
         kind, _ = seen_type(series)
         if kind not in accepted_kinds(column):
             continue
-        stats: dict = {"type": column.type, "null_share": float(series.isna().mean())
-                       if len(series) else 0.0}
+        # the dtype says whether a categorical column's values are integer codes (a 0/1 target)
+        stats: dict = {"type": column.type, "dtype": column.dtype,
+                       "null_share": float(series.isna().mean()) if len(series) else 0.0}
         if column.type == "categorical":
             stats["shares"] = category_shares(series)
         else:

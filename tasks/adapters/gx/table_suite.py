@@ -60,6 +60,7 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
     follows whatever the file holds (a column turned to text is re-inferred as categorical, a
     dropped one is simply absent), so without these a changed version passes its own schema."""
     ids = [data.id_column] if data.id_column else []
+    now = {c.name: c for c in data.columns}
     checks = [_check(gxe.ExpectTableColumnsToMatchSet, "columns_vs_reference",
                      "the columns of the last validated version: "
                      + ", ".join(ref_columns), column_set=[*ids, *ref_columns, ID, SPLIT, ROW_HASH],
@@ -67,7 +68,13 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
     for name, ref in ref_columns.items():
         if name not in data.frame.columns or not isinstance(ref, dict) or "type" not in ref:
             continue  # the columns check names it
-        then = SchemaColumn(name=name, type=ref["type"])
+        # a categorical column of integer codes (a 0/1 target) accepts integers: the reference's
+        # dtype says so (a reference written before it recorded dtypes: this version's, when
+        # this version's schema gives the column the same type)
+        same = now.get(name)
+        dtype = ref.get("dtype") or (same.dtype if same is not None and same.type == ref["type"]
+                                     else None)
+        then = SchemaColumn(name=name, type=ref["type"], dtype=dtype)
         checks.append(_check(ExpectColumnTypeToBeOneOf, "type_vs_reference",
                              f"a {then.type} column as in the last validated version", name,
                              kinds=list(accepted_kinds(then)), schema_type=then.type))
