@@ -8,8 +8,9 @@ imported.
 `dmops worker` becomes the Prefect worker (exec): killing its pid, with any signal, stops the
 worker itself, so none is left polling the work pool (tests/test_worker.py).
 
-A fault of the user's data or settings (DataError, ConfigError) is one `error: ...` line and
-exit code 2, said once: `dmops run` checks the dataset's entry before anything starts
+A fault of the user's data or settings (DataError, ConfigError, and a dataset the data gate
+failed: DataValidationError, whose report the gate step prints once) is one `error: ...` line
+and exit code 2, said once: `dmops run` checks the dataset's entry before anything starts
 (tasks/steps/dataset_entry.py, `check_dataset`), and one found inside the flow (a declared
 schema the data does not fit, met by the DVC stage) is kept off the console's Prefect lines
 (`QuietUserErrors`: Prefect's server still records the failure with its traceback).
@@ -48,11 +49,13 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The faults that are the user's to fix (the data, the settings): exit code 2, one line."""
+    """The faults that are the user's to fix (the data, the settings): exit code 2, said once
+    (a data gate's report keeps its lines: one per failed expectation)."""
     from diffusion.config import ConfigError
     from diffusion.data_errors import DataError
+    from tasks.adapters.gx.report import DataValidationError
 
-    return (ConfigError, DataError)
+    return (ConfigError, DataError, DataValidationError)
 
 
 class QuietUserErrors(logging.Filter):
@@ -222,8 +225,17 @@ def register(app: typer.Typer) -> None:
         try:
             result = training_pipeline(config=str(config), profile=profile, overrides=list(set_ or []),
                                        repo=str(repo), refresh=refresh)
-        except user_errors as e:  # found only inside: a stage's data fault, the sample shape
-            _fail(f"the pipeline stopped: {' '.join(str(e).split())}", 2)
+        except user_errors as e:  # found only inside: a stage's data fault, the gate, the shape
+            from tasks.adapters.gx.report import DataValidationError
+
+            if isinstance(e, DataValidationError):  # the gate step printed its report above
+                head = str(e).splitlines()[0].rstrip(":")
+                docs = e.report.docs_dir
+                said = (f"{head} (the gate's report is above"
+                        + (f"; Data Docs: {docs}/index.html)" if docs else ")"))
+            else:
+                said = " ".join(str(e).split())
+            _fail(f"the pipeline stopped: {said}", 2)
         except Exception as e:  # the flow run is recorded as failed in Prefect and MLflow
             from tasks.adapters.servers import mlflow_unavailable, refused
 
