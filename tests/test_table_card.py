@@ -50,7 +50,9 @@ def table_spec(tmp_path_factory):
 
 @pytest.mark.parametrize("uri", [None, "s3://dmops-releases/customers-diffusion/3/"])
 def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table_spec, uri):
-    card = model_card("customers-diffusion", "3", {**EVALUATION, **ROWS},
+    utility = {"table_utility_auc": 0.81, "table_utility_auc_real": 0.86, "table_utility_f1": 0.44,
+               "table_utility_f1_real": 0.82, "table_floor_utility_f1": 0.52}
+    card = model_card("customers-diffusion", "3", {**EVALUATION, **ROWS, **utility},
                       {"dataset_md5": "d41d8cd9", "data_kind": "table"}, spec=table_spec, uri=uri)
     assert not IMAGE_WORDS.search(card), IMAGE_WORDS.search(card)
     assert "It makes rows of 4 columns (target `churned`)" in card
@@ -61,6 +63,10 @@ def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table
     assert "The rows of the setting it is served at (consistency, 1 NFE)" in rows
     assert "| column shapes (SDMetrics: 1 - KS or TV distance, mean over columns) | 0.912 | 0.97 |" in rows
     assert "n/a" not in rows                           # utility is there: nothing to explain
+    # the AUC and F1, of the synthetic- and the real-trained model
+    assert "| utility: F1 of the synthetic-trained model (binary: the rarer class) | 0.44 | 0.52 |" in rows
+    assert "| utility: F1 of the real-trained model | 0.82 | - |" in rows
+    assert "| utility: AUC of the real-trained model | 0.86 | - |" in rows
     # how to load: the pyfunc's DataFrame and a CSV of rows, never a picture
     load = card.split("## How to load", 1)[1]
     assert 'mlflow.pyfunc.load_model("models:/customers-diffusion/3")' in load
