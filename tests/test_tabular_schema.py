@@ -54,6 +54,9 @@ def test_unusable_columns_are_named():
         infer_schema(pd.DataFrame({"mix": ["a", 1]}, dtype=object))
     with pytest.raises(DataError, match="column 'empty' .* holds only nulls"):
         infer_schema(pd.DataFrame({"empty": [None, None]}, dtype=object))
+    # a blank column of a CSV reads as float64 NaN: refused too, not left to the gate (trial)
+    with pytest.raises(DataError, match=r"column 'notes' \(float64\) holds only nulls: nothing to model"):
+        infer_schema(pd.DataFrame({"v": [1.0, 2.0], "notes": [np.nan, np.nan]}))
     with pytest.raises(DataError, match="target 'nope' is not a column"):
         infer_schema(pd.DataFrame({"v": [1.0]}), target="nope")
     with pytest.raises(DataError, match="id column 'nope' is not a column"):

@@ -252,6 +252,9 @@ def _scalar(name: str, value):
 def _infer_column(name: str, series: pd.Series, target: bool = False) -> Column:
     dtype = series.dtype
     nullable = bool(series.isna().any())
+    if len(series) and series.isna().all():  # nothing to learn a type, a range or a model from
+        raise DataError(f"column {name!r} ({dtype}) holds only nulls: nothing to model; drop it "
+                        "from the table (or fill it)")
     if isinstance(dtype, pd.CategoricalDtype):
         categories = tuple(_scalar(name, v) for v in dtype.categories)
         if not categories:
