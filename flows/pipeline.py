@@ -38,6 +38,7 @@ from tasks.steps.dataset_entry import check_dataset
 from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS, headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
+from tasks.table_rows import rows_line
 
 from flows.progress import step_done, track_pipeline
 from flows.run_logs import send_core_messages_to_prefect
@@ -171,6 +172,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         version = challenger.details["version"]
         result = {"model": settings.model_name, "version": version,
                   "candidate": challenger.details["candidate"],
+                  "rows": rows_line(challenger.metrics),
                   "promoted": decision.details["promoted"], "reason": decision.details["reason"],
                   "release": decision.details["release"],
                   "mlflow_run_id": pid, "mlflow_experiment_id": parent.info.experiment_id,

@@ -247,6 +247,8 @@ def register(app: typer.Typer) -> None:
         typer.echo("")
         typer.echo(f"pipeline finished in {minutes:.1f} min")
         typer.echo(f"registered:  {result['model']} version {result['version']} ({result['candidate']})")
+        if result.get("rows"):   # a table model: its served rows' scores, not only the FID above
+            typer.echo(f"rows:        {result['rows']}")
         typer.echo(f"promotion:   {'PROMOTED to champion' if result['promoted'] else 'not promoted'}: "
                    f"{result['reason']}")
         typer.echo(f"release:     {result['release'] or '(none)'}")

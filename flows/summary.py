@@ -4,7 +4,7 @@ for a table model also the scores of the rows it is served at (sampler and NFE n
 from __future__ import annotations
 
 from tasks.step_result import StepResult
-from tasks.table_rows import SHOWN, served_setting, utility_note
+from tasks.table_rows import SHOWN, served_and_floor, served_setting, utility_note
 
 
 def _row(cells) -> str:
@@ -17,10 +17,7 @@ def _rows_section(challenger: StepResult) -> list[str]:
     setting = challenger.details.get("rows_setting")
     if setting is None:
         return []
-    metrics = challenger.metrics
-    served = {k[len("table_"):]: v for k, v in metrics.items()
-              if k.startswith("table_") and not k.startswith("table_floor_")}
-    floor = {k[len("table_floor_"):]: v for k, v in metrics.items() if k.startswith("table_floor_")}
+    served, floor = served_and_floor(challenger.metrics)
     lines = ["", f"## Rows of the served model: {setting['model']} "
                  f"({served_setting(setting['sampler'], setting['nfe'])})", ""]
     if not served:

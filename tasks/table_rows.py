@@ -32,6 +32,29 @@ def utility_note(metrics: dict) -> str | None:
             "not predictable from the other columns")
 
 
+def served_and_floor(metrics: dict) -> tuple[dict, dict]:
+    """A registered version's metrics split into its served rows' scores (table_<metric>) and
+    the floor's (table_floor_<metric>), each keyed by <metric>."""
+    served = {k[len("table_"):]: v for k, v in metrics.items()
+              if k.startswith("table_") and not k.startswith("table_floor_")}
+    floor = {k[len("table_floor_"):]: v for k, v in metrics.items() if k.startswith("table_floor_")}
+    return served, floor
+
+
+def rows_line(metrics: dict) -> str | None:
+    """'column shapes 0.973 (floor 0.960), pair trends ...': the served rows' scores beside the
+    floor's, from a registered version's metrics (table_<metric>, table_floor_<metric>), in
+    one line for the end of `dmops run`; None when no rows were scored (not a table)."""
+    served, floor = served_and_floor(metrics)
+    if not served:
+        return None
+    parts = [f"{label} {float(served[key]):.3f}"
+             + (f" (floor {float(floor[key]):.3f})" if key in floor else "")
+             for key, label in SHOWN if key in served]
+    note = utility_note(served)
+    return ", ".join(parts + ([note] if note else []))
+
+
 def served_setting(sampler: str, nfe: int) -> str:
     """'consistency, 1 NFE': the setting whose rows were scored, as every reader sees it."""
     return f"{sampler}, {int(nfe)} NFE"

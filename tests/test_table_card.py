@@ -136,6 +136,17 @@ def test_the_summary_shows_the_scores_of_the_rows_it_serves_naming_sampler_and_n
         StepResult(step="promote", run_id="p", details={"promoted": False, "reason": "r", "release": None}))
 
 
+def test_the_run_ends_with_one_line_of_the_served_rows_scores():
+    from tasks.table_rows import rows_line
+
+    line = rows_line({**ROWS, "fid": 0.34})
+    assert line.startswith("column shapes 0.912 (floor 0.970), pair trends 0.900 (floor 0.950), "
+                           "utility 0.930 (floor 0.990), detection AUC 0.610 (floor 0.500)"), line
+    assert rows_line(EVALUATION) is None                   # an image model: no rows line
+    assert rows_line({"table_column_shapes": 0.9, "table_utility_r2_real": -0.03}).endswith(
+        NOT_PREDICTABLE)
+
+
 def test_the_registered_models_description_speaks_of_rows(table_spec, tmp_path):
     from diffusion.model import write_spec
     from tasks.steps.register import model_description

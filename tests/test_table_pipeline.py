@@ -58,6 +58,9 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     assert "PROMOTED to champion" in proc.stdout, proc.stdout[-3000:]
     champion = _client().get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1" and champion.tags["data_kind"] == "table"
+    # the end of dmops run gives the served rows' scores beside the floor, not only a FID
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("rows:")]
+    assert len(rows) == 1 and "column shapes" in rows[0] and "(floor " in rows[0], proc.stdout[-3000:]
     # the rows' scores are logged beside their floor, from the evaluate step's run
     runs = mlflow.search_runs(experiment_names=[MODEL], filter_string="tags.step = 'evaluate'",
                               output_format="list")
