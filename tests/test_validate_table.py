@@ -175,7 +175,7 @@ def _declared_bound(frame):
      [f"nulls ({NULLABLE}):", "observed 21.6% nulls (216 of 1000 rows",
       "max_null_fraction", "expected at most 10.0%"]),
     (_type_to_text, {("type", "account_length")},
-     ["type (account_length): a integer column as schema.json says, dtype int64",
+     ["type (account_length): an integer column as schema.json says, dtype int64",
       "observed object holding str; expected integer values"]),
     (_integer_to_fraction, {("type", "total_day_calls")},
      ["type (total_day_calls):", "observed float64 with non-whole values, e.g. ",

@@ -76,7 +76,8 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
                                      else None)
         then = SchemaColumn(name=name, type=ref["type"], dtype=dtype)
         checks.append(_check(ExpectColumnTypeToBeOneOf, "type_vs_reference",
-                             f"a {then.type} column as in the last validated version", name,
+                             f"{_article(then.type)} {then.type} column as in the last validated "
+                             "version", name,
                              kinds=list(accepted_kinds(then)), schema_type=then.type))
         if then.type == "categorical" and seen_type(data.frame[name])[0] in accepted_kinds(then):
             known = [value for value, _ in _reference_value(ref, name, "shares") if value is not None]
@@ -84,6 +85,10 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
                                  f"values among the {len(known)} categories of the last "
                                  "validated version", name, value_set=known))
     return checks
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _check(cls, check: str, description: str, column: str | None = None, **kwargs):
@@ -125,7 +130,8 @@ def _type(column: SchemaColumn) -> object:
     kinds = list(accepted_kinds(column))
     dtype = f", dtype {column.dtype}" if column.dtype else ""
     return _check(ExpectColumnTypeToBeOneOf, "type",
-                  f"a {column.type} column as schema.json says{dtype}", column.name,
+                  f"{_article(column.type)} {column.type} column as schema.json says{dtype}",
+                  column.name,
                   kinds=kinds, schema_type=column.type)
 
 
