@@ -159,7 +159,7 @@ def main(argv=None) -> int:
               f"difference |FID(B) - FID(A)| is {abs(ba['estimate']) / max(a.row['fid'], 1e-12) * 100:.1f} % "
               "of A's FID: the paired interval holds evaluation noise only (samples, test split), "
               "not the spread between training seeds.",
-              f"Simulated outcomes: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sims.items())
+              "Simulated outcomes: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sims.items())
               + " ('+': promoted).",
               f"Bootstrap cost on one thread: {cost64['fid'] * 1e3:.1f} ms (FID) and "
               f"{cost64['kid'] * 1e3:.1f} ms (KID) per replicate with 64-D features, n = 1000"
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
                 f"decisions {sim_s:.0f} s.",
               f"Training (0 when reused): A {a_s:.0f} s, B {b_s:.0f} s, C {c_s:.0f} s; scoring "
               f"the three {score_s:.0f} s; total {time.perf_counter() - t_start:.0f} s.",
-              f"Command: .venv/bin/python benchmarks/promotion_noise.py"
+              "Command: .venv/bin/python benchmarks/promotion_noise.py"
               + (" --smoke" if args.smoke else "")
               + "".join(f" --set {o}" for o in args.overrides)]
     body = "\n".join(lines)
