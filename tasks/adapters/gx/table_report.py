@@ -46,10 +46,12 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
         mismatched = details.get("mismatched") or {}
         parts = [f"{what} {', '.join(map(repr, mismatched[what]))}"
                  for what in ("missing", "unexpected") if mismatched.get(what)]
-        names = [c for c in kwargs["column_set"] if not c.startswith("__gate")]
+        # named rather than counted: the id column is one of them but not a modelled column
+        names = [c for c in kwargs["column_set"]
+                 if not c.startswith("__gate") and c not in ("_id", "_split")]
         source = "schema.json names" if check == "columns" else "the last validated version had"
         return "; ".join(parts) or "other columns", \
-            f"exactly the {len(names) - 2} columns {source}, _id and _split"
+            f"exactly the columns {source} ({', '.join(names)}), _id and _split"
     if check == "columns_order":
         schema = [c for c in kwargs["column_list"]]
         seen = res.get("observed_value") or []
