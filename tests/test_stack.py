@@ -131,8 +131,12 @@ def test_mlflow_run_artifact_lands_in_the_artifacts_bucket(stack):
     # Proxied artifacts: clients talk to MLflow only; the server writes to S3.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     s3 = stack.s3_client()
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.settings.artifacts_bucket)["Contents"]]
-    key = f"{experiment_id}/{run.info.run_id}/artifacts/notes/hello.txt"
+    # listed under the run's own prefix: one listing holds at most 1000 keys, and the session's
+    # stack holds every earlier test's artifacts (CI: the key was past the first 1000)
+    prefix = f"{experiment_id}/{run.info.run_id}/"
+    listing = s3.list_objects_v2(Bucket=stack.settings.artifacts_bucket, Prefix=prefix)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    key = f"{prefix}artifacts/notes/hello.txt"
     assert key in keys, keys
     assert s3.get_object(Bucket=stack.settings.artifacts_bucket, Key=key)["Body"].read().decode() == text
 
