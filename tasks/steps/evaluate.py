@@ -56,11 +56,13 @@ class EvaluationReport:
 
 def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None, n=None,
                    students: list[Path] | None = None, data_dir=None,
-                   drop_unusable: bool = True) -> EvaluationReport:
+                   drop_unusable: bool = True, score_rows: bool = True) -> EvaluationReport:
     """The teacher at `model_path` with every sampler at every NFE budget, plus one row group per
     student model folder in `students` at its own sampler and step count(s).  drop_unusable:
     leave out the sweep's settings that cannot work (diffusion.evaluation.quality_vs_nfe);
-    False scores every setting asked for (a model's own served setting is scored as it is)."""
+    False scores every setting asked for (a model's own served setting is scored as it is).
+    score_rows: for a table, also score the best settings as rows (table_quality); False when
+    only the FID row and its features are wanted (a promotion's scoring)."""
     ev = cfg.evaluate
     device = str(resolve_device(ev.device))
     denoiser, spec = load_for_sampling(model_path, device)
@@ -106,7 +108,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
                           students=loaded, intervals=intervals_note(ev), dropped=dropped)
     report.noun = spec.data.noun
     report.features = features
-    if ds.kind == "table":   # the best settings scored as rows too (tasks/steps/table_quality.py)
+    if ds.kind == "table" and score_rows:   # the best settings as rows (tasks/steps/table_quality.py)
         from tasks.steps.table_quality import table_quality
 
         report.table_quality = table_quality(evaluated_models(denoiser, spec, loaded), best_rows(table),
@@ -225,7 +227,7 @@ def score_with_features(model_path, cfg: Config, out_dir, *, data_dir=None) -> S
     # what the model serves is scored as it is, however poor (it is what users get)
     report = evaluate_model(model_path, cfg, out_dir, samplers=[sampler],
                             nfes=[nfe_for(sampler, steps)], data_dir=data_dir,
-                            drop_unusable=False)
+                            drop_unusable=False, score_rows=False)
     row = report.best
     return Score(row, report.features["real"],
                  report.features[(row["model"], row["sampler"], int(row["steps"]))])

@@ -119,6 +119,12 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     return out
 
 
+def _one_setting(quality: dict, name: str, metrics: dict, setting: dict, seconds) -> dict:
+    """table_quality's shape narrowed to one scored setting, beside the evaluation's floor."""
+    return {"floor": quality["floor"], "models": {name: metrics}, "settings": {name: setting},
+            "rows": quality["rows"], "seconds": {name: seconds}}
+
+
 def served_rows(quality: dict, model: str, sampler: str, steps: int) -> dict | None:
     """The evaluation's rows scores (`quality`: table_quality's result or its JSON) of model
     `model` (its evaluation-table name) at the setting it is served at, in table_quality's shape
@@ -128,9 +134,8 @@ def served_rows(quality: dict, model: str, sampler: str, steps: int) -> dict | N
     setting = {"sampler": sampler, "steps": int(steps)}
     if quality.get("settings", {}).get(name) != setting:
         return None
-    return {"floor": quality["floor"], "models": {name: quality["models"][name]},
-            "settings": {name: setting}, "rows": quality["rows"],
-            "seconds": {name: quality.get("seconds", {}).get(name)}}
+    return _one_setting(quality, name, quality["models"][name], setting,
+                        quality.get("seconds", {}).get(name))
 
 
 def score_setting(quality: dict, model: str, denoiser, sampling: dict, sampler: str, steps: int,
@@ -149,9 +154,7 @@ def score_setting(quality: dict, model: str, denoiser, sampling: dict, sampler: 
                                    int(quality["rows"]), out_dir / f"association_{name}.png",
                                    seed=seed, device=device)
     log(_line(f"{name} ({served_setting(sampler, nfe)}, the setting it is served at)", metrics, seconds))
-    out = {"floor": quality["floor"], "models": {name: metrics},
-           "settings": {name: {"sampler": sampler, "steps": int(steps)}}, "rows": quality["rows"],
-           "seconds": {name: seconds}}
+    out = _one_setting(quality, name, metrics, {"sampler": sampler, "steps": int(steps)}, seconds)
     path = out_dir / "served_rows.json"
     atomic_write_text(path, json.dumps(out, indent=2), "table quality")
     return {**out, "files": {"served_json": path, f"association_{name}": png}}
