@@ -48,6 +48,14 @@ def test_a_tie_promotes_a_challenger_cheaper_to_sample():
     assert (d.promoted, d.outcome) == (False, TIE) and "NFE not known for both" in d.reason
 
 
+def test_identical_models_read_as_a_zero_difference_not_float_noise():
+    d = decide({"fid": 0.40, "nfe": 32}, CHAMPION, "fid", 0.02,
+               difference=_interval(-3.1e-17, 2.2e-17))
+    assert d.outcome == TIE
+    assert "difference 0.0000, 95 % paired bootstrap interval [0.0000, 0.0000]" in d.reason
+    assert "e-1" not in d.reason
+
+
 def test_higher_is_better_flips_the_sides():
     champion = {"precision": 0.8, "nfe": 4}
     up = decide({"precision": 0.9, "nfe": 4}, champion, "precision", 0.02, False, _interval(0.05, 0.15))

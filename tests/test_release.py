@@ -95,6 +95,16 @@ def test_model_card_gives_fid_and_kid_with_their_bootstrap_intervals(tiny_model)
     assert "`fid_lo`" not in card and "`kid_hi`" not in card  # not repeated among the rest
 
 
+def test_model_card_prints_a_spread_and_interval_no_finer_than_the_value():
+    # KID over subsets that are the whole set: a zero spread, computed as float noise
+    card = model_card("digits", "7", {"kid_mean": 0.0123, "kid_std": 1.3e-15, "kid_lo": 0.0123 - 2e-17,
+                                      "kid_hi": 0.0123 + 4e-17, "fid": 0.41, "fid_lo": 0.41,
+                                      "fid_hi": 0.41 + 1e-16}, {})
+    assert "| 0.0123 ± 0.00000, bootstrap interval [0.0123, 0.0123] |" in card
+    assert "| 0.41, bootstrap interval [0.41, 0.41] |" in card
+    assert "e-1" not in card
+
+
 def _consistency_spec(teacher: ModelSpec) -> ModelSpec:
     """The model.json of a 1-step consistency student of `teacher` (no weights needed)."""
     return teacher.model_copy(update={

@@ -20,6 +20,7 @@ import numbers
 from typing import TYPE_CHECKING
 
 from tasks.adapters import ui_links
+from tasks.number_text import interval_text, plus_minus
 from tasks.adapters.diffusers_interop import (CONSISTENCY, DPM_SOLVER, EULER, SAMPLER_NAMES,
                                               SCHEDULER_CONFIG, DiffusersScheduler,
                                               diffusers_scheduler, diffusers_snippet)
@@ -223,14 +224,16 @@ def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
         if key not in metrics:
             continue
         value = metrics[key]
-        if key == "kid_mean" and _is_number(metrics.get("kid_std")):
-            value = f"{_cell(value)} ± {_cell(metrics['kid_std'])}"
+        if key == "kid_mean" and _is_number(value) and _is_number(metrics.get("kid_std")):
+            value = plus_minus(value, metrics["kid_std"])
             shown.add("kid_std")
         base = {"fid": "fid", "kid_mean": "kid"}.get(key)
-        if base and _is_number(metrics.get(f"{base}_lo")) and _is_number(metrics.get(f"{base}_hi")):
-            # evaluate.confidence_level's interval (diffusion/bootstrap.py), of the estimate at n
-            value = (f"{value if isinstance(value, str) else _cell(value)}, bootstrap interval "
-                     f"[{_cell(metrics[f'{base}_lo'])}, {_cell(metrics[f'{base}_hi'])}]")
+        if (base and _is_number(metrics[key]) and _is_number(metrics.get(f"{base}_lo"))
+                and _is_number(metrics.get(f"{base}_hi"))):
+            # evaluate.confidence_level's interval (diffusion/bootstrap.py), of the estimate at n,
+            # its ends at the estimate's precision (tasks/number_text.py)
+            bounds = interval_text(metrics[f"{base}_lo"], metrics[f"{base}_hi"], metrics[key])
+            value = f"{value if isinstance(value, str) else _cell(value)}, bootstrap interval {bounds}"
             shown |= {f"{base}_lo", f"{base}_hi"}
         label = _TABLE_FID if key == "fid" and noun == "rows" else label.format(one=one, many=noun)
         lines.append(_row(label, value))

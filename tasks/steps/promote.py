@@ -65,6 +65,7 @@ from tasks.adapters.model_card import model_card
 from tasks.adapters.release import (pending_key, prepare_release_files, release_uri,
                                     s3_client_from_env)
 from tasks.adapters.servers import ServerUnavailable
+from tasks.number_text import difference_text, interval_text
 from tasks.steps.promotion_transaction import PROMOTED, Completion, complete, recover
 from tasks.say import say
 
@@ -165,8 +166,10 @@ def _paired_rule(challenger: dict, champion: dict, metric: str, new: float, old:
         raise PromotionError(f"the {metric} difference interval [{lo}, {hi}] is not an interval; "
                              "check the two models' features")
     better, worse = (hi < 0, lo > 0) if lower_is_better else (lo > 0, hi < 0)
-    shown = (f"challenger {metric} {new:.4g} vs champion {old:.4g}: difference {new - old:+.4g}, "
-             f"{difference['level'] * 100:g} % paired bootstrap interval [{lo:+.4g}, {hi:+.4g}] "
+    scale = max(abs(new), abs(old))   # the difference's precision: the compared values'
+    shown = (f"challenger {metric} {new:.4g} vs champion {old:.4g}: difference "
+             f"{difference_text(new - old, scale)}, {difference['level'] * 100:g} % paired bootstrap "
+             f"interval {interval_text(lo, hi, scale, sign=True)} "
              f"({difference['replicates']} replicates; {'lower' if lower_is_better else 'higher'} "
              "is better)")
     if better:
