@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffusion.config import load_config  # noqa: E402
 from diffusion.evaluation import student_name  # noqa: E402
+from diffusion.evaluation_settings import LEGACY_RATE, RATE, sampling_rate  # noqa: E402
 from diffusion.messages import show_messages  # noqa: E402
 from diffusion.model import load_for_sampling, read_spec, resolve_model_path  # noqa: E402
 from diffusion.samplers import generate, grid_options  # noqa: E402
@@ -86,13 +87,13 @@ def student_ratios(table) -> list[str]:
     """Each student row against the teacher's best row, and the targets of issue 4."""
     teacher = table[table["model"] == "teacher"].sort_values("fid").iloc[0]
     lines = ["", f"Teacher best: {teacher['sampler']} at {int(teacher['nfe'])} NFE, FID "
-             f"{teacher['fid']:.3f}, {teacher['images_per_s']:.0f} img/s.", "",
+             f"{teacher['fid']:.3f}, {sampling_rate(teacher):.0f} img/s.", "",
              "| student | NFE | FID | FID / teacher best | img/s / teacher's (one run) | FID target |",
              "|---|---|---|---|---|---|"]
     students = table[table["model"] != "teacher"].sort_values(["nfe", "fid"])
     for _, row in students.iterrows():
         ratio = row["fid"] / teacher["fid"]
-        speed = row["images_per_s"] / teacher["images_per_s"]
+        speed = sampling_rate(row) / sampling_rate(teacher)
         nfe = int(row["nfe"])
         target = ""
         if nfe in TARGETS:  # the speed target is judged by speed_check's repeated timings
@@ -107,7 +108,8 @@ def markdown(table) -> str:
             ("kid_mean", "KID", "{:.4f}"), ("kid_std", "KID std", "{:.4f}"),
             ("precision", "prec", "{:.3f}"), ("recall", "recall", "{:.3f}"),
             ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
-            ("memorisation_ratio", "mem ratio", "{:.2f}"), ("images_per_s", "img/s", "{:.0f}")]
+            ("memorisation_ratio", "mem ratio", "{:.2f}"), (RATE, "img/s", "{:.0f}")]
+    table = table.rename(columns={LEGACY_RATE: RATE})   # a table written before the rename
     cols = [c for c in cols if c[0] in table.columns]
     if {"fid_lo", "fid_hi"} <= set(table.columns):  # the evaluation's bootstrap interval
         cols.insert(4, ("fid_interval", "FID interval", "{}"))

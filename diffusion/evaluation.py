@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from .bootstrap import DEFAULT_LEVEL, DEFAULT_REPLICATES, quality_intervals
+from .evaluation_settings import RATE
 from .metrics import extract_features, sample_quality
 from .model import ModelSpec
 from .samplers import generate, grid_options, nfe_for, steps_for_nfe, unusable_setting
@@ -104,7 +105,7 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
-    time, images_per_s (samples per second, whatever they are), and, unless `replicates` is 0,
+    time, samples_per_s (evaluation_settings.RATE: samples per second, whatever they are), and, unless `replicates` is 0,
     fid_lo / fid_hi / kid_lo / kid_hi: `level` bootstrap intervals from `replicates`
     resamples (diffusion/bootstrap.py).  One info record per row on this module's logger as
     it is measured, its rate named `noun`/s (ModelSpec.data.noun).
@@ -161,13 +162,13 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
             features[(model, sampler, steps)] = fake_f
         row = {"model": model, "sampler": sampler, "steps": steps,
                "nfe": out.nfe, "n_samples": n, **_scalars(scores), "seconds": seconds,
-               "images_per_s": n / seconds if seconds > 0 else math.inf}
+               RATE: n / seconds if seconds > 0 else math.inf}
         rows.append(row)
         who = sampler if model in ("teacher", sampler) else f"{model} ({sampler})"
         noise = (f" [{row['fid_lo']:.3f}, {row['fid_hi']:.3f}]" if replicates else "")
         logger.info(f"[{i}/{len(runs)}] {who:9s} NFE {out.nfe:3d}: FID {row['fid']:.3f}{noise} "
                     f"({row['fid_ratio']:.2f}x floor), KID {row['kid_mean']:.4f}, "
-                    f"{row['images_per_s']:.0f} {noun}/s")
+                    f"{row[RATE]:.0f} {noun}/s")
     return pd.DataFrame(rows)
 
 

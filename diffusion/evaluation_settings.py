@@ -8,6 +8,19 @@ from pydantic import Field
 
 from .settings import Device, Settings
 
+# the sampling rate's name in an evaluation row and in MLflow: samples per second, whatever a
+# sample is (an image, a table row, a 2-D point; what people read says ModelSpec.data.noun/s).
+# Rows and runs recorded before it was named so call it LEGACY_RATE.
+RATE = "samples_per_s"
+LEGACY_RATE = "images_per_s"
+
+
+def sampling_rate(row: dict) -> float | None:
+    """A row's (or metrics dict's) sampling rate in samples per second, under its name or the
+    legacy one; None when it has neither."""
+    value = row.get(RATE, row.get(LEGACY_RATE))
+    return None if value is None else float(value)
+
 
 class EvaluateConfig(Settings):
     samplers: list[Literal["ddpm", "ddim", "dpmpp_2m", "ipndm", "heun"]] = ["ddim", "dpmpp_2m", "heun", "ddpm"]

@@ -3,6 +3,7 @@ for a table model also the scores of the rows it is served at (sampler and NFE n
 
 from __future__ import annotations
 
+from diffusion.evaluation_settings import sampling_rate
 from tasks.step_result import StepResult
 from tasks.table_rows import SHOWN, served_and_floor, served_setting, utility_note
 
@@ -69,7 +70,7 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
              _row(["---"] * 6)]
     for r in rows:
         lines.append(_row([r["model"], r["sampler"], int(r["nfe"]), _with_interval(r),
-                           f"{r.get('kid_mean', float('nan')):.4f}", f"{r['images_per_s']:.0f}"]))
+                           f"{r.get('kid_mean', float('nan')):.4f}", f"{sampling_rate(r):.0f}"]))
     if any(r.get("fid_lo") is not None for r in rows):
         lines += ["", "FID [lo, hi]: the bootstrap interval of the FID at this n (evaluate."
                       "confidence_level; diffusion/bootstrap.py): its width is this evaluation's "

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 
 from diffusion.config import Config
+from diffusion.evaluation_settings import RATE, sampling_rate
 
 from tasks.adapters import tracking
 from tasks.adapters.dataset_input import log_dataset_input
@@ -156,7 +157,7 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
              parent_run_id: str | None = None) -> StepResult:
     """Quality versus NFE of the teacher and every student (`models`: name -> folder, with a
     "teacher") on `dataset`'s test split; logs the table, plot and grids.  metrics: fid_floor
-    and one fid/images_per_s per (model, sampler, NFE); details: table (rows), floor."""
+    and one fid/samples_per_s per (model, sampler, NFE); details: table (rows), floor."""
     from tasks.steps.evaluate import evaluate_model
 
     out = Path(work_dir) / "evaluation"
@@ -169,7 +170,7 @@ def evaluate(cfg: Config, models: dict[str, str], dataset: dict, work_dir: str,
         for row in report.table.to_dict(orient="records"):
             key = f"{row['model']}.{row['sampler']}.nfe{int(row['nfe'])}"
             metrics.update({f"fid/{key}": float(row["fid"]),
-                            f"images_per_s/{key}": float(row["images_per_s"])})
+                            f"{RATE}/{key}": sampling_rate(row)})
             # the bootstrap interval of each setting's FID and KID (diffusion/bootstrap.py)
             metrics.update({f"{bound}/{key}": float(row[bound])
                             for bound in ("fid_lo", "fid_hi", "kid_lo", "kid_hi")

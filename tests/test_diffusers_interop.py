@@ -51,7 +51,7 @@ def _release(models: dict[str, Path], name: str, sampler: str, steps: int, tmp_p
     """The served copy of model `name` at (sampler, steps), as the pipeline registers it, its
     card, and its release files laid out as read_release writes them: (folder, card)."""
     row = {"model": name, "sampler": sampler, "steps": steps, "nfe": steps, "fid": 1.0,
-           "images_per_s": 100.0}
+           "samples_per_s": 100.0}
     served = write_candidate(Candidate(name, models[name], sampler, steps, row), tmp_path / "served")
     card = model_card(MODEL, VERSION, row, {"dataset_md5": "d41d8cd9"}, spec=read_spec(served),
                       uri=URI)

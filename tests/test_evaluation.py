@@ -47,7 +47,7 @@ def _gmm_table(samplers, nfes, n=2000):
 def test_exact_denoiser_reaches_the_real_data_floor_and_one_step_does_not():
     table = _gmm_table(["heun", "ddim"], [1, 32])
     assert set(table.columns) >= {"sampler", "steps", "nfe", "fid", "fid_floor", "fid_ratio", "kid_mean",
-                                  "kid_std", "precision", "recall", "seconds", "images_per_s"}
+                                  "kid_std", "precision", "recall", "seconds", "samples_per_s"}
     fine = table[(table.sampler == "heun") & (table.nfe == 31)].iloc[0]
     coarse = table[(table.sampler == "ddim") & (table.nfe == 1)].iloc[0]
     # with the exact denoiser and a fine grid, samples are real draws: FID sits at the floor,

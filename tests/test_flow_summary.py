@@ -8,7 +8,7 @@ from flows.summary import summary_markdown
 from tasks.step_result import StepResult
 
 ROW = {"model": "teacher", "sampler": "dpmpp_2m", "nfe": 16, "fid": 0.51, "kid_mean": 0.001,
-       "images_per_s": 2400.0}
+       "samples_per_s": 2400.0}
 
 
 def _summary(**evaluation_details) -> str:

@@ -13,7 +13,7 @@ from tasks.steps.headline import (HEADLINE_METRICS, code_sha256, headline_metric
 TABLE = [{"model": "teacher", "sampler": "heun", "nfe": 35, "fid": 0.40},
          {"model": "teacher", "sampler": "euler", "nfe": 8, "fid": 0.90},
          {"model": "consistency", "sampler": "consistency", "nfe": 1, "fid": 0.60}]
-SERVED = {"fid": 0.60, "nfe": 1, "images_per_s": 900.0, "kid_mean": 0.01, "steps": 1}
+SERVED = {"fid": 0.60, "nfe": 1, "samples_per_s": 900.0, "kid_mean": 0.01, "steps": 1}
 
 
 def test_ratios_are_to_the_teachers_best_setting_and_to_the_floor():
@@ -21,9 +21,16 @@ def test_ratios_are_to_the_teachers_best_setting_and_to_the_floor():
     assert set(HEADLINE_METRICS) <= set(m)
     assert m["fid"] == 0.60 and m["teacher_best_fid"] == 0.40
     assert m["fid_vs_teacher_best"] == pytest.approx(1.5) and m["fid_vs_floor"] == pytest.approx(2.0)
-    assert m["nfe"] == 1.0 and m["images_per_s"] == 900.0 and m["kid_mean"] == 0.01
+    assert m["nfe"] == 1.0 and m["samples_per_s"] == 900.0 and m["kid_mean"] == 0.01
     assert m["promoted"] == 1.0
     assert headline_metrics(TABLE, SERVED, floor=0.30, promoted=False)["promoted"] == 0.0
+
+
+def test_the_rate_has_one_name_for_every_data_and_an_old_rows_name_is_read():
+    assert "images_per_s" not in HEADLINE_METRICS and "samples_per_s" in HEADLINE_METRICS
+    old = {k: v for k, v in SERVED.items() if k != "samples_per_s"} | {"images_per_s": 700.0}
+    m = headline_metrics(TABLE, old, floor=0.30, promoted=False)
+    assert m["samples_per_s"] == 700.0 and "images_per_s" not in m
 
 
 def test_a_ratio_that_cannot_be_formed_is_left_out_not_logged_as_infinity():

@@ -29,7 +29,7 @@ ROWS = {"table_column_shapes": 0.912, "table_floor_column_shapes": 0.97,
         "table_utility_ratio": 0.93, "table_floor_utility_ratio": 0.99,
         "table_detection_auc": 0.61, "table_floor_detection_auc": 0.5,
         "table_dcr_ratio": 1.02, "table_floor_dcr_ratio": 1.0}
-EVALUATION = {"fid": 0.34, "fid_floor": 0.18, "nfe": 1, "images_per_s": 5200.0,
+EVALUATION = {"fid": 0.34, "fid_floor": 0.18, "nfe": 1, "samples_per_s": 5200.0,
               "memorisation_ratio": 1.3, "n_samples": 280}
 
 
@@ -81,6 +81,13 @@ def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table
     assert "a diffusers pipeline would give those vectors, not rows" in card.split("## Use with diffusers")[1]
 
 
+def test_a_card_of_a_version_recorded_under_the_rates_old_name_reads_it(table_spec):
+    old = {k: v for k, v in EVALUATION.items() if k != "samples_per_s"} | {"images_per_s": 5200.0}
+    card = model_card("customers-diffusion", "1", old, {}, spec=table_spec)
+    assert "| rows per second (sampling, evaluation machine) | 5200 |" in card
+    assert "images_per_s" not in card and "samples_per_s" not in card
+
+
 def test_the_card_of_a_table_whose_rows_were_not_scored_says_so(table_spec):
     card = model_card("customers-diffusion", "3", EVALUATION, {}, spec=table_spec)
     assert "The rows of the setting it is served at (consistency, 1 NFE) were not scored." in card
@@ -110,7 +117,7 @@ def test_an_omitted_utility_says_why_on_the_card_the_summary_and_the_progress_li
 
 def _summary(metrics: dict) -> str:
     row = {"model": "consistency", "sampler": "consistency", "nfe": 1, "fid": 0.34,
-           "kid_mean": 0.001, "images_per_s": 5200.0}
+           "kid_mean": 0.001, "samples_per_s": 5200.0}
     evaluation = StepResult(step="evaluate", run_id="e", details={"table": [row], "floor": 0.18,
                                                                   "noun": "rows"})
     challenger = StepResult(step="register_model", run_id="r", metrics=metrics, details={

@@ -19,11 +19,12 @@ from __future__ import annotations
 import numbers
 from typing import TYPE_CHECKING
 
+from diffusion.evaluation_settings import LEGACY_RATE, RATE
 from tasks.adapters import ui_links
-from tasks.number_text import interval_text, plus_minus
 from tasks.adapters.diffusers_interop import (CONSISTENCY, DPM_SOLVER, EULER, SAMPLER_NAMES,
                                               SCHEDULER_CONFIG, DiffusersScheduler,
                                               diffusers_scheduler, diffusers_snippet)
+from tasks.number_text import interval_text, plus_minus
 from tasks.table_rows import served_setting, utility_note
 
 if TYPE_CHECKING:  # model.py imports torch; the card's readers need not
@@ -158,7 +159,7 @@ _EVALUATION = (
     ("precision", "precision"), ("recall", "recall"), ("density", "density"),
     ("coverage", "coverage"),
     ("memorisation_ratio", "memorisation: nearest-training-{one} distance, generated / test {many}"),
-    ("images_per_s", "{many} per second (sampling, evaluation machine)"),
+    (RATE, "{many} per second (sampling, evaluation machine)"),
     ("n_samples", "{many} scored"),
 )
 # a table's FID is over its rows' encoded vectors (the identity feature space)
@@ -214,6 +215,8 @@ def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
         return ["No evaluation numbers were recorded."]
     one = noun[:-1] if noun.endswith("s") else noun
     metrics = dict(metrics)
+    if LEGACY_RATE in metrics:   # a version recorded before the rate was named RATE
+        metrics.setdefault(RATE, metrics.pop(LEGACY_RATE))
     best = metrics.get("teacher_best_fid")
     if "fid_vs_teacher_best" not in metrics and _is_number(best) and best > 0 and _is_number(metrics.get("fid")):
         metrics["fid_vs_teacher_best"] = metrics["fid"] / best
@@ -423,7 +426,7 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
     """The model card as markdown (a release's README.md, a registered version's description).
 
     model, version: the registered model's name and version; metrics: the served model's
-    evaluation numbers (its row: fid, fid_floor, fid_ratio, kid_mean, kid_std, images_per_s, nfe,
+    evaluation numbers (its row: fid, fid_floor, fid_ratio, kid_mean, kid_std, samples_per_s, nfe,
     n_samples, ...; `teacher_best_fid` or `fid_vs_teacher_best` when known; for a table model
     table_<metric> and table_floor_<metric>: the scores of the rows of its served setting and of
     the floor, tasks/steps/table_quality.py), shown with their names spelled out; metadata: the run's lineage tags (dataset_md5, git_commit, profile, ...;

@@ -13,9 +13,11 @@ import math
 
 import pandas as pd
 
+from diffusion.evaluation_settings import RATE, sampling_rate
+
 # the parent run's metric names, in the order a reader wants them (the MLflow UI test looks
 # for these columns)
-HEADLINE_METRICS = ("fid", "fid_vs_teacher_best", "fid_vs_floor", "nfe", "images_per_s", "promoted")
+HEADLINE_METRICS = ("fid", "fid_vs_teacher_best", "fid_vs_floor", "nfe", RATE, "promoted")
 # the parent run's params: what defines the run
 HEADLINE_PARAMS = ("profile", "dataset", "dataset_md5", "git_commit", "code_sha256")
 
@@ -47,13 +49,13 @@ def headline_metrics(table: list[dict], served: dict[str, float], floor: float,
     """The parent run's metrics: the served model's FID (`served`: the numeric entries of its
     evaluation row), its ratio to the teacher's best FID and to the floor (`floor`: the FID of
     held-out real images against the test split, the best any model can score), its NFE and
-    images/s, and 1.0 when it was promoted to champion, else 0.0.  KID is added when the row
+    samples_per_s (its rate; images, rows or points per second), and 1.0 when it was promoted to champion, else 0.0.  KID is added when the row
     has it.  The two ratios are dimensionless; FID in the feature space of the evaluation."""
     fid = float(served["fid"])
     metrics = {"fid": fid, **derived_metrics(table, served),
                "fid_vs_floor": ratio(fid, floor),
                "nfe": float(served["nfe"]),
-               "images_per_s": float(served["images_per_s"]),
+               RATE: sampling_rate(served),
                "promoted": 1.0 if promoted else 0.0,
                "fid_floor": float(floor)}
     if "kid_mean" in served:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from diffusion.config import ConfigError
+from diffusion.evaluation_settings import RATE
 from diffusion.model import read_spec
 
 from tasks.adapters.metric_logger import numeric
@@ -98,7 +99,7 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
                 "served_as": candidate.name, "sampler": candidate.sampler,
                 "nfe": str(int(candidate.row["nfe"])),
                 "metrics": json.dumps({k: round(numbers[k], 5) for k in
-                                       ("fid", "fid_floor", "kid_mean", "images_per_s")
+                                       ("fid", "fid_floor", "kid_mean", RATE)
                                        if k in numbers})}
     version = register_model(model_dir, model_name, all_tags, run_id=run_id)
     # the version's description is its model card (before any release: the card says so)

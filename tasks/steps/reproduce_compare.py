@@ -3,7 +3,7 @@
 The served model is the registered version's row of the evaluation: the same `served_as`,
 sampler and NFE.  A version is reproduced when the weights' sha256 are equal (bit-identical
 weights: CPU training with the same seeds, data and code gives them) and every metric of that
-row is equal within float tolerance, except the wall-clock ones (`seconds`, `images_per_s`),
+row is equal within float tolerance, except the wall-clock ones (`seconds`, `samples_per_s`, formerly `images_per_s`),
 which measure the machine, not the model; they are printed but not compared.
 
 Tolerance: the metrics are computed in float64 from float32 features of the same samples; a
@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from diffusion.evaluation_settings import LEGACY_RATE, RATE, sampling_rate
 from tasks.steps.headline import derived_metrics
 
 RELATIVE_TOLERANCE = 1e-6
 TAG_ROUNDING = 5e-6
-WALL_CLOCK = ("seconds", "images_per_s")
+WALL_CLOCK = ("seconds", RATE, LEGACY_RATE)
 # identity columns of a row: equal by construction of the lookup, not metrics
 ROW_KEYS = ("model", "sampler", "steps", "nfe", "n_samples")
 # lineage of the served weights: shown beside the verdict, they say why weights differ
@@ -101,6 +102,8 @@ def compare(model: str, version: str, tags: dict[str, str], run_metrics: dict[st
         mine = None if row is None else row.get(key)
         value = registered[key]
         if key in WALL_CLOCK:
+            if key in (RATE, LEGACY_RATE) and row is not None:   # a version registered under
+                mine = sampling_rate(row)                         # either name of the rate
             metrics.append(Line(key, value, mine, None, "wall-clock speed: not compared"))
             continue
         if mine is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from diffusion.atomic import atomic_folder
+from diffusion.evaluation_settings import sampling_rate
 from diffusion.model import ModelError, read_spec, resolve_model_path, write_spec
 
 
@@ -24,10 +25,10 @@ class Candidate:
     row: dict         # its row of the evaluation table
 
     def describe(self) -> str:
-        # the metric keeps its name (images_per_s) whatever the data; the words follow the data
+        # the metric's name (samples_per_s) is the same for every data; the words follow the data
         noun = read_spec(self.source).data.noun
         return (f"{self.name} ({self.sampler}, {int(self.row['nfe'])} NFE): "
-                f"FID {self.row['fid']:.3f}, {self.row['images_per_s']:.0f} {noun}/s")
+                f"FID {self.row['fid']:.3f}, {sampling_rate(self.row):.0f} {noun}/s")
 
 
 def choose_candidate(table: pd.DataFrame, folders: dict[str, Path], max_fid_ratio: float) -> Candidate:
