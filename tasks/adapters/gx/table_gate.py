@@ -19,10 +19,13 @@ from tasks.adapters.gx.table_data import ID, read_table_folder, reference_statis
 
 def validate_table(processed_dir: str | Path, settings: ValidationSettings,
                    reference: dict | None = None,
-                   docs_dir: Path | None = None) -> ValidationReport:
+                   docs_dir: Path | None = None, dataset: str | None = None) -> ValidationReport:
     """Validate the processed table folder `processed_dir` (table.parquet, schema.json,
     meta.json) against its schema, settings.min_rows / max_duplicate_fraction / table, and,
     given the last validated version's `statistics` as `reference`, its drift.
+
+    `dataset` names the table in the report and Data Docs: the params.yaml entry the user chose
+    (default: the name meta.json records, its loader's or file's).
 
     A folder that cannot be read gives a failed report listing the problems; a `reference`
     that is not a table's statistics raises ValueError (a caller's mistake, not the data's).
@@ -30,7 +33,7 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     try:
         data = read_table_folder(processed_dir)
     except StructureError as exc:
-        return ValidationReport.unreadable(processed_dir, exc.problems)
+        return ValidationReport.unreadable(processed_dir, exc.problems, dataset)
 
     from tasks.adapters.gx.table_report import table_failure_lines
     from tasks.adapters.gx.table_suite import build_table_expectations
@@ -38,11 +41,12 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     expectations = build_table_expectations(data, settings, reference)
     docs_dir = docs_folder(docs_dir)
     # the table's own row id names the offending rows (a user's table may have an `id` column)
-    result = jsonable(run_checkpoint(data.name, data.frame, expectations, docs_dir,
+    name = dataset or data.name   # the params.yaml entry when the step gives it
+    result = jsonable(run_checkpoint(name, data.frame, expectations, docs_dir,
                                      index_column=ID, asset="table", gate="table"))
     failures = table_failure_lines(result, expectations)
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(data)),
-                            docs_dir=docs_dir, dataset=data.name,
+                            docs_dir=docs_dir, dataset=name,
                             thresholds="pipeline.validate_data.table (row count and duplicates: "
                                        "pipeline.validate_data)")
