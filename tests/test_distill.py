@@ -259,10 +259,14 @@ def test_progressive_resumes_exactly_and_skips_finished_rounds(tmp_path):
         _same_weights(a, b)
 
 
-def test_consistency_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("levels", [{}, {"level_sampling": "lognormal", "start_levels": 3},
+                                    {"level_sampling": "continuous", "ect_stages": 3}],
+                         ids=["uniform", "lognormal-curriculum", "continuous"])
+def test_consistency_resumes_exactly(tmp_path, levels):
     data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     cfg = ConsistencyConfig(steps=6, levels=6, batch_size=8, lr=1e-3, ema_decay=0.9,
-                            device="cpu", progress=False, checkpoint_every=2, log_every=1)
+                            device="cpu", progress=False, checkpoint_every=2, log_every=1,
+                            **levels)
     full = consistency_distillation(_tiny_teacher(), TINY_MLP, data, cfg, tmp_path / "A")
     on_log, _ = _interrupt_at((None, 5))
     with pytest.raises(Interrupt):

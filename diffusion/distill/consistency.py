@@ -10,6 +10,11 @@ Karras grid sigma_min = sigma_0 < ... < sigma_{N-1} = sigma_max:
 
 with f_target an EMA of the student (decay mu, no gradient) and d the pseudo-Huber distance
 sqrt(|a - b|^2 + c^2) - c, c = 0.00054 sqrt(dim).  Sampling: samplers.sample_consistency.
+
+The level pairs can instead follow improved consistency training (iCT, Song & Dhariwal 2023:
+lognormal level sampling, a doubling discretisation curriculum) or easy consistency tuning
+(ECT, Geng et al. 2024: continuous-time pairs whose gap shrinks over training, weight
+1/(sigma - sigma')); LevelPairs draws them, with the teacher's Heun step between the two.
 """
 
 from __future__ import annotations
@@ -74,18 +79,82 @@ def consistency_student(teacher: Denoiser, sigma_data: float, sigma_min: float) 
     return Denoiser(copy.deepcopy(teacher.net), ConsistencyPreconditioning(sigma_data, sigma_min))
 
 
-def consistency_loss(student, target, teacher, x0, z, grid, n, c):
-    s_hi, s_lo = grid[n + 1], grid[n]
+def curriculum_levels(cfg: ConsistencyConfig, step: int) -> int:
+    """The grid's level count N at optimiser step `step` (iCT's discretisation curriculum):
+    `levels` without `start_levels`; else the intervals double from start_levels - 1 towards
+    levels - 1 in equal stages over the run (the last one at levels), N = min((start_levels - 1) 2^stage, levels - 1) + 1."""
+    if cfg.start_levels is None:
+        return cfg.levels
+    lo, hi = cfg.start_levels - 1, cfg.levels - 1
+    stages = math.ceil(math.log2(hi / lo)) + 1  # the last stage reaches `levels`
+    stage = step // max(1, cfg.steps // stages)
+    return min(lo * 2 ** stage, hi) + 1
+
+
+def lognormal_level_weights(grid: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor:
+    """(N-1,) probabilities of the grid's intervals: the mass of ln sigma ~ N(p_mean, p_std^2)
+    between sigma_n and sigma_{n+1} (iCT, Song & Dhariwal 2023, eq. 10), normalised."""
+    cdf = torch.special.ndtr((grid.log() - p_mean) / p_std)
+    mass = (cdf[1:] - cdf[:-1]).clamp_min(1e-12)
+    return mass / mass.sum()
+
+
+def ect_partner(sigma: torch.Tensor, stage: int, sigma_min: float) -> torch.Tensor:
+    """ECT's smaller partner level (Geng et al. 2024): sigma (1 - n(sigma) / 2^stage) with
+    n(sigma) = 1 + 8 sigmoid(-sigma), floored at sigma_min; the gap halves with each stage."""
+    n = 1.0 + 8.0 * torch.sigmoid(-sigma)
+    return (sigma * (1.0 - n / 2.0 ** stage)).clamp_min(sigma_min)
+
+
+class LevelPairs:
+    """Draws the (sigma_{n+1}, sigma_n, weight) triples of a batch at a step, by
+    cfg.level_sampling (settings.ConsistencyConfig explains the three); float64 (B,) each.
+    Grids are built once per level count."""
+
+    def __init__(self, cfg: ConsistencyConfig, device):
+        self.cfg, self.device, self._grids = cfg, device, {}
+
+    def grid(self, levels: int) -> torch.Tensor:
+        if levels not in self._grids:
+            g = training_grid(self.cfg.model_copy(update={"levels": levels})).to(self.device)
+            w = lognormal_level_weights(g, self.cfg.level_p_mean, self.cfg.level_p_std)
+            self._grids[levels] = (g, w)
+        return self._grids[levels]
+
+    def __call__(self, step: int, batch: int, g: torch.Generator):
+        cfg = self.cfg
+        if cfg.level_sampling == "continuous":
+            z = torch.randn(batch, generator=g, device=self.device, dtype=torch.float64)
+            s_hi = (cfg.level_p_mean + cfg.level_p_std * z).exp().clamp(2 * cfg.sigma_min,
+                                                                      cfg.sigma_max)
+            stage = 1 + min(cfg.ect_stages - 1, step * cfg.ect_stages // cfg.steps)
+            s_lo = ect_partner(s_hi, stage, cfg.sigma_min)
+            w = 1.0 / (s_hi - s_lo)
+            return s_hi, s_lo, w / w.mean()  # relative weights: the scale stays the loss's
+        grid, probs = self.grid(curriculum_levels(cfg, step))
+        if cfg.level_sampling == "lognormal":
+            n = torch.multinomial(probs, batch, replacement=True, generator=g)
+        else:
+            n = torch.randint(len(grid) - 1, (batch,), generator=g, device=self.device)
+        return grid[n + 1], grid[n], None
+
+
+def consistency_loss(student, target, teacher, x0, z, s_hi, s_lo, c, weight=None):
+    """Mean over the batch of weight * d(f(x_hi, s_hi), f_target(x_lo, s_lo)): x_hi = x0 +
+    s_hi z, x_lo one Heun step of the teacher from s_hi to s_lo; d the pseudo-Huber distance.
+    `s_hi`, `s_lo`, `weight`: (B,) float64 (weight None: 1)."""
     x_hi = x0 + _col(s_hi, x0) * z
     with torch.no_grad():
         x_lo = heun_step(teacher, x_hi, s_hi, s_lo)
         y = target(x_lo, s_lo)
-    # Weight 1 (the CD paper's choice).  iCT's 1/(sigma_{n+1} - sigma_n) weighting balances the
-    # small per-level differences of consistency TRAINING; here the teacher's Heun step already
-    # gives a clean target at every level, and on an 18-level rho-7 grid that weight would span
-    # four orders of magnitude and hand the loss to the smallest levels, which matter least for
-    # 1-4 step sampling.
-    return pseudo_huber(student(x_hi, s_hi), y, c).mean()
+    # Weight 1 on the fixed grids (the CD paper's choice).  iCT's 1/(sigma_{n+1} - sigma_n)
+    # weighting balances the small per-level differences of consistency TRAINING; here the
+    # teacher's Heun step already gives a clean target at every level, and on an 18-level rho-7
+    # grid that weight would span four orders of magnitude and hand the loss to the smallest
+    # levels, which matter least for 1-4 step sampling.  ECT's continuous pairs keep the gap a
+    # share of sigma, so there its weight only evens out the levels.
+    d = pseudo_huber(student(x_hi, s_hi), y, c)
+    return (d if weight is None else d * weight.to(d.dtype)).mean()
 
 
 def student_spec(teacher_spec: ModelSpec, cfg: ConsistencyConfig, sigma_data: float, c: float,
@@ -93,7 +162,8 @@ def student_spec(teacher_spec: ModelSpec, cfg: ConsistencyConfig, sigma_data: fl
     sampling = SamplingSpec(sampler="consistency", steps=1, grid="karras_nested",
                             sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, rho=cfg.rho, eta=0.0)
     distillation = {"method": "consistency", "supported_steps": list(SUPPORTED_STEPS),
-                    "levels": cfg.levels, "steps": trained_steps,
+                    "levels": cfg.levels, "level_sampling": cfg.level_sampling,
+                    "start_levels": cfg.start_levels, "steps": trained_steps,
                     "target_decay": cfg.target_decay, "ema_decay": cfg.ema_decay,
                     "huber_c": c, "weights": "ema", "teacher_precond": teacher_spec.precond,
                     "base_trained_steps": teacher_spec.trained_steps}
@@ -135,7 +205,7 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     ema = EMA(net, cfg.ema_decay, warmup=True)
     target_params = list(target.net.parameters())
     live_params = list(net.parameters())
-    grid = training_grid(cfg).to(device)
+    pairs = LevelPairs(cfg, device)
 
     ckpt_dir = folder.parent / "checkpoints"
     step, last_loss = resume_or_start(ckpt_dir, opt, ema, {"model": net, "target": target.net},
@@ -145,9 +215,9 @@ def consistency_distillation(teacher: Denoiser, teacher_spec: ModelSpec, data: t
     def loss_at(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 0, step, device)
         x0 = data[torch.randint(len(data), (cfg.batch_size,), generator=g, device=device)]
-        n = torch.randint(cfg.levels - 1, (cfg.batch_size,), generator=g, device=device)
+        s_hi, s_lo, weight = pairs(step, cfg.batch_size, g)
         z = torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype)
-        return consistency_loss(student, target, teacher, x0, z, grid, n, c)
+        return consistency_loss(student, target, teacher, x0, z, s_hi, s_lo, c, weight)
 
     @torch.no_grad()
     def update_target(step: int):

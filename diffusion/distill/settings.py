@@ -3,7 +3,7 @@ method (progressive.py, consistency.py and dmd.py read them)."""
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -71,6 +71,27 @@ class ConsistencyConfig(DistillRunConfig):
     ema_decay: Fraction = 0.999                # slow EMA (with warm-up) that is exported and sampled
     huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
     sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
+    # Which pairs (sigma_{n+1}, sigma_n) the loss sees (consistency.py, level_pairs):
+    # 'uniform': n ~ U{0..N-2} on the fixed N-level Karras grid (the CD paper);
+    # 'lognormal': iCT's level distribution, P(n) proportional to the normal mass of
+    #   ln sigma ~ N(level_p_mean, level_p_std^2) between sigma_n and sigma_{n+1}, with iCT's
+    #   curriculum when start_levels is set: the grid's intervals double from start_levels - 1
+    #   to levels - 1 in equal stages;
+    # 'continuous': ECT's continuous-time pairs, sigma ~ that lognormal, the partner
+    #   sigma (1 - n(sigma) / 2^stage) with n(sigma) = 1 + 8 sigmoid(-sigma), the gap halving over
+    #   ect_stages equal stages, and iCT/ECT's weight 1/(sigma - sigma').
+    level_sampling: Literal["uniform", "lognormal", "continuous"] = "uniform"
+    level_p_mean: float = -1.1
+    level_p_std: Annotated[float, Field(gt=0)] = 2.0
+    start_levels: Optional[Annotated[int, Field(ge=2)]] = None
+    ect_stages: Positive = 8
+
+    @model_validator(mode="after")
+    def _curriculum(self):
+        if self.start_levels is not None and self.start_levels > self.levels:
+            raise ValueError(f"start_levels ({self.start_levels}) must not exceed levels "
+                             f"({self.levels})")
+        return self
 
 
 class DMDConfig(DistillRunConfig):

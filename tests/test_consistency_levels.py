@@ -1,0 +1,75 @@
+"""Which noise-level pairs consistency distillation trains on: iCT's lognormal level
+distribution and doubling curriculum, ECT's continuous-time pairs whose gap halves per stage."""
+
+import math
+
+import pytest
+import torch
+
+from diffusion.distill.consistency import (ConsistencyConfig, LevelPairs, curriculum_levels,
+                                           ect_partner, lognormal_level_weights, training_grid)
+
+
+def test_the_curriculum_doubles_the_intervals_in_equal_stages():
+    cfg = ConsistencyConfig(steps=4000, levels=81, start_levels=11)
+    # intervals 10 -> 20 -> 40 -> 80: four stages of 1000 steps
+    assert [curriculum_levels(cfg, k) for k in (0, 999, 1000, 1999, 2000, 3000, 3999)] == \
+        [11, 11, 21, 21, 41, 81, 81]
+    # a last stage that would overshoot stops at `levels`
+    cfg = ConsistencyConfig(steps=300, levels=30, start_levels=11)
+    assert [curriculum_levels(cfg, k) for k in (0, 150, 299)] == [11, 21, 30]
+    assert curriculum_levels(ConsistencyConfig(levels=18), 123) == 18  # no curriculum
+
+
+def test_start_levels_above_levels_is_refused():
+    with pytest.raises(ValueError, match="start_levels"):
+        ConsistencyConfig(levels=18, start_levels=30)
+
+
+def test_lognormal_levels_are_drawn_with_the_normal_mass_of_each_interval():
+    cfg = ConsistencyConfig(levels=18, level_sampling="lognormal", level_p_mean=-1.1,
+                            level_p_std=2.0)
+    grid = training_grid(cfg)
+    probs = lognormal_level_weights(grid, -1.1, 2.0)
+    phi = lambda s: 0.5 * (1 + math.erf((math.log(s) - -1.1) / (2.0 * math.sqrt(2))))
+    mass = torch.tensor([phi(float(b)) - phi(float(a)) for a, b in zip(grid[:-1], grid[1:])],
+                        dtype=torch.float64)
+    assert torch.allclose(probs, mass / mass.sum(), rtol=1e-9)
+    # the sampler draws intervals with those probabilities: each share within 4 binomial sds
+    draws = 200_000
+    s_hi, s_lo, weight = LevelPairs(cfg, "cpu")(0, draws, torch.Generator().manual_seed(0))
+    assert weight is None
+    n = torch.searchsorted(grid, s_lo)
+    assert torch.equal(grid[n + 1], s_hi)  # adjacent levels of the grid
+    share = torch.bincount(n, minlength=len(grid) - 1).double() / draws
+    sd = (probs * (1 - probs) / draws).sqrt()
+    assert bool(((share - probs).abs() <= 4 * sd + 1e-12).all()), (share, probs)
+
+
+def test_ect_partners_halve_their_gap_with_each_stage_and_stop_at_sigma_min():
+    sigma = torch.tensor([0.01, 0.5, 2.0, 40.0], dtype=torch.float64)
+    n = 1 + 8 * torch.sigmoid(-sigma)  # 5 at sigma 0, 1 for large sigma
+    for stage in (4, 5, 6):
+        gap = sigma - ect_partner(sigma, stage, 0.002)
+        assert torch.allclose(gap, sigma * n / 2**stage, rtol=1e-12)
+        assert torch.allclose(gap, 2 * (sigma - ect_partner(sigma, stage + 1, 0.002)), rtol=1e-12)
+    # stage 1 asks for a gap larger than sigma where n > 2: the partner is sigma_min
+    assert torch.equal(ect_partner(sigma, 1, 0.002)[:2], torch.full((2,), 0.002, dtype=torch.float64))
+
+
+def test_continuous_pairs_follow_the_stage_schedule_with_relative_weights():
+    cfg = ConsistencyConfig(steps=800, level_sampling="continuous", ect_stages=8)
+    pairs = LevelPairs(cfg, "cpu")
+    for step, stage in ((0, 1), (99, 1), (100, 2), (799, 8)):
+        s_hi, s_lo, w = pairs(step, 4096, torch.Generator().manual_seed(step))
+        assert bool((s_hi >= 2 * cfg.sigma_min).all() and (s_hi <= cfg.sigma_max).all())
+        assert bool((s_lo < s_hi).all())
+        assert torch.allclose(s_lo, ect_partner(s_hi, stage, cfg.sigma_min))
+        assert math.isclose(float(w.mean()), 1.0, rel_tol=1e-12)
+        assert torch.allclose(w * (s_hi - s_lo), (w * (s_hi - s_lo))[0].expand(4096))  # w ~ 1/gap
+    # ln sigma ~ N(level_p_mean, level_p_std^2) where the clamp does not bite
+    s_hi, _, _ = pairs(0, 100_000, torch.Generator().manual_seed(1))
+    inner = s_hi.log()[(s_hi > 0.01) & (s_hi < 10)]
+    assert abs(float(torch.special.ndtr(torch.tensor((math.log(10) + 1.1) / 2.0)))
+               - float(torch.special.ndtr(torch.tensor((math.log(0.01) + 1.1) / 2.0)))
+               - len(inner) / 100_000) < 0.01
