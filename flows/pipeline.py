@@ -172,6 +172,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         version = challenger.details["version"]
         result = {"model": settings.model_name, "version": version,
                   "candidate": challenger.details["candidate"],
+                  # nothing registered: `version` is the champion, made from the same inputs
+                  "same_as_champion": bool(challenger.details.get("same_as_champion")),
                   "rows": rows_line(challenger.metrics),
                   "promoted": decision.details["promoted"], "reason": decision.details["reason"],
                   "release": decision.details["release"],
@@ -179,7 +181,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                   "prefect_flow_run_id": str(flow_run.get_id()),
                   "dataset_md5": dataset["md5"], "cached_steps": cached_steps(pid, step_runs)}
         mlflow.set_tags({"promoted": str(decision.details["promoted"]),
-                         "registered_version": version, "served_as": challenger.details["candidate"]})
+                         "registered_version": version, "served_as": challenger.details["candidate"],
+                         "same_as_champion": str(result["same_as_champion"])})
         mlflow.log_metrics(headline_metrics(evaluation.details["table"], challenger.metrics,
                                             evaluation.details["floor"], decision.details["promoted"]))
         create_markdown_artifact(summary_markdown(result, evaluation, challenger, decision),

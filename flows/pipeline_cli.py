@@ -246,11 +246,18 @@ def register(app: typer.Typer) -> None:
         minutes = (time.perf_counter() - t0) / 60
         typer.echo("")
         typer.echo(f"pipeline finished in {minutes:.1f} min")
-        typer.echo(f"registered:  {result['model']} version {result['version']} ({result['candidate']})")
+        if result.get("same_as_champion"):   # a rerun with nothing changed
+            typer.echo(f"registered:  nothing: {result['model']} version {result['version']}, the "
+                       f"champion, was made from the same inputs ({result['candidate']})")
+        else:
+            typer.echo(f"registered:  {result['model']} version {result['version']} ({result['candidate']})")
         if result.get("rows"):   # a table model: its served rows' scores, not only the FID above
             typer.echo(f"rows:        {result['rows']}")
-        typer.echo(f"promotion:   {'PROMOTED to champion' if result['promoted'] else 'not promoted'}: "
-                   f"{result['reason']}")
+        if result.get("same_as_champion"):
+            typer.echo("promotion:   none: nothing was registered; the champion stays")
+        else:
+            typer.echo(f"promotion:   {'PROMOTED to champion' if result['promoted'] else 'not promoted'}: "
+                       f"{result['reason']}")
         typer.echo(f"release:     {result['release'] or '(none)'}")
         typer.echo(f"cached:      {', '.join(result['cached_steps']) or 'no step (all ran)'}")
         for label, url in _ui_links(result, env):

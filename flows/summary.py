@@ -56,12 +56,21 @@ def summary_markdown(result: dict, evaluation: StepResult, challenger: StepResul
     rows_section = _rows_section(challenger)
     evaluation, challenger, decision = evaluation.details, challenger.details, decision.details
     rows = sorted(evaluation["table"], key=lambda r: (r["model"] != "teacher", r["model"], r["nfe"]))
-    lines = [f"# {result['model']} version {result['version']}", "",
-             f"**Promotion:** {'promoted to champion' if decision['promoted'] else 'not promoted'}"
-             # the rule's word (promote, keep, tie) leads the reason of a paired decision
-             f"{_outcome(decision)}: {decision['reason']}", "",
+    if result.get("same_as_champion"):   # a rerun with nothing changed: no new version
+        head = [f"# {result['model']}: nothing registered", "",
+                f"**Registered:** nothing: version {result['version']}, the champion, was made "
+                "from the same inputs (weights, data, code, settings and served setting)", "",
+                "**Promotion:** none: the champion stays", ""]
+    else:
+        head = [f"# {result['model']} version {result['version']}", "",
+                f"**Promotion:** {'promoted to champion' if decision['promoted'] else 'not promoted'}"
+                # the rule's word (promote, keep, tie) leads the reason of a paired decision
+                f"{_outcome(decision)}: {decision['reason']}", ""]
+    none = ("(none: the champion's release stands)" if result.get("same_as_champion")
+            else "(none: not promoted)")
+    lines = [*head,
              f"**Served as:** {challenger['candidate']}", "",
-             f"**Release:** {decision['release'] or '(none: not promoted)'}", "",
+             f"**Release:** {decision['release'] or none}", "",
              f"**Dataset md5:** `{result['dataset_md5']}`; cached steps: "
              f"{', '.join(result['cached_steps']) or 'none'}", "",
              f"## Quality versus NFE (FID floor {evaluation['floor']:.3f})", "",

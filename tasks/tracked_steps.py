@@ -206,7 +206,8 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
     step scores the champion with.  The effective configuration is logged as
     lineage/config.json.  A table model's rows are those of the setting it is served at
     (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>.
-    details: version, model_dir (the served copy), candidate (text); for a table model also
+    details: version, model_dir (the served copy), candidate (text), same_as_champion (True:
+    nothing registered, version is the champion's, made from the same inputs); for a table model also
     rows_setting {"model", "sampler", "steps", "nfe"}: the setting those rows are of."""
     from tasks.steps.register import register_candidate
 
@@ -221,7 +222,10 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
         mlflow.log_metrics(metrics)
         mlflow.set_tag("served_as", registered.candidate.name)
         details = {"version": registered.version, "model_dir": str(registered.model_dir),
-                   "candidate": registered.candidate.describe()}
+                   "candidate": registered.candidate.describe(),
+                   "same_as_champion": registered.same_as_champion}
+        if registered.same_as_champion:
+            mlflow.set_tag("same_as_champion", registered.version)
         if setting is not None:
             details["rows_setting"] = setting
             mlflow.set_tag("rows_setting", served_setting(setting["sampler"], setting["nfe"]))
@@ -257,6 +261,24 @@ def _served_rows(config: PipelineConfig, evaluation: StepResult, folders: dict[s
                   "steps": candidate.steps, "nfe": nfe}
 
 
+UNCHANGED = "unchanged"   # the promote step's outcome when nothing was registered
+
+
+def _nothing_to_promote(version: str, parent_run_id: str | None) -> StepResult:
+    """The promote step when the register step registered nothing (the champion, `version`,
+    was made from the same inputs): no comparison, release, alias move or history entry."""
+    reason = f"nothing registered: version {version}, the champion, was made from the same inputs"
+    with tracking.step_run("promote", parent_run_id) as run:
+        mlflow.log_metric("promoted", 0.0)
+        mlflow.set_tags({"promoted": "False", "outcome": UNCHANGED, "reason": reason,
+                         "previous_champion": version})
+        return StepResult(step="promote", run_id=run.info.run_id, metrics={"promoted": 0.0},
+                          details={"promoted": False, "reason": reason, "outcome": UNCHANGED,
+                                   "difference": None, "release": None,
+                                   "previous_champion": version, "comparable": True,
+                                   "champion_metrics": None})
+
+
 def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, releases_bucket: str,
             work_dir: str, tags: dict[str, str], parent_run_id: str | None = None) -> StepResult:
     """tasks/steps/promote.py under an MLflow step run: the champion scored on `dataset` (the
@@ -271,6 +293,8 @@ def promote(config: PipelineConfig, challenger: StepResult, dataset: dict, relea
     from tasks.steps.promote import Challenger, promote as promote_challenger
 
     version = str(challenger.details["version"])
+    if challenger.details.get("same_as_champion"):   # nothing registered: nothing to compare
+        return _nothing_to_promote(version, parent_run_id)
     with tracking.step_run("promote", parent_run_id) as run:
         result = promote_challenger(
             Challenger(version, Path(challenger.details["model_dir"]), challenger.metrics),

@@ -32,3 +32,18 @@ def test_the_rate_is_named_by_what_the_model_makes(noun):
 
 def test_an_evaluation_cached_before_the_noun_was_recorded_reads_as_images():
     assert "| images/s |" in _summary()
+
+
+def test_a_rerun_that_made_the_champion_again_says_nothing_was_registered():
+    evaluation = StepResult(step="evaluate", run_id="e", details={"table": [ROW], "floor": 0.3})
+    challenger = StepResult(step="register", run_id="r", details={
+        "candidate": "teacher", "version": "4", "same_as_champion": True})
+    decision = StepResult(step="promote", run_id="p", details={
+        "promoted": False, "outcome": "unchanged", "release": None,
+        "reason": "nothing registered: version 4, the champion, was made from the same inputs"})
+    result = {"model": "m", "version": "4", "same_as_champion": True, "dataset_md5": "abc",
+              "cached_steps": ["evaluate"]}
+    text = summary_markdown(result, evaluation, challenger, decision)
+    assert text.startswith("# m: nothing registered\n"), text
+    assert "**Registered:** nothing: version 4, the champion, was made from the same inputs" in text
+    assert "# m version 4" not in text and "not promoted" not in text

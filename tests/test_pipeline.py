@@ -256,12 +256,20 @@ def test_release_checksums_match_and_sample_reproduces_images(first, repo, stack
 
 
 def test_unchanged_rerun_hits_the_cache_and_refresh_does_not(first, repo):
+    before = {v.version for v in versions()}
     again = outcome(run("run", "--repo", repo, *WEAK, cwd=repo))
     # the gate reruns once: its drift reference is now the first run's statistics
     assert {"train_teacher", "distill_progressive", "distill_consistency",
             "evaluate"} <= set(again["cached"].split(", ")), again
+    # the same model as the champion: no new version, one line that says so
+    same = f"nothing: {MODEL} version {champion().version}, the champion, was made from the same inputs"
+    assert again["registered"].startswith(same), again
+    assert again["promotion"] == "none: nothing was registered; the champion stays", again
     fresh = outcome(run("run", "--repo", repo, *WEAK, "--refresh", cwd=repo))
     assert fresh["cached"].startswith("no step"), fresh
+    # recomputed on the CPU from the same seeds, data and code: bit-identical, still the champion
+    assert fresh["registered"].startswith(same), fresh
+    assert {v.version for v in versions()} == before
 
 
 MODEL_STEPS = {"train_teacher", "distill_progressive", "distill_consistency", "evaluate"}
@@ -317,7 +325,10 @@ def test_a_committed_change_to_the_ml_code_recomputes_every_model_step(first, re
     # and the restored code finds the first run's results again
     again = outcome(run("run", "--repo", repo, *WEAK, cwd=repo))
     assert MODEL_STEPS <= set(again["cached"].split(", ")), again
-    latest = max(versions(), key=lambda v: int(v.version))
+    # the first run's model again: the champion when it still is (nothing registered), else
+    # the new version
+    latest = (champion() if again["registered"].startswith("nothing:")
+              else max(versions(), key=lambda v: int(v.version)))
     assert latest.tags["weights_code_sha256"] == old.tags["weights_code_sha256"]
     assert latest.tags["weights_git_commit"] == old.tags["weights_git_commit"]  # made by run 1
 

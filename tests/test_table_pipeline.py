@@ -149,6 +149,23 @@ def _csv(rows: pd.DataFrame, folder) -> str:
 
 
 @pytest.mark.slow
+def test_a_rerun_with_nothing_changed_registers_nothing_and_says_the_champion_is_the_same(table_run):
+    repo, _ = table_run
+    before = {v.version for v in _client().search_model_versions(f"name='{MODEL}'")}
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", "--set", "pipeline.methods=[consistency]",
+               "--set", "pipeline.max_fid_ratio=100", cwd=repo)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("registered:")]
+    assert len(said) == 1 and said[0].startswith(
+        f"registered:  nothing: {MODEL} version 1, the champion, was made from the same inputs"), \
+        proc.stdout[-3000:]
+    assert "promotion:   none: nothing was registered; the champion stays" in proc.stdout
+    assert {v.version for v in _client().search_model_versions(f"name='{MODEL}'")} == before
+    assert _client().get_model_version_by_alias(MODEL, "champion").version == "1"
+    # the register step says it once, in the flow run's log
+    assert proc.stderr.count(f"nothing registered: {MODEL} version 1, the champion") == 1, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_a_new_category_in_the_next_version_stops_at_the_gate_naming_the_column(table_run):
     repo, _ = table_run
     before = _client().get_model_version_by_alias(MODEL, "champion").version

@@ -225,8 +225,9 @@ def test_a_wrong_or_missing_password_is_one_line_naming_server_account_and_fix(f
 # --- 4. two runs at once ----------------------------------------------------------------------
 
 def test_two_runs_started_together_leave_one_champion_and_both_decisions(first, repo, as_role, team_stack):
-    """Both reuse the first run's cached steps, so they reach register and promote within
-    seconds of each other: the promotion lease in S3 serializes them."""
+    """Each trains its own model (another seed: a run that would make the champion again
+    registers nothing), so both register at about the same time and promote within seconds
+    of each other: the promotion lease in S3 serializes them."""
     from tasks.adapters.promotion_history import read_history
     from tasks.adapters.promotion_lock import lease_key
     from tasks.adapters.release import verify_release
@@ -235,7 +236,8 @@ def test_two_runs_started_together_leave_one_champion_and_both_decisions(first, 
 
     def one(i):
         start.wait()
-        procs[i] = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), *WEAK],
+        procs[i] = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--repo", str(repo), *WEAK,
+                                   "--set", f"train.seed={i + 1}"],
                                   cwd=repo, env=env, capture_output=True, text=True, timeout=900)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]

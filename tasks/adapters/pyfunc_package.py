@@ -18,6 +18,8 @@ the model was registered from; tests/test_serving.py checks the list against the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -61,6 +63,15 @@ def code_paths() -> Iterator[list[str]]:
             shutil.copyfile(path, Path(tmp) / rel)
             tops.add(parts[0])
         yield [str(Path(tmp) / top) for top in sorted(tops)]
+
+
+def serving_sha256() -> str:
+    """sha256 of what a registered version serves with besides its files: the carried code
+    (module name -> sha256 of its source) and `pip_requirements()`; equal exactly when both are."""
+    code = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for name, path in sorted(carried_modules().items())}
+    text = json.dumps({"code": code, "requirements": pip_requirements()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def pip_requirements() -> list[str]:

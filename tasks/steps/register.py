@@ -20,7 +20,10 @@ from diffusion.model import read_spec
 
 from tasks.adapters.metric_logger import numeric
 from tasks.adapters.model_card import model_card
-from tasks.adapters.registry import register_model, registered_sample, set_descriptions
+from tasks.adapters.pyfunc_package import serving_sha256
+from tasks.adapters.registry import (FILES_TAG, champion_version, files_sha256, files_tag,
+                                     register_model, registered_sample, set_descriptions,
+                                     version_tags)
 from tasks.steps.headline import derived_metrics
 from tasks.steps.select_candidate import Candidate, choose_candidate, write_candidate
 from tasks.say import say
@@ -71,6 +74,31 @@ class Registered:
     candidate: Candidate
     metrics: dict[str, float]   # the numeric entries of its evaluation row, teacher_best_fid
                                 # and fid_vs_teacher_best
+    # True: nothing was registered, `version` is the champion, made from the same inputs
+    same_as_champion: bool = False
+
+
+# What makes a registered version what it is: the served copy's files (weights, and model.json
+# with its sampler and steps), what made the weights (code, settings, training data, teacher),
+# the dataset version, the served setting and the code and packages it serves with.  A
+# challenger equal to the champion on all of them is the champion again: it is not registered.
+SAME_INPUTS = (FILES_TAG, "weights_sha256", "weights_code_sha256", "weights_settings_sha256",
+               "training_data_sha256", "teacher_sha256", "dataset_md5", "served_as", "sampler",
+               "nfe", "serving_sha256")
+
+
+def champion_made_alike(model_name: str, tags: dict[str, str], model_dir: Path) -> str | None:
+    """The champion's version when it was made from the same inputs as the served copy
+    `model_dir` with `tags` (every SAME_INPUTS entry equal; the served copy's files by their
+    sha256), else None (no champion, or one that differs or does not record them all)."""
+    version = champion_version(model_name)
+    if version is None:
+        return None
+    ours = {**tags, FILES_TAG: files_tag(files_sha256(model_dir))}
+    theirs = version_tags(model_name, version)
+    if not all(ours.get(k) for k in (FILES_TAG, "weights_sha256", "serving_sha256")):
+        return None
+    return version if all(ours.get(k) == theirs.get(k) for k in SAME_INPUTS) else None
 
 
 def register_candidate(table: list[dict], folders: dict[str, str], weights: dict[str, str],
@@ -81,7 +109,9 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
     logged in MLflow run `run_id`.  Its tags: `tags`, what made its weights (`lineage_tags`), the
     served setting and its headline metrics; for a table model (`table_quality`: the
     evaluation's rows scores, tasks/steps/table_quality.py) also its rows' scores and the floor's
-    as table_<metric> / table_floor_<metric>.  Raises RegistryError (tasks.adapters.registry)."""
+    as table_<metric> / table_floor_<metric>.  Nothing is registered when the champion was made from the same inputs
+    (SAME_INPUTS): the result then names the champion's version, with `same_as_champion` True.
+    Raises RegistryError (tasks.adapters.registry)."""
     candidate = choose_candidate(pd.DataFrame(table), {k: Path(v) for k, v in folders.items()},
                                  max_fid_ratio)
     model_dir = write_candidate(candidate, Path(work_dir) / "candidate" / "model")
@@ -100,7 +130,14 @@ def register_candidate(table: list[dict], folders: dict[str, str], weights: dict
                 "nfe": str(int(candidate.row["nfe"])),
                 "metrics": json.dumps({k: round(numbers[k], 5) for k in
                                        ("fid", "fid_floor", "kid_mean", RATE)
-                                       if k in numbers})}
+                                       if k in numbers}),
+                "serving_sha256": serving_sha256()}
+    same = champion_made_alike(model_name, all_tags, model_dir)
+    if same is not None:   # a rerun with nothing changed: the champion again, not a new version
+        log(f"nothing registered: {model_name} version {same}, the champion, was made from the "
+            f"same inputs (weights sha256 {all_tags['weights_sha256'][:12]}, data, code, settings "
+            "and served setting)")
+        return Registered(same, model_dir, candidate, numbers, same_as_champion=True)
     version = register_model(model_dir, model_name, all_tags, run_id=run_id)
     # the version's description is its model card (before any release: the card says so)
     set_descriptions(model_name, version, model_description(model_name, tags.get("dataset"), model_dir),
