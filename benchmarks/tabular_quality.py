@@ -1,4 +1,4 @@
-"""Tabular quality: the diffusion teacher, its 1-step consistency student and a Gaussian-copula
+"""Tabular quality: the diffusion teacher, its consistency student and a Gaussian-copula
 baseline, scored as rows beside the held-out real floor, per built-in table (issue 13).
 
     .venv/bin/python benchmarks/tabular_quality.py --smoke --out /tmp/tabular_quality_smoke.md
@@ -16,11 +16,13 @@ alone, sampled by `--multinomial-steps` ancestral steps):
    transform makes numbers standard normal, one-hot categories are +-1) -- is trained on the
    train vectors by diffusion.train.train, from a Config built here (`--steps`,
    `--batch-size`, `--hidden`, `--depth`, `--lr`);
-3. a 1-step consistency student is distilled from it by
-   diffusion.distill.consistency.consistency_distillation (`--distill-steps`);
+3. a consistency student is distilled from it by
+   diffusion.distill.consistency.consistency_distillation (`--distill-steps`, other settings
+   by `--consistency KEY=VALUE`);
 4. the teacher (`--teacher-sampler` at `--teacher-nfe`, default dpmpp_2m at 32 NFE), the
-   student (1 step) and, once per table, the Gaussian copula of benchmarks/tabular_baseline.py
-   (copulas' GaussianMultivariate fit on the train rows) each generate as many rows as the test
+   student (at each of `--student-steps`, default 1 and 2) and, once per table, the
+   Gaussian copula of benchmarks/tabular_baseline.py (copulas' GaussianMultivariate fit on
+   the train rows) each generate as many rows as the test
    split holds (at most `--rows`), decoded to the table's columns and dtypes;
 5. diffusion.tabular.metrics.evaluate_table scores each against the real train and test rows,
    and floor() scores half of the test rows the same way (what a perfect generator gets).
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
@@ -125,7 +128,7 @@ def make_config(args) -> Config:
                                     "checkpoint_every": args.distill_steps,
                                     "log_every": max(1, args.distill_steps // 5),
                                     "seed": args.seed, "device": args.device,
-                                    "progress": False}},
+                                    "progress": False, **dict(args.consistency or [])}},
     })
 
 
@@ -229,8 +232,11 @@ def benchmark_table(name: str, args, cfg: Config, work: Path) -> tuple[list[dict
         log(f"{name} ({enc}): student distilled in {distill_s:.0f} s")
         rows, nfe, sample_s = model_rows(teacher_dir, n, seed=args.seed, device=device)
         results.append(scored(f"teacher {args.teacher_sampler} ({enc})", rows, nfe, train_s, sample_s))
-        rows, nfe, sample_s = model_rows(student_dir, n, seed=args.seed, device=device, steps=1)
-        results.append(scored(f"student consistency ({enc})", rows, nfe, distill_s, sample_s))
+        for steps in args.student_steps:
+            rows, nfe, sample_s = model_rows(student_dir, n, seed=args.seed, device=device,
+                                             steps=steps)
+            results.append(scored(f"student consistency {steps}-step ({enc})", rows, nfe,
+                                  distill_s, sample_s))
     return results, facts
 
 
@@ -303,13 +309,15 @@ def header(args, argv: list[str]) -> list[str]:
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                   f"torch threads {torch.get_num_threads()}")
-    return ["# Tabular quality: teacher, 1-step student and Gaussian copula beside the real floor",
+    return ["# Tabular quality: teacher, consistency student and Gaussian copula beside the real floor",
             "", f"command: `{shlex.join(['.venv/bin/python', 'benchmarks/tabular_quality.py', *argv])}`",
             f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; device {device} ({where}); "
             f"load average at start {load1:.2f} (1 min), {load5:.2f} (5 min)",
             f"budgets: teacher MLP hidden {args.hidden} x depth {args.depth}, {args.steps} steps of "
             f"batch {args.batch_size}, lr {args.lr}, noise levels ln sigma ~ N({args.p_mean}, "
-            f"{args.p_std}^2); consistency student {args.distill_steps} steps; "
+            f"{args.p_std}^2); consistency student {args.distill_steps} steps"
+            f"{''.join(f', {k} {v}' for k, v in args.consistency or [])}, sampled in "
+            f"{' and '.join(map(str, args.student_steps))} steps; "
             f"teacher sampled with {args.teacher_sampler} at {args.teacher_nfe} NFE (multinomial: "
             f"{args.multinomial_steps or 1000} ancestral steps, the same net and budget, no student); rows generated: "
             f"the test split's, at most {args.rows}; table rows: "
@@ -318,6 +326,13 @@ def header(args, argv: list[str]) -> list[str]:
 
 
 # --- main ----------------------------------------------------------------------------------
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,6 +352,11 @@ def parse_args(argv=None):
     p.add_argument("--p-std", type=float, default=1.4)
     p.add_argument("--distill-steps", type=int,
                    help=f"consistency distillation steps (default {FULL['distill_steps']})")
+    p.add_argument("--consistency", type=_setting, action="append", metavar="KEY=VALUE",
+                   help="a distill.consistency setting (repeatable; YAML values), e.g. "
+                        "level_sampling=continuous")
+    p.add_argument("--student-steps", type=int, nargs="+", default=[1, 2], choices=(1, 2, 4),
+                   help="the student's sampling steps, one row each (default 1 2)")
     p.add_argument("--rows", type=int, help=f"most rows generated per model (default {FULL['rows']})")
     p.add_argument("--table-rows", type=int,
                    help="use a seeded random subset of this many table rows (default: all)")
