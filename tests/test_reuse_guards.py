@@ -126,7 +126,7 @@ def test_distilling_with_other_settings_into_the_same_folder_is_refused(two_teac
     ok(dmops("distill", "--method", "consistency", "-p", "tiny", "--teacher", teacher_a,
              "--out", out))
     fails_cleanly(dmops("distill", "--method", "consistency", "-p", "tiny", "--teacher", teacher_a,
-                        "--out", out, "--set", "distill.consistency.lr=0.001"), 2, "config.lr")
+                        "--out", out, "--set", "distill.consistency.lr=0.0003"), 2, "config.lr")
 
 
 def test_students_record_their_teachers_weights(two_teachers, tmp_path):
