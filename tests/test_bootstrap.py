@@ -3,13 +3,15 @@ FID is known in closed form, and the paired difference the promotion rule decide
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binom
 
-from diffusion.bootstrap import (metric_interval, paired_difference, quality_intervals,
-                                 resample_counts)
+from diffusion.bootstrap import (_kid_replicates, kid_feature_map, metric_interval,
+                                 paired_difference, quality_intervals, resample_counts)
 from diffusion.metrics import EvaluationError, fid_from_features
 
 D = 4
@@ -72,6 +74,44 @@ def test_kid_interval_is_of_the_unbiased_estimate_and_holds_zero_for_equal_distr
     real, fake = _draw(g, 500, 500)
     kid = metric_interval("kid", real, fake, replicates=200)
     assert 0 < kid.lo <= kid.estimate <= kid.hi
+
+
+def _unbiased_mmd2(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """KID's unbiased MMD^2 with its kernel (x.y / d + 1)^3, written out from the definition."""
+    def k(x, y):
+        return (x @ y.T / x.shape[1] + 1.0) ** 3
+    m, n = len(real), len(fake)
+    k_rr, k_ff = k(real, real), k(fake, fake)
+    return float((k_rr.sum() - k_rr.trace()) / (m * (m - 1)) + (k_ff.sum() - k_ff.trace()) / (n * (n - 1))
+                 - 2 * k(real, fake).mean())
+
+
+@pytest.mark.parametrize("d", [1, 3, 16])
+def test_kid_feature_map_reproduces_the_kernel(d):
+    g = torch.Generator().manual_seed(d)
+    x, y = (torch.randn(n, d, generator=g, dtype=torch.float64) for n in (7, 5))
+    phi_x, phi_y = kid_feature_map(x), kid_feature_map(y)
+    assert phi_x.shape == (7, math.comb(d + 3, 3))
+    assert torch.allclose(phi_x @ phi_y.T, (x @ y.T / d + 1) ** 3, rtol=1e-12, atol=1e-12)
+
+
+# a set of fewer than 4 x C(D + 3, 3) = 140 rows goes through its kernel matrix, a larger one
+# through the kernel's features; the last case mixes the two (a table's test split against
+# 1000 generated rows)
+@pytest.mark.parametrize("m, n", [(100, 100), (400, 400), (400, 100)])
+def test_kid_estimate_and_replicates_are_the_unbiased_mmd2_of_the_resampled_rows(m, n):
+    g = torch.Generator().manual_seed(m + n)
+    real, fake = _draw(g, m, n)
+    interval = metric_interval("kid", real, fake, replicates=20, seed=0)
+    assert interval.estimate == pytest.approx(_unbiased_mmd2(real, fake), rel=1e-9)
+    # replicate b is the unbiased MMD^2 over ordered pairs of distinct DRAWS of the resample
+    # (a row drawn twice pairs with its copy): the same statistic on the repeated rows
+    rng = np.random.default_rng(5)
+    w_real, w_fake = resample_counts(m, 3, rng), resample_counts(n, 3, rng)
+    replicates = _kid_replicates(real, [fake], w_real, [w_fake])[0]
+    for b in range(3):
+        rows = [x.repeat_interleave(w[b].long(), dim=0) for x, w in ((real, w_real), (fake, w_fake))]
+        assert float(replicates[b]) == pytest.approx(_unbiased_mmd2(*rows), rel=1e-9)
 
 
 def test_intervals_shrink_with_n():
