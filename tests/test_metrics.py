@@ -216,6 +216,20 @@ def test_prdc_of_identical_sets():
         assert 1.0 <= out["density"] <= 1.0 + 1.0 / k, (k, out)
 
 
+def test_prdc_compares_sets_of_equal_size_when_real_rows_outnumber_generated_ones():
+    """Two samples of one distribution: with equal sizes the expected coverage is
+    1 - 2^-k (Naeem et al. 2020, sec. 3.3: 1 - prod_i (N - i) / (N + M - i), i = 1..k) and the
+    expected density 1.  Scored against ten times as many real rows, the real k-NN balls would
+    shrink and coverage fall to about 1 - (10/11)^5 = 0.38; the seeded equal-size subsample
+    keeps 0.97 (the tolerance spans the five seeds' spread, 0.947-0.973, with room)."""
+    for seed in range(3):
+        real = _gauss(3000, np.zeros(6), np.eye(6), seed=seed)
+        fake = _gauss(300, np.zeros(6), np.eye(6), seed=10 + seed)
+        out = prdc_metrics(real, fake, k=5, seed=seed)
+        assert abs(out["coverage"] - (1 - 0.5 ** 5)) < 0.06, out
+        assert 0.85 < out["density"] < 1.15, out
+
+
 def test_prdc_of_far_apart_sets_is_zero():
     real = _gauss(200, np.zeros(6), np.eye(6), seed=0)
     fake = _gauss(150, 100 * np.ones(6), np.eye(6), seed=1)
