@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -101,7 +101,8 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
                    students: list[Student] | None = None, noun: str = "samples",
                    replicates: int = DEFAULT_REPLICATES, level: float = DEFAULT_LEVEL,
                    features: dict | None = None, dropped: list | None = None,
-                   drop_unusable: bool = True) -> pd.DataFrame:
+                   drop_unusable: bool = True,
+                   received: Callable[[torch.Tensor], torch.Tensor] | None = None) -> pd.DataFrame:
     """A table with one row per (model, sampler, steps): the teacher (model 'teacher') with every
     sampler at every NFE budget, then each student at its own steps; columns NFE, FID and its
     real-data floor, KID, precision/recall/density/coverage, memorisation, class balance, wall
@@ -113,6 +114,10 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
     features: a dict to fill with the features scored, float64 on the CPU: "real" -> the
     test features (N_test, d), (model, sampler, steps) -> that row's generated features
     (n, d): what a paired comparison of two models needs (diffusion/bootstrap.py).
+
+    received: what a user gets from generated samples, applied to each generated set before it
+    is scored, e.g. a table's vectors re-encoded from the rows they decode to
+    (tabular/vectors.py received_vectors); None: the samples as generated.
 
     A teacher setting that cannot work (samplers.unusable_setting: Heun with too few steps
     from sigma_max) is not run and not in the table: one info record says why, and
@@ -151,8 +156,9 @@ def quality_vs_nfe(denoiser, shape, extractor, *, train_x, test_x, samplers, nfe
         if device != "cpu" and torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        fake_f = extract_features(extractor, out.x.cpu(), name="fake")
-        scores = sample_quality(extractor, out.x.cpu(), train=train_x, test=test_x, train_f=train_f,
+        fake = out.x.cpu() if received is None else received(out.x.cpu())
+        fake_f = extract_features(extractor, fake, name="fake")
+        scores = sample_quality(extractor, fake, train=train_x, test=test_x, train_f=train_f,
                                 test_f=test_f, test_labels=test_labels, n_classes=n_classes,
                                 kid_subsets=kid_subsets, seed=seed, fake_f=fake_f)
         if replicates:

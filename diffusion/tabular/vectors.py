@@ -42,3 +42,17 @@ def decode(state: dict, x) -> pd.DataFrame:
     `state`: an encoder's to_dict (Dataset.table, a model's data.table)."""
     values = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return TableEncoder.from_dict(state).inverse_transform(values.astype(np.float32))
+
+
+def received_vectors(state: dict, x) -> torch.Tensor:
+    """The vectors of the rows that `x` decodes to: encode(decode(x)), float32 (N, D) like `x`.
+
+    What a user receives is the decoded rows, so that is what a table model's FID / KID /
+    PRDC are computed on: each category snapped to its code (a generated bit of 0.3 that
+    decodes to the same label as 1.0 scores the same), each number clipped and rounded as
+    decoding does.  The real rows' vectors are already of this form.  `state`: an encoder's
+    to_dict (Dataset.table, a model's data.table); DataError as `decode`."""
+    encoder = TableEncoder.from_dict(state)
+    rows = decode(state, x)
+    return torch.from_numpy(np.ascontiguousarray(encoder.transform(rows), dtype=np.float32))
+

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from diffusion.atomic import atomic_write_text, writing
 from diffusion.model import ModelError, load_for_sampling, read_spec, resolve_model_path
 from diffusion.provenance import weights_sha256
 from diffusion.samplers import generate, grid_options, nfe_for
+from diffusion.tabular.vectors import received_vectors
 from diffusion.train import resolve_device
 
 from tasks.steps.prepare_dataset import load_data
@@ -102,7 +104,9 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
         n_classes=ds.n_classes if labelled else None, kid_subsets=ev.kid_subsets,
         device=device, students=loaded, noun=spec.data.noun,
         replicates=ev.bootstrap_replicates, level=ev.confidence_level, features=features,
-        dropped=dropped, drop_unusable=drop_unusable)
+        dropped=dropped, drop_unusable=drop_unusable,
+        # a table model is scored on the rows a user receives (their vectors re-encoded)
+        received=(partial(received_vectors, spec.data.table) if spec.data.kind == "table" else None))
     report = write_report(table, denoiser, spec, out_dir, extractor_report, n=n, seed=ev.seed,
                           device=device, reference=train.x if ds.kind in ("vector", "table") else None,
                           students=loaded, intervals=intervals_note(ev), dropped=dropped)
