@@ -64,6 +64,17 @@ class DataConfig(Settings):
     # utility was 0.946 against one-hot's 0.838, at the held-out floor; on diamonds the two tie
     # (benchmarks/results/tabular_quality.md)
     categorical: Literal["onehot", "analog_bits"] = "analog_bits"
+    # for a table's CSV file: the one character its fields are split on ("," by default; ";"
+    # where a decimal comma is used, "\t" for tab-separated files, "|")
+    sep: str = ","
+
+    @field_validator("sep")
+    @classmethod
+    def _sep(cls, value: str) -> str:
+        if len(value) != 1 or value in "\r\n\"" or value.isalnum() or value == ".":
+            raise ValueError(f"data.sep={value!r}; accepted: one character that splits a CSV "
+                             "row's fields, such as ',' (the default), ';', '\\t' (a tab) or '|'")
+        return value
 
     @field_validator("background", mode="before")
     @classmethod
@@ -85,6 +96,9 @@ class DataConfig(Settings):
         if self.name not in TABLE_NAMES and misplaced:
             raise ValueError(f"data.{', data.'.join(misplaced)} describe a table's columns; they "
                              f"apply to data.name {', '.join(TABLE_NAMES)}, not {self.name!r}")
+        if self.sep != "," and not (self.name == "table" and self.path.lower().endswith(".csv")):
+            raise ValueError(f"data.sep={self.sep!r} splits a CSV file's fields; it applies to "
+                             "data.name 'table' with a .csv data.path only")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1 "
                              "(something has to be left to train on)")
@@ -106,7 +120,7 @@ class DataConfig(Settings):
         if self.is_table:   # diffusion.tabular.tables.load_table's
             schema = None if self.columns is None else {"columns": self.columns}
             return {"source": self.path or self.name, "schema": schema, "target": self.target,
-                    "id_column": self.id_column, **common}
+                    "id_column": self.id_column, "sep": self.sep, **common}
         if self.name == "digits":
             return common
         return {"n": self.n, **common}

@@ -100,7 +100,7 @@ def test_a_good_entry_passes_and_parquet_as_pq_reads(tmp_path):
     check_dataset(_table(tmp_path, path="rows.pq", target="churned"), "mine", tmp_path)
     from diffusion.tabular.tables import load_table   # .pq: the data section accepts it, so must the reader
 
-    assert len(load_table(tmp_path / "rows.pq", target="churned").table) == 20
+    assert len(load_table(tmp_path / "rows.pq", target="churned", id_column="customer").table) == 20
     # a built-in table: its own target and id need no read; another target is checked
     check_dataset(DataConfig(name="churn"), "churn", tmp_path)
     with pytest.raises(DataError, match=r"datasets.mychurn: target 'churned' is not a column"):

@@ -52,8 +52,9 @@ def test_csv_inferred_and_declared(csv):
 
 
 def test_parquet_keeps_dtypes(tmp_path):
-    table = _customers().assign(plan=lambda t: pd.Categorical(t["plan"]),
-                                visits=lambda t: t["visits"].astype("int16"))
+    # without its id column `customer`, which as a category would be refused (every row differs)
+    table = _customers().drop(columns="customer").assign(
+        plan=lambda t: pd.Categorical(t["plan"]), visits=lambda t: t["visits"].astype("int16"))
     table.to_parquet(tmp_path / "c.parquet")
     ds = load_table(tmp_path / "c.parquet")
     assert ds.ids[0] == "row-00000" and ds.schema.id is None
@@ -91,14 +92,16 @@ def _within_one_of_proportional(strata: np.ndarray, split: np.ndarray, fraction_
 
 
 def test_splits_are_seeded_and_stratified(csv):
-    a = load_table(csv, target="churned", seed=3)
-    assert np.array_equal(a.split, load_table(csv, target="churned", seed=3).split)
-    assert not np.array_equal(a.split, load_table(csv, target="churned", seed=4).split)
+    a = load_table(csv, target="churned", id_column="customer", seed=3)
+    assert np.array_equal(a.split, load_table(csv, target="churned", id_column="customer",
+                                              seed=3).split)
+    assert not np.array_equal(a.split, load_table(csv, target="churned", id_column="customer",
+                                                  seed=4).split)
     fractions = {"val": 30 / 300, "test": 60 / 300}
     assert {s: int((a.split == s).sum()) for s in fractions} == {"val": 30, "test": 60}
     _within_one_of_proportional(a.table["churned"].to_numpy(), a.split, fractions)
     # a numeric target: stratified on its rank's quantile bins (300 rows: 10 bins of 30)
-    b = load_table(csv, target="spend", seed=3)
+    b = load_table(csv, target="spend", id_column="customer", seed=3)
     bins = (b.table["spend"].rank(method="first").to_numpy() - 1) * 10 // 300
     _within_one_of_proportional(bins, b.split, fractions)
     assert (b.split == "test").sum() == 60
@@ -123,7 +126,7 @@ def test_processed_folder_round_trip(csv, tmp_path):
 
 
 def test_processed_folder_guards(csv, tmp_path):
-    ds = load_table(csv, target="churned")
+    ds = load_table(csv, target="churned", id_column="customer")
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
@@ -135,7 +138,7 @@ def test_processed_folder_guards(csv, tmp_path):
     changed.loc[7, "spend"] = 1e6
     changed.to_parquet(out / "table.parquet", index=False)
     with pytest.raises(DataError, match=r"1 row\(s\) of table.parquet differ from manifest.csv, "
-                                        r"first id 'row-00007'"):
+                                        r"first id 'c0007'"):
         load_table_processed(out)
     (out / "schema.json").unlink()
     with pytest.raises(DataError, match="no schema.json"):
@@ -167,5 +170,5 @@ def test_a_declared_column_that_does_not_fit_is_named(csv):
     with pytest.raises(DataError, match=r"customers\.csv: .*column 'plan': value\(s\) \['pro'\]"):
         load_table(csv, schema={"columns": [
             {"name": "plan", "type": "categorical", "categories": ["basic"]},
-            {"name": "zip"}, {"name": "spend"}, {"name": "visits"}, {"name": "churned"},
-            {"name": "customer"}]})
+            {"name": "zip"}, {"name": "spend"}, {"name": "visits"}, {"name": "churned"}],
+            "id": "customer"})

@@ -23,6 +23,9 @@ Inference (`infer_schema`), one rule per dtype:
 - bool, category, object and string dtypes are categorical.  A category dtype keeps its own
   categories, order and `ordered` flag; other categories are sorted.  An object column must
   hold one kind of scalar (str, bool, int or float): a column mixing kinds is a DataError.
+  So is a column inferred categorical whose every value differs (2000 labels in 2000 rows; at
+  least 20 rows): no label recurs, so a model cannot learn it and decoding would copy rows.
+  Declare it the id column or drop it (a declared `type: categorical` is taken as meant).
 - integer dtypes (int8..uint64, Int64, ...) are integer, whatever their number of distinct
   values: a threshold would make a column's type depend on the sample's size (a 3-valued
   count in 100 rows, 40-valued in 50,000), and the quantile transform decodes a few-valued
@@ -54,8 +57,12 @@ from ..data_errors import DataError
 TYPES = ("numerical", "integer", "categorical")
 _COLUMN_KEYS = ("name", "type", "dtype", "nullable", "categories", "ordered", "min", "max")
 _SCHEMA_KEYS = ("columns", "target", "id")
-# a column whose every value differs is more likely an id than a category: said, not guessed
+# a column of this many categories is more likely an id or free text: said, not guessed
 _MANY_CATEGORIES = 100
+# a column inferred categorical whose every value differs (in at least this many rows) is
+# refused: no category recurs, so a model can only learn each row's own label and decoding
+# copies rows (an id column, or free text)
+_DISTINCT_ROWS_MIN = 20
 
 
 @dataclass(frozen=True)
@@ -249,7 +256,29 @@ def _scalar(name: str, value):
 
 # --- inference ----------------------------------------------------------------------------
 
-def _infer_column(name: str, series: pd.Series, target: bool = False) -> Column:
+def _infer_column(name: str, series: pd.Series, target: bool = False,
+                  declared_type: bool = False) -> Column:
+    """The column `series` is by the module docstring's rules; `declared_type`: the caller
+    declared its type (a categorical column of distinct values is then the user's choice)."""
+    column = _inferred_column(name, series, target)
+    if column.type == "categorical" and not declared_type:
+        _refuse_distinct(name, series)
+    return column
+
+
+def _refuse_distinct(name: str, series: pd.Series) -> None:
+    """DataError for a categorical column whose every non-null value differs (at least
+    _DISTINCT_ROWS_MIN of them): an id or free text, which no model can learn."""
+    values = series.dropna()
+    if len(values) >= _DISTINCT_ROWS_MIN and values.nunique() == len(values):
+        raise DataError(f"column {name!r} holds a different value in every row ({len(values)} "
+                        f"distinct of {len(values)}, e.g. {_plain(values.iloc[0])!r}): as a "
+                        "category no value recurs, so a model cannot learn it and decoding "
+                        "would copy rows; declare it the id column (data.id_column) or drop it "
+                        "from the table")
+
+
+def _inferred_column(name: str, series: pd.Series, target: bool = False) -> Column:
     dtype = series.dtype
     nullable = bool(series.isna().any())
     if len(series) and series.isna().all():  # nothing to learn a type, a range or a model from
@@ -354,7 +383,8 @@ def complete_schema(declared, df: pd.DataFrame, target: str | None = None,
     columns, filled = [], []
     for entry in entries:
         name = entry["name"]
-        inferred = (_infer_column(name, df[name], target=name == target)
+        inferred = (_infer_column(name, df[name], target=name == target,
+                                  declared_type="type" in entry)
                     if _needs_data(entry) else None)
         out = dict(entry)
         if "type" not in out:

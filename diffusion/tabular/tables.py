@@ -156,7 +156,7 @@ def _strata(df: pd.DataFrame, schema: TableSchema) -> np.ndarray | None:
 
 def load_table(source, schema=None, target: str | None = None, id_column: str | None = None,
                seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-               label: str | None = None, announce: bool = True) -> TableDataset:
+               label: str | None = None, announce: bool = True, sep: str = ",") -> TableDataset:
     """A table from `source` -- a .csv or .parquet path, or a built-in name ("diamonds",
     "churn") -- with its schema, split and ids.
 
@@ -167,8 +167,9 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
     not (a built-in's defaults: its target, id `rownames`).  The summary (`summary(label)`) is
     logged at INFO unless `announce` is False (a caller that prints it itself: once).
     `label`: how messages and the summary name the table (default: its path, else its
-    built-in name).  Raises DataError naming the file or column: unreadable file, unknown
-    extension, empty table, target or id not a column, id values null or repeated, a column
+    built-in name).  `sep`: what a CSV's fields are split on (data.sep).  Raises DataError
+    naming the file or column: unreadable file, unknown extension, a CSV read as one column
+    named with another delimiter, empty table, target or id not a column, id values null or repeated, a column
     that does not fit the schema, fractions that leave a split or train empty."""
     declared = schema
     if str(source) in BUILTINS:
@@ -178,7 +179,7 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
             target = target or builtin_target
             id_column = id_column or "rownames"
     try:
-        df, ingestion, name = read_source(source, declared)
+        df, ingestion, name = read_source(source, declared, sep)
     except DataError as exc:
         raise DataError(relabel(str(exc), label, str(source))) from None
     where = label or ingestion.get("path") or name

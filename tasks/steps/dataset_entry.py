@@ -39,7 +39,8 @@ def check_dataset(data: DataConfig, name: str, repo=".") -> None:
     to nothing, so that a bad entry is one immediate line rather than a failed DVC stage: its
     source (`data.path`, relative to `repo` as the stages read it) exists -- a folder, an .npz,
     a table file -- and a table reads as its format (a CSV's header and first row, a Parquet
-    file's footer), has a row and holds the target and id columns
+    file's footer; a CSV split on data.sep, not one column named with another delimiter), has a
+    row and holds the target and id columns
     (diffusion.tabular.table_files.check_source).  Nothing is hashed or read whole.
 
     Raises DataError naming the entry.  What only reading everything finds (a declared schema
@@ -53,7 +54,7 @@ def check_dataset(data: DataConfig, name: str, repo=".") -> None:
             from diffusion.tabular.table_files import check_source
 
             check_source(str(path) if path is not None else data.name, data.target,
-                         data.id_column, label=entry_label(name, data))
+                         data.id_column, label=entry_label(name, data), sep=data.sep)
         elif path is not None:
             from tasks.steps.data_fingerprint import source_files
 
