@@ -5,7 +5,8 @@
 How the estimate is computed: the time left is the sum, over the steps still to run, of how
 long each took the last time it ran in a finished flow run of the same profile -- the start
 and end of its nested MLflow step run (`recent_step_seconds`, tasks/adapters/tracking.py; a
-step that run took from the cache is timed from an earlier run).  It assumes each remaining
+step that run took from the cache, or whose run reused a finished checkpoint or student and
+so trained nothing, is timed from an earlier run).  It assumes each remaining
 step runs again (a cached one takes seconds) on a machine as busy as then.  A remaining step
 never timed makes it "at least ..."; with no finished run of the profile there is no
 estimate.  The first line says which flow run the timings come from.

@@ -88,7 +88,9 @@ def validate_data(dataset: dict, settings: dict, reference: dict | None,
 def train_teacher(cfg: Config, dataset: dict, work_dir: str,
                   parent_run_id: str | None = None) -> StepResult:
     """Train the teacher of `cfg` on the versioned `dataset` into `work_dir`/teacher, resuming
-    from its last checkpoint; loss points go to MLflow as `train/*`.  folders and weights:
+    from its last checkpoint (a step run that trained nothing, its checkpoint being finished, is
+    tagged tracking.REUSED_TAG: the time-left estimate never learns from it); loss points go to
+    MLflow as `train/*`.  folders and weights:
     {"teacher": ...}.  With train.nnodes x train.nproc_per_node > 1 the plain step trains in
     torchrun ranks and hands rank 0's points here, so this one run gets what a single-process
     run gets, plus the tag `rank_weights_sha256` (each rank's, equal) and every rank's log
@@ -99,7 +101,7 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
     with tracking.step_run("train_teacher", parent_run_id, {"dataset_md5": dataset["md5"]}) as run:
         mlflow.log_params(tracking.flatten({"model": cfg.model.model_dump(mode="json"),
                                             "train": cfg.train.model_dump(mode="json")}))
-        losses = tracking.metric_logger("train/")
+        losses = tracking.ReuseWatch(tracking.metric_logger("train/"))
         result = train(cfg, resume=True, on_log=losses, data_dir=dataset["path"],
                        dataset_md5=dataset["md5"])
         losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
@@ -125,8 +127,10 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
 def distill(cfg: Config, method: str, teacher_dir: str, teacher_sha256: str, dataset: dict,
             work_dir: str, parent_run_id: str | None = None) -> StepResult:
     """Distil the teacher at `teacher_dir` (weights `teacher_sha256`) with `method` into `work_dir`; every student (each progressive
-    round's) is logged with its sample grid.  folders and weights: one entry per student,
-    named as the evaluation table names it ('consistency', 'progressive-4', ...)."""
+    round's) is logged with its sample grid.  A finished student made from the same inputs is
+    reused (the step run tagged tracking.REUSED_TAG when every one was).  folders and weights:
+    one entry per student, named as the evaluation table names it ('consistency',
+    'progressive-4', ...)."""
     from diffusion.evaluation import student_name
     from diffusion.model import read_spec
     from tasks.steps.distill import distill_sampler
@@ -135,7 +139,7 @@ def distill(cfg: Config, method: str, teacher_dir: str, teacher_sha256: str, dat
     with tracking.step_run(step, parent_run_id, {"method": method}) as run:
         mlflow.log_params(tracking.flatten(getattr(cfg.distill, method).model_dump(mode="json"),
                                            f"{method}."))
-        losses = tracking.metric_logger(f"{method}/")
+        losses = tracking.ReuseWatch(tracking.metric_logger(f"{method}/"))
         students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir,
                                    resume=True, on_log=losses, data_dir=dataset["path"],
                                    dataset_md5=dataset["md5"])

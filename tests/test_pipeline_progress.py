@@ -74,3 +74,77 @@ def test_the_core_logger_gets_prefects_handlers_for_extra_loggers_once():
     finally:
         extra.removeHandler(handler)
         core.removeHandler(handler)
+
+
+# --- where the earlier durations come from (tasks/adapters/tracking.py) -----------------------
+
+def _flow_run(client, experiment_id, start_ms, steps, reused=()):
+    """A finished flow run of profile `quick` with one finished nested run per step of `steps`
+    (name -> seconds), those in `reused` tagged as having reused a finished result."""
+    from tasks.adapters.tracking import REUSED_TAG
+
+    parent = client.create_run(experiment_id, start_time=start_ms, tags={"profile": "quick"},
+                               run_name=f"flow-{start_ms}")
+    end = start_ms
+    for step, seconds in steps.items():
+        tags = {"mlflow.parentRunId": parent.info.run_id, "step": step,
+                **({REUSED_TAG: "true"} if step in reused else {})}
+        child = client.create_run(experiment_id, start_time=end, tags=tags)
+        end += int(seconds * 1000)
+        client.set_terminated(child.info.run_id, end_time=end)
+    client.set_terminated(parent.info.run_id, end_time=end)
+
+
+def test_the_estimate_never_learns_from_a_step_that_reused_a_finished_result(tmp_path, monkeypatch):
+    """The trial's case: a run whose teacher resumed its finished checkpoint (2 s) and whose
+    student was the finished one (1 s) made the next run's estimate 15 s for a 3-minute run."""
+    import mlflow
+
+    from tasks.adapters.tracking import recent_step_seconds
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("progress")
+        full = {"prepare_dataset": 6, "validate_data": 4, "train_teacher": 90,
+                "distill_consistency": 80, "evaluate": 10, "register_model": 2, "promote": 1}
+        _flow_run(client, experiment, 1_000_000, full)
+        # later: every model step from Prefect's cache (no nested run), then a rerun that
+        # trained nothing because the finished results were there
+        _flow_run(client, experiment, 2_000_000, {"prepare_dataset": 3, "validate_data": 4,
+                                                  "register_model": 1, "promote": 1})
+        _flow_run(client, experiment, 3_000_000, {**full, "train_teacher": 2,
+                                                  "distill_consistency": 1},
+                  reused={"train_teacher", "distill_consistency"})
+        seconds, source = recent_step_seconds(experiment, "quick")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert source == "flow-3000000"
+    assert seconds["train_teacher"] == 90 and seconds["distill_consistency"] == 80, seconds
+    assert seconds["evaluate"] == 10 and seconds["prepare_dataset"] == 6, seconds
+
+
+def test_a_step_that_logged_no_training_point_is_tagged_reused(tmp_path, monkeypatch):
+    import mlflow
+
+    from tasks.adapters.tracking import REUSED_TAG, ReuseWatch, metric_logger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        tags = {}
+        for trained in (True, False):
+            with mlflow.start_run() as run:
+                watch = ReuseWatch(metric_logger("train/"))
+                if trained:
+                    watch(1, {"loss": 0.5})
+                watch.close()
+            tags[trained] = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert REUSED_TAG not in tags[True] and tags[False][REUSED_TAG] == "true", tags

@@ -41,6 +41,9 @@ if not is_terminal(sys.stderr):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# on a step run that trained nothing (a finished checkpoint or student reused): its seconds
+# are not how long the step takes, so recent_step_seconds never learns from it
+REUSED_TAG = "reused_finished_result"
 MAX_PARAM_LENGTH = 500  # MLflow's limit on a param value (6000 on recent servers); keep it short
 
 
@@ -143,6 +146,24 @@ def metric_logger(prefix: str = "", run_id: Optional[str] = None) -> MetricLogge
     return logger
 
 
+class ReuseWatch:
+    """An `on_log(step, metrics)` callback that hands every point to `logger` (a MetricLogger)
+    and counts them; `close()` closes the logger and, when no point came (no optimiser step
+    ran: the step reused a finished result), tags the logger's run REUSED_TAG = "true"."""
+
+    def __init__(self, logger: MetricLogger):
+        self.logger, self.points = logger, 0
+
+    def __call__(self, step: int, metrics: dict[str, Any]) -> None:
+        self.points += 1
+        self.logger(step, metrics)
+
+    def close(self) -> None:
+        self.logger.close()
+        if not self.points:
+            mlflow_call(mlflow.MlflowClient().set_tag, self.logger.run_id, REUSED_TAG, "true")
+
+
 def log_json(data: Any, artifact_file: str) -> None:
     mlflow.log_dict(json.loads(json.dumps(data, default=str)), artifact_file)
 
@@ -208,7 +229,9 @@ def recent_step_seconds(experiment_id: str, profile: str, runs: int = 5
     """How long each step took when it last ran, in seconds by step name, from the nested
     step runs (start to end) of the newest FINISHED flow runs of `profile` in the experiment
     (parent runs tagged `profile`), newest first, at most `runs` of them: a step that a flow
-    run took from the cache has no nested run under it and is timed from an earlier one.
+    run took from the cache has no nested run under it, and one whose run reused a finished
+    result (tagged REUSED_TAG) took seconds that say nothing of the work: either is timed
+    from an earlier flow run, or not at all.
     Also returns the newest flow run's name (None when there is none).  A tracking server
     that does not answer gives ({}, None): this is an estimate, never a reason to fail."""
     client = mlflow.MlflowClient()
@@ -223,6 +246,8 @@ def recent_step_seconds(experiment_id: str, profile: str, runs: int = 5
                 max_results=100)
             for child in children:
                 step, info = child.data.tags.get("step"), child.info
+                if child.data.tags.get(REUSED_TAG) == "true":
+                    continue
                 if step and step not in seconds and info.status == "FINISHED" and info.end_time:
                     seconds[step] = (info.end_time - info.start_time) / 1000
     except Exception:  # noqa: BLE001 - see the docstring
