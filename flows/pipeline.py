@@ -6,7 +6,9 @@
 MLflow gets one parent run per flow run and a nested run per step; Prefect gets a markdown
 summary. Steps are cached on their inputs (settings, dataset md5, the sha256 of every model's
 weights they consume) and the code they run (tasks/prefect_tasks.py), so a rerun skips only
-what nothing has changed for; `refresh=True` recomputes everything.
+what nothing has changed for; `refresh=True` recomputes everything: no step comes from the
+cache, and the teacher and students train again from step 0 rather than resume a finished
+checkpoint or reuse a finished student.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         # here would otherwise be what the next version is compared with
         save_reference(settings.data_bucket, cfg.dataset, validation.details["statistics"])
 
-        train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid)
+        train_args = dict(cfg_json=cfg_json, dataset=dataset, work_dir=str(work), parent_run_id=pid,
+                          fresh=refresh)
         teacher = steps.train_teacher_task.with_options(**opts)(**train_args)
         teacher = _fresh(steps.train_teacher_task, teacher, **train_args)
         step_done(progress, teacher, pid)
@@ -143,7 +146,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
             args = dict(cfg_json=cfg_json, method=method, teacher_dir=teacher.folders["teacher"],
                         teacher_sha256=teacher.weights["teacher"], dataset=dataset,
                         work_dir=str(work / "students" / teacher.weights["teacher"][:12]),
-                        parent_run_id=pid)
+                        parent_run_id=pid, fresh=refresh)
             students = steps.distill_task.with_options(**opts)(**args)
             students = _fresh(steps.distill_task, students, **args)
             step_done(progress, students, pid)

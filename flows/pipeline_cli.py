@@ -199,7 +199,10 @@ def register(app: typer.Typer) -> None:
             set_: Optional[list[str]] = SetOpt,
             repo: Path = typer.Option(Path("."), help="The git + DVC repo holding params.yaml and dvc.yaml."),
             refresh: bool = typer.Option(False, "--refresh",
-                                         help="Recompute every step instead of reusing cached results.")):
+                                         help="Recompute every step instead of reusing cached results: the teacher and "
+                                              "students train again from step 0 (no finished checkpoint or "
+                                              "student is reused) and the evaluation is scored again (its feature "
+                                              "extractor, keyed by the dataset's content, is still reused).")):
         """Run the training pipeline once: dataset -> gate -> teacher -> students -> evaluation ->
         registry -> promotion + S3 release. Prints the outcome and where to look at it."""
         if not repo.is_dir():

@@ -48,7 +48,8 @@ class ProjectCode(CachePolicy):
 
 
 def cached(step: str) -> CachePolicy:
-    return (INPUTS + TASK_SOURCE + ProjectCode(step=step)) - "parent_run_id"
+    # `fresh` (the flow's refresh) says how to compute, not what: it keys nothing
+    return (INPUTS + TASK_SOURCE + ProjectCode(step=step)) - "parent_run_id" - "fresh"
 
 
 def pipeline_code() -> dict[str, str]:
@@ -93,20 +94,23 @@ def validate_data_task(dataset: dict, settings: dict, reference: dict | None,
       retry_condition_fn=retry_may_help, cache_policy=cached("train"), persist_result=True,
       result_serializer=JSON)
 def train_teacher_task(cfg_json: dict, dataset: dict, work_dir: str,
-                       parent_run_id: str | None = None) -> StepResult:
-    """The teacher; a retry resumes from the last checkpoint."""
+                       parent_run_id: str | None = None, fresh: bool = False) -> StepResult:
+    """The teacher; a retry resumes from the last checkpoint.  `fresh`: train from step 0
+    even where a checkpoint of the same inputs exists (the flow's refresh)."""
     return tracked_steps.train_teacher(Config.model_validate(cfg_json), dataset, work_dir,
-                                       parent_run_id)
+                                       parent_run_id, fresh=fresh)
 
 
 @task(name="distill-sampler", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,
       retry_condition_fn=retry_may_help, cache_policy=cached("distill"), persist_result=True,
       result_serializer=JSON)
 def distill_task(cfg_json: dict, method: str, teacher_dir: str, teacher_sha256: str,
-                 dataset: dict, work_dir: str, parent_run_id: str | None = None) -> StepResult:
-    """The students of `method`; `teacher_sha256` (the teacher's weights) keys the cache."""
+                 dataset: dict, work_dir: str, parent_run_id: str | None = None,
+                 fresh: bool = False) -> StepResult:
+    """The students of `method`; `teacher_sha256` (the teacher's weights) keys the cache.
+    `fresh`: distil again from step 0 even where a finished student of the same inputs exists."""
     return tracked_steps.distill(Config.model_validate(cfg_json), method, teacher_dir,
-                                 teacher_sha256, dataset, work_dir, parent_run_id)
+                                 teacher_sha256, dataset, work_dir, parent_run_id, fresh=fresh)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=3 * HOUR,

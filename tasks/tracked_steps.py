@@ -86,10 +86,10 @@ def validate_data(dataset: dict, settings: dict, reference: dict | None,
 
 
 def train_teacher(cfg: Config, dataset: dict, work_dir: str,
-                  parent_run_id: str | None = None) -> StepResult:
+                  parent_run_id: str | None = None, fresh: bool = False) -> StepResult:
     """Train the teacher of `cfg` on the versioned `dataset` into `work_dir`/teacher, resuming
-    from its last checkpoint (a step run that trained nothing, its checkpoint being finished, is
-    tagged tracking.REUSED_TAG: the time-left estimate never learns from it); loss points go to
+    from its last checkpoint (`fresh`: from step 0, its checkpoints overwritten; a step run that
+    trained nothing, its checkpoint being finished, is tagged tracking.REUSED_TAG: the time-left estimate never learns from it); loss points go to
     MLflow as `train/*`.  folders and weights:
     {"teacher": ...}.  With train.nnodes x train.nproc_per_node > 1 the plain step trains in
     torchrun ranks and hands rank 0's points here, so this one run gets what a single-process
@@ -102,7 +102,7 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
         mlflow.log_params(tracking.flatten({"model": cfg.model.model_dump(mode="json"),
                                             "train": cfg.train.model_dump(mode="json")}))
         losses = tracking.ReuseWatch(tracking.metric_logger("train/"))
-        result = train(cfg, resume=True, on_log=losses, data_dir=dataset["path"],
+        result = train(cfg, resume=not fresh, on_log=losses, data_dir=dataset["path"],
                        dataset_md5=dataset["md5"])
         losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
         metrics = {"parameters": float(result.parameters), "final_loss": float(result.result.loss),
@@ -125,10 +125,11 @@ def train_teacher(cfg: Config, dataset: dict, work_dir: str,
 
 
 def distill(cfg: Config, method: str, teacher_dir: str, teacher_sha256: str, dataset: dict,
-            work_dir: str, parent_run_id: str | None = None) -> StepResult:
+            work_dir: str, parent_run_id: str | None = None, fresh: bool = False) -> StepResult:
     """Distil the teacher at `teacher_dir` (weights `teacher_sha256`) with `method` into `work_dir`; every student (each progressive
     round's) is logged with its sample grid.  A finished student made from the same inputs is
-    reused (the step run tagged tracking.REUSED_TAG when every one was).  folders and weights:
+    reused (the step run tagged tracking.REUSED_TAG when every one was) unless `fresh`: then
+    every student is distilled again from step 0.  folders and weights:
     one entry per student, named as the evaluation table names it ('consistency',
     'progressive-4', ...)."""
     from diffusion.evaluation import student_name
@@ -141,7 +142,7 @@ def distill(cfg: Config, method: str, teacher_dir: str, teacher_sha256: str, dat
                                            f"{method}."))
         losses = tracking.ReuseWatch(tracking.metric_logger(f"{method}/"))
         students = distill_sampler(cfg, method, teacher_dir, out_dir=work_dir,
-                                   resume=True, on_log=losses, data_dir=dataset["path"],
+                                   resume=not fresh, on_log=losses, data_dir=dataset["path"],
                                    dataset_md5=dataset["md5"])
         losses.close()  # every point in MLflow before the step goes on, or ServerUnavailable
         folders, weights = {}, {}

@@ -265,8 +265,13 @@ def test_unchanged_rerun_hits_the_cache_and_refresh_does_not(first, repo):
     same = f"nothing: {MODEL} version {champion().version}, the champion, was made from the same inputs"
     assert again["registered"].startswith(same), again
     assert again["promotion"] == "none: nothing was registered; the champion stays", again
-    fresh = outcome(run("run", "--repo", repo, *WEAK, "--refresh", cwd=repo))
+    refreshed = run("run", "--repo", repo, *WEAK, "--refresh", cwd=repo)
+    fresh = outcome(refreshed)
     assert fresh["cached"].startswith("no step"), fresh
+    # "recompute" means it: the teacher and the students train again from step 0, not resume
+    # the finished checkpoint or reuse the finished student of the same inputs
+    said = refreshed.stdout + refreshed.stderr
+    assert "resuming from" not in said and "reusing the finished" not in said, said[-3000:]
     # recomputed on the CPU from the same seeds, data and code: bit-identical, still the champion
     assert fresh["registered"].startswith(same), fresh
     assert {v.version for v in versions()} == before
