@@ -30,7 +30,7 @@ from infra.health import http_ok, wait_healthy, wait_until
 from infra.layout import StateLayout
 from infra.postgres import STOP_SIGNAL as POSTGRES_STOP_SIGNAL
 from infra.postgres import PostgresServer
-from infra.preflight import check_ports
+from infra.preflight import check_new_stack_ports, check_ports
 from infra.processes import (Memory, PidRecord, finish_stop, group_memory, is_running, read_pid_file,
                              signal_group, spawn, write_pid_file)
 from infra.readiness import readiness_probe
@@ -89,7 +89,9 @@ class Stack:
         experiment search and lists its artifact root; Prefect reaches its database and
         answers a flows query.
 
-        Raises StackError, before anything starts, when a port is taken by another program;
+        Raises StackError, before anything starts, when ports are taken by another program
+        (every taken public port in one message; for a folder that holds no stack yet, before
+        anything is written there: no folders, no credentials);
         and, after stopping what this call started, when a server is not ready within
         `timeout` seconds (the message names the server and shows its log's tail), or when the
         S3 store no longer holds its readiness object (data lost).
@@ -106,6 +108,8 @@ class Stack:
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; the stack has {self.services}")
         self._check_kind()
+        if not self.layout.holds_stack():   # nothing created before the ports are known free
+            check_new_stack_ports(self.settings, services)
         t0 = time.monotonic()
         deadline = t0 + timeout
         self.layout.make_dirs()

@@ -198,8 +198,8 @@ def test_port_taken_by_another_program_stops_before_anything_starts(tmp_path):
         message = str(info.value)
         assert f"port {settings.mlflow_port} (mlflow) on 127.0.0.1 is in use by another program" in message
         assert "--mlflow-port / DMOPS_MLFLOW_PORT" in message
-        layout = StateLayout(settings.state_dir.resolve())
-        assert list(layout.pids.iterdir()) == []
+        # a new stack's folder gets nothing (no folders, no credentials) before the ports are free
+        assert not settings.state_dir.exists()
         assert not port_in_use(settings.host, settings.s3_port)   # SeaweedFS was not started
 
         cli = stack_cli("up", "--state-dir", str(settings.state_dir), "--s3-port", str(settings.s3_port),
@@ -207,6 +207,34 @@ def test_port_taken_by_another_program_stops_before_anything_starts(tmp_path):
     assert cli.returncode == 1
     assert cli.stderr.startswith(f"error: port {settings.mlflow_port} (mlflow)")
     assert len(cli.stderr.strip().splitlines()) == 1 and "Traceback" not in cli.stderr
+
+
+def test_every_taken_port_is_named_in_one_message_and_nothing_is_created(tmp_path):
+    """The trial's case: 8333, 5000 and 4200 all taken, `dmops up` named only 8333 and had
+    written the state folder with its credentials."""
+    settings = fresh_settings(tmp_path)
+    ports = {"seaweedfs": settings.s3_port, "mlflow": settings.mlflow_port,
+             "prefect": settings.prefect_port}
+    others = [socket.socket() for _ in ports]
+    try:
+        for other, port in zip(others, ports.values()):
+            other.bind((settings.host, port))
+            other.listen()
+        with pytest.raises(StackError) as info:
+            Stack(settings).up()
+        cli = stack_cli("up", "--state-dir", str(settings.state_dir), "--s3-port", str(settings.s3_port),
+                        "--mlflow-port", str(settings.mlflow_port), "--prefect-port", str(settings.prefect_port))
+    finally:
+        for other in others:
+            other.close()
+    named = ", ".join(f"{port} ({name})" for name, port in ports.items())
+    assert str(info.value).startswith(f"ports {named} on 127.0.0.1 are in use by other programs"), info.value
+    for option in ("--s3-port / DMOPS_S3_PORT", "--mlflow-port / DMOPS_MLFLOW_PORT",
+                   "--prefect-port / DMOPS_PREFECT_PORT"):
+        assert option in str(info.value)
+    assert cli.returncode == 1 and cli.stderr.startswith(f"error: ports {named}"), cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and "Traceback" not in cli.stderr
+    assert not settings.state_dir.exists()   # neither up() nor the CLI wrote anything
 
 
 def test_bad_port_in_environment_is_named(monkeypatch):
