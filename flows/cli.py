@@ -13,6 +13,7 @@ environment missing (tests/test_cli_exit_codes.py).  Both print one `error: ...`
 from __future__ import annotations
 
 import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -90,10 +91,47 @@ def _versioned_dataset(config: Path, profile: Optional[str], overrides: Optional
 @app.command()
 def config(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
            set_: Optional[list[str]] = SetOpt):
-    """Print the effective, validated configuration (after profile and overrides) as YAML."""
+    """Print the effective, validated configuration (after profile and overrides) as YAML.
+    Settings that do not apply to the dataset's kind (a table's image sizes and pixel range, an
+    image set's table columns) are left out, and a comment at the top names them."""
     with _friendly_errors():
         cfg = _load(config, profile, set_, None)
-        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        shown, left_out = applicable_settings(cfg.model_dump(mode="json"), cfg.data.is_table)
+        kind = "a table" if cfg.data.is_table else "not a table"
+        name = cfg.dataset or cfg.data.name
+        if left_out:
+            typer.echo(f"# dataset {name} is {kind}; left out, as they do not apply to it:")
+            typer.echo("\n".join(textwrap.wrap(", ".join(left_out), 94,
+                                                initial_indent="#   ", subsequent_indent="#   ",
+                                                break_on_hyphens=False)))
+        typer.echo(yaml.safe_dump(shown, sort_keys=False))
+
+
+# settings that one kind of dataset never reads (section path -> keys): `dmops config` leaves
+# them out for it (diffusion/data_settings.py; tasks/adapters/gx/table_settings.py: a table's
+# gate reads min_rows, max_duplicate_fraction and its own `table` section only)
+UNUSED_BY_TABLES = {("data",): ("image_size", "channels", "background", "fit", "n"),
+                    ("pipeline", "validate_data"): ("value_low", "value_high", "max_class_ratio",
+                                                    "drift_tolerance", "max_label_kl",
+                                                    "expected_shape", "max_skipped_files")}
+UNUSED_BY_OTHERS = {("data",): ("columns", "target", "id_column", "categorical", "sep"),
+                    ("pipeline", "validate_data"): ("table",)}
+
+
+def applicable_settings(settings: dict, is_table: bool) -> tuple[dict, list[str]]:
+    """(`settings` without the keys its dataset kind never reads, those keys as dotted names)."""
+    import copy
+
+    shown, left_out = copy.deepcopy(settings), []
+    for path, keys in (UNUSED_BY_TABLES if is_table else UNUSED_BY_OTHERS).items():
+        section = shown
+        for part in path:
+            section = section.get(part, {})
+        for key in keys:
+            if key in section:
+                del section[key]
+                left_out.append(".".join((*path, key)))
+    return shown, left_out
 
 
 @app.command()
@@ -109,8 +147,16 @@ def prepare(config: Path = ConfigOpt, profile: Optional[str] = ProfileOpt,
                 None, help="The source fingerprint `dmops fingerprint` wrote (the DVC stage passes "
                            "it): refuse a source that no longer matches it.")):
     """Load and validate the dataset in use (`dataset`, an entry of `datasets`: pick another with
-    --set dataset=<name>); write arrays + manifest to ROOT/<name>/ (DVC's stage prepare@<name>).
-    Prints how many files were read, skipped (by reason) and altered (by kind)."""
+    --set dataset=<name>) and write it to ROOT/<name>/ (DVC's stage prepare@<name>): images and
+    points as arrays + manifest, a table as table.parquet + schema.json + manifest.csv.
+    Prints how many files were read, skipped (by reason) and altered (by kind); for a table,
+    its schema.
+
+    A table is an entry with name: table, path: a .csv or .parquet file, and optionally
+    target (the column splits are stratified on), id_column (kept, never modelled), columns
+    (a list of {name, type: numerical | integer | categorical}; left out: inferred and printed),
+    categorical (analog_bits | onehot: how categories are encoded) and sep (a CSV's delimiter);
+    the built-in tables are name: churn and name: diamonds (README, "Tables")."""
     if fingerprint is not None:
         check_exists(fingerprint, "--fingerprint", "the source fingerprint",
                      "write it with `dmops fingerprint`, or leave the option out")
@@ -286,7 +332,7 @@ def sample(model_dir: Optional[Path] = ModelDirOpt, model: Optional[str] = Regis
            n: int = typer.Option(64, "--n", min=1, help="Number of samples."),
            seed: int = typer.Option(0, "--seed", min=0, max=2**64 - 1,
                                    help="Seed of the starting noise (0 .. 2^64-1, torch's range)."),
-           sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | heun | consistency "
+           sampler: Optional[str] = typer.Option(None, help="ddpm | ddim | dpmpp_2m | ipndm | heun | consistency "
                                                  "(default: the model's; distilled students carry theirs)."),
            steps: Optional[int] = typer.Option(None, min=1, help="Sampler steps (default: the model's)."),
            device: str = typer.Option("cpu", help="cpu or cuda.")):

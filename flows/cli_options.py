@@ -25,8 +25,10 @@ except ImportError:  # pragma: no cover - older Typer
 
 ConfigOpt = typer.Option(Path("params.yaml"), "--config", "-c", help="Config file (params.yaml).")
 ProfileOpt = typer.Option(None, "--profile", "-p",
-                          help="Named profile from the config, e.g. quick (2 CPU cores) or full "
-                               "(GPU). Default: the file's `profile` key.")
+                          help="Named profile from the config (params.yaml's `profiles`): quick "
+                               "(digits on 2 CPU cores), churn and diamonds (the built-in tables on "
+                               "2 CPU cores), full (GPU), tiny (tests: seconds). Default: the "
+                               "file's `profile` key.")
 SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
                       help="Override one setting (repeatable), e.g.\n\n\b\n--set train.steps=200")
 MODEL_DIR_HELP = "A model on this machine: a model folder, a training run folder or a checkpoint folder."
