@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from diffusion.evaluation_settings import sampling_rate
 from tasks.step_result import StepResult
-from tasks.table_rows import SHOWN, served_and_floor, served_setting, utility_note
+from tasks.table_rows import served_and_floor, served_setting, shown, utility_note
 
 
 def _row(cells) -> str:
@@ -24,10 +24,10 @@ def _rows_section(challenger: StepResult) -> list[str]:
     if not served:
         return lines + ["Its rows were not scored."]
     lines += [_row(["score", "served rows", "floor (held-out real rows)"]), _row(["---"] * 3)]
-    for key, label in SHOWN:
-        if key in served:
-            shown_floor = f"{floor[key]:.3f}" if key in floor else "-"
-            lines.append(_row([label, f"{served[key]:.3f}", shown_floor]))
+    floors = {key: value for key, _, value, _ in shown(floor)}
+    for key, label, value, note in shown(served):   # the pair trends' note: how many pairs
+        shown_floor = f"{floors[key]:.3f}" if key in floors else "-"
+        lines.append(_row([f"{label} ({note})" if note else label, f"{value:.3f}", shown_floor]))
     note = utility_note(served)
     if note is not None:
         lines += ["", note]

@@ -11,9 +11,92 @@ from __future__ import annotations
 import numbers
 
 # the rows scores a reader looks at first, in the order a data scientist reads them, with their
-# short names (a progress line, the summary; the card spells each out)
+# short names (a progress line, the summary; the card spells each out).  `utility_ratio` is the
+# AUC ratio for a classification target and the R^2 ratio for a regression target (`label`
+# says which); `utility_f1_ratio` (classification) sits beside it: the AUC ratio ranks rows, the
+# F1 ratio says how well the rarer class is found, and the two can disagree (0.93 against 0.54)
 SHOWN = (("column_shapes", "column shapes"), ("column_pair_trends", "pair trends"),
-         ("utility_ratio", "utility"), ("detection_auc", "detection AUC"), ("dcr_ratio", "DCR ratio"))
+         ("utility_ratio", "utility"), ("utility_f1_ratio", "F1 ratio"),
+         ("detection_auc", "detection AUC"), ("dcr_ratio", "DCR ratio"))
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def f1_ratio(metrics: dict) -> float | None:
+    """F1 of the synthetic-trained model over the real-trained one's (`utility_f1` /
+    `utility_f1_real`), or None without both or with a real-trained F1 of 0."""
+    if _number(metrics.get("utility_f1_ratio")):
+        return float(metrics["utility_f1_ratio"])
+    f1, real = metrics.get("utility_f1"), metrics.get("utility_f1_real")
+    if not (_number(f1) and _number(real)) or real <= 0:
+        return None
+    return float(f1) / float(real)
+
+
+def with_derived(metrics: dict, n_columns: int) -> dict:
+    """One rows score dict (diffusion/tabular/metrics.py) with what it does not hold itself:
+    `column_pairs`, the number of column pairs of `n_columns` described columns (the pair-trend
+    score is the mean over `column_pair_trends_pairs` of them, the related ones), and
+    `utility_f1_ratio` (`f1_ratio`) for a classification target."""
+    out = {**metrics, "column_pairs": float(n_columns * (n_columns - 1) // 2)}
+    ratio = f1_ratio(out)
+    if ratio is not None:
+        out["utility_f1_ratio"] = ratio
+    return out
+
+
+def utility_measure(metrics: dict) -> str | None:
+    """'AUC' (classification) or 'R^2' (regression): what `utility_ratio` is a ratio of, by
+    the scores beside it; None when they do not say."""
+    if any(k in metrics for k in ("utility_auc", "utility_auc_real")):
+        return "AUC"
+    if any(k in metrics for k in ("utility_r2", "utility_r2_real")):
+        return "R^2"
+    return None
+
+
+def label(key: str, metrics: dict) -> str:
+    """The short name of rows score `key` (one of SHOWN) for `metrics`: 'utility (AUC ratio)'
+    or 'utility (R^2 ratio)' for utility_ratio, SHOWN's name otherwise."""
+    measure = utility_measure(metrics) if key == "utility_ratio" else None
+    return f"utility ({measure} ratio)" if measure else dict(SHOWN)[key]
+
+
+def pairs_note(metrics: dict) -> str | None:
+    """'8 of 190 pairs': how many column pairs the pair-trend score is the mean of (the related
+    ones, SDMetrics' rule) out of all (`column_pairs`, when recorded); a score of no pair says
+    it is the column shapes' score; None when the count was not recorded."""
+    counted = metrics.get("column_pair_trends_pairs")
+    if not _number(counted):
+        return None
+    counted = int(counted)
+    total = metrics.get("column_pairs")
+    of = f" of {int(total)}" if _number(total) else ""
+    if counted == 0:
+        if _number(total) and int(total) == 0:
+            return "no column pairs: the column shapes' score"
+        return f"0{of} pairs scored: the column shapes' score"
+    return f"{counted}{of} pair{'' if counted == 1 and not of else 's'}"
+
+
+def shown(metrics: dict) -> list[tuple[str, str, float, str | None]]:
+    """The rows scores of one score dict (<metric>: value) a reader is shown, in SHOWN's order:
+    (key, label, value, note) with the pair count as the pair trends' note (`pairs_note`);
+    the F1 ratio derived when only its two F1 scores were recorded."""
+    metrics = dict(metrics)
+    ratio = f1_ratio(metrics)
+    if ratio is not None:
+        metrics["utility_f1_ratio"] = ratio
+    return [(key, label(key, metrics), float(metrics[key]),
+             pairs_note(metrics) if key == "column_pair_trends" else None)
+            for key, _ in SHOWN if _number(metrics.get(key))]
+
+
+def scores_text(metrics: dict) -> list[str]:
+    """'column shapes 0.973', 'pair trends 0.979 (8 of 190 pairs)', 'utility (AUC ratio)
+    0.933', 'F1 ratio 0.539', ...: the progress line's items."""
+    return [f"{name} {value:.3f}" + (f" ({note})" if note else "")
+            for _, name, value, note in shown(metrics)]
 
 
 def utility_note(metrics: dict) -> str | None:
@@ -42,15 +125,21 @@ def served_and_floor(metrics: dict) -> tuple[dict, dict]:
 
 
 def rows_line(metrics: dict) -> str | None:
-    """'column shapes 0.973 (floor 0.960), pair trends ...': the served rows' scores beside the
-    floor's, from a registered version's metrics (table_<metric>, table_floor_<metric>), in
-    one line for the end of `dmops run`; None when no rows were scored (not a table)."""
+    """'column shapes 0.973 (floor 0.960), pair trends 0.972 (8 of 190 pairs; floor 0.973),
+    utility (AUC ratio) 0.933 (floor 0.946), F1 ratio 0.539 (floor 0.602), ...': the served
+    rows' scores beside the floor's, from a registered version's metrics (table_<metric>,
+    table_floor_<metric>), in one line for the end of `dmops run`; None when no rows were
+    scored (not a table)."""
     served, floor = served_and_floor(metrics)
     if not served:
         return None
-    parts = [f"{label} {float(served[key]):.3f}"
-             + (f" (floor {float(floor[key]):.3f})" if key in floor else "")
-             for key, label in SHOWN if key in served]
+    floors = {key: value for key, _, value, _ in shown(floor)}
+    parts = []
+    for key, name, value, note in shown(served):
+        notes = [note] if note else []
+        if key in floors:
+            notes.append(f"floor {floors[key]:.3f}")
+        parts.append(f"{name} {value:.3f}" + (f" ({'; '.join(notes)})" if notes else ""))
     note = utility_note(served)
     return ", ".join(parts + ([note] if note else []))
 

@@ -163,3 +163,53 @@ def test_the_registered_models_description_speaks_of_rows(table_spec, tmp_path):
     columns = len(table_spec.data.table["schema"]["columns"])
     assert f"(rows of {columns} columns, drawn as vectors of {table_spec.shape[0]} numbers)" in text
     assert not IMAGE_WORDS.search(text) and "samples of shape" not in text
+
+
+# the trial's churn run (issue 13): an AUC ratio of 0.93 beside an F1 of 0.44 against 0.82, and
+# pair trends over 8 of its 190 column pairs
+CHURN = {"table_utility_ratio": 0.9335, "table_utility_auc": 0.8642, "table_utility_auc_real": 0.9258,
+         "table_utility_f1": 0.4423, "table_utility_f1_real": 0.8207,
+         "table_floor_utility_ratio": 0.9459, "table_floor_utility_auc": 0.8559,
+         "table_floor_utility_f1": 0.5149, "table_floor_utility_f1_real": 0.8548,
+         "table_column_pair_trends": 0.9722, "table_column_pair_trends_pairs": 8.0,
+         "table_column_pairs": 190.0, "table_floor_column_pair_trends": 0.9726,
+         "table_floor_column_pair_trends_pairs": 8.0, "table_floor_column_pairs": 190.0}
+
+
+def test_utility_is_named_an_auc_ratio_with_the_f1_ratio_beside_it_wherever_it_is_shown(table_spec):
+    from tasks.table_rows import rows_line
+
+    line = rows_line(CHURN)
+    assert "utility (AUC ratio) 0.933 (floor 0.946), F1 ratio 0.539 (floor 0.602)" in line, line
+    summary = _summary({**EVALUATION, **CHURN}).split("## Rows of the served model", 1)[1]
+    assert "| utility (AUC ratio) | 0.933 | 0.946 |" in summary
+    assert "| F1 ratio | 0.539 | 0.602 |" in summary
+    rows = model_card("m", "1", {**EVALUATION, **CHURN}, {}, spec=table_spec).split("## Rows", 1)[1]
+    assert "| utility (AUC ratio): synthetic-trained / real-trained model on held-out rows | 0.9335 | 0.9459 |" in rows
+    assert "| utility (F1 ratio): F1 of the synthetic-trained / real-trained model | 0.5389 | 0.6024 |" in rows
+    served = {k.removeprefix("table_"): v for k, v in CHURN.items() if "floor" not in k}
+    assert "utility (AUC ratio) 0.933, F1 ratio 0.539 (2 s)" in _line("consistency", served, 2.0)
+    # a regression target: the R^2 ratio, and no F1
+    regression = {"table_utility_ratio": 0.9704, "table_utility_r2": 0.9516, "table_utility_r2_real": 0.9807}
+    assert rows_line(regression) == "utility (R^2 ratio) 0.970"
+    card = model_card("m", "1", {**EVALUATION, **regression}, {}, spec=table_spec)
+    assert "| utility (R^2 ratio): synthetic-trained / real-trained model on held-out rows | 0.9704 | - |" in card
+    assert "F1 ratio" not in card
+
+
+def test_pair_trends_say_how_many_of_the_column_pairs_they_rest_on_wherever_they_are_shown(table_spec):
+    from tasks.table_rows import rows_line
+
+    assert "pair trends 0.972 (8 of 190 pairs; floor 0.973)" in rows_line(CHURN)
+    summary = _summary({**EVALUATION, **CHURN}).split("## Rows of the served model", 1)[1]
+    assert "| pair trends (8 of 190 pairs) | 0.972 | 0.973 |" in summary
+    rows = model_card("m", "1", {**EVALUATION, **CHURN}, {}, spec=table_spec).split("## Rows", 1)[1]
+    assert "| column-pair trends (SDMetrics, related pairs: 8 of 190 pairs) | 0.9722 | 0.9726 |" in rows
+    served = {k.removeprefix("table_"): v for k, v in CHURN.items() if "floor" not in k}
+    assert "pair trends 0.972 (8 of 190 pairs), " in _line("consistency", served, 2.0)
+    # a version scored before the whole was recorded; one pair; one column (no pair at all)
+    assert "pair trends 0.900 (1 pair)" in rows_line({"table_column_pair_trends": 0.9,
+                                                      "table_column_pair_trends_pairs": 1.0})
+    assert rows_line({"table_column_pair_trends": 0.2, "table_column_pair_trends_pairs": 0.0,
+                      "table_column_pairs": 0.0}) == \
+        "pair trends 0.200 (no column pairs: the column shapes' score)"

@@ -48,7 +48,10 @@ def _best(*names: str) -> pd.DataFrame:
                          for name in names])
 
 
-def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(churn_like, tmp_path):
+@pytest.fixture(scope="module")
+def scored(churn_like, tmp_path_factory):
+    """table_quality of a generator of fresh rows (the teacher) and a copier, with its folder
+    and progress lines."""
     ds: Dataset = churn_like
     train, val = ds.subset("train"), ds.subset("val")
     sampling = {"grid": "karras", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
@@ -56,7 +59,14 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
               "copier": (Replay(train.x), sampling)}       # its own training rows
     best = pd.concat([_best("teacher"), _best("copier")])
     said = []
-    out = table_quality(models, best, ds, tmp_path, seed=0, device="cpu", log=said.append)
+    folder = tmp_path_factory.mktemp("quality")
+    out = table_quality(models, best, ds, folder, seed=0, device="cpu", log=said.append)
+    return out, folder, said
+
+
+def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(churn_like, scored):
+    ds: Dataset = churn_like
+    out, tmp_path, said = scored
 
     assert set(out["models"]) == {"ddim", "copier"}      # a teacher row is named by its sampler
     assert out["rows"] == len(ds.subset("test").ids)
@@ -81,6 +91,20 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
     assert [line.split(":")[0] for line in said] == [
         "rows of the floor (held-out real rows)", "rows of ddim (ddim, 4 NFE)", "rows of copier (ddim, 4 NFE)"]
     assert f"column shapes {copier['column_shapes']:.3f}" in said[2] and said[2].endswith(" s)")
+
+
+def test_each_scored_setting_says_how_many_pairs_its_pair_trends_are_of_and_its_f1_ratio(scored):
+    out, folder, said = scored
+    saved = json.loads((folder / "table_quality.json").read_text())
+    for scores in (out["floor"], *out["models"].values(), saved["floor"]):
+        assert scores["column_pairs"] == 6.0                  # 4 described columns
+        assert 0 <= scores["column_pair_trends_pairs"] <= 6
+        assert scores["utility_f1_ratio"] == pytest.approx(scores["utility_f1"] / scores["utility_f1_real"])
+    copier = out["models"]["copier"]
+    pairs = int(copier["column_pair_trends_pairs"])
+    assert (f"pair trends {copier['column_pair_trends']:.3f} ({pairs} of 6 pairs"
+            if pairs else "(0 of 6 pairs scored: the column shapes' score)") in said[2], said[2]
+    assert f"utility (AUC ratio) {copier['utility_ratio']:.3f}, F1 ratio {copier['utility_f1_ratio']:.3f}" in said[2]
 
 
 def test_a_table_models_card_states_its_rows_scores_beside_the_floor():

@@ -25,7 +25,7 @@ from tasks.adapters.diffusers_interop import (CONSISTENCY, DPM_SOLVER, EULER, SA
                                               SCHEDULER_CONFIG, DiffusersScheduler,
                                               diffusers_scheduler, diffusers_snippet)
 from tasks.number_text import interval_text, plus_minus
-from tasks.table_rows import served_setting, utility_note
+from tasks.table_rows import f1_ratio, pairs_note, served_setting, utility_measure, utility_note
 
 if TYPE_CHECKING:  # model.py imports torch; the card's readers need not
     from diffusion.model import ModelSpec
@@ -170,8 +170,9 @@ _TABLE_FID = "FID against the test split's rows as encoded vectors (what selecti
 # register puts in as table_<metric> and table_floor_<metric>
 _ROWS = (
     ("column_shapes", "column shapes (SDMetrics: 1 - KS or TV distance, mean over columns)"),
-    ("column_pair_trends", "column-pair trends (SDMetrics, related pairs)"),
-    ("utility_ratio", "utility: synthetic-trained / real-trained model on held-out rows"),
+    ("column_pair_trends", "column-pair trends (SDMetrics, related pairs{pairs})"),
+    ("utility_ratio", "utility ({measure}ratio): synthetic-trained / real-trained model on held-out rows"),
+    ("utility_f1_ratio", "utility (F1 ratio): F1 of the synthetic-trained / real-trained model"),
     ("utility_auc", "utility: AUC of the synthetic-trained model"),
     ("utility_auc_real", "utility: AUC of the real-trained model"),
     ("utility_f1", "utility: F1 of the synthetic-trained model (binary: the rarer class)"),
@@ -194,12 +195,19 @@ def _rows_lines(metrics: dict, setting: str | None) -> list[str]:
     lines = [f"The rows of the setting it is served at{at}, decoded to the table's columns, "
              "scored beside held-out real rows scored the same way:", "",
              "| metric | this model | floor (held-out real rows) |", "|---|---|---|"]
-    for key, label in _ROWS:
-        if _ROW_PREFIX + key in metrics:
-            floor = metrics.get(_FLOOR_PREFIX + key, "-")
-            lines.append(f"| {label} | {_cell(metrics[_ROW_PREFIX + key])} | {_cell(floor)} |")
     served = {k[len(_ROW_PREFIX):]: v for k, v in metrics.items()
               if k.startswith(_ROW_PREFIX) and not k.startswith(_FLOOR_PREFIX)}
+    floor = {k[len(_FLOOR_PREFIX):]: v for k, v in metrics.items() if k.startswith(_FLOOR_PREFIX)}
+    for scores in (served, floor):   # a version registered before the F1 ratio was recorded
+        if "utility_f1_ratio" not in scores and f1_ratio(scores) is not None:
+            scores["utility_f1_ratio"] = f1_ratio(scores)
+    measure = utility_measure(served)
+    pairs = pairs_note(served)
+    for key, label in _ROWS:
+        if key in served:
+            label = label.format(measure=f"{measure} " if measure else "",
+                                 pairs=f": {pairs}" if pairs else "")
+            lines.append(f"| {label} | {_cell(served[key])} | {_cell(floor.get(key, '-'))} |")
     note = utility_note(served)
     if note is not None:
         lines += ["", f"{note[0].upper()}{note[1:]}."]

@@ -32,14 +32,14 @@ from diffusion.atomic import atomic_write_text
 from diffusion.data import Dataset
 from diffusion.samplers import generate, grid_options
 from tasks.say import say
-from tasks.table_rows import SHOWN, served_setting, utility_note
+from tasks.table_rows import scores_text, served_setting, utility_note, with_derived
 
 # rows generated per model: the test split's, at most this many (the scores' sampling noise is
 # ~1/sqrt(rows) and their cost grows with rows: 5,000 keeps each model to seconds)
 MAX_ROWS = 5000
 
 def _line(name: str, metrics: dict, seconds: float) -> str:
-    shown = [f"{label} {metrics[key]:.3f}" for key, label in SHOWN if key in metrics]
+    shown = scores_text(metrics)
     note = utility_note(metrics)   # a missing figure says why, in its place
     if note is not None:
         shown.insert(2, note)
@@ -66,8 +66,16 @@ def _score(denoiser, sampling: dict, sampler: str, steps: int, ds: Dataset, real
                      seed=seed, device=device, **grid_options(sampling)).x
     synthetic = decode(ds.table, x.cpu())
     scored = evaluate_table(real_train, real_test, synthetic, schema, seed=seed)
-    return (scored.metrics, round(sum(scored.seconds.values()), 2),
+    return (_derived(scored.metrics, schema), round(sum(scored.seconds.values()), 2),
             plot_association_difference(real_train, synthetic, schema, png))
+
+
+def _derived(metrics: dict, schema: dict) -> dict:
+    """The scores with the pair count's whole (`column_pairs`) and the F1 ratio beside them
+    (tasks/table_rows.py with_derived): what every reader of the rows is shown."""
+    from diffusion.tabular.metrics_inputs import column_types
+
+    return with_derived(metrics, len(column_types(schema)))
 
 
 def _real_rows(ds: Dataset) -> tuple:
@@ -93,8 +101,9 @@ def table_quality(models: dict[str, tuple], best: pd.DataFrame, ds: Dataset, out
     real = _real_rows(ds)
     n = min(len(ds.subset("test").ids), MAX_ROWS)
     scored_floor = floor(*real, schema, seed=seed)
-    log(_line("the floor (held-out real rows)", scored_floor.metrics, sum(scored_floor.seconds.values())))
-    out = {"floor": scored_floor.metrics, "models": {},
+    floor_metrics = _derived(scored_floor.metrics, schema)
+    log(_line("the floor (held-out real rows)", floor_metrics, sum(scored_floor.seconds.values())))
+    out = {"floor": floor_metrics, "models": {},
            "settings": {}, "rows": n, "seconds": {}, "files": {}}
     for _, row in best[best["model"].isin(list(models))].iterrows():
         denoiser, sampling = models[row["model"]]
