@@ -70,3 +70,23 @@ def test_the_served_setting_is_scored_when_the_evaluation_scored_another(table_t
     # the registered version takes rows only of the setting it serves (tasks/steps/register.py)
     assert served_rows(served, "teacher", "ddim", 2) is not None
     assert served_rows(quality, "teacher", "ddim", 2) is None
+
+
+def test_a_table_model_is_named_by_its_params_entry_not_by_its_loader(table_teacher, tmp_path, capsys):
+    """model.json's data.dataset and the train step's line name the params.yaml entry the run
+    chose (`dataset`), which the card shows ("made for the table `customers`"), not the loader
+    every CSV shares ('table'); a config built without an entry keeps the loader's name."""
+    from diffusion.model import read_spec
+    from tasks.steps.train_teacher import train_teacher
+
+    cfg, _, model_dir = table_teacher
+    # params.yaml's entry is digits; --set data.name=table (this fixture's): the loader's name
+    assert cfg.dataset == "digits" and read_spec(model_dir).data.dataset == "table"
+    named = cfg.model_copy(update={"dataset": "customers", "datasets": {"customers": cfg.data},
+                                   "out_dir": str(tmp_path / "teacher"),
+                                   "train": cfg.train.model_copy(update={"steps": 1})})
+    capsys.readouterr()
+    folder = train_teacher(named, resume=False).model_dir
+    assert read_spec(folder).data.dataset == "customers"
+    said = capsys.readouterr().out
+    assert "dataset customers: " in said and "dataset table" not in said, said

@@ -213,3 +213,11 @@ def test_pair_trends_say_how_many_of_the_column_pairs_they_rest_on_wherever_they
     assert rows_line({"table_column_pair_trends": 0.2, "table_column_pair_trends_pairs": 0.0,
                       "table_column_pairs": 0.0}) == \
         "pair trends 0.200 (no column pairs: the column shapes' score)"
+
+
+def test_the_card_names_the_table_by_its_params_entry_not_by_its_loader(table_spec):
+    loader_named = table_spec.model_copy(update={"data": table_spec.data.model_copy(update={"dataset": "table"})})
+    card = model_card("customers-diffusion", "1", EVALUATION, {"dataset": "customers"}, spec=loader_named)
+    assert "made for the table `customers`." in card and "`table`" not in card.split("## Sampling")[0]
+    # a version without the run's tag: what its model.json records
+    assert "made for the table `customers`." in model_card("m", "1", EVALUATION, {}, spec=table_spec)

@@ -108,6 +108,8 @@ def test_the_card_states_the_rows_it_serves_and_its_code_gives_them(table_run, t
     readme = (read_release(s3_client_from_env(), release, tmp_path / "release") / "README.md").read_text()
     for card in (readme, version.description):
         assert not re.search(r"image|pixel|\.png|sample grid", card, re.I), card
+        # the table by the name the user gave it in params.yaml, not its loader's ('table')
+        assert "made for the table `customers`." in card, card[:600]
         rows = card.split("## Rows", 1)[1].split("\n## ", 1)[0]
         assert f"The rows of the setting it is served at ({setting})" in rows, rows
         shapes = re.search(r"\| column shapes [^|]*\| ([0-9.]+) \| ([0-9.]+) \|", rows)
@@ -115,6 +117,8 @@ def test_the_card_states_the_rows_it_serves_and_its_code_gives_them(table_run, t
         assert abs(float(shapes[1]) - logged["table_column_shapes"]) < 5e-4      # 4 significant digits
         assert abs(float(shapes[2]) - logged["table_floor_column_shapes"]) < 5e-4
     assert "--out rows.csv" in readme and "mlflow.pyfunc.load_model" in readme
+    said = proc.stdout + proc.stderr   # the train step's line names the params.yaml entry too
+    assert "dataset customers: " in said and "dataset table: " not in said, said[-3000:]
     # the numbers are those of the served setting: the evaluation's, or scored by the register
     # step when the evaluation scored the student at its best setting, another one
     work = next(repo.glob("runs/pipeline/*/evaluation")).parent

@@ -96,12 +96,14 @@ def _preconditioning(precond: dict) -> str:
     return f"{name}, {details}" if details else name
 
 
-def _what(spec: ModelSpec) -> str:
+def _what(spec: ModelSpec, dataset: str | None = None) -> str:
+    """What the model is; `dataset`: the params.yaml entry it was made from (the run's `dataset`
+    tag), which names a table better than its model.json's loader name ('table')."""
     net = spec.net
     channels = net.get("channels") or net.get("hidden")
     network = f"{net.get('kind', 'unknown')} {list(channels) if isinstance(channels, (list, tuple)) else channels or ''}".strip()
     shape = "×".join(map(str, spec.shape))
-    data = spec.data.dataset or "unknown data"
+    data = dataset or spec.data.dataset or "unknown data"
     dist = spec.distillation or {}
     if spec.method == "progressive":
         what = (f"A progressive-distillation student (round {dist.get('round', '?')}: "
@@ -458,7 +460,8 @@ def model_card(model: str, version: str, metrics: dict, metadata: dict | None = 
     folder = f"{model}-{version}"
     lines = [f"# {model}, version {version}", ""]
     if spec is not None:
-        lines += [_what(spec), "", "## Sampling", "", *_sampling_rows(spec, metrics)]
+        lines += [_what(spec, metadata.get("dataset")), "", "## Sampling", "",
+                  *_sampling_rows(spec, metrics)]
     else:
         lines.append("How it samples is stored in its `model.json` (`sampling`).")
     noun = spec.data.noun if spec is not None else ("rows" if table else "images")

@@ -29,6 +29,16 @@ class TeacherRun:
     launch_dir: Path | None = None   # the torchrun attempt's folder (every rank's log), if any
 
 
+def data_name(cfg: Config) -> str:
+    """The data's name as the user gave it: the params.yaml entry the run chose (`dataset`),
+    not the loader's ('table' for every CSV: model.json's data.kind and table record that),
+    unless --set pointed `data` at another source than that entry (then the loader's name)."""
+    entry = cfg.datasets.get(cfg.dataset) if cfg.dataset else None
+    if entry is not None and (entry.name, entry.path) == (cfg.data.name, cfg.data.path):
+        return cfg.dataset
+    return cfg.data.name
+
+
 def train_teacher(cfg: Config, resume: bool = True, on_log=None, data_dir=None,
                   dataset_md5: str | None = None) -> TeacherRun:
     """Load the data, build the network, train it, and draw a sample grid from the EMA model.
@@ -53,13 +63,14 @@ def train_in_process(cfg: Config, resume: bool = True, on_log=None, data_dir=Non
     out_dir = Path(cfg.out_dir)
     ds = load_data(cfg.data, data_dir)
     train_split = ds.subset("train")
-    spec = cfg.model_spec(ds.sample_shape, dataset=cfg.data.name, kind=ds.kind,
+    name = data_name(cfg)
+    spec = cfg.model_spec(ds.sample_shape, dataset=name, kind=ds.kind,
                           train_samples=len(train_split.ids), table=ds.table)
     torch.manual_seed(cfg.train.seed)  # the same seed gives the same initial weights
     denoiser = build_denoiser(spec)
     parameters = count_parameters(denoiser.net)
     if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
-        print(f"dataset {cfg.data.name}: {len(train_split.ids)} training samples of shape "
+        print(f"dataset {name}: {len(train_split.ids)} training samples of shape "
               f"{tuple(ds.sample_shape)}; network {spec.net['kind']} with {parameters:,} "
               "parameters", flush=True)
     result = train(denoiser, train_split.x, cfg.train, out_dir, spec=spec, resume=resume,
