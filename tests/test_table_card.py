@@ -221,3 +221,19 @@ def test_the_card_names_the_table_by_its_params_entry_not_by_its_loader(table_sp
     assert "made for the table `customers`." in card and "`table`" not in card.split("## Sampling")[0]
     # a version without the run's tag: what its model.json records
     assert "made for the table `customers`." in model_card("m", "1", EVALUATION, {}, spec=table_spec)
+
+
+def test_a_kid_whose_subsets_are_the_whole_sets_says_so_instead_of_a_zero_spread(table_spec):
+    from diffusion.metrics import _subset_size
+    from tasks.adapters.model_card import KID_SUBSET_MAX
+
+    assert _subset_size(None, 10 ** 6, 10 ** 6) == KID_SUBSET_MAX      # the card's bound is the core's
+    whole = {**EVALUATION, "kid_mean": -0.004446, "kid_std": 1e-15, "n_fake": 1000, "n_test": 1000,
+             "kid_lo": -0.03223, "kid_hi": 0.04}
+    card = model_card("churn-diffusion", "1", whole, {}, spec=table_spec)
+    assert ("| KID (mean over subsets) | -0.004446 (each subset held all 1000 rows of both sets: no "
+            "spread over subsets), bootstrap interval [-0.03223, 0.04] |") in card, card
+    assert "± 0.0000" not in card
+    # subsets smaller than a set (400 test rows against 1000 generated): a spread is measured
+    part = model_card("m", "1", {**whole, "kid_std": 0.02296, "n_test": 400}, {}, spec=table_spec)
+    assert "| KID (mean ± std over subsets) | -0.004446 ± 0.02296, bootstrap interval" in part

@@ -220,6 +220,21 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+# KID's subsets: min(KID_SUBSET_MAX, test rows, generated rows) of each set (diffusion/metrics.py
+# `_subset_size`'s default; tests/test_table_card.py checks the two agree)
+KID_SUBSET_MAX = 1000
+
+
+def _kid_subsets_whole(metrics: dict) -> int | None:
+    """n when every KID subset was the whole of both sets (as many generated as test samples,
+    n <= KID_SUBSET_MAX: each subset draws all n of each), so its std over subsets is 0 by
+    construction, not a measured spread; else None (sizes unknown, or subsets smaller than a set)."""
+    fake, test = metrics.get("n_fake", metrics.get("n_samples")), metrics.get("n_test")
+    if not (_is_number(fake) and _is_number(test)) or int(fake) != int(test):
+        return None
+    return int(fake) if int(fake) <= KID_SUBSET_MAX else None
+
+
 def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
     if not metrics:
         return ["No evaluation numbers were recorded."]
@@ -238,7 +253,12 @@ def _evaluation_lines(metrics: dict, noun: str = "images") -> list[str]:
             continue
         value = metrics[key]
         if key == "kid_mean" and _is_number(value) and _is_number(metrics.get("kid_std")):
-            value = plus_minus(value, metrics["kid_std"])
+            whole = _kid_subsets_whole(metrics)
+            if whole is not None:   # a spread of 0 by construction: say why instead
+                value = f"{_cell(value)} (each subset held all {whole} {noun} of both sets: no spread over subsets)"
+                label = "KID (mean over subsets)"
+            else:
+                value = plus_minus(value, metrics["kid_std"])
             shown.add("kid_std")
         base = {"fid": "fid", "kid_mean": "kid"}.get(key)
         if (base and _is_number(metrics[key]) and _is_number(metrics.get(f"{base}_lo"))
