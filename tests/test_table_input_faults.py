@@ -114,3 +114,49 @@ def test_a_categorical_column_distinct_in_every_row_is_refused_at_inference(tmp_
     table.to_csv(tmp_path / "customers.csv", index=False)
     with pytest.raises(DataError, match=r"customers\.csv: column 'customer_id' holds a different"):
         load_table(tmp_path / "customers.csv", target="churned")
+
+
+# --- the gate against the last validated version --------------------------------------------
+
+def _prepared(tmp_path, name: str, table: pd.DataFrame, columns=None) -> str:
+    """`table` through the real loader into a processed folder, as `dmops prepare` writes it."""
+    from diffusion.tabular.tables import save_table
+
+    path = tmp_path / f"{name}.csv"
+    table.to_csv(path, index=False)
+    schema = None if columns is None else {"columns": columns}
+    ds = load_table(path, schema=schema, target="churned", id_column="customer_id")
+    return str(save_table(ds, tmp_path / "processed" / name))
+
+
+def _gate(folder: str, reference: dict | None = None):
+    from tasks.steps.validate_data import validate_dataset
+
+    return validate_dataset(folder, reference=reference, dataset="customers")
+
+
+def test_a_type_change_shows_a_value_and_a_missing_column_no_internal_columns(tmp_path):
+    table = customers()
+    first = _gate(_prepared(tmp_path, "v1", table))
+    text = table.assign(age=table["age"].astype(str) + " yrs")
+    (line,) = _gate(_prepared(tmp_path, "v2", text), first.statistics).failures
+    assert line == ("type_vs_reference (age): an integer column as in the last validated "
+                    f"version; observed object holding str, e.g. '{table['age'][0]} yrs'; "
+                    "expected integer values"), line
+    (line,) = _gate(_prepared(tmp_path, "v3", table.drop(columns="segment")),
+                    first.statistics).failures
+    assert line.endswith("observed missing 'segment'; expected exactly the columns the last "
+                         "validated version had (customer_id, age, income, segment, balance, "
+                         "churned)"), line
+
+
+def test_a_null_burst_names_its_rows_by_the_id_column_and_says_the_schema_was_inferred(tmp_path):
+    table = customers()
+    first = _gate(_prepared(tmp_path, "v1", table))
+    burst = table.copy()
+    burst.loc[burst.index[::3], "balance"] = np.nan
+    (line,) = _gate(_prepared(tmp_path, "v2", burst), first.statistics).failures
+    # before: "(nullable in schema.json: ...)" of an inferred schema, and "e.g. _id C00000"
+    assert line.startswith("nulls (balance): at most 10.0% nulls (nullable, inferred from the "
+                           "data: max_null_fraction); observed "), line
+    assert ", e.g. customer_id C00000, C00003, C00006); expected at most 10.0%" in line, line

@@ -45,6 +45,16 @@ class TableData:
     frame: pd.DataFrame             # table.parquet as read, plus ROW_HASH
     columns: list[SchemaColumn]     # schema.json's columns, in order
     id_column: str | None           # schema.json's id column (in the table, never modelled)
+    # the schema's properties taken from the data ("income.nullable", ...: meta.json's
+    # ingestion "inferred"); None when meta.json does not say (a folder written by hand)
+    inferred: frozenset[str] | None = None
+
+    def origin(self, column: str, prop: str) -> str:
+        """How the schema came by `column`'s property `prop`, for messages: "inferred from the
+        data", "declared" or, when meta.json does not say, "in schema.json"."""
+        if self.inferred is None:
+            return "in schema.json"
+        return "inferred from the data" if f"{column}.{prop}" in self.inferred else "declared"
 
     @property
     def expected_columns(self) -> list[str]:
@@ -66,14 +76,15 @@ def read_table_folder(folder: str | Path) -> TableData:
     every file that is missing or unreadable and every problem of the schema."""
     folder = Path(folder)
     problems: list[str] = []
-    name = _read_name(folder / "meta.json", problems)
+    name, inferred = _read_meta(folder / "meta.json", problems)
     columns, id_column = _read_schema(folder / "schema.json", problems)
     frame = _read_parquet(folder / "table.parquet", problems)
     if problems:
         raise StructureError(problems)
     values = frame[[c for c in frame.columns if c not in (ID, SPLIT)]]
     frame[ROW_HASH] = pd.util.hash_pandas_object(values, index=False).to_numpy()
-    return TableData(name=name, frame=frame, columns=columns, id_column=id_column)
+    return TableData(name=name, frame=frame, columns=columns, id_column=id_column,
+                     inferred=inferred)
 
 
 def seen_type(series: pd.Series) -> tuple[str, str]:
@@ -81,11 +92,11 @@ def seen_type(series: pd.Series) -> tuple[str, str]:
     dtype, or floats that are all whole numbers), "numerical" (other floats), "categorical"
     (category, string, bool, or an object column of only strings/bools) or "other"; the
     description names the dtype and, where it matters, why (e.g. "float64 with non-whole
-    values, e.g. 1.5", "object holding str, float")."""
+    values, e.g. 1.5", "object holding str, e.g. '52 yrs'": a text value when there is one)."""
     dtype = str(series.dtype)
     if isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(series) \
             or pd.api.types.is_string_dtype(series.dtype) and dtype != "object":
-        return "categorical", dtype
+        return "categorical", dtype + _example(series.dropna())
     if pd.api.types.is_integer_dtype(series):
         return "integer", dtype
     if pd.api.types.is_float_dtype(series):
@@ -95,11 +106,19 @@ def seen_type(series: pd.Series) -> tuple[str, str]:
             return "integer", f"{dtype} with whole values only"
         return "numerical", f"{dtype} with non-whole values, e.g. {fractional[0]:.6g}"
     if dtype == "object":
-        kinds = sorted({type(v).__name__ for v in series.dropna().tolist()})
+        values = series.dropna()
+        kinds = sorted({type(v).__name__ for v in values.tolist()})
+        text = [v for v in values.tolist() if isinstance(v, str)]   # what turned a column to text
+        example = _example(pd.Series(text[:1] or values.tolist()[:1], dtype=object))
         if set(kinds) <= {"str", "bool"}:
-            return "categorical", f"object holding {', '.join(kinds) or 'nothing but nulls'}"
-        return "other", f"object holding {', '.join(kinds)}"
+            return "categorical", f"object holding {', '.join(kinds) or 'nothing but nulls'}{example}"
+        return "other", f"object holding {', '.join(kinds)}{example}"
     return "other", dtype
+
+
+def _example(values: pd.Series) -> str:
+    """", e.g. '52 yrs'" for the first of `values` (non-null), "" when there is none."""
+    return f", e.g. {_plain(values.iloc[0])!r}" if len(values) else ""
 
 
 def accepted_kinds(column: SchemaColumn) -> tuple[str, ...]:
@@ -157,19 +176,22 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _read_name(path: Path, problems: list[str]) -> str:
+def _read_meta(path: Path, problems: list[str]) -> tuple[str, frozenset[str] | None]:
+    """(name, the schema properties its ingestion record says were inferred, or None)."""
     try:
         meta = json.loads(path.read_text())
         if not isinstance(meta.get("name"), str) or meta.get("kind") != "table":
             raise TypeError("'name' must be a string and 'kind' \"table\"")
-        return meta["name"]
+        inferred = (meta.get("ingestion") or {}).get("inferred")
+        return meta["name"], (frozenset(map(str, inferred)) if isinstance(inferred, list)
+                              else None)
     except FileNotFoundError:
         problems.append(f"{path}: missing; a processed table needs meta.json "
                         "({\"name\", \"kind\": \"table\", ...})")
     except (ValueError, TypeError, AttributeError) as exc:
         problems.append(f"{path}: unreadable ({exc}); accepted: a JSON object with a string "
                         "'name' and 'kind': \"table\"")
-    return path.parent.name
+    return path.parent.name, None
 
 
 def _read_schema(path: Path, problems: list[str]) -> tuple[list[SchemaColumn], str | None]:

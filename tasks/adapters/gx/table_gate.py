@@ -44,7 +44,7 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     name = dataset or data.name   # the params.yaml entry when the step gives it
     result = jsonable(run_checkpoint(name, data.frame, expectations, docs_dir,
                                      index_column=ID, asset="table", gate="table"))
-    failures = table_failure_lines(result, expectations)
+    failures = table_failure_lines(result, expectations, data.id_column)
     return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
                             result=result, statistics=jsonable(reference_statistics(data)),
                             docs_dir=docs_dir, dataset=name,

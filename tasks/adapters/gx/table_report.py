@@ -1,7 +1,7 @@
 """The readable line each failed expectation of the table gate becomes, in the image gate's
 style ("<check> (<column>): <description>; observed ...; expected ..."), with what a table's
 failures need said: the missing and unexpected column names, the dtype seen, the share of
-nulls, the new categories with their row counts, the offending rows' _id, the moments and
+nulls, the new categories with their row counts, the offending rows by the id column, the moments and
 shares that drifted."""
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ EXAMPLES = 3     # offending rows named per failed expectation; the result dict 
 VALUES_SHOWN = 5  # new categories named per failed expectation
 
 
-def table_failure_lines(result: dict, expectations: list) -> list[str]:
-    """One line per failed expectation of a GX result dict, in the order of `expectations`."""
+def table_failure_lines(result: dict, expectations: list, id_column: str | None = None) -> list[str]:
+    """One line per failed expectation of a GX result dict, in the order of `expectations`;
+    offending rows are named by the table's `id_column` (its values), else by their row ids
+    ("row-00012": the row's position in the file)."""
     rank = {(e.meta["check"], e.meta.get("column")): i for i, e in enumerate(expectations)}
     failed = [r for r in result.get("results", []) if not r.get("success")]
     failed.sort(key=lambda r: rank.get(_key(r), len(rank)))
-    return [_line(r) for r in failed]
+    return [_line(r, id_column) for r in failed]
 
 
 def _key(r: dict) -> tuple[str, str | None]:
@@ -27,12 +29,13 @@ def _key(r: dict) -> tuple[str, str | None]:
     return meta.get("check", "?"), meta.get("column")
 
 
-def _line(r: dict) -> str:
+def _line(r: dict, id_column: str | None = None) -> str:
     config = r.get("expectation_config", {})
     check, column = _key(r)
     info = r.get("exception_info") or {}
     kwargs, res = config.get("kwargs", {}), r.get("result") or {}
-    observed_expected = None if info.get("raised_exception") else _describe(check, kwargs, res)
+    observed_expected = (None if info.get("raised_exception")
+                         else _describe(check, kwargs, res, id_column))
     if observed_expected is None:  # the image gate's wording serves the generic checks
         return failure_lines({"results": [r]}, [])[0]
     observed, expected = observed_expected
@@ -40,7 +43,8 @@ def _line(r: dict) -> str:
             f"expected {expected}")
 
 
-def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
+def _describe(check: str, kwargs: dict, res: dict,
+              id_column: str | None = None) -> tuple[str, str] | None:
     details = res.get("details") or {}
     if check in ("columns", "columns_vs_reference"):
         mismatched = details.get("mismatched") or {}
@@ -51,7 +55,7 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
                  if not c.startswith("__gate") and c not in ("_id", "_split")]
         source = "schema.json names" if check == "columns" else "the last validated version had"
         return "; ".join(parts) or "other columns", \
-            f"exactly the columns {source} ({', '.join(names)}), _id and _split"
+            f"exactly the columns {source} ({', '.join(names)})"
     if check == "columns_order":
         schema = [c for c in kwargs["column_list"]]
         seen = res.get("observed_value") or []
@@ -63,7 +67,7 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
         count, total = res.get("unexpected_count", 0), res.get("element_count", 0)
         share = count / total if total else 0.0
         limit = 1.0 - kwargs.get("mostly", 1.0)
-        return (f"{share:.1%} nulls ({count} of {total} rows{_examples(res)})",
+        return (f"{share:.1%} nulls ({count} of {total} rows{_examples(res, id_column)})",
                 f"at most {limit:.1%}")
     if check in ("categories", "categories_vs_reference"):
         # SUMMARY results hold the first unexpected rows only: their distinct values are
@@ -72,14 +76,14 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
         values = ", ".join(repr(v) for v in new[:VALUES_SHOWN])
         where = "schema.json" if check == "categories" else "the last validated version"
         return (f"{res.get('unexpected_count')} of {res.get('element_count')} rows with a "
-                f"category not in {where}, e.g. {values}{_examples(res)}",
+                f"category not in {where}, e.g. {values}{_examples(res, id_column)}",
                 "each value one of " + _short(kwargs["value_set"]))
     if check in ("finite", "range"):
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         values = [v for v in res.get("partial_unexpected_list") or [] if v is not None]
         seen = f", values such as {', '.join(_fmt(v) for v in values[:EXAMPLES])}" if values else ""
         return (f"{res.get('unexpected_count')} of {res.get('element_count')} rows outside"
-                f"{seen}{_examples(res)}",
+                f"{seen}{_examples(res, id_column)}",
                 "finite values" if check == "finite" else _between(low, high))
     if check == "duplicates":
         unique = res.get("observed_value")
@@ -101,10 +105,14 @@ def _describe(check: str, kwargs: dict, res: dict) -> tuple[str, str] | None:
     return None
 
 
-def _examples(res: dict) -> str:
+def _examples(res: dict, id_column: str | None = None) -> str:
+    """", e.g. customer_id C00231, C00240" naming the first offending rows by the table's id
+    column, or ", e.g. row-00012, row-00040" (their positions) when it has none."""
     rows = (res.get("partial_unexpected_index_list") or [])[:EXAMPLES]
     ids = [str(row.get("_id")) for row in rows if isinstance(row, dict) and "_id" in row]
-    return f", e.g. _id {', '.join(ids)}" if ids else ""
+    if not ids:
+        return ""
+    return f", e.g. {id_column + ' ' if id_column else ''}{', '.join(ids)}"
 
 
 def _between(low, high) -> str:

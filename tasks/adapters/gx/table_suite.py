@@ -48,7 +48,7 @@ def build_table_expectations(data: TableData, settings: ValidationSettings,
         checks.append(_type(column))
         if seen_type(data.frame[column.name])[0] not in accepted_kinds(column):
             continue  # the type check names what the column holds
-        checks += _column_values(column, settings, ref_columns.get(column.name))
+        checks += _column_values(column, settings, ref_columns.get(column.name), data)
     if reference is not None:
         checks += _against_reference(data, ref_columns)
         checks += _drift(data, settings, ref_columns, int(reference.get("rows") or 0))
@@ -103,27 +103,34 @@ def _check(cls, check: str, description: str, column: str | None = None, **kwarg
 def _structure(data: TableData, s: ValidationSettings) -> list:
     expected = data.expected_columns
     checks = [_check(gxe.ExpectTableColumnsToMatchSet, "columns",
-                     "the columns schema.json lists (with the id column, _id and _split), "
-                     "no other", column_set=[*expected, ROW_HASH], exact_match=True)]
+                     "the columns schema.json lists (with the id column), no other",
+                     column_set=[*expected, ROW_HASH], exact_match=True)]
     if set(data.frame.columns) == {*expected, ROW_HASH}:
         checks.append(_check(gxe.ExpectTableColumnsToMatchOrderedList, "columns_order",
                              "the schema's columns in schema.json's order: "
                              + ", ".join(c.name for c in data.columns),
                              column_list=data.expected_order))
     checks += [
-        _check(gxe.ExpectColumnValuesToBeUnique, "ids_unique", "every _id is unique", ID),
-        _check(gxe.ExpectColumnValuesToNotBeNull, "ids_present", "every row has an _id", ID),
+        _check(gxe.ExpectColumnValuesToBeUnique, "ids_unique",
+               f"every row's id{_id_source(data)} is unique", ID),
+        _check(gxe.ExpectColumnValuesToNotBeNull, "ids_present",
+               f"every row has an id{_id_source(data)}", ID),
         _check(gxe.ExpectColumnValuesToBeInSet, "split_values",
-               f"_split is one of {', '.join(SPLITS)}", SPLIT, value_set=SPLITS),
+               f"each row's split is one of {', '.join(SPLITS)}", SPLIT, value_set=SPLITS),
         _check(gxe.ExpectTableRowCountToBeBetween, "rows_min", f"at least {s.min_rows} rows",
                min_value=s.min_rows),
         # unique share = distinct / rows = 1 - (rows repeating an earlier row) / rows
         _check(gxe.ExpectColumnProportionOfUniqueValuesToBeBetween, "duplicates",
                f"at most {s.max_duplicate_fraction:.1%} of rows repeat an earlier row "
-               "(all columns but _id and _split)", ROW_HASH,
+               f"(every column{', ' + data.id_column + ' included' if data.id_column else ''})",
+               ROW_HASH,
                min_value=1 - s.max_duplicate_fraction),
     ]
     return checks
+
+
+def _id_source(data: TableData) -> str:
+    return f" ({data.id_column})" if data.id_column else ""
 
 
 def _type(column: SchemaColumn) -> object:
@@ -135,12 +142,14 @@ def _type(column: SchemaColumn) -> object:
                   kinds=kinds, schema_type=column.type)
 
 
-def _column_values(column: SchemaColumn, s: ValidationSettings, ref: dict | None) -> list:
+def _column_values(column: SchemaColumn, s: ValidationSettings, ref: dict | None,
+                   data: TableData) -> list:
     limit = s.table.max_null_fraction if column.nullable else 0.0
+    origin = data.origin(column.name, "nullable")
     checks = [_check(gxe.ExpectColumnValuesToNotBeNull, "nulls",
                      f"at most {limit:.1%} nulls ("
-                     + ("nullable in schema.json: max_null_fraction)" if column.nullable else
-                        "not nullable in schema.json)"), column.name, mostly=1.0 - limit)]
+                     + (f"nullable, {origin}: max_null_fraction)" if column.nullable else
+                        f"not nullable, {origin})"), column.name, mostly=1.0 - limit)]
     if column.type == "categorical":
         if column.categories is not None:
             checks.append(_check(gxe.ExpectColumnValuesToBeInSet, "categories",
