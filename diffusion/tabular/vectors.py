@@ -21,19 +21,23 @@ import torch
 
 from ..data import Dataset, validate
 from .encoding import TableEncoder
+from .row_ids import id_recipe
 from .tables import TableDataset
 
 
 def table_vectors(tds: TableDataset, categorical: str = "onehot") -> Dataset:
     """The dataset of `tds`'s rows as vectors: x (N, D) float32 from a TableEncoder
     (`categorical`: "onehot" | "analog_bits") fit on the train rows; split and ids as in
-    `tds`; no labels; `table` = the encoder's state (TableEncoder.to_dict, JSON).  DataError
+    `tds`; no labels; `table` = the encoder's state (TableEncoder.to_dict, JSON) plus "id":
+    how generated rows get their id column (row_ids.id_recipe; None without one).  DataError
     (diffusion.data) when the rows cannot be encoded."""
     columns = tds.schema.names
     encoder = TableEncoder(tds.schema, categorical).fit(tds.subset("train").table[columns])
     x = torch.from_numpy(np.ascontiguousarray(encoder.transform(tds.table[columns]), dtype=np.float32))
+    # the id column, never modelled, comes back in generated rows as fresh ids (row_ids.py)
+    state = {**encoder.to_dict(), "id": id_recipe(tds.table, tds.schema.id)}
     return validate(Dataset(tds.name, x, None, np.asarray(tds.split), list(tds.ids), "table",
-                            None, tds.ingestion, table=encoder.to_dict()))
+                            None, tds.ingestion, table=state))
 
 
 def decode(state: dict, x) -> pd.DataFrame:

@@ -14,7 +14,8 @@ load_model checks the weights against model.json's own record: a corrupted store
 A request is one row (or several) of `n`, `seed` and optional `sampler` / `steps`; the answer is
 the samples as float32 (N, C, H, W) for images or (N, D) for vectors, or for a table model a
 DataFrame of N rows with the schema's columns and dtypes (decoded by the encoder model.json
-carries: diffusion/tabular/encoding.py), drawn with
+carries: diffusion/tabular/encoding.py) and the id column, if the table has one, holding fresh
+ids that no real row has (diffusion/tabular/row_ids.py), drawn with
 `diffusion.samplers.generate`: the same seed gives the same samples as `dmops sample`.  A row
 without sampler or steps (or with null there) gets the model's own.  A request the model cannot
 answer raises SampleRequestError, an MlflowException with INVALID_PARAMETER_VALUE: the scoring
@@ -183,10 +184,13 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):
         x = np.concatenate(batches).astype(np.float32)
         if self._spec.data.kind != "table":
             return x
-        # a table model answers rows: the schema's columns in their dtypes, categories as labels
+        # a table model answers rows: the schema's columns in their dtypes, categories as labels,
+        # and the id column (never modelled) with fresh ids that no real row has
         from diffusion.tabular.encoding import TableEncoder
+        from diffusion.tabular.row_ids import with_fresh_ids
 
-        return TableEncoder.from_dict(self._spec.data.table).inverse_transform(x)
+        state = self._spec.data.table
+        return with_fresh_ids(TableEncoder.from_dict(state).inverse_transform(x), state.get("id"))
 
     def _options(self, request: SampleRequest) -> tuple[SampleRequest, dict]:
         """(request, generate's keyword arguments): the model's sampling settings with the
@@ -213,7 +217,8 @@ _COLUMN_TYPES = {"numerical": "double", "integer": "long", "categorical": "strin
 def signature(sample_shape, table: dict | None = None) -> ModelSignature:
     """Input columns: n (samples), seed, optional sampler and steps; output: float32 samples
     (-1, *shape), or for a table model (`table`: its encoder state, ModelSpec.data.table) one
-    column per schema column (numerical: double, integer: long, categorical: string).
+    column per schema column (numerical: double, integer: long, categorical: string), and the
+    id column, first, where it gets fresh ids (long or string).
 
     Every column is declared `Any` (the names and which are required still say what a row
     holds; parse_requests checks the values): MLflow's scoring server casts typed columns
@@ -227,7 +232,12 @@ def signature(sample_shape, table: dict | None = None) -> ModelSignature:
     if table is None:
         outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, sample_shape)))])
     else:
-        outputs = Schema([ColSpec(_COLUMN_TYPES[c["type"]], c["name"]) for c in table["schema"]["columns"]])
+        columns = [ColSpec(_COLUMN_TYPES[c["type"]], c["name"]) for c in table["schema"]["columns"]]
+        made = table.get("id") or {}   # the id column, fresh ids (diffusion/tabular/row_ids.py)
+        if "start" in made or "prefix" in made:
+            kind = "integer" if "start" in made else "categorical"
+            columns.insert(min(made["position"], len(columns)), ColSpec(_COLUMN_TYPES[kind], made["name"]))
+        outputs = Schema(columns)
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

@@ -19,7 +19,8 @@ ROW_SUFFIXES = (".csv", ".parquet")
 def sample_to_file(model_path, out, *, n: int = 64, seed: int = 0, sampler: str | None = None,
                    steps: int | None = None, device: str = "cpu") -> Path:
     """`sample_to_png` for a .png `out`; for .csv or .parquet, a table model's rows: n rows with
-    the schema's columns and dtypes (category labels, whole integers), written atomically.
+    the schema's columns and dtypes (category labels, whole integers) and the id column, if
+    any, holding fresh ids no real row has (diffusion/tabular/row_ids.py), written atomically.
     ValueError for rows asked of a model that does not make tables, or another suffix."""
     out = Path(out)
     if out.suffix.lower() not in ROW_SUFFIXES:
@@ -29,20 +30,23 @@ def sample_to_file(model_path, out, *, n: int = 64, seed: int = 0, sampler: str 
         raise ValueError(f"{out}: rows are written for a table model; this one makes "
                          f"{spec.data.kind or 'other'} samples of shape {spec.shape}: write a .png")
     from diffusion.atomic import atomic_file
+    from diffusion.tabular.row_ids import id_note, with_fresh_ids
     from diffusion.tabular.vectors import decode
 
     options = _options(spec, sampler, steps)
     t0 = time.perf_counter()
     x = generate(denoiser, spec.shape, n, seed=seed, device=device, **options).x
-    rows = decode(spec.data.table, x)
+    made = spec.data.table.get("id")   # the id column: fresh ids, never a real row's
+    rows = with_fresh_ids(decode(spec.data.table, x), made)
     seconds = time.perf_counter() - t0
     with atomic_file(out, "sampled rows") as tmp:
         if out.suffix.lower() == ".csv":
             rows.to_csv(tmp, index=False)
         else:
             rows.to_parquet(tmp, index=False)
-    print(f"{n} rows ({options.get('sampler', 'heun')}, {len(rows.columns)} columns) in "
-          f"{seconds:.2f} s -> {out}", flush=True)
+    note = id_note(made)
+    print(f"{n} rows ({options.get('sampler', 'heun')}, {len(rows.columns)} columns"
+          f"{'; ' + note if note else ''}) in {seconds:.2f} s -> {out}", flush=True)
     return out
 
 
