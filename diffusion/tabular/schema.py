@@ -440,6 +440,63 @@ def describe(schema: TableSchema, source: str | None = None) -> list[str]:
     return lines
 
 
+def layout_changes(old: TableSchema, new: TableSchema, old_encoding: str | None = None,
+                   new_encoding: str | None = None, entry: str = "the dataset's entry") -> list[str]:
+    """How the model layout of `new` (a version's schema, its `data.categorical` encoding)
+    departs from `old` (a registered model's), one text per difference that says what changed
+    and what keeps the registered layout: a column gone, new or moved, a type changed, a column
+    that became nullable or stopped being so, categories gained, lost or reordered, another
+    categorical encoding.  `entry` names the params.yaml entry ("datasets.customers") in the
+    remedies.  [] when the layouts agree on all of these."""
+    cols = f"{entry}.columns"
+    out = []
+    if old_encoding is not None and new_encoding is not None and old_encoding != new_encoding:
+        out.append(f"data.categorical is {new_encoding}, the registered model's {old_encoding} "
+                   f"(set {entry}.categorical: {old_encoding})")
+    gone = [n for n in old.names if n not in new.names]
+    added = [n for n in new.names if n not in old.names]
+    if gone:
+        out.append(f"column(s) {', '.join(gone)} gone (restore them in the file)")
+    if added:
+        out.append(f"column(s) {', '.join(added)} new (drop them from the file, or declare one "
+                   f"the id column)")
+    kept_old = [n for n in old.names if n in new.names]
+    kept_new = [n for n in new.names if n in old.names]
+    if kept_old != kept_new:
+        out.append(f"the columns' order is {', '.join(kept_new)}, the registered model's "
+                   f"{', '.join(kept_old)} (put them back in that order, or list them in that "
+                   f"order under {cols})")
+    for name in kept_old:
+        was, now = old.column(name), new.column(name)
+        if was.type != now.type:
+            out.append(f"{name}: {was.type} became {now.type} (dtype {now.dtype}; clean its "
+                       f"values, or declare {{name: {name}, type: {was.type}}} under {cols})")
+            continue
+        if now.nullable and not was.nullable:
+            out.append(f"{name} became nullable: this version has nulls in it, the registered "
+                       "model's data had none (fill or drop those rows)")
+        elif was.nullable and not now.nullable:
+            out.append(f"{name} is no longer nullable: this version has no nulls in it (declare "
+                       f"{{name: {name}, nullable: true}} under {cols} to keep the layout)")
+        if was.type != "categorical":
+            continue
+        gained = [c for c in now.categories if c not in was.categories]
+        lost = [c for c in was.categories if c not in now.categories]
+        if gained:
+            out.append(f"{name} gained categor{'y' if len(gained) == 1 else 'ies'} "
+                       f"{', '.join(map(repr, gained[:5]))} (map those rows to known categories "
+                       "or drop them)")
+        if lost:
+            out.append(f"{name} lost categor{'y' if len(lost) == 1 else 'ies'} "
+                       f"{', '.join(map(repr, lost[:5]))}: no row holds "
+                       f"{'it' if len(lost) == 1 else 'them'} (declare {{name: {name}, categories: "
+                       f"{list(was.categories)}}} under {cols} to keep the layout)")
+        if not gained and not lost and was.categories != now.categories:
+            out.append(f"{name}'s categories are in another order (declare {{name: {name}, "
+                       f"categories: {list(was.categories)}}} under {cols})")
+    return out
+
+
 def _first_rows(mask: pd.Series, limit: int = 3) -> str:
     rows = mask[mask.to_numpy()].index[:limit].tolist()
     return ", ".join(map(str, rows))

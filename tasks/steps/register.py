@@ -164,16 +164,53 @@ def dataset_sample(dataset: dict, categorical: str = "onehot") -> tuple[str, str
     return (first or {}).get("shape", "unknown"), kind
 
 
+def registered_table_state(model_name: str, version: str) -> dict:
+    """The table encoder state (schema, categorical encoding, ...) in the model.json of
+    version `version` of `model_name` (tasks/adapters/registry.py download_model)."""
+    import tempfile
+
+    from tasks.adapters.registry import download_model
+
+    with tempfile.TemporaryDirectory(prefix="dmops-layout-") as tmp:
+        return read_spec(download_model(f"{model_name}/{version}", Path(tmp) / "model")).data.table or {}
+
+
+def table_layout_changes(model_name: str, version: str, dataset: dict, categorical: str) -> list[str]:
+    """What makes the processed table `dataset` (its schema.json, `categorical` encoding) give
+    another vector layout than version `version` of `model_name`, one text per difference with
+    its remedy (diffusion/tabular/schema.py layout_changes); [] when the registered model
+    cannot be read: the refusal then names the layouts by their hashes."""
+    from diffusion.tabular.schema import TableSchema, layout_changes
+
+    try:
+        state = registered_table_state(model_name, version)
+        old = TableSchema.from_dict(state["schema"])
+        new = TableSchema.from_dict(json.loads((Path(dataset["path"]) / "schema.json").read_text()))
+    except Exception:   # a courtesy to the refusal, which stands either way
+        return []
+    return layout_changes(old, new, state.get("categorical"), categorical,
+                          f"datasets.{dataset['name']}")
+
+
 def check_comparable(model_name: str, dataset: dict, categorical: str = "onehot") -> None:
     """Refuse, before any training, a run whose data cannot give a model comparable with the
     versions already registered under `model_name` (another sample shape or modality; for a
     table, another vector layout: columns, categories or `categorical` encoding): its
-    challenger could never be scored against the champion.  ConfigError names the setting."""
+    challenger could never be scored against the champion.  ConfigError names the setting;
+    for a table, each column that changed and what keeps the registered layout."""
     registered = registered_sample(model_name)
     if registered is None:
         return
     shape, kind = dataset_sample(dataset, categorical)
     if (shape, kind) != registered[:2]:
+        changes = (table_layout_changes(model_name, registered[2], dataset, categorical)
+                   if kind == registered[1] == "table" else [])
+        if changes:   # what differs, column by column, and what keeps the registered layout
+            raise ConfigError(
+                f"dataset {dataset['name']!r} no longer has the layout of the models registered "
+                f"under pipeline.model_name {model_name!r} (version {registered[2]}): "
+                + "; ".join(changes) + "; or, if the change is meant, set pipeline.model_name to "
+                "a name of its own: a model of other columns cannot be compared with its champion")
         raise ConfigError(
             f"pipeline.model_name {model_name!r} holds models of {registered[1]} samples of shape "
             f"{registered[0]} (version {registered[2]}), but dataset {dataset['name']!r} has "

@@ -63,12 +63,13 @@ def _describe(check: str, kwargs: dict, res: dict,
             f"the order {', '.join(schema)}"
     if check in ("type", "type_vs_reference"):
         return str(res.get("observed_value")), " or ".join(kwargs["kinds"]) + " values"
-    if check == "nulls":
+    if check in ("nulls", "nulls_vs_reference"):
         count, total = res.get("unexpected_count", 0), res.get("element_count", 0)
         share = count / total if total else 0.0
         limit = 1.0 - kwargs.get("mostly", 1.0)
         return (f"{share:.1%} nulls ({count} of {total} rows{_examples(res, id_column)})",
-                f"at most {limit:.1%}")
+                f"at most {limit:.1%}" if check == "nulls" else
+                "none: the last validated version had no nulls in this column")
     if check in ("categories", "categories_vs_reference"):
         # SUMMARY results hold the first unexpected rows only: their distinct values are
         # named, the row count is the whole table's

@@ -3,7 +3,8 @@
 In the report's order: structure (columns as schema.json lists them, in order; ids; splits;
 row count; duplicate rows), then per column: type, nulls, known categories, finite values,
 range, then against the last validated version: its columns, each column's kind and its known
-categories (what an inferred schema cannot hold fixed), and drift (mean and std of each number,
+categories, no nulls where it had none unless the column is declared nullable (what an inferred
+schema cannot hold fixed), and drift (mean and std of each number,
 category shares).  Every expectation carries a short check name in meta["check"] and meta["column"],
 and a description with its thresholds.  A column's value checks are left out when the column
 is missing or holds another type than the schema's: its one failure (columns / type) says so,
@@ -150,6 +151,13 @@ def _column_values(column: SchemaColumn, s: ValidationSettings, ref: dict | None
                      f"at most {limit:.1%} nulls ("
                      + (f"nullable, {origin}: max_null_fraction)" if column.nullable else
                         f"not nullable, {origin})"), column.name, mostly=1.0 - limit)]
+    if column.nullable and origin != "declared" and ref is not None and ref.get("null_share") == 0:
+        # an inferred schema follows the file: nulls in a column that had none make it
+        # nullable (another model layout), which max_null_fraction alone would let pass
+        checks.append(_check(gxe.ExpectColumnValuesToNotBeNull, "nulls_vs_reference",
+                             "no nulls, as in the last validated version (if nulls are now "
+                             "expected here, declare the column `nullable: true` in the entry's "
+                             "columns)", column.name))
     if column.type == "categorical":
         if column.categories is not None:
             checks.append(_check(gxe.ExpectColumnValuesToBeInSet, "categories",
