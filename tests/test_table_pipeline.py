@@ -70,11 +70,14 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
         assert f"table/floor/{key}" in logged, sorted(logged)[:20]
         assert any(k.startswith("table/") and k.endswith(f"/{key}") and "/floor/" not in k for k in logged)
 
-    # the registered model answers rows with the schema's columns and dtypes
+    # the registered model answers rows with the schema's columns and dtypes, and the id column
+    # first with fresh ids that no real row has (diffusion/tabular/row_ids.py)
     served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     rows = served.predict(pd.DataFrame({"n": [7], "seed": [3]}))
     assert isinstance(rows, pd.DataFrame) and len(rows) == 7
-    assert {c: str(t) for c, t in rows.dtypes.items()} == DTYPES
+    assert {c: str(t) for c, t in rows.dtypes.items()} == {"customer": "object", **DTYPES}
+    assert list(rows.columns) == ["customer", *DTYPES] and rows["customer"].is_unique
+    assert not set(rows["customer"]) & set(pd.read_csv(repo / "customers.csv")["customer"])
     assert set(rows["plan"]) <= {"basic", "plus", "pro"}
 
     # the release gives the same rows as a CSV (what serving code that only reads S3 gets)
@@ -82,7 +85,7 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     out = tmp_path / "rows.csv"
     run("sample", "--release", release, "--out", out, "--n", 7, "--seed", 3, cwd=repo)
     from_release = pd.read_csv(out)
-    assert list(from_release.columns) == list(DTYPES)
+    assert list(from_release.columns) == ["customer", *DTYPES]
     pd.testing.assert_frame_equal(from_release, pd.read_csv(_csv(rows, tmp_path)), check_exact=True)
 
 
