@@ -17,6 +17,7 @@ from diffusion.settings import Settings
 
 from .adapters.gx.settings import ValidationSettings
 from .steps.promote_settings import PromoteSettings
+from .steps.register_guard import RowsGuardSettings
 
 
 # an S3 bucket name (AWS's rules, which S3-compatible stores follow): 3-63 lowercase letters,
@@ -32,6 +33,10 @@ class PipelineSettings(Settings):
     # within `max_fid_ratio` x the teacher's best FID, else the teacher at its best setting.
     max_fid_ratio: Annotated[float, Field(ge=1)] = 2.5
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    # a table model whose served rows copy training rows is not registered and the run fails
+    # (tasks/steps/register_guard.py): exact copies above held-out real rows' share by more than
+    # max_exact_copies_excess, or a DCR ratio below min_dcr_ratio
+    rows_guard: RowsGuardSettings = Field(default_factory=RowsGuardSettings)
     validate_data: ValidationSettings = Field(default_factory=ValidationSettings)
     dvc_remote: str = "dmops"               # defined in .dvc/config; its endpoint comes from the stack
     # S3 buckets the flow writes to (they must exist; `dmops up` makes these defaults): the

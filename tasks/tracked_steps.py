@@ -210,7 +210,9 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
     metrics are its row of the evaluation: the same n, seed and feature space that the promote
     step scores the champion with.  The effective configuration is logged as
     lineage/config.json.  A table model's rows are those of the setting it is served at
-    (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>.
+    (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>.  Rows that copy the training rows beyond
+    pipeline.rows_guard (tasks/steps/register_guard.py) are refused before anything is
+    registered: RowsRefused, its one line also the step run's `rows_guard` tag.
     details: version, model_dir (the served copy), candidate (text), same_as_champion (True:
     nothing registered, version is the champion's, made from the same inputs); for a table model also
     rows_setting {"model", "sampler", "steps", "nfe"}: the setting those rows are of."""
@@ -220,6 +222,8 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
     with tracking.step_run("register_model", parent_run_id) as run:
         tracking.log_json(config.model_dump(mode="json"), "lineage/config.json")
         rows, setting = _served_rows(config, evaluation, folders, work_dir)
+        if rows is not None:
+            _guard_rows(rows, setting, settings.rows_guard, parent_run_id)
         registered = register_candidate(evaluation.details["table"], folders, weights, work_dir,
                                         settings.model_name, settings.max_fid_ratio, tags,
                                         run.info.run_id, table_quality=rows)
@@ -264,6 +268,19 @@ def _served_rows(config: PipelineConfig, evaluation: StepResult, folders: dict[s
         mlflow.log_artifact(str(path), "table_quality/served")
     return rows, {"model": candidate.name, "sampler": candidate.sampler,
                   "steps": candidate.steps, "nfe": nfe}
+
+
+def _guard_rows(rows: dict, setting: dict, guard, parent_run_id: str | None) -> None:
+    """Refuse the served rows when they copy the training rows (register_guard.check_served_rows)."""
+    from tasks.steps.register_guard import RowsRefused, check_served_rows
+
+    try:
+        check_served_rows(rows, f"{setting['model']} ({served_setting(setting['sampler'], setting['nfe'])})",
+                          guard)
+    except RowsRefused as e:
+        mlflow.set_tag("rows_guard", str(e))
+        raise
+    mlflow.set_tag("rows_guard", "passed")
 
 
 UNCHANGED = "unchanged"   # the promote step's outcome when nothing was registered

@@ -8,6 +8,7 @@ of the file stops the run at the gate, naming the column, and moves nothing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -69,6 +70,11 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     for key in ("column_shapes", "column_pair_trends", "detection_auc", "dcr_ratio", "utility_auc"):
         assert f"table/floor/{key}" in logged, sorted(logged)[:20]
         assert any(k.startswith("table/") and k.endswith(f"/{key}") and "/floor/" not in k for k in logged)
+    # the pair trends and the utility say what they are
+    assert re.search(r"pair trends [0-9.]+ \(\d+ of 6 pairs[^;]*; floor ", rows[0]), rows[0]
+    assert "utility (AUC ratio) " in rows[0], rows[0]
+    registered = champion_metrics(champion)
+    assert (", F1 ratio " in rows[0]) == ("table_utility_f1_ratio" in registered), rows[0]
 
     # the registered model answers rows with the schema's columns and dtypes, and the id column
     # first with fresh ids that no real row has (diffusion/tabular/row_ids.py)
@@ -170,6 +176,36 @@ def test_a_rerun_with_nothing_changed_registers_nothing_and_says_the_champion_is
     assert _client().get_model_version_by_alias(MODEL, "champion").version == "1"
     # the register step says it once, in the flow run's log
     assert proc.stderr.count(f"nothing registered: {MODEL} version 1, the champion") == 1, proc.stderr[-3000:]
+
+
+def champion_metrics(version) -> dict:
+    return _client().get_run(version.run_id).data.metrics
+
+
+@pytest.mark.slow
+def test_served_rows_that_copy_training_rows_are_not_registered_and_the_run_fails(table_run):
+    """The rows guard (tasks/steps/register_guard.py) in a real run: with a bound no model can
+    meet (its DCR ratio at least 1000) the served rows are refused, in one line, exit code 2;
+    nothing is registered, the champion stays; the register step's run says why."""
+    repo, _ = table_run
+    before = {v.version for v in _client().search_model_versions(f"name='{MODEL}'")}
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", "--set", "pipeline.methods=[consistency]",
+               "--set", "pipeline.max_fid_ratio=100", "--set", "pipeline.rows_guard.min_dcr_ratio=1000",
+               cwd=repo, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1, proc.stderr[-3000:]
+    assert re.match(r"error: the pipeline stopped: the served rows of \S+ \(\S+, \d+ NFE\) copy the "
+                    r"training rows: its DCR ratio \(.*\) is [0-9.]+, below "
+                    r"pipeline\.rows_guard\.min_dcr_ratio 1000: not registered, the champion is "
+                    r"unchanged", said[0]), said[0]
+    assert {v.version for v in _client().search_model_versions(f"name='{MODEL}'")} == before
+    assert _client().get_model_version_by_alias(MODEL, "champion").version == "1"
+    import mlflow
+
+    register = mlflow.search_runs(experiment_names=[MODEL], filter_string="tags.step = 'register_model'",
+                                  order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert register.data.tags["rows_guard"] == said[0].removeprefix("error: the pipeline stopped: ")
 
 
 @pytest.mark.slow

@@ -93,6 +93,28 @@ def test_a_copier_is_caught_and_a_generator_of_fresh_rows_scores_like_the_floor(
     assert f"column shapes {copier['column_shapes']:.3f}" in said[2] and said[2].endswith(" s)")
 
 
+def test_the_copiers_rows_are_refused_by_the_rows_guard_and_fresh_rows_pass_it(scored):
+    """The register step's guard (tasks/steps/register_guard.py) on real scores: a model that
+    replays its training rows is refused on both rules, with its numbers; fresh rows pass."""
+    from diffusion.data_errors import DataError
+    from tasks.steps.register_guard import RowsGuardSettings, check_served_rows, rows_refusal
+
+    out, _, _ = scored
+    guard = RowsGuardSettings()
+    copier, fresh, floor = out["models"]["copier"], out["models"]["ddim"], out["floor"]
+    broken = rows_refusal(copier, floor, guard)
+    assert len(broken) == 2, broken
+    assert broken[0].startswith("100.0% of its rows are exact copies of training rows against 0.0% ")
+    assert "DCR ratio" in broken[1] and "is 0.000" in broken[1]
+    assert rows_refusal(fresh, floor, guard) == []
+    with pytest.raises(DataError) as e:
+        check_served_rows({"floor": floor, "models": {"copier": copier}},
+                          "copier (ddim, 4 NFE)", guard)
+    assert str(e.value).startswith("the served rows of copier (ddim, 4 NFE) copy the training rows: ")
+    assert "\n" not in str(e.value)
+    check_served_rows({"floor": floor, "models": {"ddim": fresh}}, "ddim (ddim, 4 NFE)", guard)
+
+
 def test_each_scored_setting_says_how_many_pairs_its_pair_trends_are_of_and_its_f1_ratio(scored):
     out, folder, said = scored
     saved = json.loads((folder / "table_quality.json").read_text())
