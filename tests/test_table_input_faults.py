@@ -160,3 +160,23 @@ def test_a_null_burst_names_its_rows_by_the_id_column_and_says_the_schema_was_in
     assert line.startswith("nulls (balance): at most 10.0% nulls (nullable, inferred from the "
                            "data: max_null_fraction); observed "), line
     assert ", e.g. customer_id C00000, C00003, C00006); expected at most 10.0%" in line, line
+
+
+# --- repeated ids ------------------------------------------------------------------------------
+
+def test_repeated_ids_are_named_at_every_row_that_holds_them(tmp_path):
+    table = customers()
+    path = tmp_path / "customers.csv"
+    pd.concat([table, table.head(3)], ignore_index=True).to_csv(path, index=False)
+    # before: "value(s) ['C00000', 'C00001', 'C00002'] repeat (rows 0, 1, 2)": the first
+    # occurrences only, not the appended rows 200-202
+    with pytest.raises(DataError) as caught:
+        load_table(path, id_column="customer_id")
+    assert str(caught.value) == (
+        f"{path}: id column 'customer_id': 3 values repeat: 'C00000' at rows 0 and 200, "
+        "'C00001' at rows 1 and 201, 'C00002' at rows 2 and 202; ids must be unique")
+    many = pd.concat([table.head(60)] * 3 + [table.tail(5)], ignore_index=True)
+    many.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"id column 'customer_id': 60 values repeat: 'C00000' at "
+                                        r"rows 0, 60 and 120, .*, \.\.\. \(60 in all\); ids must"):
+        load_table(path, id_column="customer_id")

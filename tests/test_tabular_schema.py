@@ -150,7 +150,7 @@ def schema(mixed):
      r"column 'whole': 1 null\(s\) \(first at row\(s\) 1\) but the schema says not nullable"),
     (lambda t: t.assign(price=[1.0, -2.0, 3.0, 4.0]), r"column 'price': 1 value\(s\) beyond the declared min 0"),
     (lambda t: t.assign(whole=[1.0, np.inf, 3.0, 4.0]), r"column 'whole': 1 infinite value"),
-    (lambda t: t.assign(key=["a1", "a1", "a3", "a4"]), r"id column 'key': value\(s\) \['a1'\] repeat"),
+    (lambda t: t.assign(key=["a1", "a1", "a3", "a4"]), r"id column 'key': 1 value repeats: 'a1' at rows 0 and 1; ids must be unique"),
     (lambda t: t.assign(whole=["1", "2", "3", "4"]), "column 'whole': dtype object, the schema says float64"),
 ])
 def test_check_table_names_the_column_and_what_was_seen(mixed, schema, change, message):

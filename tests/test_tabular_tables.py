@@ -154,7 +154,7 @@ def test_processed_folder_guards(csv, tmp_path):
     (lambda p: p.with_suffix(".csv").write_text("a,b\n1,2\n"), {"target": "c"},
      r"t\.csv: target 'c' is not a column of the table; columns: \['a', 'b'\]"),
     (lambda p: p.with_suffix(".csv").write_text("a,b\n1,2\n1,3\n"), {"id_column": "a"},
-     r"t\.csv: id column 'a': value\(s\) \[1\] repeat"),
+     r"t\.csv: id column 'a': 1 value repeats: 1 at rows 0 and 1; ids"),
     (lambda p: p.with_suffix(".csv").write_text("a,_split\n1,2\n"), {}, r"\['_split'\] are reserved"),
     (lambda p: None, {}, r"t\.csv: does not exist"),
 ])

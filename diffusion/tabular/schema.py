@@ -497,6 +497,25 @@ def layout_changes(old: TableSchema, new: TableSchema, old_encoding: str | None 
     return out
 
 
+def repeated_values(values: pd.Series, limit: int = 3) -> str:
+    """"" when no non-null value of `values` repeats; else which do and at which rows (index
+    labels), each value with every row that holds it -- "2 values repeat: 'C00000' at rows 0
+    and 2000, 'C00001' at rows 1 and 2001" -- the first `limit` of them, in order of their
+    first repeat.  `values` compared as they are (see load_table for ids equal as text)."""
+    repeat = values.duplicated(keep="first") & values.notna()
+    if not repeat.any():
+        return ""
+    shown = pd.unique(values[repeat])
+    parts = []
+    for value in shown[:limit]:
+        rows = values.index[(values == value).to_numpy()].tolist()
+        where = ", ".join(map(str, rows[:-1][:4])) + (", ..." if len(rows) > 5 else "")
+        parts.append(f"{_plain(value)!r} at rows {where} and {rows[-1]}")
+    more = f", ... ({len(shown)} in all)" if len(shown) > limit else ""
+    return (f"{len(shown)} value{'s repeat' if len(shown) > 1 else ' repeats'}: "
+            + ", ".join(parts) + more)
+
+
 def _first_rows(mask: pd.Series, limit: int = 3) -> str:
     rows = mask[mask.to_numpy()].index[:limit].tolist()
     return ", ".join(map(str, rows))
@@ -526,10 +545,9 @@ def check_table(df: pd.DataFrame, schema: TableSchema, where: str = "table") -> 
         if ids.isna().any():
             problems.append(f"id column {schema.id!r}: {int(ids.isna().sum())} null id(s), "
                             f"first at row(s) {_first_rows(ids.isna())}")
-        repeated = ids.duplicated(keep=False) & ids.notna()
-        if repeated.any():
-            problems.append(f"id column {schema.id!r}: value(s) {ids[repeated].unique()[:3].tolist()} "
-                            f"repeat (rows {_first_rows(repeated)}); ids must be unique")
+        repeats = repeated_values(ids)
+        if repeats:
+            problems.append(f"id column {schema.id!r}: {repeats}; ids must be unique")
     if problems:
         raise DataError(f"{where}: " + "; ".join(problems))
     return df

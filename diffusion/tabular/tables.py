@@ -42,7 +42,7 @@ import pandas as pd
 
 from ..atomic import atomic_folder
 from ..data import SPLITS, DataError, _numbered_ids, _write_synced, require_replaceable, split_indices
-from .schema import TableSchema, check_table, complete_schema, conform, describe
+from .schema import TableSchema, check_table, complete_schema, conform, describe, repeated_values
 from .table_files import BUILTINS, DIAMONDS_SCHEMA, EXTENSIONS, check_source, read_source, relabel
 
 __all__ = ["BUILTINS", "DIAMONDS_SCHEMA", "EXTENSIONS", "TableDataset", "check_source", "load_table",
@@ -200,8 +200,8 @@ def load_table(source, schema=None, target: str | None = None, id_column: str | 
     df = df[resolved.names + ([resolved.id] if resolved.id else [])]
     ids = (df[resolved.id].astype(str).tolist() if resolved.id else _numbered_ids("row", len(df)))
     if resolved.id and len(set(ids)) != len(ids):  # distinct values, equal as text: 1 and "1"
-        raise DataError(f"{where}: id column {resolved.id!r} has values that are equal as text; "
-                        "ids must be unique")
+        raise DataError(f"{where}: id column {resolved.id!r} has values that are equal as text, "
+                        f"{repeated_values(pd.Series(ids, dtype=object))}; ids must be unique")
     try:
         split = split_indices(len(df), seed, val_fraction, test_fraction, _strata(df, resolved))
     except DataError as exc:
