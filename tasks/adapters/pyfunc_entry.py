@@ -35,7 +35,8 @@ def _keep_the_installed_packages_whole() -> None:
     installed: dict[str, Path] = {}
     for top in sorted(p.name for p in code.iterdir() if (p / "__init__.py").is_file()):
         loaded = sys.modules.get(top)
-        if loaded is not None and code not in Path(loaded.__file__).resolve().parents:
+        origin = getattr(loaded, "__file__", None)
+        if loaded is not None and not (origin and code in Path(origin).resolve().parents):
             continue   # imported before the model: it already is the installed package
         saved, sys.path[:] = sys.path[:], rest
         try:
