@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -47,6 +48,9 @@ from flows.run_logs import send_core_messages_to_prefect
 from flows.summary import summary_markdown
 
 REQUIRED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3")
+# the flow's MLflow run says why it failed: the error's message in one line (the runs list can
+# show it as a column), at most this long
+FAILURE_TAG, FAILURE_CHARS = "failure_reason", 1000
 
 
 class PipelineError(RuntimeError):
@@ -65,6 +69,56 @@ def _work_dir(repo: Path, cfg_json: dict, dataset_md5: str, code: dict[str, str]
     again, and a run of other code never resumes or reuses another's files."""
     key = hashlib.sha256(json.dumps([cfg_json, dataset_md5, code], sort_keys=True).encode()).hexdigest()
     return repo / "runs" / "pipeline" / key[:12]
+
+
+def failure_reason(error: BaseException) -> str:
+    """`error`'s message as one line (at most FAILURE_CHARS) for the flow run's FAILURE_TAG:
+    the data gate's failed expectations, the rows guard's refusal, a server that did not answer.
+    Never a credential: a message that looks like it holds one (tasks/adapters/registry.py
+    check_tags' rules) is replaced by the error's class and where to read it."""
+    from tasks.adapters.registry import RegistryError, check_tags
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > FAILURE_CHARS:
+        text = text[:FAILURE_CHARS - 3] + "..."
+    try:
+        check_tags({FAILURE_TAG: text}, "the flow run's failure reason")
+    except RegistryError:
+        text = (f"{type(error).__name__}: its message is not recorded here (it looks like it holds "
+                "a credential); the flow run's log has it")
+    return text
+
+
+@contextmanager
+def _failure_recorded(run_id: str, model_name: str):
+    """On an error: the flow's MLflow run `run_id` gets FAILURE_TAG (`failure_reason`), and for
+    a fault that is the user's to fix (the data, the gate, the served rows, a setting) the flow
+    run's summary artifact says it in one line; then the error goes on.  Neither may replace
+    the error: a server that fails here is left to the error to name."""
+    try:
+        yield
+    except Exception as e:
+        reason = failure_reason(e)
+        try:
+            mlflow.MlflowClient().set_tag(run_id, FAILURE_TAG, reason)
+        except Exception:
+            pass
+        if _user_fault(e):
+            try:
+                create_markdown_artifact(f"# {model_name}: the pipeline stopped\n\n**Reason:** {reason}\n",
+                                         key="training-pipeline-summary",
+                                         description="why the run stopped")
+            except Exception:
+                pass
+        raise
+
+
+def _user_fault(error: BaseException) -> bool:
+    from diffusion.config import ConfigError
+    from diffusion.data_errors import DataError
+    from tasks.adapters.gx.report import DataValidationError
+
+    return isinstance(error, (ConfigError, DataError, DataValidationError))
 
 
 def _fresh(task, output: StepResult, **kwargs) -> StepResult:
@@ -107,7 +161,8 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     # tracked_run: an MLflow server gone at the end does not replace the step's one-line error
     with tracked_run(run_name, tags={
             "prefect_flow_run_id": str(flow_run.get_id()), "profile": str(cfg.profile),
-            **source_commit_tag(commit)}) as parent:
+            **source_commit_tag(commit)}) as parent, \
+            _failure_recorded(parent.info.run_id, settings.model_name):
         pid = parent.info.run_id
         progress = track_pipeline(settings.methods, cfg.profile, parent)  # a line per step
         prepared = steps.prepare_dataset_task(str(repo_path), cfg.dataset, settings.dvc_remote,

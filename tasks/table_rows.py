@@ -18,6 +18,11 @@ import numbers
 SHOWN = (("column_shapes", "column shapes"), ("column_pair_trends", "pair trends"),
          ("utility_ratio", "utility"), ("utility_f1_ratio", "F1 ratio"),
          ("detection_auc", "detection AUC"), ("dcr_ratio", "DCR ratio"))
+# what the parent run of a flow carries of a table model's served rows (and of the floor), as
+# table_<metric> / table_floor_<metric>: the names of the registered version's metrics and its card
+HEADLINE = tuple(key for key, _ in SHOWN) + ("exact_copies",)
+
+
 def _number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -97,6 +102,20 @@ def scores_text(metrics: dict) -> list[str]:
     0.933', 'F1 ratio 0.539', ...: the progress line's items."""
     return [f"{name} {value:.3f}" + (f" ({note})" if note else "")
             for _, name, value, note in shown(metrics)]
+
+
+def headline(served: dict, floor: dict) -> dict[str, float]:
+    """The parent run's metrics of a table model's served rows: table_<metric> for each of
+    HEADLINE in `served` (one rows score dict) and table_floor_<metric> in `floor`; names as
+    the registered version's metrics and its card."""
+    out = {}
+    for prefix, scores in (("table_", served), ("table_floor_", floor)):
+        scores = dict(scores)
+        ratio = f1_ratio(scores)
+        if ratio is not None:
+            scores["utility_f1_ratio"] = ratio
+        out.update({f"{prefix}{k}": float(scores[k]) for k in HEADLINE if _number(scores.get(k))})
+    return out
 
 
 def utility_note(metrics: dict) -> str | None:

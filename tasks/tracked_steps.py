@@ -15,6 +15,7 @@ bounds (tasks/adapters/tracking.py, tasks/adapters/metric_logger.py).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tasks.adapters.servers import dvc_client_env
 from tasks.pipeline_settings import PipelineConfig
 from tasks.step_result import StepResult
 from tasks.steps.lineage import model_weights_sha256
-from tasks.table_rows import served_setting
+from tasks.table_rows import headline, served_setting
 
 
 def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
@@ -210,7 +211,9 @@ def register(config: PipelineConfig, evaluation: StepResult, folders: dict[str, 
     metrics are its row of the evaluation: the same n, seed and feature space that the promote
     step scores the champion with.  The effective configuration is logged as
     lineage/config.json.  A table model's rows are those of the setting it is served at
-    (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>.  Rows that copy the training rows beyond
+    (`_served_rows`): its metrics then hold table_<metric> and table_floor_<metric>; the
+    headline ones (tasks/table_rows.py HEADLINE) go on the flow's run `parent_run_id` too, so the
+    runs list compares table runs by them.  Rows that copy the training rows beyond
     pipeline.rows_guard (tasks/steps/register_guard.py) are refused before anything is
     registered: RowsRefused, its one line also the step run's `rows_guard` tag.
     details: version, model_dir (the served copy), candidate (text), same_as_champion (True:
@@ -271,13 +274,20 @@ def _served_rows(config: PipelineConfig, evaluation: StepResult, folders: dict[s
 
 
 def _guard_rows(rows: dict, setting: dict, guard, parent_run_id: str | None) -> None:
-    """Refuse the served rows when they copy the training rows (register_guard.check_served_rows)."""
+    """Log the served rows' headline scores (and the floor's) on this step's run and the flow's,
+    then refuse them when they copy the training rows (register_guard.check_served_rows)."""
     from tasks.steps.register_guard import RowsRefused, check_served_rows
 
+    served, = rows["models"].values()
+    metrics = headline(served, rows["floor"])
+    if parent_run_id is not None:
+        mlflow.MlflowClient().log_batch(parent_run_id, metrics=[
+            mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
     try:
         check_served_rows(rows, f"{setting['model']} ({served_setting(setting['sampler'], setting['nfe'])})",
                           guard)
-    except RowsRefused as e:
+    except RowsRefused as e:   # what registration would have logged here, and why it did not
+        mlflow.log_metrics(metrics)
         mlflow.set_tag("rows_guard", str(e))
         raise
     mlflow.set_tag("rows_guard", "passed")

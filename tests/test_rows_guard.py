@@ -1,6 +1,7 @@
 """The register step's guard on a table model's served rows (tasks/steps/register_guard.py):
 rows that copy the training rows beyond `pipeline.rows_guard` are refused in one line; the
-setting is validated and params.yaml states its defaults.  The guard on rows the evaluation
+setting is validated and params.yaml states its defaults; and a failed flow run's MLflow run
+says why in one line (flows/pipeline.py failure_reason).  The guard on rows the evaluation
 really scored: tests/test_table_quality_step.py; in a whole run: tests/test_table_pipeline.py."""
 
 from __future__ import annotations
@@ -87,3 +88,18 @@ def test_the_guard_is_set_under_pipeline_rows_guard_validated_and_can_be_switche
             load_pipeline_config(PARAMS, overrides=[bad])
     off = RowsGuardSettings(max_exact_copies_excess=1.0, min_dcr_ratio=0.0)
     assert rows_refusal({**COPIES, "exact_copies": 1.0}, COPIES_FLOOR, off) == []
+
+
+def test_a_failed_flow_runs_reason_is_one_line_bounded_and_never_a_credential():
+    from flows.pipeline import FAILURE_CHARS, failure_reason
+
+    gate = ValueError("dataset customers failed 1 of 48 expectations:\n  - plan (categorical): "
+                      "a value outside the known set: 'enterprise'\nFix the data and run again.")
+    assert failure_reason(gate) == ("dataset customers failed 1 of 48 expectations: - plan "
+                                    "(categorical): a value outside the known set: 'enterprise' "
+                                    "Fix the data and run again.")
+    long = failure_reason(ValueError("x" * 5000))
+    assert len(long) == FAILURE_CHARS and long.endswith("...")
+    leaked = failure_reason(RuntimeError("could not reach http://admin:hunter22@127.0.0.1:5000/api"))
+    assert "hunter22" not in leaked and leaked.startswith("RuntimeError: its message is not recorded")
+    assert failure_reason(KeyError()) == "KeyError"

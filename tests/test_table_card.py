@@ -237,3 +237,21 @@ def test_a_kid_whose_subsets_are_the_whole_sets_says_so_instead_of_a_zero_spread
     # subsets smaller than a set (400 test rows against 1000 generated): a spread is measured
     part = model_card("m", "1", {**whole, "kid_std": 0.02296, "n_test": 400}, {}, spec=table_spec)
     assert "| KID (mean ± std over subsets) | -0.004446 ± 0.02296, bootstrap interval" in part
+
+
+def test_the_parent_runs_table_metrics_are_named_as_the_registered_versions():
+    from tasks.table_rows import headline
+
+    served = {k.removeprefix("table_"): v for k, v in CHURN.items() if "floor" not in k}
+    floor = {k.removeprefix("table_floor_"): v for k, v in CHURN.items() if "floor" in k}
+    metrics = headline({**served, "exact_copies": 0.0, "detection_auc": 0.4997, "dcr_ratio": 0.9952},
+                       {**floor, "exact_copies": 0.0})
+    assert metrics == pytest.approx({
+        "table_column_pair_trends": 0.9722, "table_utility_ratio": 0.9335,
+        "table_utility_f1_ratio": 0.4423 / 0.8207, "table_detection_auc": 0.4997,
+        "table_dcr_ratio": 0.9952, "table_exact_copies": 0.0,
+        "table_floor_column_pair_trends": 0.9726, "table_floor_utility_ratio": 0.9459,
+        "table_floor_utility_f1_ratio": 0.5149 / 0.8548, "table_floor_exact_copies": 0.0})
+    # every one of them is a number the card shows for a registered version
+    card = model_card("m", "1", {**EVALUATION, **CHURN, **metrics}, {"data_kind": "table"})
+    assert "0.5389" in card and "0.6024" in card

@@ -51,6 +51,15 @@ def _client():
     return mlflow.MlflowClient()
 
 
+def _last_flow_run():
+    """The MLflow run of the latest flow run (a parent run: it has no `step` tag)."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[MODEL], order_by=["attributes.start_time DESC"],
+                              output_format="list")
+    return next(r for r in runs if "step" not in r.data.tags)
+
+
 @pytest.mark.slow
 def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dtypes(table_run, tmp_path):
     import mlflow
@@ -70,10 +79,19 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     for key in ("column_shapes", "column_pair_trends", "detection_auc", "dcr_ratio", "utility_auc"):
         assert f"table/floor/{key}" in logged, sorted(logged)[:20]
         assert any(k.startswith("table/") and k.endswith(f"/{key}") and "/floor/" not in k for k in logged)
+    # ... and the served rows' headline scores on the flow's run, named as the registered
+    # version's: the runs list compares table runs by them
+    parent, registered = _last_flow_run().data.metrics, champion_metrics(champion)
+    for key in ("column_shapes", "column_pair_trends", "utility_ratio", "detection_auc",
+                "dcr_ratio", "exact_copies", "utility_f1_ratio"):
+        if key == "utility_f1_ratio" and "table_utility_f1_ratio" not in registered:
+            assert registered["table_utility_f1_real"] == 0   # no ratio to a real-trained F1 of 0
+            continue
+        assert parent[f"table_{key}"] == pytest.approx(registered[f"table_{key}"]), key
+        assert f"table_floor_{key}" in parent, sorted(parent)
     # the pair trends and the utility say what they are
     assert re.search(r"pair trends [0-9.]+ \(\d+ of 6 pairs[^;]*; floor ", rows[0]), rows[0]
     assert "utility (AUC ratio) " in rows[0], rows[0]
-    registered = champion_metrics(champion)
     assert (", F1 ratio " in rows[0]) == ("table_utility_f1_ratio" in registered), rows[0]
 
     # the registered model answers rows with the schema's columns and dtypes, and the id column
@@ -186,7 +204,8 @@ def champion_metrics(version) -> dict:
 def test_served_rows_that_copy_training_rows_are_not_registered_and_the_run_fails(table_run):
     """The rows guard (tasks/steps/register_guard.py) in a real run: with a bound no model can
     meet (its DCR ratio at least 1000) the served rows are refused, in one line, exit code 2;
-    nothing is registered, the champion stays; the register step's run says why."""
+    nothing is registered, the champion stays; the flow's MLflow run says why and still carries
+    the refused rows' scores."""
     repo, _ = table_run
     before = {v.version for v in _client().search_model_versions(f"name='{MODEL}'")}
     proc = run("run", "--repo", repo, "--set", "train.steps=30", "--set", "pipeline.methods=[consistency]",
@@ -201,6 +220,10 @@ def test_served_rows_that_copy_training_rows_are_not_registered_and_the_run_fail
                     r"unchanged", said[0]), said[0]
     assert {v.version for v in _client().search_model_versions(f"name='{MODEL}'")} == before
     assert _client().get_model_version_by_alias(MODEL, "champion").version == "1"
+    flow_run = _last_flow_run()
+    assert flow_run.info.status == "FAILED"
+    assert flow_run.data.tags["failure_reason"] == said[0].removeprefix("error: the pipeline stopped: ")
+    assert "table_dcr_ratio" in flow_run.data.metrics and "table_floor_dcr_ratio" in flow_run.data.metrics
     import mlflow
 
     register = mlflow.search_runs(experiment_names=[MODEL], filter_string="tags.step = 'register_model'",
@@ -222,5 +245,8 @@ def test_a_new_category_in_the_next_version_stops_at_the_gate_naming_the_column(
     assert "plan" in said and "enterprise" in said, said[-3000:]
     assert _client().get_model_version_by_alias(MODEL, "champion").version == before
     assert len(_client().search_model_versions(f"name='{MODEL}'")) == 1   # nothing trained or registered
+    # the flow's MLflow run says why it failed, in one line
+    reason = _last_flow_run().data.tags["failure_reason"]
+    assert "plan" in reason and "enterprise" in reason and "\n" not in reason, reason
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["datasets"][params["dataset"]]["name"] == "table"
