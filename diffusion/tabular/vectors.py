@@ -5,6 +5,7 @@ state carried along so that whatever is made from these vectors can be decoded t
     tds = load_table_processed("data/processed/churn")      # diffusion/tabular/tables.py
     ds = table_vectors(tds, categorical="onehot")            # Dataset, kind "table", x (N, D)
     rows = decode(ds.table, samples)                         # DataFrame in the schema's dtypes
+    rows = generated_rows(ds.table, samples)                 # ... and the id column, fresh ids
 
 Everything downstream of the data -- the MLP denoiser, preconditioning, samplers,
 distillation, the identity features of the quality-versus-NFE sweep -- sees a vector dataset;
@@ -21,7 +22,7 @@ import torch
 
 from ..data import Dataset, validate
 from .encoding import TableEncoder
-from .row_ids import id_recipe
+from .row_ids import id_recipe, with_fresh_ids
 from .tables import TableDataset
 
 
@@ -46,6 +47,14 @@ def decode(state: dict, x) -> pd.DataFrame:
     `state`: an encoder's to_dict (Dataset.table, a model's data.table)."""
     values = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return TableEncoder.from_dict(state).inverse_transform(values.astype(np.float32))
+
+
+def generated_rows(state: dict, x) -> pd.DataFrame:
+    """What a user receives for generated vectors `x` (N, D): `decode`'s rows with the table's
+    id column first, holding fresh ids that no real row has (row_ids.py; none without an id
+    column) -- `dmops sample`'s rows and the served model's `predict` answer.  `decode` alone
+    gives the modelled columns (what the evaluation scores, real rows included)."""
+    return with_fresh_ids(decode(state, x), state.get("id"))
 
 
 def received_vectors(state: dict, x) -> torch.Tensor:

@@ -30,21 +30,20 @@ def sample_to_file(model_path, out, *, n: int = 64, seed: int = 0, sampler: str 
         raise ValueError(f"{out}: rows are written for a table model; this one makes "
                          f"{spec.data.kind or 'other'} samples of shape {spec.shape}: write a .png")
     from diffusion.atomic import atomic_file
-    from diffusion.tabular.row_ids import id_note, with_fresh_ids
-    from diffusion.tabular.vectors import decode
+    from diffusion.tabular.row_ids import id_note
+    from diffusion.tabular.vectors import generated_rows
 
     options = _options(spec, sampler, steps)
     t0 = time.perf_counter()
     x = generate(denoiser, spec.shape, n, seed=seed, device=device, **options).x
-    made = spec.data.table.get("id")   # the id column: fresh ids, never a real row's
-    rows = with_fresh_ids(decode(spec.data.table, x), made)
+    rows = generated_rows(spec.data.table, x)   # the id column: fresh ids, never a real row's
     seconds = time.perf_counter() - t0
     with atomic_file(out, "sampled rows") as tmp:
         if out.suffix.lower() == ".csv":
             rows.to_csv(tmp, index=False)
         else:
             rows.to_parquet(tmp, index=False)
-    note = id_note(made)
+    note = id_note(spec.data.table.get("id"))
     print(f"{n} rows ({options.get('sampler', 'heun')}, {len(rows.columns)} columns"
           f"{'; ' + note if note else ''}) in {seconds:.2f} s -> {out}", flush=True)
     return out
