@@ -76,6 +76,19 @@ class DataConfig(Settings):
                              "row's fields, such as ',' (the default), ';', '\\t' (a tab) or '|'")
         return value
 
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value):
+        """The declaration's own faults, before any data is read (the table's fit is `dmops
+        prepare`'s): every one, each naming its column."""
+        if value is not None:
+            from .tabular.schema import declaration_problems   # pandas: only for a declaration
+
+            problems = declaration_problems(value)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return value
+
     @field_validator("background", mode="before")
     @classmethod
     def _background(cls, value):
@@ -99,6 +112,14 @@ class DataConfig(Settings):
         if self.sep != "," and not (self.name == "table" and self.path.lower().endswith(".csv")):
             raise ValueError(f"data.sep={self.sep!r} splits a CSV file's fields; it applies to "
                              "data.name 'table' with a .csv data.path only")
+        if self.columns is not None:
+            names = [c["name"] for c in self.columns]
+            if self.target is not None and self.target not in names:
+                raise ValueError(f"data.target {self.target!r} is not one of the declared "
+                                 f"data.columns {names}: declare it (a name is enough)")
+            if self.id_column is not None and self.id_column in names:
+                raise ValueError(f"data.id_column {self.id_column!r} is also declared in "
+                                 "data.columns; the id is never modelled: remove it from columns")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1 "
                              "(something has to be left to train on)")

@@ -7,6 +7,7 @@ the data section's settings."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,3 +181,52 @@ def test_repeated_ids_are_named_at_every_row_that_holds_them(tmp_path):
     with pytest.raises(DataError, match=r"id column 'customer_id': 60 values repeat: 'C00000' at "
                                         r"rows 0, 60 and 120, .*, \.\.\. \(60 in all\); ids must"):
         load_table(path, id_column="customer_id")
+
+
+# --- a declared schema, checked as configuration ------------------------------------------------
+
+def _config_error(tmp_path, **entry) -> str:
+    import yaml
+
+    from diffusion.config import ConfigError, load_config
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["datasets"]["customers"] = {"name": "table", "path": "customers.csv", **entry}
+    params["dataset"] = "customers"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "params.yaml")
+    return str(caught.value)
+
+
+def test_a_declared_columns_fault_is_a_configuration_error(tmp_path):
+    # before: `dmops config` exited 0; only `dmops prepare` said it
+    message = _config_error(tmp_path, columns=[{"name": "age", "type": "float"},
+                                               {"name": "income", "nullable": "yes"},
+                                               {"name": "segment", "categories": []},
+                                               {"name": "visits", "type": "integer", "max": 1,
+                                                "min": 5, "colour": 1}])
+    assert message.splitlines()[1] == (
+        "  datasets.customers.columns: column 'age': type 'float'; accepted: numerical, "
+        "integer, categorical; column 'income': nullable 'yes'; accepted: true or false; column "
+        "'segment': categories []; accepted: a non-empty list of values; column 'visits': "
+        "unknown key(s) ['colour']; accepted: name, type, dtype, nullable, categories, "
+        "ordered, min, max; column 'visits': min 5 is above max 1"), message
+    assert "target 'churned' is not one of the declared data.columns ['age']" in _config_error(
+        tmp_path, columns=[{"name": "age"}], target="churned")
+    assert "id_column 'customer_id' is also declared in data.columns" in _config_error(
+        tmp_path, columns=[{"name": "age"}, {"name": "customer_id"}], id_column="customer_id")
+    assert "column 'age': dtype int64 cannot hold nulls" in _config_error(
+        tmp_path, columns=[{"name": "age", "type": "integer", "dtype": "int64", "nullable": True}])
+
+
+def test_a_partial_declaration_reports_its_type_fault_and_the_undeclared_columns_together():
+    table = customers()
+    # before: only "the table has column(s) [...] that the declared schema does not list"
+    with pytest.raises(DataError) as caught:
+        complete_schema({"columns": [{"name": "age", "type": "float"}]}, table,
+                        id_column="customer_id")
+    assert str(caught.value) == (
+        "column 'age': type 'float'; accepted: numerical, integer, categorical; the table has "
+        "column(s) ['income', 'segment', 'balance', 'churned'] that the declared schema does not "
+        "list; declare them (a name is enough) or drop them from the table")

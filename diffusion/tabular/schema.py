@@ -160,6 +160,84 @@ def _column_entries(data: dict) -> list[dict]:
     return list(entries)
 
 
+def declaration_problems(entries) -> list[str]:
+    """Every fault of a declared schema's `columns` (data.columns) that needs no data: not a
+    list, an entry without a string name, a name listed twice, an unknown key, a type not one
+    of TYPES, a dtype pandas does not know or that cannot hold the type, nullable or ordered
+    not a boolean, categories not a non-empty list of distinct scalars, bounds that are not
+    finite numbers or cross, categorical keys on a number column and bounds on a categorical
+    one.  One text per fault, naming the column; [] for a declaration that may be completed
+    from a table.  What only the data can show is `complete_schema`'s and `check_table`'s."""
+    if not isinstance(entries, (list, tuple)):
+        return [f"columns is a {type(entries).__name__}; accepted: a list of column objects"]
+    problems, names = [], []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            problems.append(f"column {entry!r}: accepted: an object with a string 'name'")
+            continue
+        names.append(entry["name"])
+        problems += [f"column {entry['name']!r}: {p}" for p in _entry_problems(entry)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(f"column(s) {twice} listed more than once")
+    return problems
+
+
+def _entry_problems(entry: dict) -> list[str]:
+    out = []
+    unknown = sorted(set(entry) - set(_COLUMN_KEYS))
+    if unknown:
+        out.append(f"unknown key(s) {unknown}; accepted: {', '.join(_COLUMN_KEYS)}")
+    type_ = entry.get("type")
+    if "type" in entry and type_ not in TYPES:
+        out.append(f"type {type_!r}; accepted: {', '.join(TYPES)}")
+        type_ = None
+    if "dtype" in entry:
+        dtype = entry["dtype"]
+        try:
+            if not isinstance(dtype, str):
+                raise DataError(f"dtype {dtype!r}; accepted: a pandas dtype name")
+            if type_ in TYPES:
+                _check_dtype(Column(entry["name"], type_, dtype, entry.get("nullable") is True))
+            else:
+                pandas_dtype(dtype)
+        except DataError as exc:
+            out.append(str(exc).replace(f"column {entry['name']!r}: ", ""))
+    for key in ("nullable", "ordered"):
+        if key in entry and not isinstance(entry[key], bool):
+            out.append(f"{key} {entry[key]!r}; accepted: true or false")
+    if "categories" in entry:
+        categories = entry["categories"]
+        if not isinstance(categories, (list, tuple)) or not categories:
+            out.append(f"categories {categories!r}; accepted: a non-empty list of values")
+        else:
+            try:
+                values = [_scalar(entry["name"], v) for v in categories]
+                if len(set(values)) != len(values):
+                    out.append(f"categories repeat a value: {list(categories)}")
+            except DataError as exc:
+                out.append(str(exc).replace(f"column {entry['name']!r}: ", ""))
+    for key in ("min", "max"):
+        bound = entry.get(key)
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                  or not math.isfinite(bound)):
+            out.append(f"{key} {bound!r}; accepted: a finite number")
+    low, high = entry.get("min"), entry.get("max")
+    if all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in (low, high)) \
+            and low > high:
+        out.append(f"min {low} is above max {high}")
+    if type_ == "categorical":
+        bounds = [k for k in ("min", "max") if entry.get(k) is not None]
+        if bounds:
+            out.append(f"categorical but gives {bounds}; those are for numerical and integer "
+                       "columns only")
+    elif type_ in TYPES:
+        extra = [k for k in ("categories", "ordered") if entry.get(k) is not None]
+        if extra:
+            out.append(f"{type_} but gives {extra}; those are for categorical columns only")
+    return out
+
+
 def _column(entry: dict) -> Column:
     name, type_ = entry["name"], entry["type"]
     if type_ not in TYPES:
@@ -370,16 +448,21 @@ def complete_schema(declared, df: pd.DataFrame, target: str | None = None,
     _check_names(df, target, id_column)
     if "columns" not in data:
         return replace(infer_schema(df, target, id_column), target=target, id=id_column)
-    entries = _column_entries(data)
+    # every fault of the declaration and of its fit to the table's columns, in one message
+    problems = declaration_problems(data["columns"])
+    entries = _column_entries(data) if not problems else [
+        e for e in data["columns"] if isinstance(e, dict) and isinstance(e.get("name"), str)]
     names = [str(n) for n in df.columns]
     missing = [e["name"] for e in entries if e["name"] not in names]
     if missing:
-        raise DataError(f"declared column(s) {missing} missing from the table; its columns: {names}")
+        problems.append(f"declared column(s) {missing} missing from the table; its columns: {names}")
     listed = {e["name"] for e in entries}
     unlisted = [n for n in names if n not in listed and n != id_column]
     if unlisted:
-        raise DataError(f"the table has column(s) {unlisted} that the declared schema does not "
+        problems.append(f"the table has column(s) {unlisted} that the declared schema does not "
                         "list; declare them (a name is enough) or drop them from the table")
+    if problems:
+        raise DataError("; ".join(problems))
     columns, filled = [], []
     for entry in entries:
         name = entry["name"]
