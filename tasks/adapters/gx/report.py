@@ -21,6 +21,9 @@ class ValidationReport:
     dataset: str = "dataset"       # the dataset's name, for messages
     # where a user changes the gate's thresholds (params.yaml keys, not a Python class)
     thresholds: str = "pipeline.validate_data"
+    # what else a failure leaves to do, said after the fix (e.g. a version file that now
+    # records the rejected data: tasks/steps/validate_data.py)
+    after_failure: str | None = None
 
     @classmethod
     def unreadable(cls, processed_dir, problems: list[str],
@@ -52,6 +55,8 @@ class ValidationReport:
             lines = [head, *(f"  - {line}" for line in self.failures),
                      "Fix the data (or, if the data is right, the thresholds under "
                      f"{self.thresholds} in params.yaml) and run again."]
+            if self.after_failure:
+                lines.append(self.after_failure)
         if self.docs_dir is not None:
             lines.append(f"Data Docs: {Path(self.docs_dir) / 'index.html'}")
         return "\n".join(lines)
