@@ -167,7 +167,7 @@ def _declared_bound(frame):
 @pytest.mark.parametrize("edit, failed, words", [
     (_new_category, {("categories", "state")},
      ["categories (state):", "3 of 1000 rows with a category not in schema.json, e.g. 'Atlantis'",
-      "e.g. row-3, row-30, row-300"]),
+      "e.g. 'Atlantis' at row-3, row-30, row-300"]),
     (_null_burst, {("nulls", "total_day_minutes")},
      ["nulls (total_day_minutes):", "observed 5.0% nulls (50 of 1000 rows, e.g. row-0",
       "expected at most 0.0%"]),
@@ -243,7 +243,7 @@ def test_declared_bounds_are_checked_without_a_reference(churn, schema, tmp_path
     report = validate_dataset(write_table(tmp_path / "t", frame, bounded))
     assert failed_checks(report) == {("range", "total_day_minutes")}
     assert "values >= 0 (schema.json's declared bounds); observed 1 of 1000 rows outside, " \
-           "values such as -1, e.g. row-5; expected >= 0" in report.failures[0]
+           "values such as -1 at row-5; expected >= 0" in report.failures[0]
 
 
 # --- drift against the last validated version -----------------------------------------------

@@ -77,14 +77,14 @@ def _describe(check: str, kwargs: dict, res: dict,
         values = ", ".join(repr(v) for v in new[:VALUES_SHOWN])
         where = "schema.json" if check == "categories" else "the last validated version"
         return (f"{res.get('unexpected_count')} of {res.get('element_count')} rows with a "
-                f"category not in {where}, e.g. {values}{_examples(res, id_column)}",
+                f"category not in {where}, e.g. {values}{_examples(res, id_column, ' at')}",
                 "each value one of " + _short(kwargs["value_set"]))
     if check in ("finite", "range"):
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         values = [v for v in res.get("partial_unexpected_list") or [] if v is not None]
         seen = f", values such as {', '.join(_fmt(v) for v in values[:EXAMPLES])}" if values else ""
         return (f"{res.get('unexpected_count')} of {res.get('element_count')} rows outside"
-                f"{seen}{_examples(res, id_column)}",
+                f"{seen}{_examples(res, id_column, ' at' if values else ', e.g.')}",
                 "finite values" if check == "finite" else _between(low, high))
     if check == "duplicates":
         unique = res.get("observed_value")
@@ -106,14 +106,15 @@ def _describe(check: str, kwargs: dict, res: dict,
     return None
 
 
-def _examples(res: dict, id_column: str | None = None) -> str:
+def _examples(res: dict, id_column: str | None = None, lead: str = ", e.g.") -> str:
     """", e.g. customer_id C00231, C00240" naming the first offending rows by the table's id
-    column, or ", e.g. row-00012, row-00040" (their positions) when it has none."""
+    column, or ", e.g. row-00012, row-00040" (their positions) when it has none; `lead`
+    begins it (" at" after example values: "e.g. 'titanium' at customer_id C00231")."""
     rows = (res.get("partial_unexpected_index_list") or [])[:EXAMPLES]
     ids = [str(row.get("_id")) for row in rows if isinstance(row, dict) and "_id" in row]
     if not ids:
         return ""
-    return f", e.g. {id_column + ' ' if id_column else ''}{', '.join(ids)}"
+    return f"{lead} {id_column + ' ' if id_column else ''}{', '.join(ids)}"
 
 
 def _between(low, high) -> str:
