@@ -261,3 +261,16 @@ def test_a_failed_gate_on_a_dvc_versioned_folder_says_not_to_commit_dvc_lock(tmp
 def _csv(tmp_path, table: pd.DataFrame) -> Path:
     table.to_csv(tmp_path / "clean.csv", index=False)
     return tmp_path / "clean.csv"
+
+
+def test_a_number_column_with_a_few_text_marks_is_named_as_such(tmp_path):
+    table = customers()
+    # marks pandas does not read as null ('?', '-'): a CSV's number column then reads as text,
+    # its values all distinct; the advice is to clean the marks, not to make it the id
+    income = table["income"].astype(object)
+    income[::25] = ["?", "-", "n.a.", "x", "??", "--", "none?", "tbd"]
+    table.assign(income=income).to_csv(tmp_path / "customers.csv", index=False)
+    with pytest.raises(DataError, match=r"column 'income' reads as text although 192 of its 200 "
+                                        r"values are numbers; the others, e.g. '\?', '-', 'n\.a\.', "
+                                        r"are not: leave a missing value empty"):
+        load_table(tmp_path / "customers.csv", id_column="customer_id")
