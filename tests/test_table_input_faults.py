@@ -274,3 +274,12 @@ def test_a_number_column_with_a_few_text_marks_is_named_as_such(tmp_path):
                                         r"values are numbers; the others, e.g. '\?', '-', 'n\.a\.', "
                                         r"are not: leave a missing value empty"):
         load_table(tmp_path / "customers.csv", id_column="customer_id")
+    # the same with values that repeat (160 distinct incomes of 200 rows): still numbers
+    income = (table["income"] // 100 * 100).astype(object)
+    income[::25] = ["?"] * 8
+    assert 100 < income.nunique() < 200
+    with pytest.raises(DataError, match=r"column 'income' reads as text although 192 of its 200"):
+        infer_schema(table.assign(income=income.astype(str)), id_column="customer_id")
+    # numbers only, as text (codes a Parquet file keeps as text): a category, as its dtype says
+    codes = table.assign(income=(table["income"] // 100 * 100).astype(str))
+    assert infer_schema(codes, id_column="customer_id").column("income").type == "categorical"

@@ -345,17 +345,21 @@ def _infer_column(name: str, series: pd.Series, target: bool = False,
 
 
 def _refuse_distinct(name: str, series: pd.Series) -> None:
-    """DataError for a categorical column whose every non-null value differs (at least
-    _DISTINCT_ROWS_MIN of them): an id or free text, which no model can learn."""
+    """DataError for a column inferred categorical that no model can learn: numbers read as
+    text for a few other marks (over _MANY_CATEGORIES labels, at least 90 % but not all of
+    them numbers), or a different value in every row (at least _DISTINCT_ROWS_MIN: an id or
+    free text)."""
     values = series.dropna()
-    if len(values) >= _DISTINCT_ROWS_MIN and values.nunique() == len(values):
+    distinct = values.nunique()
+    if distinct > _MANY_CATEGORIES or (len(values) >= _DISTINCT_ROWS_MIN and distinct == len(values)):
         numbers = pd.to_numeric(values.astype(str), errors="coerce")
-        if numbers.notna().mean() >= 0.9:   # numbers, but for a few marks of a missing value
+        if 0.9 <= numbers.notna().mean() < 1:   # numbers, but for a few marks of a missing value
             odd = values[numbers.isna()]
             raise DataError(f"column {name!r} reads as text although {int(numbers.notna().sum())} "
                             f"of its {len(values)} values are numbers; the others, e.g. "
                             f"{', '.join(map(repr, pd.unique(odd)[:3].tolist()))}, are not: "
                             "leave a missing value empty (it reads as null) or fix those values")
+    if len(values) >= _DISTINCT_ROWS_MIN and distinct == len(values):
         raise DataError(f"column {name!r} holds a different value in every row ({len(values)} "
                         f"distinct of {len(values)}, e.g. {_plain(values.iloc[0])!r}): as a "
                         "category no value recurs, so a model cannot learn it and decoding "
