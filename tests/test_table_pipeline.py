@@ -250,3 +250,27 @@ def test_a_new_category_in_the_next_version_stops_at_the_gate_naming_the_column(
     assert "plan" in reason and "enterprise" in reason and "\n" not in reason, reason
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["datasets"][params["dataset"]]["name"] == "table"
+
+
+@pytest.mark.slow
+def test_a_version_whose_layout_departs_from_the_champions_is_refused_naming_the_change(table_run):
+    """The same rows with the columns in another order pass the gate (the same columns, values
+    and shares), but give the model another layout: the run stops before training, naming the
+    order and how to keep the champion's (the registered version's schema, downloaded), not two
+    layout hashes."""
+    repo, _ = table_run
+    before = len(_client().search_model_versions(f"name='{MODEL}'"))
+    small_table(n=400)[["customer", "minutes", "plan", "calls", "churned"]].to_csv(
+        repo / "customers.csv", index=False)
+    git(repo, "commit", "-qam", "customers: columns in another order")
+    proc = run("run", "--repo", repo, "--set", "train.steps=30", cwd=repo, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == [
+        "error: the pipeline stopped: dataset 'customers' no longer has the layout of the models "
+        f"registered under pipeline.model_name '{MODEL}' (version 1): the columns' order is "
+        "minutes, plan, calls, churned, the registered model's plan, minutes, calls, churned (put "
+        "them back in that order, or list them in that order under datasets.customers.columns); "
+        "or, if the change is meant, set pipeline.model_name to a name of its own: a model of "
+        "other columns cannot be compared with its champion"], proc.stderr[-3000:]
+    assert len(_client().search_model_versions(f"name='{MODEL}'")) == before
