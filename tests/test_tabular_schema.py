@@ -82,7 +82,7 @@ def test_json_round_trip_and_shape(mixed):
     (lambda d: d["columns"][0].update(type="text"), "column 'flag': type 'text'; accepted"),
     (lambda d: d["columns"][3].pop("dtype"), r"column 'count' lacks \['dtype'\]"),
     (lambda d: d["columns"][3].update(dtype="object"), "column 'count': dtype object cannot hold"),
-    (lambda d: d["columns"][3].update(categories=["a"]), "column 'count' is integer but gives"),
+    (lambda d: d["columns"][3].update(categories=["a"]), "column 'count': integer but gives"),
     (lambda d: d.update(target="key"), "target 'key' is not one of its columns"),
     (lambda d: d.update(id="count"), "id column 'count' is also listed in columns"),
     (lambda d: d["columns"][2].update(categories=["x", "x"]), "column 'city': categories repeat"),

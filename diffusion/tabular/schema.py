@@ -239,42 +239,19 @@ def _entry_problems(entry: dict) -> list[str]:
 
 
 def _column(entry: dict) -> Column:
-    name, type_ = entry["name"], entry["type"]
-    if type_ not in TYPES:
-        raise DataError(f"column {name!r}: type {type_!r}; accepted: {', '.join(TYPES)}")
-    dtype = entry["dtype"]
-    if not isinstance(dtype, str):
-        raise DataError(f"column {name!r}: dtype {dtype!r}; accepted: a pandas dtype name")
-    if not isinstance(entry["nullable"], bool):
-        raise DataError(f"column {name!r}: nullable {entry['nullable']!r}; accepted: true or false")
+    """The column of a complete entry (name, type, dtype, nullable; categories and ordered
+    when categorical); DataError naming the column and its first fault (`_entry_problems`,
+    what `declaration_problems` says of a declaration)."""
+    name = entry["name"]
+    problems = _entry_problems(entry)
+    if problems:
+        raise DataError(f"column {name!r}: {problems[0]}")
     categories = ordered = None
-    if type_ == "categorical":
-        categories, ordered = entry["categories"], entry["ordered"]
-        if not isinstance(categories, (list, tuple)) or not categories:
-            raise DataError(f"column {name!r}: categories {categories!r}; accepted: a non-empty "
-                            "list of values")
-        categories = tuple(_scalar(name, v) for v in categories)
-        if len(set(categories)) != len(categories):
-            raise DataError(f"column {name!r}: categories repeat a value: {list(categories)}")
-        if not isinstance(ordered, bool):
-            raise DataError(f"column {name!r}: ordered {ordered!r}; accepted: true or false")
-        bounds = [k for k in ("min", "max") if entry.get(k) is not None]
-        if bounds:
-            raise DataError(f"column {name!r} is categorical but gives {bounds}; those are for "
-                            "numerical and integer columns only")
-    else:
-        extra = [k for k in ("categories", "ordered") if entry.get(k) is not None]
-        if extra:
-            raise DataError(f"column {name!r} is {type_} but gives {extra}; those are for "
-                            "categorical columns only")
-    low, high = entry.get("min"), entry.get("max")
-    for key, bound in (("min", low), ("max", high)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
-                                  or not math.isfinite(bound)):
-            raise DataError(f"column {name!r}: {key} {bound!r}; accepted: a finite number")
-    if low is not None and high is not None and low > high:
-        raise DataError(f"column {name!r}: min {low} is above max {high}")
-    return Column(name, type_, dtype, entry["nullable"], categories, ordered, low, high)
+    if entry["type"] == "categorical":
+        categories = tuple(_scalar(name, v) for v in entry["categories"])
+        ordered = entry["ordered"]
+    return Column(name, entry["type"], entry["dtype"], entry["nullable"], categories, ordered,
+                  entry.get("min"), entry.get("max"))
 
 
 def _validated(schema: TableSchema) -> TableSchema:
