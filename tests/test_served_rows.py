@@ -90,3 +90,9 @@ def test_a_table_model_is_named_by_its_params_entry_not_by_its_loader(table_teac
     assert read_spec(folder).data.dataset == "customers"
     said = capsys.readouterr().out
     assert "dataset customers: " in said and "dataset table" not in said, said
+    # as a pipeline step gets it: the config as JSON, without its `datasets`
+    from diffusion.config import Config
+    from tasks.steps.train_teacher import data_name
+
+    as_json = Config.model_validate(named.model_dump(mode="json"))
+    assert as_json.datasets == {} and data_name(as_json) == "customers"

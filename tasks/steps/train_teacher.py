@@ -32,9 +32,13 @@ class TeacherRun:
 def data_name(cfg: Config) -> str:
     """The data's name as the user gave it: the params.yaml entry the run chose (`dataset`),
     not the loader's ('table' for every CSV: model.json's data.kind and table record that),
-    unless --set pointed `data` at another source than that entry (then the loader's name)."""
-    entry = cfg.datasets.get(cfg.dataset) if cfg.dataset else None
-    if entry is not None and (entry.name, entry.path) == (cfg.data.name, cfg.data.path):
+    unless --set pointed `data` at another source than that entry (then the loader's name).
+    A config without its `datasets` (the pipeline's steps get the config as JSON, which leaves
+    them out, with `data` pinned to the entry: tasks/pipeline_settings.py) is named by `dataset`."""
+    if not cfg.dataset:
+        return cfg.data.name
+    entry = cfg.datasets.get(cfg.dataset)
+    if entry is None or (entry.name, entry.path) == (cfg.data.name, cfg.data.path):
         return cfg.dataset
     return cfg.data.name
 
