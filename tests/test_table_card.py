@@ -74,7 +74,7 @@ def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table
     assert "--out rows.csv" in load and "the table's columns in their dtypes" in load
     if uri is not None:
         assert f"dmops sample --release {uri} --n 16 --seed 0 --out rows.csv" in load
-        assert "rows = decode(spec.data.table, x)" in load
+        assert "rows = generated_rows(spec.data.table, x)" in load   # the id column too, as served
     else:
         assert "dmops sample --model customers-diffusion/3 --n 16 --seed 0 --out rows.csv" in load
     # diffusers: no scheduler, and why its output would be vectors, not rows

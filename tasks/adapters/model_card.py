@@ -338,17 +338,18 @@ def _table_load_lines(model: str, version: str, uri: str | None, folder: str) ->
             "`read_release` verifies them all before anything is loaded.", "",
             "```bash", f"dmops sample --release {uri} {sample}", "```", "",
             "The same rows in Python, from the release (the model samples vectors; the encoder "
-            "its model.json carries decodes them to the table's columns):", "",
+            "its model.json carries decodes them to the table's columns, and the id column comes "
+            "first with fresh ids, as the served model answers):", "",
             "```python",
             "from diffusion.model import load_for_sampling",
             "from diffusion.samplers import generate",
-            "from diffusion.tabular.vectors import decode",
+            "from diffusion.tabular.vectors import generated_rows",
             "from tasks.adapters.release import read_release, s3_client_from_env", "",
             f"folder = read_release(s3_client_from_env(), {uri!r}, {folder!r})",
             "denoiser, spec = load_for_sampling(folder)",
             f"x = generate(denoiser, spec.shape, {_EXAMPLE_N}, seed={_EXAMPLE_SEED}, "
             "**spec.sampling.model_dump()).x",
-            "rows = decode(spec.data.table, x)  # a DataFrame: the table's columns in their dtypes",
+            "rows = generated_rows(spec.data.table, x)  # a DataFrame: the table's columns in their dtypes",
             "```", "", f"or from the registry, as served (`models:/{model}/{version}`):", "",
             *_pyfunc_lines(model, version)]
 
@@ -416,8 +417,8 @@ def _diffusers_lines(spec: ModelSpec, choice: DiffusersScheduler | None, folder:
         return ["No diffusers scheduler is shipped: a table model's network is an MLP over the "
                 "rows' encoded vectors, not diffusers' UNet2DModel, and a diffusers pipeline "
                 "would give those vectors, not rows. Its rows come from the code above: "
-                "`decode(spec.data.table, x)` (`diffusion.tabular.vectors`) turns vectors into the "
-                "table's columns."]
+                "`generated_rows(spec.data.table, x)` (`diffusion.tabular.vectors`) turns vectors "
+                "into the table's columns."]
     if choice is None:
         why = ("its network is not diffusers' UNet2DModel" if spec.net.get("kind") != "unet" else
                f"diffusers has no scheduler for `{spec.sampling.sampler}` on the "
