@@ -274,8 +274,9 @@ def _served_rows(config: PipelineConfig, evaluation: StepResult, folders: dict[s
 
 
 def _guard_rows(rows: dict, setting: dict, guard, parent_run_id: str | None) -> None:
-    """Log the served rows' headline scores (and the floor's) on this step's run and the flow's,
-    then refuse them when they copy the training rows (register_guard.check_served_rows)."""
+    """Log the served rows' headline scores (and the floor's) on the flow's run `parent_run_id`
+    (registration logs them on this step's run; a refusal here, before it does), then refuse
+    the rows when they copy the training rows (register_guard.check_served_rows)."""
     from tasks.steps.register_guard import RowsRefused, check_served_rows
 
     served, = rows["models"].values()
