@@ -33,7 +33,7 @@ from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
 from tasks.adapters.missing_env import holds_team_account, missing_message
 from tasks.adapters.experiment import use_experiment
-from tasks.adapters.servers import bound_client_env
+from tasks.adapters.servers import MLFLOW, ServerUnavailable, bound_client_env
 from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
 from tasks.pipeline_settings import load_pipeline_config
 from tasks.step_result import StepResult
@@ -99,8 +99,9 @@ def _failure_recorded(run_id: str, model_name: str):
         yield
     except Exception as e:
         reason = failure_reason(e)
-        try:
-            mlflow.MlflowClient().set_tag(run_id, FAILURE_TAG, reason)
+        try:   # not against an MLflow server that the error says is gone (its retries: seconds)
+            if not (isinstance(e, ServerUnavailable) and e.server == MLFLOW):
+                mlflow.MlflowClient().set_tag(run_id, FAILURE_TAG, reason)
         except Exception:
             pass
         if _user_fault(e):

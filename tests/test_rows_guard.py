@@ -103,3 +103,34 @@ def test_a_failed_flow_runs_reason_is_one_line_bounded_and_never_a_credential():
     leaked = failure_reason(RuntimeError("could not reach http://admin:hunter22@127.0.0.1:5000/api"))
     assert "hunter22" not in leaked and leaked.startswith("RuntimeError: its message is not recorded")
     assert failure_reason(KeyError()) == "KeyError"
+
+
+def test_a_failed_flow_run_is_tagged_with_its_reason_and_a_users_fault_summarised(monkeypatch):
+    """flows/pipeline.py _failure_recorded: the reason goes on the flow's MLflow run; the summary
+    artifact only for a fault of the user's; nothing is sent to an MLflow server the error says
+    is gone; the error itself goes on unchanged."""
+    import mlflow
+
+    import flows.pipeline as pipeline
+    from tasks.adapters.servers import MLFLOW, S3, ServerUnavailable
+
+    tagged, summaries = [], []
+    monkeypatch.setattr(mlflow.MlflowClient, "set_tag",
+                        lambda self, run_id, key, value: tagged.append((run_id, key, value)))
+    monkeypatch.setattr(pipeline, "create_markdown_artifact",
+                        lambda markdown, **kwargs: summaries.append(markdown))
+    refused = RowsRefused("the served rows of consistency (consistency, 1 NFE) copy the training rows")
+    with pytest.raises(RowsRefused):
+        with pipeline._failure_recorded("run-1", "customers-diffusion"):
+            raise refused
+    assert tagged == [("run-1", "failure_reason", str(refused))]
+    assert summaries == [f"# customers-diffusion: the pipeline stopped\n\n**Reason:** {refused}\n"]
+    tagged.clear(), summaries.clear()
+    with pytest.raises(ServerUnavailable):
+        with pipeline._failure_recorded("run-2", "m"):
+            raise ServerUnavailable(MLFLOW, "http://127.0.0.1:5000", 3, 4.0, ConnectionRefusedError())
+    assert tagged == [] and summaries == []
+    with pytest.raises(ServerUnavailable):
+        with pipeline._failure_recorded("run-3", "m"):
+            raise ServerUnavailable(S3, "http://127.0.0.1:8333", 3, 4.0, ConnectionRefusedError())
+    assert [key for _, key, _ in tagged] == ["failure_reason"] and summaries == []
