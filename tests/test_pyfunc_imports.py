@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
+from pyfunc_saving import save_as_registered
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -40,23 +40,7 @@ print(json.dumps({"diffusion": diffusion.__file__, "samplers": samplers.__file__
 @pytest.fixture(scope="module")
 def saved_model(tiny_model, tmp_path_factory) -> Path:
     """tiny_model saved as registration logs it: models from code with the carried code."""
-    import mlflow
-
-    from diffusion.model import load_for_sampling
-    from tasks.adapters.pyfunc_model import ARTIFACT, signature
-    from tasks.adapters.pyfunc_package import ENTRY, code_paths, pip_requirements
-    from tasks.adapters.registry import files_sha256, model_config
-
-    _, spec = load_for_sampling(tiny_model)
-    path = tmp_path_factory.mktemp("pyfunc") / "model"
-    with code_paths() as code, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        mlflow.pyfunc.save_model(path, python_model=str(ENTRY), code_paths=code,
-                                 artifacts={ARTIFACT: str(tiny_model)},
-                                 signature=signature(spec.shape),
-                                 pip_requirements=pip_requirements(),
-                                 model_config=model_config(files_sha256(tiny_model)))
-    return path
+    return save_as_registered(tiny_model, tmp_path_factory.mktemp("pyfunc") / "model")
 
 
 def _session(model: Path, cwd: Path) -> dict:

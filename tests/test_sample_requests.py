@@ -10,13 +10,13 @@ tests/test_serving.py checks a few of them against the real `mlflow models serve
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from pyfunc_saving import save_as_registered
 
 from tasks.adapters.pyfunc_model import (MAX_SAMPLES_PER_REQUEST, MAX_STEPS, SampleRequestError,
                                          parse_requests)
@@ -100,20 +100,9 @@ def served(tiny_model, tmp_path_factory):
     from mlflow.pyfunc import scoring_server
 
     from diffusion.model import load_for_sampling
-    from tasks.adapters.pyfunc_model import ARTIFACT, signature
-    from tasks.adapters.pyfunc_package import ENTRY, code_paths, pip_requirements
-    from tasks.adapters.registry import files_sha256, model_config
 
     denoiser, spec = load_for_sampling(tiny_model)
-    path = tmp_path_factory.mktemp("pyfunc") / "model"
-    with code_paths() as code, warnings.catch_warnings():
-        # registration gives an input example; this in-process check needs none
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        mlflow.pyfunc.save_model(path, python_model=str(ENTRY), code_paths=code,
-                                 artifacts={ARTIFACT: str(tiny_model)},
-                                 signature=signature(spec.shape),
-                                 pip_requirements=pip_requirements(),
-                                 model_config=model_config(files_sha256(tiny_model)))
+    path = save_as_registered(tiny_model, tmp_path_factory.mktemp("pyfunc") / "model")
     saved_env = dict(os.environ)   # init marks the process as a serving environment
     try:
         with TestClient(scoring_server.init(mlflow.pyfunc.load_model(str(path)))) as client:
