@@ -40,6 +40,7 @@ from diffusion.tabular.vectors import received_vectors
 from diffusion.train import resolve_device
 
 from tasks.steps.prepare_dataset import load_data
+from tasks.steps.train_teacher import data_name
 
 
 @dataclass
@@ -71,7 +72,7 @@ def evaluate_model(model_path, cfg: Config, out_dir, *, samplers=None, nfes=None
     ds = load_data(cfg.data, data_dir)
     shape = spec.shape
     if shape != tuple(ds.sample_shape):
-        raise ModelError(f"the model generates samples of shape {shape} but data '{cfg.data.name}' "
+        raise ModelError(f"the model generates samples of shape {shape} but data '{data_name(cfg)}' "
                          f"has {tuple(ds.sample_shape)}: evaluate with the dataset it was trained on")
     loaded, lineage = [], {}
     for path in students or ():
