@@ -3,6 +3,7 @@ rest from the step durations of an earlier finished run (flows/progress.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flows.progress import PipelineProgress, pipeline_steps
@@ -78,6 +79,25 @@ def test_the_core_logger_gets_prefects_handlers_for_extra_loggers_once():
 
 # --- where the earlier durations come from (tasks/adapters/tracking.py) -----------------------
 
+@contextlib.contextmanager
+def local_tracking(tmp_path, monkeypatch):
+    """MLflow pointed at a SQLite store in tmp_path for the block, then back to exactly what it
+    followed before: set_tracking_uri writes a process-wide value that outranks the
+    environment, so 'restoring' what get_tracking_uri answered would pin every later test of
+    this worker to the SQLite store (CI: the promotion tests then never saw their server stop)."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking_uri_state
+
+    pinned = tracking_uri_state._tracking_uri     # None: the environment decides
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(pinned)
+
+
 def _flow_run(client, experiment_id, start_ms, steps, reused=()):
     """A finished flow run of profile `quick` with one finished nested run per step of `steps`
     (name -> seconds), those in `reused` tagged as having reused a finished result."""
@@ -102,11 +122,7 @@ def test_the_estimate_never_learns_from_a_step_that_reused_a_finished_result(tmp
 
     from tasks.adapters.tracking import recent_step_seconds
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with local_tracking(tmp_path, monkeypatch):
         client = mlflow.MlflowClient()
         experiment = client.create_experiment("progress")
         full = {"prepare_dataset": 6, "validate_data": 4, "train_teacher": 90,
@@ -120,8 +136,6 @@ def test_the_estimate_never_learns_from_a_step_that_reused_a_finished_result(tmp
                                                   "distill_consistency": 1},
                   reused={"train_teacher", "distill_consistency"})
         seconds, source = recent_step_seconds(experiment, "quick")
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert source == "flow-3000000"
     assert seconds["train_teacher"] == 90 and seconds["distill_consistency"] == 80, seconds
     assert seconds["evaluate"] == 10 and seconds["prepare_dataset"] == 6, seconds
@@ -132,19 +146,15 @@ def test_a_step_that_logged_no_training_point_is_tagged_reused(tmp_path, monkeyp
 
     from tasks.adapters.tracking import REUSED_TAG, ReuseWatch, metric_logger
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with local_tracking(tmp_path, monkeypatch):
         tags = {}
+        # an experiment of this store: the process's active one may be another server's
+        experiment = mlflow.MlflowClient().create_experiment("reuse")
         for trained in (True, False):
-            with mlflow.start_run() as run:
+            with mlflow.start_run(experiment_id=experiment) as run:
                 watch = ReuseWatch(metric_logger("train/"))
                 if trained:
                     watch(1, {"loss": 0.5})
                 watch.close()
             tags[trained] = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert REUSED_TAG not in tags[True] and tags[False][REUSED_TAG] == "true", tags
