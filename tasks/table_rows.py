@@ -38,16 +38,21 @@ def f1_ratio(metrics: dict) -> float | None:
     return float(f1) / float(real)
 
 
+def _with_f1_ratio(metrics: dict) -> dict:
+    """A copy of `metrics` holding `utility_f1_ratio` whenever `f1_ratio` can give it."""
+    out = dict(metrics)
+    ratio = f1_ratio(out)
+    if ratio is not None:
+        out["utility_f1_ratio"] = ratio
+    return out
+
+
 def with_derived(metrics: dict, n_columns: int) -> dict:
     """One rows score dict (diffusion/tabular/metrics.py) with what it does not hold itself:
     `column_pairs`, the number of column pairs of `n_columns` described columns (the pair-trend
     score is the mean over `column_pair_trends_pairs` of them, the related ones), and
     `utility_f1_ratio` (`f1_ratio`) for a classification target."""
-    out = {**metrics, "column_pairs": float(n_columns * (n_columns - 1) // 2)}
-    ratio = f1_ratio(out)
-    if ratio is not None:
-        out["utility_f1_ratio"] = ratio
-    return out
+    return _with_f1_ratio({**metrics, "column_pairs": float(n_columns * (n_columns - 1) // 2)})
 
 
 def utility_measure(metrics: dict) -> str | None:
@@ -88,10 +93,7 @@ def shown(metrics: dict) -> list[tuple[str, str, float, str | None]]:
     """The rows scores of one score dict (<metric>: value) a reader is shown, in SHOWN's order:
     (key, label, value, note) with the pair count as the pair trends' note (`pairs_note`);
     the F1 ratio derived when only its two F1 scores were recorded."""
-    metrics = dict(metrics)
-    ratio = f1_ratio(metrics)
-    if ratio is not None:
-        metrics["utility_f1_ratio"] = ratio
+    metrics = _with_f1_ratio(metrics)
     return [(key, label(key, metrics), float(metrics[key]),
              pairs_note(metrics) if key == "column_pair_trends" else None)
             for key, _ in SHOWN if _number(metrics.get(key))]
@@ -110,10 +112,7 @@ def headline(served: dict, floor: dict) -> dict[str, float]:
     the registered version's metrics and its card."""
     out = {}
     for prefix, scores in (("table_", served), ("table_floor_", floor)):
-        scores = dict(scores)
-        ratio = f1_ratio(scores)
-        if ratio is not None:
-            scores["utility_f1_ratio"] = ratio
+        scores = _with_f1_ratio(scores)
         out.update({f"{prefix}{k}": float(scores[k]) for k in HEADLINE if _number(scores.get(k))})
     return out
 

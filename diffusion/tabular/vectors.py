@@ -45,8 +45,12 @@ def decode(state: dict, x) -> pd.DataFrame:
     """Rows from vectors: `x` (N, D) float tensor or array in the encoder's layout ->
     DataFrame with the schema's columns in order and dtypes (TableEncoder.inverse_transform).
     `state`: an encoder's to_dict (Dataset.table, a model's data.table)."""
+    return _decoded(TableEncoder.from_dict(state), x)
+
+
+def _decoded(encoder: TableEncoder, x) -> pd.DataFrame:
     values = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return TableEncoder.from_dict(state).inverse_transform(values.astype(np.float32))
+    return encoder.inverse_transform(values.astype(np.float32))
 
 
 def generated_rows(state: dict, x) -> pd.DataFrame:
@@ -65,7 +69,7 @@ def received_vectors(state: dict, x) -> torch.Tensor:
     decodes to the same label as 1.0 scores the same), each number clipped and rounded as
     decoding does.  The real rows' vectors are already of this form.  `state`: an encoder's
     to_dict (Dataset.table, a model's data.table); DataError as `decode`."""
-    encoder = TableEncoder.from_dict(state)
-    rows = decode(state, x)
-    return torch.from_numpy(np.ascontiguousarray(encoder.transform(rows), dtype=np.float32))
+    encoder = TableEncoder.from_dict(state)   # one encoder both ways
+    return torch.from_numpy(np.ascontiguousarray(encoder.transform(_decoded(encoder, x)),
+                                                 dtype=np.float32))
 
