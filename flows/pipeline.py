@@ -8,7 +8,11 @@ summary. Steps are cached on their inputs (settings, dataset md5, the sha256 of 
 weights they consume) and the code they run (tasks/prefect_tasks.py), so a rerun skips only
 what nothing has changed for; `refresh=True` recomputes everything: no step comes from the
 cache, and the teacher and students train again from step 0 rather than resume a finished
-checkpoint or reuse a finished student.
+checkpoint or reuse a finished student.  `accept_data_change=True` (`dmops run
+--accept-data-change`) takes a version that fails only the gate's comparisons with the last
+validated one (a new category, a dropped column, drift) as a meant change: it is validated on
+its own checks and becomes the next run's reference; the layout check against the registered
+model still applies.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def _fresh(task, output: StepResult, **kwargs) -> StepResult:
 @flow(name="training-pipeline", log_prints=True)
 def training_pipeline(config: str = "params.yaml", profile: str | None = None,
                       overrides: list[str] | None = None, repo: str = ".",
-                      refresh: bool = False) -> dict:
+                      refresh: bool = False, accept_data_change: bool = False) -> dict:
     """Versioned data to a promoted model; returns the registered version, the promotion
     decision and the release path."""
     _require_stack_env()
@@ -179,8 +183,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         gate = settings.validate_data.model_dump(mode="json")
         reference = load_reference(settings.data_bucket, cfg.dataset)
         validation = steps.validate_data_task.with_options(**opts)(
-            dataset, gate, reference, parent_run_id=pid)
+            dataset, gate, reference, parent_run_id=pid, accept_change=accept_data_change)
         step_done(progress, validation, pid)
+        if validation.details.get("changes"):   # the lineage says the reference moved on purpose
+            mlflow.set_tag("data_change_accepted", str(len(validation.details["changes"])))
         # before any training: a model of this data must be comparable with the registered one
         check_comparable(settings.model_name, dataset, cfg.data.categorical)
         # only a version the run goes on with becomes the next drift reference: one refused

@@ -202,7 +202,14 @@ def register(app: typer.Typer) -> None:
                                          help="Recompute every step instead of reusing cached results: the teacher and "
                                               "students train again from step 0 (no finished checkpoint or "
                                               "student is reused) and the evaluation is scored again (its feature "
-                                              "extractor, keyed by the dataset's content, is still reused).")):
+                                              "extractor, keyed by the dataset's content, is still reused)."),
+            accept_data_change: bool = typer.Option(
+                False, "--accept-data-change",
+                help="The data changed on purpose (a new category, a column dropped, added or retyped, a "
+                     "shifted distribution): validate this version on its own checks only, without "
+                     "comparing it with the last validated version, and make it the gate's reference "
+                     "for the next runs. Every other check still applies. A table of other columns or "
+                     "categories is another model: it also needs a pipeline.model_name of its own.")):
         """Run the training pipeline once: dataset -> gate -> teacher -> students -> evaluation ->
         registry -> promotion + S3 release. Prints the outcome and where to look at it."""
         if not repo.is_dir():
@@ -227,7 +234,8 @@ def register(app: typer.Typer) -> None:
         quiet = _quiet_console(user_errors)
         try:
             result = training_pipeline(config=str(config), profile=profile, overrides=list(set_ or []),
-                                       repo=str(repo), refresh=refresh)
+                                       repo=str(repo), refresh=refresh,
+                                       accept_data_change=accept_data_change)
         except user_errors as e:  # found only inside: a stage's data fault, the gate, the shape
             from tasks.adapters.gx.report import DataValidationError
 

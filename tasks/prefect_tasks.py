@@ -85,9 +85,10 @@ def prepare_dataset_task(repo: str, data_name: str, remote: str, endpoint_url: s
 @task(name="validate-data", retries=0, timeout_seconds=HOUR, cache_policy=cached("validate"),
       persist_result=True, result_serializer=JSON)
 def validate_data_task(dataset: dict, settings: dict, reference: dict | None,
-                       parent_run_id: str | None = None) -> StepResult:
-    """The data-quality gate; a failure raises DataValidationError, which stops the flow."""
-    return tracked_steps.validate_data(dataset, settings, reference, parent_run_id)
+                       parent_run_id: str | None = None, accept_change: bool = False) -> StepResult:
+    """The data-quality gate; a failure raises DataValidationError, which stops the flow.
+    `accept_change`: failed comparisons with `reference` are a meant change, not failures."""
+    return tracked_steps.validate_data(dataset, settings, reference, parent_run_id, accept_change)
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=5, timeout_seconds=6 * HOUR,

@@ -59,11 +59,13 @@ def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
 
 
 def validate_data(dataset: dict, settings: dict, reference: dict | None,
-                  parent_run_id: str | None = None) -> StepResult:
+                  parent_run_id: str | None = None, accept_change: bool = False) -> StepResult:
     """The data-quality gate on `dataset` (a DatasetVersion as a dict) with the gate's
     `settings` against the last validated version's statistics (`reference`, None at first).
     Logs the result JSON and the Data Docs either way; a failure raises DataValidationError
-    naming the failed expectations.  details: summary (text), statistics (the next reference)."""
+    naming the failed expectations.  `accept_change`: failed comparisons with `reference` are a
+    meant change (metric `accepted_changes`, tag `data_change_accepted`), not failures.
+    details: summary (text), statistics (the next reference), changes (the accepted lines)."""
     from tasks.adapters.gx.settings import ValidationSettings
     from tasks.steps.validate_data import require_valid, validate_dataset
 
@@ -71,9 +73,13 @@ def validate_data(dataset: dict, settings: dict, reference: dict | None,
     with tracking.step_run("validate_data", parent_run_id, {"dataset_md5": version.md5}) as run:
         docs = Path(version.path).parent.parent / "validation" / version.name / version.md5
         report = validate_dataset(version.path, ValidationSettings.model_validate(settings),
-                                  reference=reference, docs_dir=docs, dataset=version.name)
+                                  reference=reference, docs_dir=docs, dataset=version.name,
+                                  accept_change=accept_change)
         metrics = {"validation_success": float(report.success),
                    "failed_expectations": float(len(report.failures))}
+        if accept_change:
+            metrics["accepted_changes"] = float(len(report.changes))
+            mlflow.set_tag("data_change_accepted", str(len(report.changes)))
         mlflow.log_params(tracking.flatten(settings, "gate."))
         mlflow.log_metrics(metrics)
         tracking.log_json(report.result, "validation/result.json")
@@ -83,7 +89,8 @@ def validate_data(dataset: dict, settings: dict, reference: dict | None,
         print(report.summary())
         require_valid(report)
         return StepResult(step="validate_data", run_id=run.info.run_id, metrics=metrics,
-                          details={"summary": report.summary(), "statistics": report.statistics})
+                          details={"summary": report.summary(), "statistics": report.statistics,
+                                   "changes": report.changes if accept_change else []})
 
 
 def train_teacher(cfg: Config, dataset: dict, work_dir: str,

@@ -274,3 +274,50 @@ def test_a_version_whose_layout_departs_from_the_champions_is_refused_naming_the
         "or, if the change is meant, set pipeline.model_name to a name of its own: a model of "
         "other columns cannot be compared with its champion"], proc.stderr[-3000:]
     assert len(_client().search_model_versions(f"name='{MODEL}'")) == before
+
+
+@pytest.mark.slow
+def test_a_meant_new_category_is_accepted_once_under_a_model_name_of_its_own(table_run):
+    """Trial #4: a new category that is right fails the gate on every run unless accepted.
+    `dmops run --accept-data-change` validates the version on its own checks; the model layout
+    it gives departs from the registered one, so the same model name is still refused naming
+    the category, and the gate's reference is left as it was; under a model name of its own
+    the version trains and is promoted, the runs say the change was accepted, and the next
+    plain run passes the gate against the accepted version."""
+    repo, _ = table_run
+    new_name = f"{MODEL}-plans"
+    table = small_table(n=400)
+    table.loc[:9, "plan"] = "enterprise"
+    table.to_csv(repo / "customers.csv", index=False)
+    git(repo, "commit", "-qam", "customers: a new plan, meant")
+    quick = ["--set", "train.steps=30", "--set", "pipeline.methods=[consistency]",
+             "--set", "pipeline.max_fid_ratio=100"]
+
+    refused = run("run", "--repo", repo, *quick, cwd=repo, check=False)
+    assert refused.returncode != 0
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert "dmops run --accept-data-change" in said, said[-3000:]
+
+    same_name = run("run", "--repo", repo, "--accept-data-change", *quick, cwd=repo, check=False)
+    assert same_name.returncode == 2, same_name.stdout[-3000:] + same_name.stderr[-3000:]
+    assert "accepted as meant (--accept-data-change)" in same_name.stdout + same_name.stderr, \
+        same_name.stderr[-3000:]
+    said = " ".join(same_name.stderr.split())
+    assert "enterprise" in said and "set pipeline.model_name to a name of its own" in said, said[-2000:]
+    assert len(_client().search_model_versions(f"name='{MODEL}'")) == 1
+
+    # the refused run left the reference alone: a plain run still stops at the gate
+    again = run("run", "--repo", repo, *quick, cwd=repo, check=False)
+    assert again.returncode != 0 and "categories_vs_reference (plan)" in again.stdout + again.stderr, \
+        again.stderr[-3000:]
+
+    own = run("run", "--repo", repo, "--accept-data-change", "--set", f"pipeline.model_name={new_name}",
+              *quick, cwd=repo)
+    assert "PROMOTED to champion" in own.stdout, own.stdout[-3000:]
+    champion = _client().get_model_version_by_alias(new_name, "champion")
+    assert "accepted as meant" in champion.tags["validation"], champion.tags
+    assert _last_flow_run().data.tags["data_change_accepted"] == "1"
+    assert _client().get_model_version_by_alias(MODEL, "champion").version == "1"
+
+    plain = run("run", "--repo", repo, "--set", f"pipeline.model_name={new_name}", *quick, cwd=repo)
+    assert "dataset customers passed all " in plain.stdout + plain.stderr, plain.stderr[-3000:]

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from tasks.adapters.gx.report import (DataValidationError, ValidationReport, docs_folder, failure_lines,
-                                      jsonable)
+                                      gate_report, jsonable)
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import StructureError, read_processed_table, reference_statistics
 
@@ -30,7 +30,8 @@ __all__ = ["DataValidationError", "ValidationReport", "ValidationSettings", "req
 
 def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | dict | None = None,
                      reference: dict | None = None,
-                     docs_dir: Path | None = None, dataset: str | None = None) -> ValidationReport:
+                     docs_dir: Path | None = None, dataset: str | None = None,
+                     accept_change: bool = False) -> ValidationReport:
     """Validate the processed dataset folder `processed_dir` (data.npz, manifest.csv, meta.json;
     for meta.json's kind "table": table.parquet, schema.json, tasks/adapters/gx/table_gate.py).
 
@@ -41,8 +42,12 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     that cannot be read (missing file or column) gives a failed report listing the problems;
     a malformed `reference` raises ValueError (a caller's mistake, not the data's).  A failed
     report of a folder `dvc repro` wrote says not to commit dvc.lock (`dvc_lock_warning`).
+    `accept_change` (a user's `dmops run --accept-data-change`): the comparisons with
+    `reference` that fail (drift; a table's columns, kinds, categories and nulls) are a meant
+    change of the data: the report lists them as `changes` and passes if nothing else failed,
+    so its statistics can become the next reference.
     """
-    report = _validate(processed_dir, settings, reference, docs_dir, dataset)
+    report = _validate(processed_dir, settings, reference, docs_dir, dataset, accept_change)
     if not report.success:
         report.after_failure = dvc_lock_warning(processed_dir)
     return report
@@ -67,13 +72,15 @@ def dvc_lock_warning(processed_dir: str | Path) -> str | None:
             f"&& dvc checkout {stage}` brings back the last committed version.")
 
 
-def _validate(processed_dir, settings, reference, docs_dir, dataset) -> ValidationReport:
+def _validate(processed_dir, settings, reference, docs_dir, dataset,
+              accept_change) -> ValidationReport:
     if settings is None or isinstance(settings, dict):
         settings = ValidationSettings.model_validate(settings or {})
     if _kind(processed_dir) == "table":  # a table's own suite (tasks/adapters/gx/table_*.py)
         from tasks.adapters.gx.table_gate import validate_table
 
-        return validate_table(processed_dir, settings, reference, docs_dir, dataset=dataset)
+        return validate_table(processed_dir, settings, reference, docs_dir, dataset=dataset,
+                              accept_change=accept_change)
     try:
         table = read_processed_table(processed_dir)
     except StructureError as exc:
@@ -86,10 +93,10 @@ def _validate(processed_dir, settings, reference, docs_dir, dataset) -> Validati
     expectations = build_expectations(table, settings, reference)
     docs_dir = docs_folder(docs_dir)
     result = jsonable(run_checkpoint(dataset or table.name, table.frame, expectations, docs_dir))
-    failures = failure_lines(result, order=[e.meta["check"] for e in expectations])
-    return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
-                            result=result, statistics=jsonable(reference_statistics(table)),
-                            docs_dir=docs_dir, dataset=dataset or table.name)
+    order = [e.meta["check"] for e in expectations]
+    return gate_report(result, lambda r: failure_lines(r, order), accept_change,
+                       statistics=jsonable(reference_statistics(table)), docs_dir=docs_dir,
+                       dataset=dataset or table.name)
 
 
 def _kind(processed_dir: str | Path) -> str | None:

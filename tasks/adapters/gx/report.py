@@ -4,11 +4,17 @@ each failed expectation becomes (check name, column, observed against expected).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 EXAMPLES = 3  # offending rows named per failed expectation; the result dict holds more
+# meta key of an expectation that compares this version with the last validated one (drift,
+# and for a table its columns, kinds, categories and nulls): what a meant change of the data
+# fails, and what `accept_change` lets pass once
+VERSUS_REFERENCE = "versus_reference"
+# how a user accepts such a change (the CLI's option; the flow's parameter accept_data_change)
+ACCEPT_OPTION = "dmops run --accept-data-change"
 
 
 @dataclass
@@ -24,6 +30,10 @@ class ValidationReport:
     # what else a failure leaves to do, said after the fix (e.g. a version file that now
     # records the rejected data: tasks/steps/validate_data.py)
     after_failure: str | None = None
+    # the failed comparisons with the last validated version (VERSUS_REFERENCE), one line each:
+    # within `failures`, or, when the change was accepted as meant, beside them
+    changes: list[str] = field(default_factory=list)
+    change_accepted: bool = False
 
     @classmethod
     def unreadable(cls, processed_dir, problems: list[str],
@@ -45,8 +55,14 @@ class ValidationReport:
         """A multi-line message for people: what failed, where, and where the details are."""
         if self.success:
             rows = self.statistics.get("rows")
-            lines = [f"dataset {self.dataset} passed all {self.evaluated} expectations"
-                     + (f" ({rows} rows)" if rows is not None else "")]
+            accepted = self.changes if self.change_accepted else []
+            passed = (f"passed all {self.evaluated} expectations" if not accepted else
+                      f"passed {self.evaluated - len(accepted)} of {self.evaluated} expectations")
+            lines = [f"dataset {self.dataset} {passed}" + (f" ({rows} rows)" if rows is not None else "")
+                     + (f"; {len(accepted)} change(s) since the last validated version accepted as "
+                        "meant (--accept-data-change), it becomes the gate's reference when the run goes on:"
+                        if accepted else "")]
+            lines += [f"  - {line}" for line in accepted]
         else:
             head = (f"dataset {self.dataset} cannot be validated, {len(self.failures)} "
                     "problem(s) reading its folder:" if "structure_problems" in self.result else
@@ -55,6 +71,14 @@ class ValidationReport:
             lines = [head, *(f"  - {line}" for line in self.failures),
                      "Fix the data (or, if the data is right, the thresholds under "
                      f"{self.thresholds} in params.yaml) and run again."]
+            if self.changes and not self.change_accepted:
+                lines.append(
+                    f"{len(self.changes)} of these compare it with the last validated version. If "
+                    "that change is meant (a new category, a column dropped, added or retyped, a "
+                    f"shifted distribution), `{ACCEPT_OPTION}` validates this version on its own "
+                    "checks only, once, and makes it the reference of the next run; a table of "
+                    "other columns or categories (or samples of another shape) is another model: "
+                    "give it a pipeline.model_name of its own.")
             if self.after_failure:
                 lines.append(self.after_failure)
         if self.docs_dir is not None:
@@ -72,6 +96,29 @@ class DataValidationError(ValueError):
     def __reduce__(self):
         # pickled (e.g. by an orchestrator) and rebuilt from the report, not from the message
         return (type(self), (self.report,))
+
+
+def gate_report(result: dict, lines_of, accept_change: bool = False,
+                **fields) -> ValidationReport:
+    """The ValidationReport of a GX result dict (JSON-able) whose expectations that compare with
+    the last validated version carry meta[VERSUS_REFERENCE]: `lines_of(result)` gives the
+    readable line of each failed expectation.  With `accept_change` the failed comparisons are
+    a meant change of the data: listed as `changes`, they do not fail the report; every other
+    failure still does.  `fields`: the report's other fields (statistics, docs_dir, dataset...)."""
+    lines = lines_of(result)
+    versus = [r for r in result.get("results", []) if _versus_reference(r)]
+    changes = lines_of({**result, "results": versus}) if versus else []
+    if accept_change:
+        failures = [line for line in lines if line not in set(changes)]
+        success = not failures
+    else:
+        failures, success = lines, bool(result.get("success")) and not lines
+    return ValidationReport(success=success, failures=failures, result=result, changes=changes,
+                            change_accepted=accept_change, **fields)
+
+
+def _versus_reference(r: dict) -> bool:
+    return bool((r.get("expectation_config", {}).get("meta") or {}).get(VERSUS_REFERENCE))
 
 
 def failure_lines(result: dict, order: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
 from tasks.adapters.gx.expectations import ExpectColumnValueCountRatioToBeBetween
+from tasks.adapters.gx.report import VERSUS_REFERENCE
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import HARMLESS_SKIPS, SKIPPED_COLUMN, UNLABELLED, ProcessedTable
 
@@ -25,8 +26,11 @@ def build_expectations(table: ProcessedTable, settings: ValidationSettings,
             *(_drift(table, settings, reference) if reference is not None else [])]
 
 
-def _check(cls, check: str, description: str, **kwargs):
-    return cls(description=description, meta={"check": check}, **kwargs)
+def _check(cls, check: str, description: str, versus_reference: bool = False, **kwargs):
+    meta = {"check": check}
+    if versus_reference:   # a comparison with the last validated version: a meant change fails it
+        meta[VERSUS_REFERENCE] = True
+    return cls(description=description, meta=meta, **kwargs)
 
 
 def _structure(table: ProcessedTable, s: ValidationSettings) -> list:
@@ -150,12 +154,13 @@ def _drift(table: ProcessedTable, s: ValidationSettings, reference: dict) -> lis
             gxe.ExpectColumnMeanToBeBetween, f"drift_{column}",
             f"average per-sample {column} within {centre:.4g} ± {s.drift_tolerance:g} x "
             f"{spread:.3g} (last validated version's average ± tolerance x spread)",
-            column=column, min_value=centre - half_width, max_value=centre + half_width))
+            column=column, min_value=centre - half_width, max_value=centre + half_width,
+            versus_reference=True))
     shape = _reference_value(reference, "shape")
     if shape is not None:
         checks.append(_check(gxe.ExpectColumnDistinctValuesToEqualSet, "drift_shape",
                              f"sample shape unchanged since the last validated version ({shape})",
-                             column="shape", value_set=[shape]))
+                             column="shape", value_set=[shape], versus_reference=True))
     shares = _reference_value(reference, "label_shares")
     if shares:
         total = sum(shares.values())
@@ -165,7 +170,8 @@ def _drift(table: ProcessedTable, s: ValidationSettings, reference: dict) -> lis
             f"label shares close to the last validated version's: KL(new || last) <= "
             f"{s.max_label_kl:g}", column="label", threshold=s.max_label_kl,
             partition_object={"values": [int(label) for label in labels],
-                              "weights": [shares[label] / total for label in labels]}))
+                              "weights": [shares[label] / total for label in labels]},
+            versus_reference=True))
     return checks
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.adapters.gx.checkpoint import run_checkpoint
-from tasks.adapters.gx.report import ValidationReport, docs_folder, jsonable
+from tasks.adapters.gx.report import ValidationReport, docs_folder, gate_report, jsonable
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table import StructureError
 from tasks.adapters.gx.table_data import ID, read_table_folder, reference_statistics
@@ -19,13 +19,16 @@ from tasks.adapters.gx.table_data import ID, read_table_folder, reference_statis
 
 def validate_table(processed_dir: str | Path, settings: ValidationSettings,
                    reference: dict | None = None,
-                   docs_dir: Path | None = None, dataset: str | None = None) -> ValidationReport:
+                   docs_dir: Path | None = None, dataset: str | None = None,
+                   accept_change: bool = False) -> ValidationReport:
     """Validate the processed table folder `processed_dir` (table.parquet, schema.json,
     meta.json) against its schema, settings.min_rows / max_duplicate_fraction / table, and,
     given the last validated version's `statistics` as `reference`, its drift.
 
     `dataset` names the table in the report and Data Docs: the params.yaml entry the user chose
-    (default: the name meta.json records, its loader's or file's).
+    (default: the name meta.json records, its loader's or file's).  `accept_change`: the
+    comparisons with `reference` that fail (columns, kinds, categories, nulls, ranges, drift)
+    are a meant change of the data, listed in the report's `changes`, not failures.
 
     A folder that cannot be read gives a failed report listing the problems; a `reference`
     that is not a table's statistics raises ValueError (a caller's mistake, not the data's).
@@ -44,9 +47,8 @@ def validate_table(processed_dir: str | Path, settings: ValidationSettings,
     name = dataset or data.name   # the params.yaml entry when the step gives it
     result = jsonable(run_checkpoint(name, data.frame, expectations, docs_dir,
                                      index_column=ID, asset="table", gate="table"))
-    failures = table_failure_lines(result, expectations, data.id_column)
-    return ValidationReport(success=bool(result["success"]) and not failures, failures=failures,
-                            result=result, statistics=jsonable(reference_statistics(data)),
-                            docs_dir=docs_dir, dataset=name,
-                            thresholds="pipeline.validate_data.table (row count and duplicates: "
-                                       "pipeline.validate_data)")
+    return gate_report(result, lambda r: table_failure_lines(r, expectations, data.id_column),
+                       accept_change, statistics=jsonable(reference_statistics(data)),
+                       docs_dir=docs_dir, dataset=name,
+                       thresholds="pipeline.validate_data.table (row count and duplicates: "
+                                  "pipeline.validate_data)")

@@ -18,6 +18,7 @@ import sys
 
 import great_expectations.expectations as gxe
 
+from tasks.adapters.gx.report import VERSUS_REFERENCE
 from tasks.adapters.gx.settings import ValidationSettings
 from tasks.adapters.gx.table_data import (
     ID,
@@ -35,6 +36,7 @@ from tasks.adapters.gx.table_expectations import (
 
 SPLITS = ["train", "val", "test"]
 FLOAT_MAX = sys.float_info.max  # the widest finite bounds: +-inf fall outside them
+DECLARED_BOUNDS = "schema.json's declared bounds"   # a range of its own, not the last version's
 
 
 def build_table_expectations(data: TableData, settings: ValidationSettings,
@@ -65,7 +67,7 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
     checks = [_check(gxe.ExpectTableColumnsToMatchSet, "columns_vs_reference",
                      "the columns of the last validated version: "
                      + ", ".join(ref_columns), column_set=[*ids, *ref_columns, ID, SPLIT, ROW_HASH],
-                     exact_match=True)]
+                     exact_match=True, versus_reference=True)]
     for name, ref in ref_columns.items():
         if name not in data.frame.columns or not isinstance(ref, dict) or "type" not in ref:
             continue  # the columns check names it
@@ -78,13 +80,14 @@ def _against_reference(data: TableData, ref_columns: dict) -> list:
         then = SchemaColumn(name=name, type=ref["type"], dtype=dtype)
         checks.append(_check(ExpectColumnTypeToBeOneOf, "type_vs_reference",
                              f"{_article(then.type)} {then.type} column as in the last validated "
-                             "version", name,
+                             "version", name, versus_reference=True,
                              kinds=list(accepted_kinds(then)), schema_type=then.type))
         if then.type == "categorical" and seen_type(data.frame[name])[0] in accepted_kinds(then):
             known = [value for value, _ in _reference_value(ref, name, "shares") if value is not None]
             checks.append(_check(gxe.ExpectColumnValuesToBeInSet, "categories_vs_reference",
                                  f"values among the {len(known)} categories of the last "
-                                 "validated version", name, value_set=known))
+                                 "validated version", name, versus_reference=True,
+                                 value_set=known))
     return checks
 
 
@@ -92,10 +95,13 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def _check(cls, check: str, description: str, column: str | None = None, **kwargs):
+def _check(cls, check: str, description: str, column: str | None = None,
+           versus_reference: bool = False, **kwargs):
     # the gate's own row-hash column is a table-level fact: no column in the meta or the line
     named = column is not None and column != ROW_HASH
     meta = {"check": check, "column": column} if named else {"check": check}
+    if versus_reference:   # a comparison with the last validated version: a meant change fails it
+        meta[VERSUS_REFERENCE] = True
     if column is not None:
         kwargs["column"] = column
     return cls(description=description, meta=meta, **kwargs)
@@ -157,7 +163,7 @@ def _column_values(column: SchemaColumn, s: ValidationSettings, ref: dict | None
         checks.append(_check(gxe.ExpectColumnValuesToNotBeNull, "nulls_vs_reference",
                              "no nulls, as in the last validated version (if nulls are now "
                              "expected here, declare the column `nullable: true` in the entry's "
-                             "columns)", column.name))
+                             "columns)", column.name, versus_reference=True))
     if column.type == "categorical":
         if column.categories is not None:
             checks.append(_check(gxe.ExpectColumnValuesToBeInSet, "categories",
@@ -172,13 +178,14 @@ def _column_values(column: SchemaColumn, s: ValidationSettings, ref: dict | None
                   f">= {low:.6g}" if low is not None else f"<= {high:.6g}")
         checks.append(_check(gxe.ExpectColumnValuesToBeBetween, "range",
                              f"values {'within ' if '[' in bounds else ''}{bounds} ({source})",
-                             column.name, min_value=low, max_value=high))
+                             column.name, versus_reference=source != DECLARED_BOUNDS,
+                             min_value=low, max_value=high))
     return checks
 
 
 def _range(column: SchemaColumn, s: ValidationSettings, ref: dict | None):
     if column.low is not None or column.high is not None:
-        return column.low, column.high, "schema.json's declared bounds"
+        return column.low, column.high, DECLARED_BOUNDS
     if ref is None or not _finite(ref.get("min"), ref.get("max")):
         return None, None, None
     low, high = float(ref["min"]), float(ref["max"])
@@ -204,7 +211,7 @@ def _drift(data: TableData, s: ValidationSettings, ref_columns: dict, ref_rows: 
                 ExpectColumnCategoryTvdToBeAtMost, "drift_categories",
                 f"category shares within total variation distance {s.table.max_category_tvd:g} "
                 f"+ {noise:.3g} (sampling at {n} vs {ref_rows} rows) of the last validated "
-                "version's", column.name, reference_shares=shares,
+                "version's", column.name, versus_reference=True, reference_shares=shares,
                 threshold=s.table.max_category_tvd + noise))
             continue
         mean, std = (_reference_value(ref, column.name, key) for key in ("mean", "std"))
@@ -215,12 +222,12 @@ def _drift(data: TableData, s: ValidationSettings, ref_columns: dict, ref_rows: 
         checks.append(_check(
             gxe.ExpectColumnMeanToBeBetween, "drift_mean",
             f"mean within {mean:.6g} ± {tol:g} x {std:.4g} (the last validated version's "
-            "mean ± drift_tolerance x its std)", column.name,
+            "mean ± drift_tolerance x its std)", column.name, versus_reference=True,
             min_value=mean - tol * spread, max_value=mean + tol * spread))
         checks.append(_check(
             gxe.ExpectColumnStdevToBeBetween, "drift_std",
             f"std within {std:.4g} ± {tol:g} x {std:.4g} (the last validated version's std "
-            "± drift_tolerance x itself)", column.name,
+            "± drift_tolerance x itself)", column.name, versus_reference=True,
             min_value=max(std - tol * spread, 0.0), max_value=std + tol * spread))
     return checks
 
