@@ -66,7 +66,7 @@ def test_a_table_models_card_speaks_of_rows_and_its_code_gives_a_dataframe(table
     # the AUC and F1, of the synthetic- and the real-trained model
     assert "| utility: F1 of the synthetic-trained model (binary: the rarer class) | 0.44 | 0.52 |" in rows
     assert "| utility: F1 of the real-trained model | 0.82 | - |" in rows
-    assert "| utility: AUC of the real-trained model | 0.86 | - |" in rows
+    assert "| utility: AUC of the real-trained model (as many real rows) | 0.86 | - |" in rows
     # how to load: the pyfunc's DataFrame and a CSV of rows, never a picture
     load = card.split("## How to load", 1)[1]
     assert 'mlflow.pyfunc.load_model("models:/customers-diffusion/3")' in load

@@ -19,7 +19,7 @@ Each metric (its module says how it is computed):
 | quality_score | mean of the two above (SDMetrics' overall score) | higher, up to 1 |
 | column_pair_trends_pairs | how many column pairs column_pair_trends averages (a count) | - |
 | utility_auc / utility_f1 | AUC / F1 on real held-out rows of a model trained on synthetic rows (categorical target) | higher |
-| utility_auc_real / utility_f1_real | the same model trained on real training rows | - (the reference) |
+| utility_auc_real / utility_f1_real | the same model trained on as many real training rows (a seeded subsample, stratified) | - (the reference) |
 | utility_r2 / utility_r2_real | R^2 on held-out rows, synthetic-trained / real-trained (numerical target) | higher, up to 1 |
 | utility_ratio | synthetic-trained over real-trained AUC (or R^2; negative when the synthetic-trained R^2 is) | near 1 (above 1 is noise) |
 | detection_auc | cross-validated AUC of a classifier telling real training rows from synthetic rows | near 0.5 |
@@ -162,7 +162,7 @@ def floor(real_train, real_holdout, columns, target: str | None = None, seed: in
 
     The "synthetic" half has len(real_holdout) / 2 rows: to compare like with like, score a
     generator on about as many synthetic rows (fidelity and detection noise shrink with the
-    row count; utility with half the held-out rows as training rows sits below the
-    real-trained model trained on all of `real_train`)."""
+    row count; utility compares it with a real-trained model fit on as many of `real_train`'s
+    rows, so the floor's utility ratio centres on 1)."""
     fresh, holdout = split_holdout(real_holdout, columns, target, seed)
     return evaluate_table(real_train, holdout, fresh, columns, target, seed, threads)

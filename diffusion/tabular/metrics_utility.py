@@ -3,7 +3,13 @@
 One scikit-learn HistGradientBoosting model (classifier for a categorical target, regressor
 for a numerical or integer one; default hyper-parameters, `random_state=seed`) is trained
 twice on the same features, every described column but the target: once on the synthetic
-rows and once on the real training rows.  Both are scored on the same real held-out rows.
+rows and once on as many real training rows (a seeded subsample, stratified on a categorical
+target, when the real rows are more), so the ratio compares what the rows teach, not how many
+there are: 500 real churn rows teach an AUC 0.06 below what 3,500 do (0.86 against 0.92,
+mean of five seeded splits), so against all 3,500, 500 held-out real rows themselves scored a
+utility ratio of 0.958; at equal size, 1.017.  (TabDDPM, Kotelnikov et
+al. 2023, compares at equal size the other way: it samples as many synthetic rows as the real
+training set has.)  Both are scored on the same real held-out rows.
 Categorical features use the model's native categorical splits on integer codes fixed from
 the real training rows (diffusion/tabular/metrics_inputs.py `category_codes`), so both models
 read a category the same way; nulls are its missing values.  Rows whose target is null are
@@ -43,6 +49,22 @@ def _model(task: str, categorical: np.ndarray, seed: int):
 
     cls = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
     return cls(categorical_features=categorical if categorical.any() else None, random_state=seed)
+
+
+def equal_size(real, n: int, target: str, task: str, seed: int):
+    """`real` (a DataFrame) cut to a seeded subsample of `n` rows when it has more, stratified
+    on `target` for a classification task (each class keeps its share, rounded; a class too
+    rare to split falls back to a plain subsample); `real` itself otherwise."""
+    if len(real) <= n:
+        return real
+    from sklearn.model_selection import train_test_split
+
+    stratify = real[target] if task == "classification" else None
+    try:
+        kept, _ = train_test_split(real, train_size=n, stratify=stratify, random_state=seed)
+    except ValueError:   # a class of one row cannot be stratified
+        kept, _ = train_test_split(real, train_size=n, random_state=seed)
+    return kept.reset_index(drop=True)
 
 
 def _class_probabilities(X_train, y_train, X_test, classes: list, categorical, seed) -> np.ndarray:
@@ -87,7 +109,8 @@ def utility_scores(real_train, real_holdout, synthetic, columns, target: str | N
     (diffusion/tabular/metrics_inputs.py `limited_threads`).
 
     Returns for a categorical target {"utility_auc", "utility_f1" (synthetic-trained),
-    "utility_auc_real", "utility_f1_real" (real-trained), "utility_ratio"}; for a numerical
+    "utility_auc_real", "utility_f1_real" (real-trained, on as many real training rows as
+    there are synthetic ones, or all when fewer), "utility_ratio"}; for a numerical
     or integer one {"utility_r2", "utility_r2_real", "utility_ratio"} (ratio omitted when
     utility_r2_real <= 0); {} without a target.  Raises TableEvaluationError for bad input,
     a table whose target is all null, a real training target with one class, or held-out
@@ -110,6 +133,9 @@ def _utility(real_train, real_holdout, synthetic, types, target, task, seed) -> 
             raise TableEvaluationError(f"{name}: every value of the target {target!r} is null")
         frames[name] = frame
     codes = category_codes(frames["real_train"], types)
+    shares = frames["real_train"][target].value_counts()   # of all real rows: classes, positive
+    frames["real_train"] = equal_size(frames["real_train"], len(frames["synthetic"]), target,
+                                      task, seed)
     X = {}
     for name, frame in frames.items():
         X[name], categorical = encode(frame, types, codes, exclude=(target,))
@@ -127,7 +153,6 @@ def _utility(real_train, real_holdout, synthetic, types, target, task, seed) -> 
             out["utility_ratio"] = r2["synthetic"] / r2["real_train"]
         return out
 
-    shares = frames["real_train"][target].value_counts()
     if len(shares) < 2:
         raise TableEvaluationError(
             f"real_train: the target {target!r} has one class ({shares.index[0]!r}); a classifier needs two")
