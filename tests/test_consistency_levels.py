@@ -73,3 +73,30 @@ def test_continuous_pairs_follow_the_stage_schedule_with_relative_weights():
     assert abs(float(torch.special.ndtr(torch.tensor((math.log(10) + 1.1) / 2.0)))
                - float(torch.special.ndtr(torch.tensor((math.log(0.01) + 1.1) / 2.0)))
                - len(inner) / 100_000) < 0.01
+
+
+def _ramp_position(sigma, cfg):
+    lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+    return (sigma ** (1 / cfg.rho) - lo) / (hi - lo)
+
+
+@pytest.mark.parametrize("curriculum", [{}, {"start_levels": 5, "steps": 100}],
+                         ids=["fixed", "curriculum"])
+def test_uniform_pairs_are_a_grid_spacing_apart_anywhere_on_the_ramp(curriculum):
+    # the CD grid's adjacent pairs slid along the Karras ramp: a student trained on the fixed
+    # levels alone is off between them, where multistep sampling's sigmas fall (2 steps from
+    # 80: 2.52, between the 18-level grid's 1.92 and 3.26)
+    cfg = ConsistencyConfig(levels=18, **curriculum)
+    spacing = 1 / (curriculum_levels(cfg, 0) - 1)
+    draws = 200_000
+    s_hi, s_lo, weight = LevelPairs(cfg, "cpu")(0, draws, torch.Generator().manual_seed(0))
+    assert weight is None and s_hi.dtype == torch.float64
+    assert bool((s_lo >= cfg.sigma_min).all() and (s_hi <= cfg.sigma_max).all())
+    v_lo, v_hi = _ramp_position(s_lo, cfg), _ramp_position(s_hi, cfg)
+    assert torch.allclose(v_hi - v_lo, torch.full_like(v_hi, spacing), atol=1e-9)
+    # v_lo ~ U[0, 1 - spacing): Kolmogorov-Smirnov distance within the DKW bound at
+    # P(false failure) = 1e-6, sqrt(ln(2e6) / (2 n)) = 0.006 (the fixed grid's steps: 1/17)
+    u = (v_lo / (1 - spacing)).sort().values
+    ecdf = torch.arange(1, draws + 1, dtype=torch.float64) / draws
+    ks = float(torch.maximum(ecdf - u, u - (ecdf - 1 / draws)).max())
+    assert ks < math.sqrt(math.log(2e6) / (2 * draws)), ks

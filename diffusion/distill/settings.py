@@ -72,7 +72,10 @@ class ConsistencyConfig(DistillRunConfig):
     huber_c: Optional[Annotated[float, Field(gt=0)]] = None  # default 0.00054 sqrt(dim)
     sigma_data: Optional[Annotated[float, Field(gt=0)]] = None  # default: the teacher's (EDM)
     # Which pairs (sigma_{n+1}, sigma_n) the loss sees (consistency.py, level_pairs):
-    # 'uniform': n ~ U{0..N-2} on the fixed N-level Karras grid (the CD paper);
+    # 'uniform': the CD paper's adjacent levels of the N-level Karras grid, the grid slid by a
+    #   uniform offset along the ramp (pairs 1/(N-1) apart anywhere in [sigma_min, sigma_max]):
+    #   a student trained on the fixed levels alone is off between them, where the multistep
+    #   sampler's intermediate sigmas fall (consistency.py's docstring has the numbers);
     # 'lognormal': iCT's level distribution, P(n) proportional to the normal mass of
     #   ln sigma ~ N(level_p_mean, level_p_std^2) between sigma_n and sigma_{n+1}, with iCT's
     #   curriculum when start_levels is set: the grid's intervals double from start_levels - 1
