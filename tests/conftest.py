@@ -151,3 +151,18 @@ def _core_messages_on_the_console():
     from diffusion.messages import show_messages
 
     show_messages()
+
+
+# the modules that take longest (end-to-end runs against the servers; `--durations` of a full
+# run), longest first: pytest-xdist's `--dist loadfile` hands modules out in collection order,
+# so these start at once and the short ones fill the gaps, instead of the longest starting last
+# and running alone at the end
+LONGEST_FIRST = ("test_pipeline.py", "test_cli.py", "test_team_pipeline.py", "test_dvc_stage.py",
+                 "test_table_pipeline.py", "test_promotion_race.py", "test_reproduce.py",
+                 "test_promotion_faults.py", "test_torchrun_step.py", "test_serving.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # a stable sort: the order within a module, and of the other modules, stays as collected
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
