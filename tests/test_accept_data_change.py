@@ -101,6 +101,10 @@ def test_accepting_a_change_does_not_accept_a_fault_of_the_version_itself(refere
     assert [line.split(" ", 1)[0] for line in report.failures] == ["nulls"], report.failures
     assert [line.split(" ", 1)[0] for line in report.changes] == ["categories_vs_reference"]
     assert not set(report.changes) & set(report.failures)
+    summary = report.summary()   # the accepted change is shown apart from the failures
+    assert summary.startswith("dataset customers failed 1 of ")
+    assert "Besides, 1 change(s) since the last validated version accepted as meant" in summary
+    assert f"  - {report.changes[0]}" in summary
 
 
 def test_declared_bounds_and_categories_are_the_versions_own_checks(tmp_path):

@@ -79,6 +79,10 @@ class ValidationReport:
                     "checks only, once, and makes it the reference of the next run; a table of "
                     "other columns or categories (or samples of another shape) is another model: "
                     "give it a pipeline.model_name of its own.")
+            elif self.changes:   # accepted, yet the version failed its own checks
+                lines.append(f"Besides, {len(self.changes)} change(s) since the last validated "
+                             "version accepted as meant (--accept-data-change):")
+                lines += [f"  - {line}" for line in self.changes]
             if self.after_failure:
                 lines.append(self.after_failure)
         if self.docs_dir is not None:
