@@ -183,6 +183,22 @@ def test_repeated_ids_are_named_at_every_row_that_holds_them(tmp_path):
         load_table(path, id_column="customer_id")
 
 
+def test_rows_alike_but_for_their_ids_are_repeated_rows(tmp_path):
+    """An export that copies records under new ids: the duplicate check compares the rows'
+    values without the id column (counted, it made every row unique, since ids must be, and
+    the check could never fail on a table with an id column)."""
+    table = customers()
+    copies = table.head(20).assign(customer_id=[f"C9{i:04d}" for i in range(20)])
+    folder = _prepared(tmp_path, "v1", pd.concat([table, copies], ignore_index=True))
+    report = _gate(folder)
+    assert not report.success
+    (line,) = report.failures
+    assert line.startswith("duplicates (table): at most 5.0% of rows repeat an earlier row (every "
+                           "column but the id column customer_id); observed 9.09% of rows repeat "
+                           "an earlier row"), line
+    assert _gate(_prepared(tmp_path, "v2", table)).success
+
+
 # --- a declared schema, checked as configuration ------------------------------------------------
 
 def _config_error(tmp_path, **entry) -> str:

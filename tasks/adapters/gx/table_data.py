@@ -81,7 +81,9 @@ def read_table_folder(folder: str | Path) -> TableData:
     frame = _read_parquet(folder / "table.parquet", problems)
     if problems:
         raise StructureError(problems)
-    values = frame[[c for c in frame.columns if c not in (ID, SPLIT)]]
+    # a row's values, without its ids: two rows alike but for the id column are a repeated row
+    # (the loader refuses repeated ids, so with the id column counted no row could repeat)
+    values = frame[[c for c in frame.columns if c not in (ID, SPLIT, id_column)]]
     frame[ROW_HASH] = pd.util.hash_pandas_object(values, index=False).to_numpy()
     return TableData(name=name, frame=frame, columns=columns, id_column=id_column,
                      inferred=inferred)

@@ -129,7 +129,8 @@ def _structure(data: TableData, s: ValidationSettings) -> list:
         # unique share = distinct / rows = 1 - (rows repeating an earlier row) / rows
         _check(gxe.ExpectColumnProportionOfUniqueValuesToBeBetween, "duplicates",
                f"at most {s.max_duplicate_fraction:.1%} of rows repeat an earlier row "
-               f"(every column{', ' + data.id_column + ' included' if data.id_column else ''})",
+               "(every column" + (f" but the id column {data.id_column}" if data.id_column else "")
+               + ")",
                ROW_HASH,
                min_value=1 - s.max_duplicate_fraction),
     ]
