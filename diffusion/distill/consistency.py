@@ -12,7 +12,8 @@ with f_target an EMA of the student (decay mu, no gradient) and d the pseudo-Hub
 sqrt(|a - b|^2 + c^2) - c, c = 0.00054 sqrt(dim).  Sampling: samplers.sample_consistency.
 
 The default ('uniform') pairs are those of the CD paper's grid slid by a uniform offset along
-the Karras ramp: adjacent in the grid's spacing, anywhere between sigma_min and sigma_max.  A
+the Karras ramp: adjacent in the grid's spacing, anywhere between sigma_min and sigma_max
+('lognormal' slides them by iCT's level distribution).  A
 student trained on the N fixed levels alone is only defined there: its noise embedding
 (sin/cos of 250 ln sigma, nets.py) lets it fit each level apart, and between levels it is
 far off the teacher's ODE.  The multistep sampler's nested grid (2 steps: sigma 2.52 from
@@ -99,12 +100,15 @@ def curriculum_levels(cfg: ConsistencyConfig, step: int) -> int:
     return min(lo * 2 ** stage, hi) + 1
 
 
-def lognormal_level_weights(grid: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor:
-    """(N-1,) probabilities of the grid's intervals: the mass of ln sigma ~ N(p_mean, p_std^2)
-    between sigma_n and sigma_{n+1} (iCT, Song & Dhariwal 2023, eq. 10), normalised."""
-    cdf = torch.special.ndtr((grid.log() - p_mean) / p_std)
-    mass = (cdf[1:] - cdf[:-1]).clamp_min(1e-12)
-    return mass / mass.sum()
+def truncated_lognormal(u: torch.Tensor, p_mean: float, p_std: float, low: float,
+                        high: float) -> torch.Tensor:
+    """sigma with ln sigma ~ N(p_mean, p_std^2) restricted to [low, high], by the inverse CDF
+    at u ~ U[0, 1) (float64, any shape; the result has u's shape): iCT's level distribution
+    (Song & Dhariwal 2023, eq. 10), continuous."""
+    a, b = (torch.special.ndtr(torch.tensor((math.log(v) - p_mean) / p_std, dtype=torch.float64))
+            for v in (low, high))
+    q = (a + u * (b - a)).clamp(torch.finfo(torch.float64).tiny, 1 - 1e-16)
+    return (p_mean + p_std * torch.special.ndtri(q)).exp().clamp(low, high)
 
 
 def ect_partner(sigma: torch.Tensor, stage: int, sigma_min: float) -> torch.Tensor:
@@ -122,20 +126,18 @@ def karras_ramp(v: torch.Tensor, sigma_min: float, sigma_max: float, rho: float)
     return ((lo + v * (hi - lo)) ** rho).clamp(sigma_min, sigma_max)
 
 
+def ramp_position(sigma: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """karras_ramp's inverse: the position v in [0, 1] of sigma on the ramp."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (sigma ** (1 / rho) - lo) / (hi - lo)
+
+
 class LevelPairs:
     """Draws the (sigma_{n+1}, sigma_n, weight) triples of a batch at a step, by
-    cfg.level_sampling (settings.ConsistencyConfig explains the three); float64 (B,) each.
-    Grids are built once per level count."""
+    cfg.level_sampling (settings.ConsistencyConfig explains the three); float64 (B,) each."""
 
     def __init__(self, cfg: ConsistencyConfig, device):
-        self.cfg, self.device, self._grids = cfg, device, {}
-
-    def grid(self, levels: int) -> torch.Tensor:
-        if levels not in self._grids:
-            g = training_grid(self.cfg.model_copy(update={"levels": levels})).to(self.device)
-            w = lognormal_level_weights(g, self.cfg.level_p_mean, self.cfg.level_p_std)
-            self._grids[levels] = (g, w)
-        return self._grids[levels]
+        self.cfg, self.device = cfg, device
 
     def __call__(self, step: int, batch: int, g: torch.Generator):
         cfg = self.cfg
@@ -147,18 +149,20 @@ class LevelPairs:
             s_lo = ect_partner(s_hi, stage, cfg.sigma_min)
             w = 1.0 / (s_hi - s_lo)
             return s_hi, s_lo, w / w.mean()  # relative weights: the scale stays the loss's
-        levels = curriculum_levels(cfg, step)
+        # the grid's adjacent pairs (v, v + 1/(N-1)) on the ramp, slid anywhere along it, so
+        # that every sigma the multistep sampler may ask for is trained: v ~ U[0, 1 - 1/(N-1))
+        # ('uniform'), or the lower level's ln sigma ~ N(level_p_mean, level_p_std^2) on that
+        # range ('lognormal')
+        ramp = (cfg.sigma_min, cfg.sigma_max, cfg.rho)
+        du = 1.0 / (curriculum_levels(cfg, step) - 1)
+        u = torch.rand(batch, generator=g, device=self.device, dtype=torch.float64)
         if cfg.level_sampling == "uniform":
-            # the grid's pairs (v_n, v_n + 1/(N-1)) on the ramp, the grid slid by a uniform
-            # offset: v_lo ~ U[0, 1 - 1/(N-1)), so every sigma the sampler may ask for is trained
-            du = 1.0 / (levels - 1)
-            v_lo = (1.0 - du) * torch.rand(batch, generator=g, device=self.device,
-                                           dtype=torch.float64)
-            return (karras_ramp(v_lo + du, cfg.sigma_min, cfg.sigma_max, cfg.rho),
-                    karras_ramp(v_lo, cfg.sigma_min, cfg.sigma_max, cfg.rho), None)
-        grid, probs = self.grid(levels)
-        n = torch.multinomial(probs, batch, replacement=True, generator=g)  # lognormal
-        return grid[n + 1], grid[n], None
+            v_lo = (1.0 - du) * u
+        else:
+            top = float(karras_ramp(torch.tensor(1.0 - du, dtype=torch.float64), *ramp))
+            s = truncated_lognormal(u, cfg.level_p_mean, cfg.level_p_std, cfg.sigma_min, top)
+            v_lo = ramp_position(s, *ramp).clamp(0.0, 1.0 - du)
+        return karras_ramp(v_lo + du, *ramp), karras_ramp(v_lo, *ramp), None
 
 
 def consistency_loss(student, target, teacher, x0, z, s_hi, s_lo, c, weight=None):

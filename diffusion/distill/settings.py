@@ -76,10 +76,10 @@ class ConsistencyConfig(DistillRunConfig):
     #   uniform offset along the ramp (pairs 1/(N-1) apart anywhere in [sigma_min, sigma_max]):
     #   a student trained on the fixed levels alone is off between them, where the multistep
     #   sampler's intermediate sigmas fall (consistency.py's docstring has the numbers);
-    # 'lognormal': iCT's level distribution, P(n) proportional to the normal mass of
-    #   ln sigma ~ N(level_p_mean, level_p_std^2) between sigma_n and sigma_{n+1}, with iCT's
+    # 'lognormal': iCT's level distribution, the same pairs with the lower level's
+    #   ln sigma ~ N(level_p_mean, level_p_std^2) (truncated to the ramp), and with iCT's
     #   curriculum when start_levels is set: the grid's intervals double from start_levels - 1
-    #   to levels - 1 in equal stages;
+    #   to levels - 1 in equal stages (also for 'uniform');
     # 'continuous': ECT's continuous-time pairs, sigma ~ that lognormal, the partner
     #   sigma (1 - n(sigma) / 2^stage) with n(sigma) = 1 + 8 sigmoid(-sigma), the gap halving over
     #   ect_stages equal stages, and iCT/ECT's weight 1/(sigma - sigma').
