@@ -42,7 +42,7 @@ from tasks.adapters.tracking import cached_steps, source_commit_tag, tracked_run
 from tasks.pipeline_settings import load_pipeline_config
 from tasks.step_result import StepResult
 from tasks.steps.dataset_entry import check_dataset
-from tasks.steps.headline import HEADLINE_METRICS, HEADLINE_PARAMS, headline_metrics, headline_params
+from tasks.steps.headline import HEADLINE_PARAMS, headline_columns, headline_metrics, headline_params
 from tasks.steps.lineage import git_commit
 from tasks.steps.register import check_comparable
 from tasks.table_rows import rows_line
@@ -160,7 +160,7 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
     # settings win
     bound_client_env()
     # a model-training experiment whose runs list shows the headline numbers as columns
-    use_experiment(settings.experiment, HEADLINE_METRICS, HEADLINE_PARAMS)
+    use_experiment(settings.experiment, headline_columns(cfg.data.is_table), HEADLINE_PARAMS)
     run_name = flow_run.get_name() or "training-pipeline"
     commit = git_commit(repo_path)
     # tracked_run: an MLflow server gone at the end does not replace the step's one-line error

@@ -79,6 +79,17 @@ def test_a_table_is_registered_promoted_and_released_and_answers_rows_in_its_dty
     for key in ("column_shapes", "column_pair_trends", "detection_auc", "dcr_ratio", "utility_auc"):
         assert f"table/floor/{key}" in logged, sorted(logged)[:20]
         assert any(k.startswith("table/") and k.endswith(f"/{key}") and "/floor/" not in k for k in logged)
+    # the experiment's saved runs view shows them as columns, each one the flow's run carries
+    # (trial: the view listed the FID columns only)
+    from tasks.adapters.experiment import VIEW_TAG_PREFIX
+    from tasks.adapters.ui_links import RUNS_VIEW
+
+    experiment = _client().get_experiment_by_name(MODEL)
+    view = json.loads(json.loads(experiment.tags[VIEW_TAG_PREFIX + RUNS_VIEW])["state"])
+    flow_metrics = _last_flow_run().data.metrics
+    for key in ("table_column_shapes", "table_column_pair_trends", "table_utility_ratio",
+                "table_detection_auc", "table_dcr_ratio"):
+        assert f"metrics.`{key}`" in view["selectedColumns"] and key in flow_metrics, key
     # ... and the served rows' headline scores on the flow's run, named as the registered
     # version's: the runs list compares table runs by them
     parent, registered = _last_flow_run().data.metrics, champion_metrics(champion)

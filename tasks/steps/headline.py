@@ -20,6 +20,16 @@ from diffusion.evaluation_settings import RATE, sampling_rate
 HEADLINE_METRICS = ("fid", "fid_vs_teacher_best", "fid_vs_floor", "nfe", RATE, "promoted")
 # the parent run's params: what defines the run
 HEADLINE_PARAMS = ("profile", "dataset", "dataset_md5", "git_commit", "code_sha256")
+# a table model's served rows beside its vectors' FID (tasks/table_rows.py `headline`):
+# what a data scientist sorts a table's runs by
+TABLE_HEADLINE_METRICS = ("table_column_shapes", "table_column_pair_trends",
+                          "table_utility_ratio", "table_detection_auc", "table_dcr_ratio")
+
+
+def headline_columns(is_table: bool) -> tuple[str, ...]:
+    """The runs view's metric columns: HEADLINE_METRICS, and for a table the served rows'
+    scores (TABLE_HEADLINE_METRICS) after the FID and NFE they were chosen by."""
+    return HEADLINE_METRICS + (TABLE_HEADLINE_METRICS if is_table else ())
 
 
 def teacher_best_fid(table: list[dict]) -> float:
