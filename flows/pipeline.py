@@ -35,6 +35,8 @@ from prefect.runtime import flow_run  # noqa: E402
 from diffusion.messages import show_messages  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
+from tasks.adapters.dvc import put_back_version
+from tasks.adapters.gx.report import DataValidationError
 from tasks.adapters.missing_env import holds_team_account, missing_message
 from tasks.adapters.experiment import use_experiment
 from tasks.adapters.servers import MLFLOW, ServerUnavailable, bound_client_env
@@ -173,7 +175,10 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         prepared = steps.prepare_dataset_task(str(repo_path), cfg.dataset, settings.dvc_remote,
                                               os.environ["AWS_ENDPOINT_URL_S3"], parent_run_id=pid)
         step_done(progress, prepared, pid)
-        dataset = prepared.details
+        dataset = dict(prepared.details)
+        # dvc.lock's entries of the dataset before this run's `dvc repro`: no part of the version
+        # (nor of any step's cache key), what a version the gate refuses is put back to
+        lock_before = dataset.pop("lock_before", None)
         code = steps.pipeline_code()
         work = _work_dir(repo_path, cfg_json, dataset["md5"], code)
         mlflow.set_tags({"dataset_md5": dataset["md5"], "work_dir": str(work),
@@ -182,8 +187,17 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
 
         gate = settings.validate_data.model_dump(mode="json")
         reference = load_reference(settings.data_bucket, cfg.dataset)
-        validation = steps.validate_data_task.with_options(**opts)(
-            dataset, gate, reference, parent_run_id=pid, accept_change=accept_data_change)
+        try:
+            validation = steps.validate_data_task.with_options(**opts)(
+                dataset, gate, reference, parent_run_id=pid, accept_change=accept_data_change)
+        except DataValidationError as refused:
+            # the refused version does not stay the dataset's current one (dvc.lock, its folder);
+            # one line after the gate's report says what was put back
+            said = put_back_version(repo_path, cfg.dataset, lock_before, dataset["md5"],
+                                    settings.dvc_remote)
+            print(said)
+            refused.report.after_failure = said
+            raise DataValidationError(refused.report) from None
         step_done(progress, validation, pid)
         if validation.details.get("changes"):   # the lineage says the reference moved on purpose
             mlflow.set_tag("data_change_accepted", str(len(validation.details["changes"])))

@@ -248,37 +248,6 @@ def test_a_partial_declaration_reports_its_type_fault_and_the_undeclared_columns
         "list; declare them (a name is enough) or drop them from the table")
 
 
-# --- a rejected version in dvc.lock ------------------------------------------------------------
-
-def test_a_failed_gate_on_a_dvc_versioned_folder_says_not_to_commit_dvc_lock(tmp_path):
-    from diffusion.tabular.tables import save_table
-
-    table = customers()
-    burst = table.assign(balance=table["balance"].where(table.index % 3 > 0))
-    burst.to_csv(tmp_path / "customers.csv", index=False)
-    folder = save_table(load_table(tmp_path / "customers.csv", id_column="customer_id"),
-                        tmp_path / "data" / "processed" / "customers")
-    # before: the run printed DVC's "git add dvc.lock" hint and nothing against it
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare@customers:\n    cmd: x\n")
-    summary = _gate(str(folder)).summary()
-    assert ("dvc.lock's stage prepare@customers now records this rejected version (DVC's \"git "
-            "add dvc.lock\" hint above is for a good one): do not commit it; `git checkout "
-            "dvc.lock && dvc checkout prepare@customers` brings back the last committed "
-            "version.") in summary.splitlines(), summary
-    # a folder outside a DVC stage's layout, or a passing gate: no such line
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare@digits:\n    cmd: x\n")
-    assert "dvc.lock" not in _gate(str(folder)).summary()
-    clean = save_table(load_table(_csv(tmp_path, table), id_column="customer_id"),
-                       tmp_path / "data" / "processed" / "customers")
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare@customers:\n    cmd: x\n")
-    assert "dvc.lock" not in _gate(str(clean)).summary()
-
-
-def _csv(tmp_path, table: pd.DataFrame) -> Path:
-    table.to_csv(tmp_path / "clean.csv", index=False)
-    return tmp_path / "clean.csv"
-
-
 def test_a_number_column_with_a_few_text_marks_is_named_as_such(tmp_path):
     table = customers()
     # marks pandas does not read as null ('?', '-'): a CSV's number column then reads as text,

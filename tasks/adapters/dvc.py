@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +21,7 @@ import yaml
 
 from diffusion.data_errors import DataError
 
+from .dvc_lock import LockFileError, dataset_stages, lock_entries, output_md5, put_entries
 from .servers import S3, ServerUnavailable, boto_config, retry_call
 
 
@@ -50,6 +51,11 @@ class DatasetVersion:
     path: str        # the processed folder, absolute
     md5: str         # DVC's content hash of the folder (".dir" md5 in dvc.lock)
     remote: str      # where `dvc push` put it
+    # dvc.lock's entries of the dataset's stages just before this run's `dvc repro`
+    # (dvc_lock.lock_entries): what put_back_version restores when the gate refuses the version.
+    # Not the version's identity: the flow takes it out of the dataset it hands to the steps
+    # (their cache keys), and None where no repro ran here
+    lock_before: dict | None = field(default=None, compare=False)
 
 
 def run_dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -196,8 +202,10 @@ def _repository_turn(repo: Path, log) -> Iterator[None]:
 def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
                 env: dict[str, str] | None = None, log=_say) -> DatasetVersion:
     """`dvc repro prepare@<dataset>` then `dvc push` in `repo` (`dataset`: a name of
-    params.yaml's `datasets`); returns the dataset's version.  What DVC says goes to `log`
-    (default: print) as readable_repro_output.  `dvc repro` of that one stage runs only its own
+    params.yaml's `datasets`); returns the dataset's version, its `lock_before` dvc.lock's
+    entries of the dataset's stages as they were just before the repro (taken in the checkout's
+    turn: put_back_version restores them if the gate refuses the version).  What DVC says goes
+    to `log` (default: print) as readable_repro_output.  `dvc repro` of that one stage runs only its own
     stages (fingerprint@<dataset>, prepare@<dataset>): another entry of `datasets`, even a
     malformed one, is not run, and its settings are not checked.  StageRefused when the
     stage's command refused the entry (its one line names it); DVCError for any other failure
@@ -208,6 +216,11 @@ def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
     stage = prepare_stage(dataset)
     with _repository_turn(repo, log):
         configure_remote(repo, remote, endpoint_url)
+        try:   # what a refused version is put back to: the entries as they are now, in turn
+            before = lock_entries(repo, dataset)
+        except LockFileError as e:
+            raise DVCError(f"{e}; DVC cannot run the stage either: put back the committed one "
+                           "with `git checkout dvc.lock`") from None
         log(f"dvc repro {stage} in {repo}")
         said = readable_repro_output(run_dvc(repo, "repro", stage, env=env))
         if said:
@@ -218,7 +231,64 @@ def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
         # version was made from
         run_dvc(repo, "push", "-r", remote, "--with-deps", stage, env=env)
     log(f"dataset {dataset}: md5 {md5}, pushed to DVC remote {remote!r}")
-    return DatasetVersion(dataset, str(repo / out), md5, remote)
+    return DatasetVersion(dataset, str(repo / out), md5, remote, lock_before=before)
+
+
+def put_back_version(repo, dataset: str, before: dict | None, refused_md5: str, remote: str,
+                     env: dict[str, str] | None = None, log=_say) -> str:
+    """After the data gate refused version `refused_md5` of `dataset`, which this run's `dvc
+    repro` recorded: dvc.lock's entries of the dataset's stages (fingerprint@<dataset>,
+    prepare@<dataset>) go back to `before` (DatasetVersion.lock_before: as they were just before
+    that repro, uncommitted edits included; a stage that had no entry loses its entry) and the
+    folders they version (data/processed/<dataset>, data/source/<dataset>.json) back to what they
+    record, from the DVC cache (`dvc checkout --with-deps prepare@<dataset>`); every other
+    stage's entry stays.  Done in the checkout's prepare turn (`_repository_turn`), so a
+    concurrent run's `dvc repro` never meets half of it.  Returns the one line that says what
+    was put back or, where nothing was, why and what to do: no entries taken before (None),
+    dvc.lock recorded the refused version before this run already, another run has recorded
+    another version since, the cache lacks the version before (`dvc pull` then), or dvc.lock or
+    DVC failed.  Never raises for those: the gate's refusal stays the run's error."""
+    repo = Path(repo).resolve()
+    stage, folder = prepare_stage(dataset), f"data/processed/{dataset}"
+    if before is None:
+        return _do_not_commit(stage, "was not read before this run's `dvc repro`")
+    earlier = output_md5(before, dataset)
+    if earlier == refused_md5:
+        return _do_not_commit(stage, "recorded this refused version before this run already")
+    try:
+        with _repository_turn(repo, log):
+            now = output_md5(lock_entries(repo, dataset), dataset)
+            if now != refused_md5:   # another run's version since this run's repro: theirs
+                return (f"dvc.lock's stage {stage} records "
+                        + (f"another version (md5 {now})" if now else "no version")
+                        + " than the refused one since this run's `dvc repro` (another run): "
+                        "left as it is")
+            put_entries(repo, before)
+            stages = " and ".join(dataset_stages(dataset))
+            if earlier is None:   # the dataset's first version: nothing to check out
+                return (f"dvc.lock no longer records the refused version (its stages {stages} "
+                        f"had no entry before this run); {folder} still holds it (git ignores "
+                        "it) until a version passes the gate")
+            try:
+                run_dvc(repo, "checkout", "--with-deps", stage, env=env)
+            except DVCError:
+                return (f"dvc.lock's stages {stages} are back at the version before this run "
+                        f"(md5 {earlier}), but {folder} still holds the refused one: the DVC cache "
+                        f"lacks the version before; `dvc pull -r {remote} --with-deps {stage}` "
+                        "brings it")
+    except (LockFileError, DVCError) as e:
+        first = str(e).splitlines()[0]
+        return _do_not_commit(stage, f"could not be put back ({first})")
+    return (f"dvc.lock's stages {stages} and {folder} are back at the version before this run "
+            f"(md5 {earlier}); the refused version (md5 {refused_md5}) stays in the DVC cache")
+
+
+def _do_not_commit(stage: str, why: str) -> str:
+    """The line for a refused version that dvc.lock still records: do not commit it, and how to
+    return to the last committed version."""
+    return (f"dvc.lock's stage {stage} {why}: it records the refused version, so do not commit "
+            f"it; `git checkout dvc.lock && dvc checkout --with-deps {stage}` brings back the "
+            "last committed version")
 
 
 def raise_if_store_down(endpoint_url: str, error: DVCError) -> None:

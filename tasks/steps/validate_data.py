@@ -40,36 +40,16 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     how the report names the dataset, the params.yaml entry the user chose (default: the name
     the folder's manifest or meta.json records, which is its loader's or file's).  A folder
     that cannot be read (missing file or column) gives a failed report listing the problems;
-    a malformed `reference` raises ValueError (a caller's mistake, not the data's).  A failed
-    report of a folder `dvc repro` wrote says not to commit dvc.lock (`dvc_lock_warning`).
+    a malformed `reference` raises ValueError (a caller's mistake, not the data's).  What a
+    failure leaves to do besides (report.after_failure) is the caller's to say: the pipeline puts
+    back dvc.lock's record of a version `dvc repro` wrote and the gate refused, and says so
+    (flows/pipeline.py, tasks/adapters/dvc.py `put_back_version`).
     `accept_change` (a user's `dmops run --accept-data-change`): the comparisons with
     `reference` that fail (drift; a table's columns, kinds, categories and nulls) are a meant
     change of the data: the report lists them as `changes` and passes if nothing else failed,
     so its statistics can become the next reference.
     """
-    report = _validate(processed_dir, settings, reference, docs_dir, dataset, accept_change)
-    if not report.success:
-        report.after_failure = dvc_lock_warning(processed_dir)
-    return report
-
-
-def dvc_lock_warning(processed_dir: str | Path) -> str | None:
-    """For a folder `dvc repro prepare@<name>` wrote (<repo>/data/processed/<name>, beside
-    <repo>/dvc.lock): the line that says dvc.lock now records the rejected version and how to
-    return to the last committed one; None for any other folder."""
-    folder = Path(processed_dir).resolve()
-    repo, stage = folder.parents[2] if len(folder.parents) > 2 else None, f"prepare@{folder.name}"
-    if (repo is None or folder.parent.name != "processed" or folder.parent.parent.name != "data"
-            or not (repo / "dvc.lock").is_file()):
-        return None
-    try:
-        if f"{stage}:" not in (repo / "dvc.lock").read_text():
-            return None
-    except OSError:
-        return None
-    return (f"dvc.lock's stage {stage} now records this rejected version (DVC's \"git add "
-            "dvc.lock\" hint above is for a good one): do not commit it; `git checkout dvc.lock "
-            f"&& dvc checkout {stage}` brings back the last committed version.")
+    return _validate(processed_dir, settings, reference, docs_dir, dataset, accept_change)
 
 
 def _validate(processed_dir, settings, reference, docs_dir, dataset,
