@@ -32,10 +32,11 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from diffusion.config import ConfigError  # noqa: E402
 from diffusion.messages import show_messages  # noqa: E402
 from tasks import prefect_tasks as steps
 from tasks.adapters.drift_reference import load_reference, save_reference
-from tasks.adapters.dvc import put_back_version
+from tasks.adapters.dvc import put_back_new_version, put_back_version
 from tasks.adapters.gx.report import DataValidationError
 from tasks.adapters.missing_env import holds_team_account, missing_message
 from tasks.adapters.experiment import use_experiment
@@ -201,8 +202,16 @@ def training_pipeline(config: str = "params.yaml", profile: str | None = None,
         step_done(progress, validation, pid)
         if validation.details.get("changes"):   # the lineage says the reference moved on purpose
             mlflow.set_tag("data_change_accepted", str(len(validation.details["changes"])))
-        # before any training: a model of this data must be comparable with the registered one
-        check_comparable(settings.model_name, dataset, cfg.data.categorical)
+        # before any training: a model of this data must be comparable with the registered one;
+        # a new version refused for that is put back as well (the run leaves dvc.lock as it was)
+        try:
+            check_comparable(settings.model_name, dataset, cfg.data.categorical)
+        except ConfigError:
+            said = put_back_new_version(repo_path, cfg.dataset, lock_before, dataset["md5"],
+                                        settings.dvc_remote)
+            if said:
+                print(said)
+            raise
         # only a version the run goes on with becomes the next drift reference: one refused
         # here would otherwise be what the next version is compared with
         save_reference(settings.data_bucket, cfg.dataset, validation.details["statistics"])

@@ -39,7 +39,9 @@ def prepare_dataset(repo: str, data_name: str, remote: str, endpoint_url: str,
                     parent_run_id: str | None = None) -> StepResult:
     """DVC runs the stage `prepare@<data_name>` (`data_name`: a name of params.yaml's
     `datasets`) when its inputs changed and pushes the folder to `remote` (S3 at
-    `endpoint_url`).  details: the DatasetVersion (name, path, md5, remote).  A store
+    `endpoint_url`).  details: the DatasetVersion (name, path, md5, remote, and lock_before:
+    dvc.lock's entries of the dataset's stages before the repro, what a refused version is
+    put back to; not part of the version).  A store
     that does not answer raises ServerUnavailable naming it; another DVC failure, DVCError."""
     with tracking.step_run("prepare_dataset", parent_run_id) as run:
         try:

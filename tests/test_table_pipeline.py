@@ -313,8 +313,11 @@ def test_a_meant_new_category_is_accepted_once_under_a_model_name_of_its_own(tab
     assert same_name.returncode == 2, same_name.stdout[-3000:] + same_name.stderr[-3000:]
     assert "accepted as meant (--accept-data-change)" in same_name.stdout + same_name.stderr, \
         same_name.stderr[-3000:]
-    said = " ".join(same_name.stderr.split())
+    said = " ".join((same_name.stdout + same_name.stderr).split())
     assert "enterprise" in said and "set pipeline.model_name to a name of its own" in said, said[-2000:]
+    # the version this run's `dvc repro` recorded is put back, as after a refusal at the gate
+    assert "stages fingerprint@customers and prepare@customers and data/processed/customers are " \
+           "back at the version before this run" in said, said[-3000:]
     assert len(_client().search_model_versions(f"name='{MODEL}'")) == 1
 
     # the refused run left the reference alone: a plain run still stops at the gate

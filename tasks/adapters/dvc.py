@@ -283,6 +283,17 @@ def put_back_version(repo, dataset: str, before: dict | None, refused_md5: str, 
             f"(md5 {earlier}); the refused version (md5 {refused_md5}) stays in the DVC cache")
 
 
+def put_back_new_version(repo, dataset: str, before: dict | None, refused_md5: str, remote: str,
+                         env: dict[str, str] | None = None, log=_say) -> str | None:
+    """put_back_version for a version refused after the gate passed it (another model layout
+    than the registered one's): only when this run's `dvc repro` recorded it (`before` records
+    another version, or none); None when dvc.lock recorded it already or was not read, since
+    then this run changed nothing to undo and the data itself was not faulted."""
+    if before is None or output_md5(before, dataset) == refused_md5:
+        return None
+    return put_back_version(repo, dataset, before, refused_md5, remote, env, log)
+
+
 def _do_not_commit(stage: str, why: str) -> str:
     """The line for a refused version that dvc.lock still records: do not commit it, and how to
     return to the last committed version."""

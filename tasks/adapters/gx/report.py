@@ -27,8 +27,8 @@ class ValidationReport:
     dataset: str = "dataset"       # the dataset's name, for messages
     # where a user changes the gate's thresholds (params.yaml keys, not a Python class)
     thresholds: str = "pipeline.validate_data"
-    # what else a failure leaves to do, said after the fix (e.g. a version file that now
-    # records the rejected data: tasks/steps/validate_data.py)
+    # what else a failure left, said after the fix (the flow's line on dvc.lock: the refused
+    # version put back, or why not and what to run; tasks/adapters/dvc.py put_back_version)
     after_failure: str | None = None
     # the failed comparisons with the last validated version (VERSUS_REFERENCE), one line each:
     # within `failures`, or, when the change was accepted as meant, beside them
