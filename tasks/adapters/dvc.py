@@ -21,7 +21,8 @@ import yaml
 
 from diffusion.data_errors import DataError
 
-from .dvc_lock import LockFileError, dataset_stages, lock_entries, output_md5, put_entries
+from .dvc_lock import (LockFileError, dataset_stages, lock_entries, output_md5, processed_out,
+                       put_entries)
 from .servers import S3, ServerUnavailable, boto_config, retry_call
 
 
@@ -140,7 +141,7 @@ def remote_object_uri(repo: Path, remote: str, md5: str) -> str:
 
 def prepare_stage(dataset: str) -> str:
     """The name of dataset `dataset`'s prepare stage (dvc.yaml's foreach over `datasets`)."""
-    return f"prepare@{dataset}"
+    return dataset_stages(dataset)[1]
 
 
 def stage_md5(repo: Path, stage: str, out: str) -> str:
@@ -225,7 +226,7 @@ def dvc_prepare(repo, dataset: str, remote: str, endpoint_url: str,
         said = readable_repro_output(run_dvc(repo, "repro", stage, env=env))
         if said:
             log(said)
-        out = f"data/processed/{dataset}"
+        out = processed_out(dataset)
         md5 = stage_md5(repo, stage, out)
         # --with-deps: the source fingerprint goes to the remote too, the record of what the
         # version was made from
@@ -249,7 +250,7 @@ def put_back_version(repo, dataset: str, before: dict | None, refused_md5: str, 
     another version since, the cache lacks the version before (`dvc pull` then), or dvc.lock or
     DVC failed.  Never raises for those: the gate's refusal stays the run's error."""
     repo = Path(repo).resolve()
-    stage, folder = prepare_stage(dataset), f"data/processed/{dataset}"
+    stage, folder = prepare_stage(dataset), processed_out(dataset)
     if before is None:
         return _do_not_commit(stage, "was not read before this run's `dvc repro`")
     earlier = output_md5(before, dataset)

@@ -46,7 +46,7 @@ def lock_entries(repo: str | Path, dataset: str) -> dict:
 def output_md5(entries: dict | None, dataset: str) -> str | None:
     """The md5 (`<md5>.dir`) that `entries` (lock_entries' answer) record for `dataset`'s
     processed folder; None when they record no version of it."""
-    entry = ((entries or {}).get("stages") or {}).get(f"prepare@{dataset}") or {}
+    entry = ((entries or {}).get("stages") or {}).get(dataset_stages(dataset)[1]) or {}
     for out in entry.get("outs") or []:
         if out.get("path") == processed_out(dataset):
             return out.get("md5")

@@ -49,11 +49,6 @@ def validate_dataset(processed_dir: str | Path, settings: ValidationSettings | d
     change of the data: the report lists them as `changes` and passes if nothing else failed,
     so its statistics can become the next reference.
     """
-    return _validate(processed_dir, settings, reference, docs_dir, dataset, accept_change)
-
-
-def _validate(processed_dir, settings, reference, docs_dir, dataset,
-              accept_change) -> ValidationReport:
     if settings is None or isinstance(settings, dict):
         settings = ValidationSettings.model_validate(settings or {})
     if _kind(processed_dir) == "table":  # a table's own suite (tasks/adapters/gx/table_*.py)

@@ -113,7 +113,8 @@ def gate_report(result: dict, lines_of, accept_change: bool = False,
     versus = [r for r in result.get("results", []) if _versus_reference(r)]
     changes = lines_of({**result, "results": versus}) if versus else []
     if accept_change:
-        failures = [line for line in lines if line not in set(changes)]
+        accepted = set(changes)
+        failures = [line for line in lines if line not in accepted]
         success = not failures
     else:
         failures, success = lines, bool(result.get("success")) and not lines
